@@ -1,0 +1,104 @@
+"""One training loop for every feature-level method that learns by gradient descent.
+
+Epoch ``e`` trains on augmented view ``e % V`` of the cached few-shot features (the
+feature-cache equivalent of re-encoding augmented images every epoch), in mini-batches
+shuffled by a seeded generator. After each epoch the validation accuracy is measured and
+the best state is kept (first best on ties); at the end that state is restored.
+
+Which data is "validation" is decided by the caller: the run layer passes the few-shot
+val split by default, or the test split when an official-behaviour switch asks for it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .base import FeatureData, FitResult, accuracy
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def cosine_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int = 0,
+    warmup_lr: float | None = None,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay over ``total_steps`` (per-iteration), after an optional constant warm-up.
+
+    The warm-up holds ``warmup_lr`` (Dassl's "constant" warm-up, e.g. 1e-5 for one epoch).
+    """
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, total_steps - warmup_steps)
+    )
+    if warmup_steps <= 0:
+        return cosine
+    base = optimizer.param_groups[0]["lr"]
+    factor = (warmup_lr / base) if warmup_lr is not None else 1.0
+    warm = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=factor, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [warm, cosine], milestones=[warmup_steps]
+    )
+
+
+def fit_epochs(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: FeatureData,
+    *,
+    epochs: int,
+    batch_size: int,
+    loss_fn: LossFn,
+    logits_fn: LogitsFn,
+    seed: int = 0,
+    scheduler_fn: Callable[[int], torch.optim.lr_scheduler.LRScheduler] | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``module``'s parameters; keep and restore the state with the best val accuracy.
+
+    ``loss_fn(features (B, d), labels (B,)) -> scalar``; ``logits_fn(features (N, d)) ->
+    (N, C)`` is used for validation under ``torch.no_grad``. ``scheduler_fn(total_steps)``
+    builds a per-iteration scheduler (default: cosine over all iterations).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    num = data.train_labels.shape[0]
+    steps_per_epoch = (num + batch_size - 1) // batch_size
+    total = epochs * steps_per_epoch
+    scheduler = (scheduler_fn or (lambda t: cosine_scheduler(optimizer, t)))(total)
+    result = FitResult()
+    best_state = copy.deepcopy(module.state_dict())
+    best_acc = -1.0
+    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+        module.train()
+        features = data.view(epoch)
+        order = torch.randperm(num, generator=generator).to(data.device)
+        losses = []
+        for start in range(0, num, batch_size):
+            idx = order[start : start + batch_size]
+            loss = loss_fn(features[idx], data.train_labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        module.eval()
+        with torch.no_grad():
+            val_acc = accuracy(logits_fn(data.val_features), data.val_labels)
+        result.history.append(
+            {"epoch": epoch, "loss": sum(losses) / len(losses), "val_acc": val_acc}
+        )
+        if val_acc > best_acc:
+            best_acc = val_acc
+            result.best_epoch = epoch
+            best_state = copy.deepcopy(module.state_dict())
+    module.load_state_dict(best_state)
+    module.eval()
+    result.best_val_acc = best_acc
+    return result
