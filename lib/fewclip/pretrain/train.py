@@ -1,0 +1,196 @@
+"""Contrastive pretraining of the project's tiny CLIP models on the emoji corpus.
+
+Standard CLIP objective (open_clip's ``ClipLoss``: symmetric cross-entropy over the
+in-batch image-text similarity matrix, learnable temperature), AdamW with cosine decay
+after a linear warm-up, a fixed number of steps and a seed. Each step draws
+``batch_size`` distinct emoji (so no caption in a batch is another image's positive), one
+random image of each (style or skin-tone variant) with a random crop and, sometimes, a
+grey-scale copy, and one random caption. Training state is checkpointed atomically every
+``checkpoint_every`` steps and resumed from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torchvision.ops import roi_align
+from tqdm.auto import tqdm
+
+from ..backbones import CONFIG_DIR, save_checkpoint
+from .data import TrainingSet, build_training_set
+
+CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+@dataclass
+class PretrainConfig:
+    arch: str = "tiny-emoji-rn"
+    corpus: str = "data/emoji-corpus"
+    out_dir: str = "runs/pretrain"
+    steps: int = 2500
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    seed: int = 0
+    threads: int = 0  # 0: all cores
+    checkpoint_every: int = 250
+    log_every: int = 25
+    crop_scale_min: float = 0.6
+    grayscale_p: float = 0.2
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.arch
+
+
+def augment(
+    images: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale_min: float = 0.6,
+    grayscale_p: float = 0.2,
+) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> (B, 3, size, size) normalised float: random resized crop
+    (area in [scale_min, 1], aspect in [3/4, 4/3]) resampled by ``roi_align``, random grey."""
+    b, _, h, w = images.shape
+    area = torch.empty(b).uniform_(scale_min, 1.0, generator=generator)
+    log_ratio = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
+    ratio = log_ratio.exp()
+    cw = (area * ratio).sqrt().clamp(max=1.0) * w
+    ch = (area / ratio).sqrt().clamp(max=1.0) * h
+    x0 = torch.rand(b, generator=generator) * (w - cw)
+    y0 = torch.rand(b, generator=generator) * (h - ch)
+    boxes = torch.stack([torch.arange(b, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], dim=1)
+    x = roi_align(images.float() / 255.0, boxes, output_size=size, sampling_ratio=2, aligned=True)
+    grey = torch.rand(b, generator=generator) < grayscale_p
+    if grey.any():
+        lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        x[grey] = lum[grey].expand(-1, 3, -1, -1)
+    return (x - CLIP_MEAN) / CLIP_STD
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's rule: no weight decay on gains, biases, embeddings' scale and logit_scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from."""
+    if not log_path.is_file():
+        return
+    rows = [r for r in log_path.read_text().splitlines() if r.strip()]
+    kept = [r for r in rows if json.loads(r)["step"] <= step]
+    log_path.write_text("".join(r + "\n" for r in kept))
+
+
+def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: bool = True) -> Path:
+    """Train (or resume) and write ``<run_dir>/<arch>.safetensors`` (fp16); returns its path."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state.pt"
+    log_path = run_dir / "train_log.jsonl"
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    arch_cfg = CONFIG_DIR / f"{cfg.arch}.json"
+    (run_dir / "model_config.json").write_text(arch_cfg.read_text())
+
+    data = data or build_training_set(cfg.corpus)
+    torch.manual_seed(cfg.seed)
+    model = open_clip.create_model(cfg.arch, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(cfg.arch)
+    image_size = open_clip.get_model_config(cfg.arch)["vision_cfg"]["image_size"]
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    loss_fn = open_clip.ClipLoss()
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        gen.set_state(state["generator"])
+        step = state["step"]
+        _truncate_log(log_path, step)
+        print(f"resumed {cfg.arch} from step {step}")
+    else:
+        log_path.write_text("")
+
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain {cfg.arch}", disable=not progress)
+    t0, window = time.time(), []
+    while step < cfg.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        images_u8, captions = data.sample_batch(cfg.batch_size, rng)
+        images = augment(images_u8, image_size, gen, cfg.crop_scale_min, cfg.grayscale_p)
+        image_f, text_f, scale = model(images, tokenizer(captions))
+        loss = loss_fn(image_f, text_f, scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # CLIP clamps the temperature at 100
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        window.append(loss.item())
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {
+                "step": step,
+                "loss": sum(window) / len(window),
+                "logit_scale": float(model.logit_scale.detach().exp()),
+                "lr": optimizer.param_groups[0]["lr"],
+                "elapsed_s": round(time.time() - t0, 1),
+            }
+            window = []
+            bar.set_postfix(loss=f"{row['loss']:.3f}", scale=f"{row['logit_scale']:.1f}")
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_state(
+                state_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng.getstate(),
+                    "generator": gen.get_state(),
+                    "step": step,
+                },
+            )
+    bar.close()
+    return save_checkpoint(model, run_dir / f"{cfg.arch}.safetensors", half=True)
