@@ -1,0 +1,137 @@
+"""CoOp and CoCoOp on a synthetic coloured-squares task with a tiny random backbone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fewclip.backbones import load_backbone
+from fewclip.methods.base import METHODS, accuracy, get_method
+from fewclip.methods.cocoop import CoCoOp
+from fewclip.methods.coop import CoOp, coop_epochs
+from fewclip.prompting.encoder_base import EncoderMethod, cache_images, encode_items
+from fewclip.prompting.toy import coloured_squares
+
+FAST = {"epochs": 12, "batch_size": 8, "warmup_epochs": 0, "optimizer": "adam"}
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """The random test ViT with CLIP's usual temperature (s = 100)."""
+    bb = load_backbone("fewclip-test-vit", None, device="cpu")
+    bb.model.logit_scale.data.fill_(math.log(100.0))
+    return bb
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("squares")
+    train, names = coloured_squares(root / "train", 4, 8, seed=0)
+    val, _ = coloured_squares(root / "val", 4, 4, seed=1)
+    test, _ = coloured_squares(root / "test", 4, 10, seed=2)
+    new, new_names = coloured_squares(root / "new", 4, 6, seed=3, offset=4)
+    return {
+        "train": train,
+        "val": val,
+        "test": test,
+        "names": names,
+        "new": new,
+        "new_names": new_names,
+    }
+
+
+def zero_shot_accuracy(backbone, items, names):
+    features, _, labels, _ = encode_items(backbone, items)
+    text = backbone.encode_text([f"a photo of a {n}." for n in names])
+    return accuracy(features @ text.T, labels)
+
+
+def test_registered_as_encoder_methods():
+    for name, cls in [("coop", CoOp), ("cocoop", CoCoOp)]:
+        assert METHODS[name] is cls and issubclass(cls, EncoderMethod)
+    assert get_method("coop", n_ctx=8).options.n_ctx == 8
+    assert get_method("cocoop").options.batch_size == 1
+    with pytest.raises(ValueError, match="unknown option"):
+        get_method("coop", ctx=8)
+    assert [coop_epochs(k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+
+
+def test_logits_before_fit_raise(backbone, task):
+    with pytest.raises(RuntimeError, match="fit"):
+        CoOp().logits(backbone, task["test"], task["names"])
+
+
+def test_class_specific_coop_learns_and_beats_zero_shot(backbone, task):
+    method = CoOp(init="a photo of a", class_specific=True, lr=0.01, **FAST)
+    result = method.fit(backbone, task["train"], task["val"], task["names"], seed=1)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.6 * losses[0]
+    zs = zero_shot_accuracy(backbone, task["test"], task["names"])
+    acc = method.accuracy(backbone, task["test"], task["names"])
+    assert acc >= zs + 40, (acc, zs)
+    assert method.trainable_parameters() == 4 * 4 * 16  # C x M x w
+    with pytest.raises(ValueError, match="class-specific"):
+        method.logits(backbone, task["new"], task["new_names"])
+
+
+def test_unified_coop_learns_and_transfers_to_new_classes(backbone, task):
+    method = CoOp(init="a photo of a", lr=0.02, **{**FAST, "epochs": 20})
+    result = method.fit(backbone, task["train"], task["val"], task["names"], seed=1)
+    assert result.history[-1]["loss"] < 0.8 * result.history[0]["loss"]
+    zs = zero_shot_accuracy(backbone, task["test"], task["names"])
+    assert method.accuracy(backbone, task["test"], task["names"]) >= zs + 10
+    logits, labels = method.evaluate(backbone, task["new"], task["new_names"])
+    assert logits.shape == (len(task["new"]), 4) and labels.shape == (len(task["new"]),)
+    assert result.best_epoch is not None and result.chosen["epochs"] == 20
+
+
+def test_cached_views_equal_online_reencoding(backbone, task):
+    """One cached view per epoch is the same computation as re-encoding every step."""
+    kw = dict(n_ctx=4, lr=0.05, epochs=3, batch_size=8, warmup_epochs=0, optimizer="adam")
+    cached = CoOp(views=None, **kw)
+    online = CoOp(cache_images=False, **kw)
+    r1 = cached.fit(backbone, task["train"], task["val"], task["names"], seed=2)
+    r2 = online.fit(backbone, task["train"], task["val"], task["names"], seed=2)
+    assert [h["loss"] for h in r1.history] == pytest.approx([h["loss"] for h in r2.history])
+    torch.testing.assert_close(cached.learner.ctx, online.learner.ctx, atol=1e-5, rtol=1e-4)
+
+
+def test_precomputed_features_and_determinism(backbone, task):
+    kw = dict(n_ctx=4, lr=0.05, epochs=3, batch_size=8, warmup_epochs=0, views=2)
+    features = cache_images(backbone, task["train"], task["val"], views=2, seed=3)
+    assert features.train.shape == (2, 32, 32) and features.val.shape == (16, 32)
+    a, b, c = CoOp(**kw), CoOp(**kw), CoOp(**kw)
+    a.fit(backbone, task["train"], task["val"], task["names"], seed=3)
+    b.fit(backbone, task["train"], task["val"], task["names"], seed=3, features=features)
+    c.fit(backbone, task["train"], task["val"], task["names"], seed=4)
+    torch.testing.assert_close(a.learner.ctx, b.learner.ctx, atol=1e-6, rtol=1e-5)
+    la = a.logits(backbone, task["test"], task["names"])
+    torch.testing.assert_close(la, b.logits(backbone, task["test"], task["names"]))
+    assert not torch.allclose(a.learner.ctx, c.learner.ctx)  # random init differs by seed
+
+
+def test_cocoop_learns_with_image_conditioned_context(backbone, task):
+    method = CoCoOp(lr=0.01, **FAST)
+    result = method.fit(backbone, task["train"], task["val"], task["names"], seed=1)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    meta = method.learner.meta_net
+    assert meta[0].in_features == 32 and meta[0].out_features == 2 and meta[2].out_features == 16
+    zs = zero_shot_accuracy(backbone, task["test"], task["names"])
+    assert method.accuracy(backbone, task["test"], task["names"]) >= zs + 10
+    # each image gets its own prompts: logits of an image do not depend on its batch
+    images = next(
+        iter(
+            torch.utils.data.DataLoader(
+                [
+                    backbone.preprocess(__import__("PIL").Image.open(d.impath))
+                    for d in task["new"][:5]
+                ],
+                batch_size=5,
+            )
+        )
+    )
+    together = method.logits(backbone, images, task["new_names"])
+    alone = method.logits(backbone, images[2:3], task["new_names"])
+    torch.testing.assert_close(together[2:3], alone, atol=1e-5, rtol=1e-5)
