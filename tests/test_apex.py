@@ -1,0 +1,187 @@
+"""APEX: ensemble weights, the inference-time ensemble, training on a synthetic task."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewclip.backbones import load_backbone
+from fewclip.methods.apex import APEX, ensemble_weights
+from fewclip.methods.base import METHODS, accuracy
+from fewclip.prompting.encoder_base import EncoderMethod, batch_loader, encode_items
+from fewclip.prompting.toy import coloured_squares
+from fewclip.prompting.visual_prompts import VisualPromptError
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    bb = load_backbone("fewclip-test-vit", None, device="cpu")
+    bb.model.logit_scale.data.fill_(math.log(100.0))
+    return bb
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory, backbone):
+    root = tmp_path_factory.mktemp("squares")
+    train, names = coloured_squares(root / "train", 4, 8, seed=0)
+    val, _ = coloured_squares(root / "val", 4, 4, seed=1)
+    test, _ = coloured_squares(root / "test", 4, 10, seed=2)
+    # far from the training classes for this random text encoder (a < 1), and one base class
+    new_names = ["snow leopard", "traffic light", "pizza", "green"]
+    images = torch.cat([x for x, *_ in batch_loader(backbone, test[:6])])
+    return {
+        "train": train,
+        "val": val,
+        "test": test,
+        "names": names,
+        "new_names": new_names,
+        "images": images,
+    }
+
+
+def perturb(method, seed=0):
+    """Move every learnable parameter away from its initial value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in method.learner.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def test_ensemble_weights_by_hand():
+    train = torch.eye(4)[:2]  # two training classes along e1, e2
+    angles = torch.tensor([0.0, 0.2, 0.6, 1.0, 1.4])  # radians away from e1, towards e3
+    evals = torch.stack([torch.cos(angles), torch.zeros(5), torch.sin(angles), torch.zeros(5)], 1)
+    a = ensemble_weights(train, evals)
+    assert a[0] == 1.0  # a training class
+    assert a[1] == 1.0  # within epsilon: 1 - cos(0.2) = 0.0199 < 0.05
+    cos = torch.cos(angles[2])
+    d_avg = 1 - (cos + 0) / 2
+    assert a[2].item() == pytest.approx(math.exp(-4 * d_avg.item()))
+    assert (a[2:] < 1).all() and (a[2:].diff() < 0).all()  # monotone in distance
+    far = ensemble_weights(train, torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
+    assert far.item() == pytest.approx(math.exp(-4.0))
+    assert ensemble_weights(train, evals, beta=1.0)[2] > a[2]
+
+
+def test_registered_with_paper_defaults():
+    assert METHODS["apex"] is APEX and issubclass(APEX, EncoderMethod)
+    assert APEX().resolved() == {
+        "lr": 0.15,
+        "epochs": 15,
+        "warmup_type": "linear",
+        "warmup_lr": 0.01,
+    }
+    sgd = APEX(optimizer="sgd").resolved()
+    assert sgd["lr"] == 0.0015 and sgd["epochs"] == 30
+    assert APEX().options.batch_size == 16 and APEX().options.weight_decay == 1e-3
+    with pytest.raises(ValueError, match="ensemble"):
+        APEX(ensemble="sometimes")
+
+
+def test_alpha_one_is_the_prompted_adapted_model(backbone, task):
+    method = APEX(alpha=1.0)
+    method.prepare(backbone, task["names"], seed=0)
+    learner = method.learner
+    assert method.trainable_parameters() == 2 * 2 * 32 + 2 * 16 + 32 * 32 + 32
+    images, names = task["images"], task["new_names"]
+    with torch.no_grad():
+        u = learner.text(names)
+        z = learner.visual(backbone.model.visual, images)
+        # adapter at identity / zero bias: the prompted model itself
+        expected = 100.0 * F.normalize(z, dim=-1) @ F.normalize(u, dim=-1).T
+        torch.testing.assert_close(
+            method.logits(backbone, images, names), expected, atol=1e-4, rtol=1e-5
+        )
+        perturb(method)
+        none = APEX(ensemble="none")
+        none.prepare(backbone, task["names"], seed=0)
+        none.learner.load_state_dict(learner.state_dict())
+        torch.testing.assert_close(
+            method.logits(backbone, images, names),
+            none.logits(backbone, images, names),
+            atol=1e-4,
+            rtol=1e-5,
+        )
+
+
+def test_alpha_zero_at_init_is_zero_shot_clip(backbone, task):
+    """a = 0: un-adapted learned prompt (= "a photo of a" at init) and the prompt-free image
+    encoder, whatever the visual prompts and the adapter hold."""
+    method = APEX(alpha=0.0)
+    method.prepare(backbone, task["names"], seed=0)
+    with torch.no_grad():
+        learner = method.learner
+        learner.visual.prompts.normal_()
+        learner.adapter_weight.add_(0.3)
+        learner.adapter_bias.add_(0.3)
+        images = task["images"]
+        zs_text = backbone.encode_text([f"a photo of a {n}." for n in task["new_names"]])
+        zs = 100.0 * backbone.encode_images(images) @ zs_text.T
+        torch.testing.assert_close(
+            method.logits(backbone, images, task["new_names"]), zs, atol=1e-4, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("ensemble", ["both", "text", "visual", "none"])
+def test_adaptive_ensemble_matches_the_equations(backbone, task, ensemble):
+    method = APEX(ensemble=ensemble)
+    method.prepare(backbone, task["names"], seed=0)
+    perturb(method)
+    names, images = task["new_names"], task["images"]
+    with torch.no_grad():
+        frozen_train = backbone.encode_text([f"a photo of a {n}." for n in task["names"]])
+        frozen_eval = backbone.encode_text([f"a photo of a {n}." for n in names])
+        a = ensemble_weights(frozen_train, frozen_eval)
+        torch.testing.assert_close(method.alpha(backbone, names), a)
+        assert a[3] == 1.0  # "green" is a training class
+        assert a[0] < a[1] < 1.0
+        learner = method.learner
+        u = learner.text(names)
+        adapted = u @ learner.adapter_weight + learner.adapter_bias
+        t = a[:, None] * adapted + (1 - a[:, None]) * u if ensemble in ("both", "text") else adapted
+        z = learner.visual(backbone.model.visual, images)
+        if ensemble in ("both", "visual"):
+            z = a.mean() * z + (1 - a.mean()) * backbone.model.encode_image(images)
+        expected = 100.0 * F.normalize(z, dim=-1) @ F.normalize(t, dim=-1).T
+        torch.testing.assert_close(
+            method.logits(backbone, images, names), expected, atol=1e-4, rtol=1e-5
+        )
+        # base classes: a = 1, every ensemble is the trained model
+        base = method.logits(backbone, images, task["names"])
+        none = (
+            100.0
+            * F.normalize(learner.visual(backbone.model.visual, images), dim=-1)
+            @ F.normalize(learner.adapt(learner.text(task["names"])), dim=-1).T
+        )
+        torch.testing.assert_close(base, none, atol=1e-4, rtol=1e-5)
+
+
+def test_training_lowers_loss_and_beats_zero_shot(backbone, task):
+    method = APEX(epochs=10, batch_size=8, lr=1.0)  # Adadelta; toy-scale lr
+    result = method.fit(backbone, task["train"], task["val"], task["names"], seed=1)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.6 * losses[0]
+    assert result.history[0]["lr"] == pytest.approx(0.01)  # linear warm-up epoch
+    features, _, labels, _ = encode_items(backbone, task["test"])
+    text = backbone.encode_text([f"a photo of a {n}." for n in task["names"]])
+    zs = accuracy(features @ text.T, labels)
+    acc = method.accuracy(backbone, task["test"], task["names"])
+    assert acc >= zs + 25, (acc, zs)
+    assert any("frozen" in n for n in result.notes)
+
+
+def test_determinism_and_resnet_error(backbone, task, test_rn):
+    kw = dict(epochs=2, batch_size=8, lr=1.0)
+    a, b, c = APEX(**kw), APEX(**kw), APEX(**kw)
+    for m, seed in [(a, 5), (b, 5), (c, 6)]:
+        m.fit(backbone, task["train"], task["val"], task["names"], seed=seed)
+    for (name, pa), pb in zip(
+        a.learner.state_dict().items(), b.learner.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(pa, pb, msg=name)
+    assert not torch.allclose(a.learner.visual.prompts, c.learner.visual.prompts)
+    with pytest.raises(VisualPromptError):
+        APEX(**kw).fit(test_rn, task["train"], task["val"], task["names"])
