@@ -412,7 +412,7 @@ class FeaturePromptMethod(EncoderMethod):
         epochs = o.epochs if o.epochs is not None else self.default_epochs(shots)
         tokens = self.needs_tokens
         if features is None:
-            views = (o.views or epochs) if o.cache_images else 0
+            views = min(o.views or epochs, epochs) if o.cache_images else 0
             features = cache_images(
                 backbone,
                 train_items,
