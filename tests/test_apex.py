@@ -185,3 +185,12 @@ def test_determinism_and_resnet_error(backbone, task, test_rn):
     assert not torch.allclose(a.learner.visual.prompts, c.learner.visual.prompts)
     with pytest.raises(VisualPromptError):
         APEX(**kw).fit(test_rn, task["train"], task["val"], task["names"])
+
+
+def test_mixed_precision_on_cpu(task):
+    bf16 = load_backbone("fewclip-test-vit", None, device="cpu", precision="amp_bf16")
+    method = APEX(epochs=2, batch_size=8)
+    result = method.fit(bf16, task["train"], task["val"], task["names"], seed=0)
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    logits = method.logits(bf16, task["images"], task["new_names"])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fewclip.backbones import load_backbone
+from fewclip.data.base import Datum
 from fewclip.methods.base import METHODS, accuracy, get_method
 from fewclip.methods.cocoop import CoCoOp
 from fewclip.methods.coop import CoOp, coop_epochs
@@ -135,3 +136,25 @@ def test_cocoop_learns_with_image_conditioned_context(backbone, task):
     together = method.logits(backbone, images, task["new_names"])
     alone = method.logits(backbone, images[2:3], task["new_names"])
     torch.testing.assert_close(together[2:3], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_unreadable_images_are_dropped(backbone, task, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    train = list(task["train"]) + [Datum(str(broken), 0, "red")]
+    with pytest.warns(UserWarning, match="unreadable"):
+        features = cache_images(backbone, train, task["val"], views=2, seed=0)
+    assert features.train.shape[1] == len(task["train"])
+    kw = dict(n_ctx=4, epochs=2, batch_size=8, warmup_epochs=0)
+    with pytest.warns(UserWarning, match="unreadable"):
+        CoOp(cache_images=False, **kw).fit(backbone, train, task["val"], task["names"])
+
+
+@pytest.mark.parametrize("cls", [CoOp, CoCoOp])
+def test_mixed_precision_on_cpu(cls, task):
+    bf16 = load_backbone("fewclip-test-vit", None, device="cpu", precision="amp_bf16")
+    method = cls(epochs=2, batch_size=8)
+    result = method.fit(bf16, task["train"], task["val"], task["names"], seed=0)
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    logits = method.logits(bf16, task["test"][:3], task["names"])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()

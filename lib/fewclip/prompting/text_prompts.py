@@ -223,6 +223,8 @@ class TextPromptLearner(nn.Module):
             self.context_words = " ".join([PLACEHOLDER] * n_ctx)
             vectors = torch.randn(n_ctx, tower.width, generator=generator) * 0.02
         self.n_ctx = n_ctx
+        #: cut prompts after the last EOT (exact; see the module docstring)
+        self.truncate = True
         self.class_specific = class_specific
         self.trained_classnames: tuple[str, ...] | None = None
         if class_specific:
@@ -255,14 +257,16 @@ class TextPromptLearner(nn.Module):
         self,
         classnames: Sequence[str],
         bias: torch.Tensor | None = None,
-        truncate: bool = True,
+        truncate: bool | None = None,
     ) -> torch.Tensor:
         """Text features of every class, un-normalised.
 
         bias: None -> (C, d); (B, w) one bias per image added to every context token of
         every class (CoCoOp) -> (B, C, d); (B, C, w) one bias per image and class (TOMM's
         CTP) -> (B, C, d). All B x C prompts go through the text encoder as one batch.
+        ``truncate`` None: the learner's ``truncate`` attribute.
         """
+        truncate = self.truncate if truncate is None else truncate
         prompts = self.class_prompts(classnames)
         ctx = self.ctx
         if bias is not None:

@@ -17,6 +17,7 @@ and restored at the end (``selection="val"``), or the last state is kept
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -139,7 +140,10 @@ def fit_loop(
         module.train()
         lr = scheduler.get_last_lr()[0]
         losses = run_epoch(epoch)
-        scheduler.step()
+        with warnings.catch_warnings():
+            # fp16 loss scaling may skip the very first optimiser step; that is expected
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            scheduler.step()
         module.eval()
         with torch.no_grad():
             val_acc = validate()

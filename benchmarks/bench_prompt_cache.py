@@ -1,0 +1,149 @@
+"""Benchmark: what caching buys the text-side prompt learners.
+
+1. CoOp trained on cached image features (V augmented views, encoded once) versus
+   re-encoding freshly augmented images at every step (the official code's way), same
+   epochs, data and seed; also the cache with one view per epoch, which is the same
+   computation as re-encoding. Prints wall time, the time ratio and test accuracy.
+2. Per-step cost (forward + backward) of image-conditioned prompts (CoCoOp, TOMM's CTP):
+   B images x C classes through the text encoder as one batch, versus one text-encoder
+   call per image (the official CoCoOp loop), each with and without cutting the prompts
+   after their last EOT token.
+
+    python benchmarks/bench_prompt_cache.py --quick
+    python benchmarks/bench_prompt_cache.py --arch tiny-emoji-vit --pretrained default
+
+Runs on the synthetic coloured-squares task (:mod:`fewclip.prompting.toy`); with a
+random-init backbone the accuracies only show that both paths train alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fewclip.backbones import load_backbone
+from fewclip.methods.coop import CoOp
+from fewclip.methods.tomm import TOMM
+from fewclip.prompting.toy import COLOURS, coloured_squares
+
+
+def bench_cache(backbone, args, root: Path) -> list[dict]:
+    classes = min(args.classes, len(COLOURS))
+    train, names = coloured_squares(root / "train", classes, args.shots, seed=0)
+    val, _ = coloured_squares(root / "val", classes, min(args.shots, 4), seed=1)
+    test, _ = coloured_squares(root / "test", classes, args.test_per_class, seed=2)
+    common = dict(
+        init="a photo of a", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer="adam", warmup_epochs=0,
+    )
+    variants = [
+        (f"cached, {args.views} views", dict(views=args.views)),
+        ("cached, 1 view per epoch", dict(views=None)),
+        ("re-encode every step", dict(cache_images=False)),
+    ]
+    rows = []
+    for label, extra in variants:
+        method = CoOp(**common, **extra)
+        start = time.perf_counter()
+        method.fit(backbone, train, val, names, seed=1, num_workers=args.workers)
+        seconds = time.perf_counter() - start
+        acc = method.accuracy(backbone, test, names)
+        rows.append({"variant": label, "fit_s": seconds, "test_acc": acc})
+    reference = rows[-1]["fit_s"]
+    print(f"\nCoOp, {classes} classes x {args.shots} shots, {args.epochs} epochs, {backbone.arch}")
+    print(f"{'variant':<28}{'fit [s]':>10}{'speed-up':>10}{'test acc':>10}")
+    for row in rows:
+        row["speedup"] = reference / row["fit_s"]
+        print(f"{row['variant']:<28}{row['fit_s']:>10.2f}{row['speedup']:>9.1f}x"
+              f"{row['test_acc']:>9.1f}%")
+    return rows
+
+
+def step_time(method: TOMM, features, labels, names, per_image: bool, reps: int) -> float:
+    """Mean seconds of one forward + backward step."""
+    learner = method.learner
+    learner.train()
+
+    def step():
+        learner.zero_grad(set_to_none=True)
+        if per_image:
+            loss = sum(
+                method.loss(features[i : i + 1], labels[i : i + 1], names)
+                for i in range(len(features))
+            ) / len(features)
+        else:
+            loss = method.loss(features, labels, names)
+        loss.backward()
+
+    step()  # warm-up (builds the class prompt cache)
+    start = time.perf_counter()
+    for _ in range(reps):
+        step()
+    return (time.perf_counter() - start) / reps
+
+
+def bench_steps(backbone, args) -> list[dict]:
+    names = [f"object number {i}" for i in range(args.step_classes)]
+    g = torch.Generator().manual_seed(0)
+    features = F.normalize(torch.randn(args.step_batch, backbone.embed_dim, generator=g), dim=-1)
+    features = features.to(backbone.device)
+    labels = torch.randint(0, len(names), (args.step_batch,), generator=g).to(backbone.device)
+    rows = []
+    for label, options in [
+        ("CoCoOp", dict(ctp=False, image_bias=True, tft=False, loss="ce")),
+        ("CTP", dict(ctp=True, tft=False, loss="ce")),
+    ]:
+        method = TOMM(**options)
+        method.prepare(backbone, names, seed=0)
+        prompt = method.learner.prompt
+        for truncate in (True, False):
+            prompt.truncate = truncate
+            for per_image in (False, True):
+                seconds = step_time(method, features, labels, names, per_image, args.reps)
+                rows.append({"method": label, "batched": not per_image, "truncate": truncate,
+                             "ms_per_step": 1000 * seconds})
+    length = prompt.tower.truncated_length(prompt.class_prompts(names).ids)
+    print(f"\nPer-step cost, B = {args.step_batch} images x C = {len(names)} classes, "
+          f"prompts of {length} tokens after cutting (context length {backbone.context_length})")
+    print(f"{'method':<10}{'classes batched':>18}{'cut at EOT':>12}{'ms / step':>12}")
+    for row in rows:
+        print(f"{row['method']:<10}{str(row['batched']):>18}{str(row['truncate']):>12}"
+              f"{row['ms_per_step']:>12.1f}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="fewclip-test-vit")
+    parser.add_argument("--pretrained", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--test-per-class", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--views", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--step-batch", type=int, default=4)
+    parser.add_argument("--step-classes", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small settings, well under a minute")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.classes, args.shots, args.epochs, args.test_per_class = 4, 16, 20, 10
+        args.views, args.step_classes, args.reps = 4, 20, 3
+    backbone = load_backbone(args.arch, args.pretrained, device=args.device)
+    print(f"backbone: {backbone.label} on {backbone.device} ({backbone.precision})")
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_cache(backbone, args, Path(tmp))
+    bench_steps(backbone, args)
+
+
+if __name__ == "__main__":
+    main()
