@@ -30,7 +30,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone
 from ..data.base import Datum
 from ..images import DASSL_CROP_SCALE, ImageDataset, train_transform
-from ..methods.base import FitResult, accuracy
 from .training import (
     Stepper,
     augmentation_seed,
@@ -51,6 +50,17 @@ from .training import (
     fit_loop,
 )
 from .visual_prompts import encode_image
+
+if TYPE_CHECKING:  # imported lazily: fewclip.methods imports the methods built on this package
+    from ..methods.base import FitResult
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent (:func:`fewclip.methods.base.accuracy`)."""
+    from ..methods.base import accuracy
+
+    return accuracy(logits, labels)
+
 
 Images = torch.Tensor | Iterable | Sequence[Datum]
 
@@ -294,7 +304,7 @@ class EncoderMethod(ABC):
     def accuracy(self, backbone: Backbone, items: Sequence[Datum], classnames: Sequence[str]):
         """Top-1 accuracy (percent) of ``items`` over ``classnames``."""
         logits, labels = self.evaluate(backbone, items, classnames)
-        return accuracy(logits, labels)
+        return top1(logits, labels)
 
     def trainable_parameters(self) -> int:
         if self.learner is None:
@@ -462,7 +472,7 @@ class FeaturePromptMethod(EncoderMethod):
         def validate() -> float:
             with backbone.autocast():
                 logits = self.feature_logits(features.val, classnames, features.val_tokens)
-            return accuracy(logits.float(), features.val_labels)
+            return top1(logits.float(), features.val_labels)
 
         result = fit_loop(
             learner, scheduler, epochs, run_epoch, validate, o.selection, progress, desc=self.name

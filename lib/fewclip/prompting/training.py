@@ -19,12 +19,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..methods.base import FitResult
+if TYPE_CHECKING:  # imported lazily: fewclip.methods imports the methods built on this package
+    from ..methods.base import FitResult
 
 SELECTIONS = ("val", "last")
 
@@ -130,6 +132,8 @@ def fit_loop(
 ) -> FitResult:
     """Run ``epochs`` epochs; ``run_epoch(e)`` trains one epoch and returns its step losses,
     ``validate()`` returns the val accuracy in percent. Restores the selected state."""
+    from ..methods.base import FitResult
+
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
     result = FitResult()
