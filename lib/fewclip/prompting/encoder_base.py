@@ -204,10 +204,12 @@ def cache_images(
     )
     labels = torch.tensor([d.label for d in train_items], device=val.device)
     keep = torch.ones_like(labels, dtype=torch.bool)
-    train = [val.new_zeros(0, len(train_items), val.shape[-1])]
-    train_tokens = [] if not tokens else [val_tokens.new_zeros(0, len(train_items), 1, 1)]
-    if views > 0:
-        train, train_tokens = [], []
+    train: list[torch.Tensor] = []
+    train_tokens: list[torch.Tensor] = []
+    if views == 0:
+        train.append(val.new_zeros(0, len(train_items), val.shape[-1]))
+        if tokens:
+            train_tokens.append(val_tokens.new_zeros(0, len(train_items), *val_tokens.shape[1:]))
     for v in tqdm(range(views), desc="cache views", disable=not progress, leave=False):
         f, t, labels, ok = encode_items(
             backbone, train_items, augmentation_seed(seed, v), tokens, batch_size, num_workers
@@ -433,6 +435,8 @@ class FeaturePromptMethod(EncoderMethod):
                 num_workers=num_workers,
                 progress=progress,
             )
+        if o.cache_images and features.views == 0:
+            raise ValueError(f"{self.name}: the cached features hold no training view")
         if tokens and features.val_tokens is None:
             raise ValueError(f"{self.name}: this configuration needs cached patch tokens")
         generator = self.prepare(backbone, classnames, seed)
