@@ -277,7 +277,7 @@ class APEX(EncoderMethod):
         step = Stepper(optimizer, backbone.device, backbone.precision)
         scale = backbone.model.logit_scale.exp().detach()
         val = [(x[ok], y[ok]) for x, y, _, ok in batch_loader(backbone, val_items)]
-        val_images = torch.cat([x for x, _ in val]).to(backbone.device)
+        val_images = torch.cat([x for x, _ in val])  # test transform: loaded once
         val_labels = torch.cat([y for _, y in val]).to(backbone.device)
 
         def run_epoch(epoch: int) -> list[float]:

@@ -102,10 +102,11 @@ def batch_loader(
 def image_batches(
     backbone: Backbone, images: Images, batch_size: int = 128, num_workers: int = 0
 ) -> Iterable[torch.Tensor]:
-    """Normalise the ``images`` argument of ``logits``: a (B, 3, H, W) tensor, an iterable of
-    loader batches (tensor or (images, labels, ...) tuples), or a list of :class:`Datum`."""
+    """Normalise the ``images`` argument of ``logits``: a (B, 3, H, W) tensor (split into
+    ``batch_size`` chunks), an iterable of loader batches (tensor or (images, labels, ...)
+    tuples), or a list of :class:`Datum`."""
     if isinstance(images, torch.Tensor):
-        yield images
+        yield from images.split(batch_size)
         return
     if isinstance(images, Sequence) and images and isinstance(images[0], Datum):
         images = batch_loader(backbone, images, batch_size=batch_size, num_workers=num_workers)
