@@ -38,8 +38,12 @@ def bench_cache(backbone, args, root: Path) -> list[dict]:
     val, _ = coloured_squares(root / "val", classes, min(args.shots, 4), seed=1)
     test, _ = coloured_squares(root / "test", classes, args.test_per_class, seed=2)
     common = dict(
-        init="a photo of a", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        optimizer="adam", warmup_epochs=0,
+        init="a photo of a",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer="adam",
+        warmup_epochs=0,
     )
     variants = [
         (f"cached, {args.views} views", dict(views=args.views)),
@@ -59,8 +63,10 @@ def bench_cache(backbone, args, root: Path) -> list[dict]:
     print(f"{'variant':<28}{'fit [s]':>10}{'speed-up':>10}{'test acc':>10}")
     for row in rows:
         row["speedup"] = reference / row["fit_s"]
-        print(f"{row['variant']:<28}{row['fit_s']:>10.2f}{row['speedup']:>9.1f}x"
-              f"{row['test_acc']:>9.1f}%")
+        print(
+            f"{row['variant']:<28}{row['fit_s']:>10.2f}{row['speedup']:>9.1f}x"
+            f"{row['test_acc']:>9.1f}%"
+        )
     return rows
 
 
@@ -105,15 +111,25 @@ def bench_steps(backbone, args) -> list[dict]:
             prompt.truncate = truncate
             for per_image in (False, True):
                 seconds = step_time(method, features, labels, names, per_image, args.reps)
-                rows.append({"method": label, "batched": not per_image, "truncate": truncate,
-                             "ms_per_step": 1000 * seconds})
+                rows.append(
+                    {
+                        "method": label,
+                        "batched": not per_image,
+                        "truncate": truncate,
+                        "ms_per_step": 1000 * seconds,
+                    }
+                )
     length = prompt.tower.truncated_length(prompt.class_prompts(names).ids)
-    print(f"\nPer-step cost, B = {args.step_batch} images x C = {len(names)} classes, "
-          f"prompts of {length} tokens after cutting (context length {backbone.context_length})")
+    print(
+        f"\nPer-step cost, B = {args.step_batch} images x C = {len(names)} classes, "
+        f"prompts of {length} tokens after cutting (context length {backbone.context_length})"
+    )
     print(f"{'method':<10}{'classes batched':>18}{'cut at EOT':>12}{'ms / step':>12}")
     for row in rows:
-        print(f"{row['method']:<10}{str(row['batched']):>18}{str(row['truncate']):>12}"
-              f"{row['ms_per_step']:>12.1f}")
+        print(
+            f"{row['method']:<10}{str(row['batched']):>18}{str(row['truncate']):>12}"
+            f"{row['ms_per_step']:>12.1f}"
+        )
     return rows
 
 
