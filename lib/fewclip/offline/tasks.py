@@ -158,7 +158,7 @@ T = TypeVar("T")
 class SplitRule:
     """How one class's items are divided (in whole groups: a group never straddles splits).
 
-    Train gets ``max(min_train, ceil(train_frac * n))`` items, val likewise, test the rest;
+    Train gets ``max(min_train, round(train_frac * n))`` items, val likewise, test the rest;
     a class whose test part is below ``min_test`` is dropped (None). ``max_test`` caps test.
     """
 
@@ -178,8 +178,8 @@ def allocate(
     rng.shuffle(order)
     total = sum(len(g) for g in order)
     want = {
-        "train": max(rule.min_train, math.ceil(rule.train_frac * total)),
-        "val": max(rule.min_val, math.ceil(rule.val_frac * total)),
+        "train": max(rule.min_train, math.floor(rule.train_frac * total + 0.5)),
+        "val": max(rule.min_val, math.floor(rule.val_frac * total + 0.5)),
     }
     parts: dict[str, list[T]] = {"train": [], "val": [], "test": []}
     for group in order:
