@@ -37,6 +37,8 @@ from .tasks import GROUPS, TASKS, read_task_record
 
 #: bump when a task builder changes (forces the tasks to be rebuilt)
 TASKS_VERSION = 1
+#: in the corpus folder: the stamp and the names of the emoji tasks last built from it
+EMOJI_STAMP = "tasks-stamp.json"
 DEFAULT_SEED = 1
 
 IMAGE_TASKS: dict[str, tuple[str, str, Callable]] = {
@@ -140,7 +142,13 @@ def _emoji(prep: Preparer, seed: int, force: bool) -> Outcome:
     inputs = _stamp({"version": TASKS_VERSION, "seed": seed, "corpus": corpus_digest})
     emoji_tasks = [t for t in TASKS.values() if t.group == "emoji"]
     records = {t.name: read_task_record(prep.data_root, t.name) for t in emoji_tasks}
-    if not force and all(r is not None and r.get("inputs") == inputs for r in records.values()):
+    stamp_path = corpus_dir / EMOJI_STAMP
+    stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
+    if (
+        not force
+        and stamp.get("inputs") == inputs
+        and all((records.get(t) or {}).get("inputs") == inputs for t in stamp.get("tasks", []))
+    ):
         return Outcome("emoji", "up to date", details=_counts(records))
     # a task whose style is now missing must not linger with an old stamp
     for name, record in records.items():
@@ -155,6 +163,7 @@ def _emoji(prep: Preparer, seed: int, force: bool) -> Outcome:
         raise SourceUnavailable(
             "the corpus has no openmoji or noto images (their fonts were not fetched)"
         )
+    stamp_path.write_text(json.dumps({"inputs": inputs, "tasks": sorted(built)}))
     return Outcome("emoji", "built", f"{len(built)} tasks", details=_counts(built))
 
 
