@@ -37,7 +37,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..images import load_rgb
 from .render import SIZE, FontRenderer, sequence_text
 from .sources import SourceError, iter_archive
 
@@ -236,6 +235,21 @@ def read_font(archive: Path, style: str) -> bytes:
     raise SourceError(f"{archive}: no {member}")
 
 
+def rgb_on_white(data: bytes) -> Image.Image:
+    """Decode an image as RGB, transparent ones composited on white.
+
+    The same rule as :func:`fewclip.images.load_rgb`, without importing torch (which that
+    module needs and preparing data does not).
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, im).convert("RGB")
+        return im.convert("RGB")
+
+
 def _to_frame(im: Image.Image) -> Image.Image:
     """RGB on white, SIZE x SIZE (the datasource images already are)."""
     if im.size != (SIZE, SIZE):
@@ -246,7 +260,7 @@ def _to_frame(im: Image.Image) -> Image.Image:
 def _datasource_pictures(pngs: dict[str, bytes]) -> Callable[[str, str], Image.Image | None]:
     def picture(unified: str, image: str) -> Image.Image | None:
         data = pngs.get(image)
-        return None if data is None else _to_frame(load_rgb(io.BytesIO(data)))
+        return None if data is None else _to_frame(rgb_on_white(data))
 
     return picture
 
@@ -305,6 +319,7 @@ def build_corpus(
         folder.mkdir(parents=True, exist_ok=True)
         for name, im in collected.images.items():
             im.save(folder / name, format="PNG")
+        collected.images.clear()  # saved; keep memory to one style at a time
         per_style[style] = collected
         log(f"  {style}: {dict(sorted(collected.counts.items()))}")
 

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.base import Datum
-from ..images import load_rgb
+from .corpus import rgb_on_white
 from .sources import SourceError, iter_archive
 from .tasks import SplitRule, allocate, class_rng, write_task
 
@@ -234,7 +234,7 @@ def tux_class(path: str) -> str | None:
 
 
 def _square_on_white(data: bytes, size: int = TUX_SIZE) -> Image.Image:
-    im = load_rgb(io.BytesIO(data))
+    im = rgb_on_white(data)
     im.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = Image.new("RGB", (size, size), (255, 255, 255))
     out.paste(im, ((size - im.width) // 2, (size - im.height) // 2))

@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 DOWNLOADS = "downloads"
 
@@ -286,18 +287,34 @@ def _ar_members(path: Path) -> Iterator[tuple[str, int, int]]:
             f.seek(offset + size + (size % 2))
 
 
-def _deb_data_tar(path: Path) -> tarfile.TarFile:
-    """The ``data.tar.*`` member of a .deb as a streaming tar reader."""
+class _Window(io.RawIOBase):
+    """``size`` bytes of an open file from ``offset``: one ar member, read as a stream."""
+
+    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
+        f.seek(offset)
+        self._f = f
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._left)
+        data = self._f.read(n)
+        buffer[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
+def _deb_data_tar(path: Path, f: BinaryIO) -> tarfile.TarFile:
+    """The ``data.tar.*`` member of a .deb (open as ``f``) as a streaming tar reader."""
     for name, offset, size in _ar_members(path):
         if not name.startswith("data.tar"):
             continue
-        with open(path, "rb") as f:
-            f.seek(offset)
-            payload = f.read(size)
         compression = name.rsplit(".", 1)[-1] if name != "data.tar" else ""
         if compression in ("xz", "gz", "bz2", ""):
-            mode = f"r|{compression}" if compression else "r|"
-            return tarfile.open(fileobj=io.BytesIO(payload), mode=mode)
+            stream = io.BufferedReader(_Window(f, offset, size), buffer_size=1 << 20)
+            return tarfile.open(fileobj=stream, mode=f"r|{compression}")
         if shutil.which("dpkg-deb") is None:
             raise SourceError(f"{path}: {name} needs dpkg-deb to read; install dpkg")
         out = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(path)], capture_output=True)
@@ -321,7 +338,12 @@ def iter_archive(path: str | Path, want: Callable[[str], bool]) -> Iterator[tupl
                 if not info.is_dir() and want(info.filename):
                     yield info.filename, z.read(info)
         return
-    tar = _deb_data_tar(path) if suffix == "deb" else tarfile.open(path, mode="r|*")
+    with open(path, "rb") as f:
+        tar = _deb_data_tar(path, f) if suffix == "deb" else tarfile.open(fileobj=f, mode="r|*")
+        yield from _tar_files(tar, want)
+
+
+def _tar_files(tar: tarfile.TarFile, want: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
     with tar:
         for member in tar:
             name = member.name[2:] if member.name.startswith("./") else member.name
