@@ -1,0 +1,258 @@
+"""Hyper-parameter grid search on the validation split, vectorised over (alpha, lam).
+
+The cache methods (Tip-Adapter, DualAdapter) search their blending weights with nested
+Python loops in the official code::
+
+    for beta in betas:
+        for alpha in alphas:
+            for lam in lams:                       # DualAdapter only
+                acc = accuracy(forward(val, beta, alpha, lam), labels)
+                if acc > best: take (beta, alpha, lam)
+
+DualAdapter's grid is 200 x 40 x 20 = 160,000 forward passes. Here a method exposes its
+one forward in two stages:
+
+    components(beta) -> tuple of (N, C) tensors       the parts that depend on beta only
+                                                      (text logits, cache terms at beta)
+    combine(components, alpha, lam) -> logits         cheap broadcasting arithmetic
+
+and :func:`grid_search` calls ``components`` once per beta and ``combine`` on a whole
+(alpha, lam) block at once, with ``alpha`` shaped (A, 1, 1, 1) and ``lam`` (1, L, 1, 1),
+giving (A, L, N, C) logits (without ``lam``: (A, 1, 1) and (A, N, C)). The same
+``combine`` evaluates one setting when given 0-dim tensors, so the reference loop
+:func:`grid_search_loop`, training and evaluation all run the same arithmetic.
+
+Exactly the nested loop's choice: every logit is computed by the same element-wise
+operations on the same float values as in the loop (broadcasting does not change an
+element-wise result), predictions are ``argmax`` over classes (first maximum), the
+comparison uses integer correct counts, and the first maximum in loop order (beta, then
+alpha, then lam) wins. The only difference from the official loops is the starting
+value: the best count starts at -1, so a grid where every setting scores 0 returns its
+first setting instead of the official (0, 0, 0) placeholder.
+
+Speed: candidate pruning (``prune=True``). ``combine`` must be affine in alpha and in lam
+separately (true for both cache methods), so the difference of two class logits is too,
+and its extremes over the grid's box lie at the box's corners. A class that loses to
+another class at all four corners (by a margin far above float rounding) loses everywhere
+in the grid and can never be the argmax; only the remaining candidates (usually a few of
+C) are combined over the grid, in ascending class order, which keeps the first-maximum
+tie-break. A runtime check at the box centre disables pruning when ``combine`` is not
+multilinear. Memory: blocks are chunked so that one block holds at most ``max_elements``
+logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+Components = tuple[torch.Tensor, ...]
+ComponentsFn = Callable[[float], Components]
+CombineFn = Callable[[Components, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def linear_grid(start: float, stop: float, steps: int, scale: float = 1.0) -> list[float]:
+    """The official grids: ``[scale * (i * (stop - start) / steps + start) for i < steps]``.
+
+    ``stop`` is excluded (Tip-Adapter's ``search_hp``, DualAdapter's ``beta_list``).
+    ``scale`` rescales the whole grid (ranges relative to the backbone's logit scale).
+    """
+    grid = [i * (stop - start) / steps + start for i in range(steps)]
+    return grid if scale == 1.0 else [scale * v for v in grid]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The chosen setting, its grid indices and its validation score."""
+
+    beta: float
+    alpha: float
+    lam: float | None
+    index: tuple[int, int, int | None]
+    correct: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        """Validation accuracy in percent at the chosen setting."""
+        return 100.0 * self.correct / max(1, self.total)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["accuracy"] = self.accuracy
+        return out
+
+
+def _grid_tensor(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(list(values), dtype=like.dtype, device=like.device)
+
+
+def _result(betas, alphas, lams, index, correct, total) -> SearchResult:
+    b, a, m = index
+    return SearchResult(
+        beta=betas[b],
+        alpha=alphas[a],
+        lam=None if lams is None else lams[m],
+        index=(b, a, None if lams is None else m),
+        correct=int(correct),
+        total=int(total),
+    )
+
+
+def grid_search_loop(
+    components: ComponentsFn,
+    combine: CombineFn,
+    labels: torch.Tensor,
+    betas: Sequence[float],
+    alphas: Sequence[float],
+    lams: Sequence[float] | None = None,
+    *,
+    recompute: bool = False,
+) -> SearchResult:
+    """Reference: the official nested loops, one forward per setting.
+
+    ``recompute=True`` calls ``components(beta)`` inside the innermost loop, as the
+    official code recomputes its whole forward; the default computes it once per beta.
+    """
+    first = components(betas[0])
+    alpha_t = _grid_tensor(alphas, first[0])
+    lam_t = None if lams is None else _grid_tensor(lams, first[0])
+    best, best_index = -1, (0, 0, 0)
+    for b, beta in enumerate(betas):
+        comp = components(beta)
+        for a in range(len(alphas)):
+            for m in range(1 if lams is None else len(lams)):
+                if recompute:
+                    comp = components(beta)
+                logits = combine(comp, alpha_t[a], None if lam_t is None else lam_t[m])
+                correct = int((logits.argmax(-1) == labels).sum())
+                if correct > best:
+                    best, best_index = correct, (b, a, m)
+    return _result(betas, alphas, lams, best_index, best, labels.numel())
+
+
+def _corners(values: torch.Tensor | None) -> torch.Tensor | None:
+    return None if values is None else torch.stack([values.min(), values.max()])
+
+
+def _shaped(alpha: torch.Tensor, lam: torch.Tensor | None):
+    """alpha (A,) and lam (L,) as (A, 1, 1, 1) and (1, L, 1, 1); without lam (A, 1, 1)."""
+    if lam is None:
+        return alpha.view(-1, 1, 1), None
+    return alpha.view(-1, 1, 1, 1), lam.view(1, -1, 1, 1)
+
+
+def _block(combine: CombineFn, comp: Components, alpha, lam) -> torch.Tensor:
+    """(A, L, N, C) logits for all pairs of alpha (A,) and lam (L,) (L = 1 without lam)."""
+    a, m = _shaped(alpha, lam)
+    logits = combine(comp, a, m)
+    return logits.unsqueeze(1) if lam is None else logits
+
+
+def candidate_classes(
+    comp: Components,
+    combine: CombineFn,
+    alpha: torch.Tensor,
+    lam: torch.Tensor | None,
+    references: int = 4,
+) -> torch.Tensor | None:
+    """(N, K) per sample, the classes that can be the argmax somewhere in the grid.
+
+    Class c is dropped when some reference class j beats it at every corner of the
+    (alpha, lam) box by more than ``4 * margin``: l_c - l_j is multilinear in (alpha,
+    lam), so it is then negative everywhere in the box, and float rounding (bounded by
+    ``margin``) cannot change that. References: the ``references`` classes with the
+    highest mean corner logit. Returned in ascending class order, padded with dropped
+    classes (harmless: strictly below the maximum everywhere). None when pruning would not
+    help, or when ``combine`` fails the multilinearity check at the box centre.
+    """
+    a_c, m_c = _corners(alpha), _corners(lam)
+    corner = _block(combine, comp, a_c, m_c).flatten(0, 1)  # (2 or 4, N, C)
+    # A bound on every intermediate value of combine, times a generous rounding factor.
+    a_max = float(alpha.abs().max())
+    m_max = 0.0 if lam is None else float(lam.abs().max())
+    size = sum(c.abs().amax(-1, keepdim=True) for c in comp)  # (N, 1)
+    eps = torch.finfo(corner.dtype).eps
+    margin = 256 * eps * size * (1 + a_max) * (2 + 2 * m_max) + torch.finfo(corner.dtype).tiny
+    # Multilinearity check at the centre of the box: the mean of the corner values.
+    m_centre = None if m_c is None else m_c.mean().view(1)
+    centre = _block(combine, comp, a_c.mean().view(1), m_centre)[0, 0]
+    if not torch.all((centre - corner.mean(0)).abs() <= margin):
+        return None
+    num_classes = corner.shape[-1]
+    refs = corner.mean(0).topk(min(references, num_classes), dim=-1).indices  # (N, r)
+    ref_logits = corner.gather(-1, refs.expand(corner.shape[0], -1, -1))  # (n_corners, N, r)
+    beaten = corner[..., None] < ref_logits[:, :, None, :] - 4 * margin[..., None]
+    is_candidate = ~beaten.all(0).any(-1)  # (N, C)
+    k = int(is_candidate.sum(-1).max())
+    if 2 * k > num_classes:
+        return None
+    arange = torch.arange(num_classes, device=corner.device)
+    order = (~is_candidate).long() * num_classes + arange
+    return order.argsort(-1)[:, :k] % num_classes
+
+
+def count_correct(
+    comp: Components,
+    combine: CombineFn,
+    labels: torch.Tensor,
+    alpha: torch.Tensor,
+    lam: torch.Tensor | None,
+    *,
+    max_elements: int = 1 << 20,
+    prune: bool = True,
+) -> torch.Tensor:
+    """(A, L) int64 correct counts for every (alpha, lam) pair at one beta."""
+    classes = candidate_classes(comp, combine, alpha, lam) if prune else None
+    if classes is not None:
+        gathered = [c.gather(-1, classes) for c in comp]
+        comp = type(comp)(*gathered) if hasattr(comp, "_fields") else tuple(gathered)
+    n, c = comp[0].shape
+    num_lam = 1 if lam is None else lam.numel()
+    per_pair = n * c
+    lam_chunk = max(1, min(num_lam, max_elements // per_pair))
+    alpha_chunk = max(1, max_elements // (lam_chunk * per_pair))
+    counts = torch.empty(alpha.numel(), num_lam, dtype=torch.long, device=labels.device)
+    for a0 in range(0, alpha.numel(), alpha_chunk):
+        for m0 in range(0, num_lam, lam_chunk):
+            m = None if lam is None else lam[m0 : m0 + lam_chunk]
+            pred = _block(combine, comp, alpha[a0 : a0 + alpha_chunk], m).argmax(-1)
+            if classes is not None:
+                pred = classes.expand(*pred.shape, -1).gather(-1, pred.unsqueeze(-1))[..., 0]
+            counts[a0 : a0 + alpha_chunk, m0 : m0 + lam_chunk] = (pred == labels).sum(-1)
+    return counts
+
+
+def grid_search(
+    components: ComponentsFn,
+    combine: CombineFn,
+    labels: torch.Tensor,
+    betas: Sequence[float],
+    alphas: Sequence[float],
+    lams: Sequence[float] | None = None,
+    *,
+    max_elements: int = 1 << 20,
+    prune: bool = True,
+) -> SearchResult:
+    """The setting :func:`grid_search_loop` picks, computed in blocks (see the module doc).
+
+    components(beta) -> (N, C) tensors; combine(components, alpha, lam) -> logits,
+    broadcasting over leading grid axes; labels (N,). Returns a :class:`SearchResult`.
+    """
+    best, best_index = -1, (0, 0, 0)
+    alpha_t = lam_t = None
+    for b, beta in enumerate(betas):
+        comp = components(beta)
+        if alpha_t is None:
+            alpha_t = _grid_tensor(alphas, comp[0])
+            lam_t = None if lams is None else _grid_tensor(lams, comp[0])
+        counts = count_correct(
+            comp, combine, labels, alpha_t, lam_t, max_elements=max_elements, prune=prune
+        )
+        flat = int(counts.flatten().argmax())  # first maximum in (alpha, lam) loop order
+        correct = int(counts.flatten()[flat])
+        if correct > best:
+            best, best_index = correct, (b, *divmod(flat, counts.shape[1]))
+    return _result(betas, alphas, lams, best_index, best, labels.numel())

@@ -1,0 +1,154 @@
+"""The vectorised grid search picks exactly what the official nested loop picks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewclip.methods.search import (
+    candidate_classes,
+    count_correct,
+    grid_search,
+    grid_search_loop,
+    linear_grid,
+)
+
+
+def dual_combine(c, alpha, lam):
+    pos = c[0] + alpha * c[1]
+    neg = c[2] + alpha * c[3]
+    return lam * pos + (1 - lam) * neg
+
+
+def tip_combine(c, alpha, lam=None):
+    return c[0] + alpha * c[1]
+
+
+def random_components(n=60, c=12, seed=0, structured=True, signal=1.0):
+    """Components whose beta-dependence is like a cache: text + beta-scaled cache terms."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, c, (n,), generator=g)
+    onehot = torch.nn.functional.one_hot(labels, c).float()
+    base = [torch.randn(n, c, generator=g) for _ in range(4)]
+    if structured:  # informative towards the label, so that pruning has work to do
+        base = [b + signal * s * onehot for b, s in zip(base, (3.0, 2.0, 1.0, 0.5), strict=True)]
+
+    def components(beta: float):
+        return (base[0], base[1] * (1 + beta), base[2], torch.exp(-beta * base[3].abs()))
+
+    return components, labels
+
+
+def test_linear_grid_is_the_official_formula():
+    # Tip-Adapter search_hp with search_scale 7, search_step 200
+    betas = linear_grid(0.1, 7, 200)
+    assert betas == [i * (7 - 0.1) / 200 + 0.1 for i in range(200)]
+    assert betas[0] == 0.1 and betas[-1] < 7
+    assert linear_grid(0.6, 1.0, 20)[-1] == pytest.approx(0.98)
+    assert linear_grid(0, 4, 4, scale=0.5) == [0.0, 0.5, 1.0, 1.5]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("structured", [True, False])
+def test_vectorised_equals_nested_loop(seed, structured):
+    components, labels = random_components(seed=seed, structured=structured)
+    grids = (linear_grid(0, 3, 5), linear_grid(0, 4, 9), linear_grid(0.3, 1.0, 7))
+    reference = grid_search_loop(components, dual_combine, labels, *grids)
+    assert grid_search(components, dual_combine, labels, *grids) == reference
+    assert grid_search(components, dual_combine, labels, *grids, prune=False) == reference
+    assert grid_search(components, dual_combine, labels, *grids, max_elements=100) == reference
+
+
+def test_without_lam_axis():
+    components, labels = random_components(seed=7)
+    grids = (linear_grid(0.1, 3, 6), linear_grid(0.1, 5, 11))
+    reference = grid_search_loop(components, tip_combine, labels, *grids)
+    found = grid_search(components, tip_combine, labels, *grids)
+    assert found == reference and found.lam is None and found.index[2] is None
+
+
+def test_planted_ties_first_in_loop_order():
+    """Integer components and dyadic grids give exact ties between classes and settings."""
+    g = torch.Generator().manual_seed(3)
+    n, c = 40, 6
+    labels = torch.randint(0, c, (n,), generator=g)
+    base = [torch.randint(-2, 3, (n, c), generator=g).float() for _ in range(4)]
+    base[0][:, 1] = base[0][:, 0]  # classes 0 and 1 tie in the text term
+    components = lambda beta: (base[0], base[1], base[2], base[3] * beta)
+    betas, alphas, lams = [0.0, 1.0, 1.0, 2.0], [0.0, 0.5, 0.5, 1.0], [0.5, 0.75, 1.0, 1.0]
+    reference = grid_search_loop(components, dual_combine, labels, betas, alphas, lams)
+    assert grid_search(components, dual_combine, labels, betas, alphas, lams) == reference
+    # repeated grid values can never win at their second occurrence
+    b, a, m = reference.index
+    assert b != 2 and a != 2 and m != 3
+
+    # every setting scores the same: the very first one is chosen (the loop's ">")
+    flat = lambda beta: (base[0], 0 * base[1], base[0], 0 * base[1])
+    tied = grid_search(flat, dual_combine, labels, betas, alphas, lams)
+    assert tied.index == (0, 0, 0)
+    assert tied == grid_search_loop(flat, dual_combine, labels, betas, alphas, lams)
+
+
+def test_class_ties_break_to_the_first_class():
+    labels = torch.tensor([1, 0])
+    text = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])  # classes 0 and 1 tie
+    zero = torch.zeros_like(text)
+    components = lambda beta: (text, zero, text, zero)
+    counts = count_correct(
+        components(0.0), dual_combine, labels, torch.tensor([0.0, 1.0]), torch.tensor([0.5])
+    )
+    assert counts.tolist() == [[1], [1]]  # argmax picks class 0 for both samples
+
+
+def test_nothing_correct_returns_the_first_setting():
+    labels = torch.tensor([2, 2])
+    text = torch.tensor([[1.0, 0.0, -1.0], [1.0, 0.0, -1.0]])
+    zero = torch.zeros_like(text)
+    found = grid_search(lambda b: (text, zero), tip_combine, labels, [0.5, 1.0], [1.0, 2.0])
+    assert found.correct == 0 and found.index == (0, 0, None) and found.beta == 0.5
+
+
+def test_recompute_loop_is_the_same():
+    components, labels = random_components(seed=11)
+    grids = (linear_grid(0, 2, 3), linear_grid(0, 2, 4), linear_grid(0.5, 1.0, 3))
+    assert grid_search_loop(components, dual_combine, labels, *grids, recompute=True) == (
+        grid_search_loop(components, dual_combine, labels, *grids)
+    )
+
+
+def test_pruning_keeps_every_possible_winner():
+    components, labels = random_components(n=80, c=40, seed=5, signal=2.0)
+    alphas, lams = torch.tensor(linear_grid(0, 4, 9)), torch.tensor(linear_grid(0.3, 1.0, 7))
+    comp = components(1.0)
+    classes = candidate_classes(comp, dual_combine, alphas, lams)
+    assert classes is not None and 1 < classes.shape[1] < 10  # pruning helps on this data
+    winners = dual_combine(comp, alphas.view(-1, 1, 1, 1), lams.view(1, -1, 1, 1)).argmax(-1)
+    kept = torch.zeros(80, 40, dtype=torch.bool).scatter_(1, classes, True)
+    assert kept.gather(1, winners.flatten(0, 1).T).all()
+    # the true winner at each grid point is the first maximum among the kept classes
+    kept_logits = dual_combine(
+        tuple(c.gather(1, classes) for c in comp), alphas.view(-1, 1, 1, 1), lams.view(1, -1, 1, 1)
+    )
+    assert torch.equal(
+        classes.expand(*winners.shape, -1).gather(-1, kept_logits.argmax(-1, keepdim=True))[..., 0],
+        winners,
+    )
+
+
+def test_non_multilinear_combine_disables_pruning():
+    components, labels = random_components(seed=2)
+    squared = lambda c, alpha, lam: c[0] + alpha * alpha * c[1] + lam * c[2]
+    alphas, lams = torch.tensor(linear_grid(0, 4, 9)), torch.tensor(linear_grid(0.3, 1.0, 7))
+    assert candidate_classes(components(1.0), squared, alphas, lams) is None
+    grids = (linear_grid(0, 2, 3), linear_grid(0, 4, 9), linear_grid(0.3, 1.0, 7))
+    assert grid_search(components, squared, labels, *grids) == grid_search_loop(
+        components, squared, labels, *grids
+    )
+
+
+def test_result_reports_accuracy():
+    components, labels = random_components(seed=1)
+    found = grid_search(components, tip_combine, labels, [1.0], [0.0, 1.0])
+    assert found.total == labels.numel()
+    assert found.accuracy == pytest.approx(100 * found.correct / found.total)
+    assert found.as_dict()["accuracy"] == found.accuracy
