@@ -195,7 +195,7 @@ def test_splits_are_seeded(tmp_path, emoji_root):
     assert load_dataset("emoji_openmoji_category", root).train != first
 
 
-def test_fingerprint_does_not_depend_on_where_the_data_root_is(tmp_path, emoji_root):
+def test_fingerprint_does_not_depend_on_where_the_data_root_is(tmp_path, emoji_root, monkeypatch):
     root, _, _ = emoji_root
     moved = tmp_path / "elsewhere"
     shutil.copytree(root, moved)
@@ -203,6 +203,9 @@ def test_fingerprint_does_not_depend_on_where_the_data_root_is(tmp_path, emoji_r
     b = load_dataset("emoji_unseen_name", moved)
     assert a.fingerprint() == b.fingerprint()
     assert b.test[0].impath.startswith(str(moved))
+    monkeypatch.chdir(tmp_path)
+    c = load_dataset("emoji_unseen_name", "elsewhere")  # a relative data root
+    assert Path(c.test[0].impath).is_absolute() and c.fingerprint() == a.fingerprint()
 
 
 def test_task_not_prepared_names_the_prepare_command(tmp_path):

@@ -270,7 +270,7 @@ def read_task(name: str, data_root: str | Path, **options) -> Dataset:
     spec = TASKS[name]
     if options:
         raise DatasetError(f"{name}: unknown reader option(s) {sorted(options)}")
-    data_root = Path(data_root)
+    data_root = Path(data_root).expanduser().absolute()  # Datum paths are absolute
     folder = data_root / name
     record = read_task_record(data_root, name)
     split_path = folder / split_file(name)
