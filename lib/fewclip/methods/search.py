@@ -53,6 +53,26 @@ ComponentsFn = Callable[[float], Components]
 CombineFn = Callable[[Components, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
+REFERENCE_SCALE = 100.0  # CLIP's logit scale: the unit of the official grids and constants
+
+
+def grid_scales(
+    logit_scale: float, beta_scale: float | None = None, alpha_scale: float = 1.0
+) -> tuple[float, float]:
+    """Factors (for beta, for alpha) applied to the official grids and initial values.
+
+    The official values are tuned for CLIP's s = 100. Default: beta x s / 100, alpha x 1.
+    A model trained at scale s spreads its cosines over about 1/s (s * delta-cos is what
+    its softmax learned to separate), so the kernel sharpness beta in exp(-beta (1 - cos))
+    must grow with s to discriminate alike. alpha weighs the cache logits against the text
+    logits s * f @ W, whose differences between classes (s * delta-cos) do not depend on s,
+    so it keeps its official values. ``beta_scale`` / ``alpha_scale`` override the factors
+    (1.0 and 1.0: the official numbers as they are).
+    """
+    beta = logit_scale / REFERENCE_SCALE if beta_scale is None else beta_scale
+    return beta, alpha_scale
+
+
 def linear_grid(start: float, stop: float, steps: int, scale: float = 1.0) -> list[float]:
     """The official grids: ``[scale * (i * (stop - start) / steps + start) for i < steps]``.
 
