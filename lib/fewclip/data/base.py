@@ -87,6 +87,7 @@ def items_fingerprint(
 Reader = Callable[..., Dataset]
 _READERS: dict[str, Reader] = {}
 _FOLDERS: dict[str, str] = {}
+_PREFIXES: dict[str, Reader] = {}
 
 
 def register_dataset(name: str, folder: str | None = None) -> Callable[[Reader], Reader]:
@@ -106,6 +107,22 @@ def register_dataset(name: str, folder: str | None = None) -> Callable[[Reader],
     return wrap
 
 
+def register_prefix(prefix: str) -> Callable[[Reader], Reader]:
+    """Register ``reader(path, **options) -> Dataset`` for names ``"<prefix>:<path>"``.
+
+    ``load_dataset("folder:my/images", data_root)`` calls the ``folder`` reader with
+    ``data_root / "my/images"`` (an absolute path is used as is).
+    """
+
+    def wrap(reader: Reader) -> Reader:
+        if prefix in _PREFIXES:
+            raise ValueError(f"dataset prefix {prefix!r} registered twice")
+        _PREFIXES[prefix] = reader
+        return reader
+
+    return wrap
+
+
 def list_datasets() -> list[str]:
     return sorted(_READERS)
 
@@ -117,13 +134,26 @@ def dataset_folder(name: str) -> str:
 
 def _check_name(name: str) -> None:
     if name not in _READERS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
+        forms = "".join(f", or {p}:<path>" for p in sorted(_PREFIXES))
+        raise DatasetError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}{forms}"
+        )
 
 
 def load_dataset(name: str, data_root: str | Path, **options) -> Dataset:
-    """Read dataset ``name`` from ``data_root / <its folder>``."""
-    _check_name(name)
+    """Read dataset ``name`` from ``data_root / <its folder>`` (or ``"<prefix>:<path>"``)."""
     data_root = Path(data_root).expanduser()
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _PREFIXES:
+        path = Path(rest).expanduser()
+        path = path if path.is_absolute() else data_root / path
+        if not path.is_dir():
+            raise DatasetError(
+                f"dataset {name!r}: expected a folder at {path}, which does not exist. "
+                f"See {DATA_README}."
+            )
+        return _PREFIXES[prefix](path, **options)
+    _check_name(name)
     folder = data_root / _FOLDERS[name]
     if not folder.is_dir():
         raise DatasetError(
