@@ -100,6 +100,30 @@ def test_class_ties_break_to_the_first_class():
     assert counts.tolist() == [[1], [1]]  # argmax picks class 0 for both samples
 
 
+def test_class_ties_with_pruning_active():
+    """Two identical classes tie everywhere; pruning must keep the lower one first."""
+    components, labels = random_components(n=80, c=40, seed=5, signal=2.0)
+
+    def duplicated(beta: float):
+        comp = [c.clone() for c in components(beta)]
+        for c in comp:
+            c[:, 1] = c[:, 0]
+        return tuple(comp)
+
+    labels = labels.clone()
+    labels[labels == 0] = 1  # only the tie-break decides whether these are correct
+    alphas, lams = linear_grid(0, 4, 9), linear_grid(0.3, 1.0, 7)
+    comp = duplicated(1.0)
+    a_t, m_t = torch.tensor(alphas), torch.tensor(lams)
+    assert candidate_classes(comp, dual_combine, a_t, m_t) is not None
+    pruned = count_correct(comp, dual_combine, labels, a_t, m_t)
+    assert torch.equal(pruned, count_correct(comp, dual_combine, labels, a_t, m_t, prune=False))
+    grids = ([0.5, 1.0, 2.0], alphas, lams)
+    assert grid_search(duplicated, dual_combine, labels, *grids) == grid_search_loop(
+        duplicated, dual_combine, labels, *grids
+    )
+
+
 def test_nothing_correct_returns_the_first_setting():
     labels = torch.tensor([2, 2])
     text = torch.tensor([[1.0, 0.0, -1.0], [1.0, 0.0, -1.0]])

@@ -110,8 +110,8 @@ class TipCache(nn.Module):
             self.keys = nn.Parameter(keys)
         else:
             self.register_buffer("keys", keys)
-        self.register_buffer("values", values.float())
-        self.register_buffer("classifier", classifier.float())
+        self.register_buffer("values", values.detach().clone().float())
+        self.register_buffer("classifier", classifier.detach().clone().float())
         self.logit_scale = float(logit_scale)
 
     def terms(self, f: torch.Tensor) -> TipTerms:

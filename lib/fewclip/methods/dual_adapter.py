@@ -1,0 +1,537 @@
+"""DualAdapter: "Negative Yields Positive: Unified Dual-Path Adapter for Vision-Language
+Models" (Zhang et al., arXiv 2403.12964).
+
+A positive path says which class an image is, a negative path which classes it is not;
+each has a textual and a visual (cache) part. Built once from the few-shot set
+(M cache entries, C classes, y_i the class of entry i, K_c the shots of class c):
+
+    F    (M, d)  cache keys (augmented views averaged, normalised, as Tip-Adapter)
+    L    (M, C)  one-hot values
+    L~   (M, C)  soft labels, per class c with K_c > 1 (K_c = 1: L~ = L):
+                 m_i = mean_{j != i, y_j = c} F_i . F_j,  w = softmax_{i: y_i = c}(m / 0.1),
+                 L~_i = K_c * w_i * onehot(c)             (each class's rows sum to K_c)
+    F-   (M, d)  pseudo-negative keys: entry i is the k-th shot of class c,
+                 F-_i = norm(mean_{j != c} F_{j,k})       (slot k of every other class)
+    W_t, W_d, W_n  (d, C)  positive-template, description (CuPL) and negative-template
+                 classifiers ("positive", "description", "negative" in FeatureData)
+
+Learnable residuals, all (C, d) and zero-initialised: R_t, R_d, R_k (positive), R_n, R_k-
+(negative). R_k and R_k- are added to every key of their class. For a normalised image
+feature f (N, d), with s the backbone's logit scale (CLIP's 100, the constant in the
+paper and code):
+
+    K+    = norm(F + R_k[y]),  K- = norm(F- + R_k-[y])                (M, d)
+    W+    = 0.45 * norm(W_t + R_t^T) + 0.55 * norm(W_d + R_d^T)     (d, C), not re-normalised
+    pos   = s * f @ W+                       + alpha * exp(-beta * (1 - f @ K+^T)) @ L~
+    neg   = 0.15 * s * (1 - f @ norm(W_n + R_n^T)) + alpha * exp(-beta * (f @ K-^T)) @ L
+    logit = lam * pos + (1 - lam) * neg                               (N, C)
+
+Loss: CE(logit, y) + ARL + 8 * consistency (:func:`adaptive_reranking_loss`,
+:func:`consistency_loss`). Training: AdamW in two groups (positive residuals lr 1e-4,
+negative 5x), weight decay 0.1, eps 1e-3, cosine per iteration, batch 256, one augmented
+view per epoch, epochs per dataset (:data:`DUAL_DEFAULTS`); the best epoch by val accuracy
+at the initial (beta, alpha, lam) is kept. Then (beta, alpha, lam) are searched on val
+(beta [0, s0) 200 steps, alpha [0, s1) 40 steps, lam [0.6, 1.0) 20 steps, per-dataset
+ranges from the official configs) with the vectorised :func:`.search.grid_search`, which
+returns the official nested loop's choice. The beta and alpha grids and initial values are
+for s = 100: beta's are multiplied by ``beta_scale`` (default s / 100), alpha's by
+``alpha_scale`` (default 1); see :func:`.search.grid_scales`.
+
+Ablations by options alone: ``paths="positive"`` (lam = 1) or ``"negative"`` (lam = 0),
+``soft_labels=False`` (L~ = L), ``negative_cache=False`` (negative path = negative text
+only), ``train=False`` (training-free: residuals stay zero), ``search_lam=False`` (lam
+fixed at ``init_lam``); ``logits(x, lam=...)`` sweeps lam after fitting.
+
+Differences from the official code (zhangce01/DualAdapter), each deliberate:
+- consistency is the cosine per class (``consistency="official"``: along the class axis
+  for each feature dimension, as the official ``CosineSimilarity(dim=1)`` on (d, C));
+- the few-shot set may be unbalanced (CoOp keeps all items of a class with fewer than K);
+  shot slots, soft labels and F- are defined per class, and F-_i averages over the other
+  classes that have a k-th shot (the official reshape assumes exactly K per class);
+- F- averages over all other classes; the official code takes the C - 1 classes least
+  similar to c (by mean key), which is the same unless another class's mean key is more
+  similar to c's than c's own;
+- float32 throughout (the official code casts keys and classifiers to half);
+- a missing description classifier falls back to W_t with a note in the run record;
+- with ``paths="negative"`` only R_n and R_k- train and ARL / consistency (which concern
+  W+) are left out; ``trainable_parameters`` counts only the residuals that train
+  (5 C d for the full method);
+- the stale official configs of StanfordCars and UCF101 (no ``search_scale2``; the
+  official code would stop with a KeyError) are read as beta [0, 15) in 100 steps and
+  alpha [0, 10) / [0, 7) in 20 steps, lam the default [0.6, 1.0) in 20 steps.
+
+Selection sees only ``data.val_*``. The run layer decides what that is: the official code
+uses ImageNet's val (= its test set) for both, which a run-layer switch can reproduce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import FeatureData, FeatureMethod, FitResult, register_method
+from .search import SearchResult, grid_scales, grid_search, linear_grid
+from .training import fit_epochs
+
+Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
+
+TEXT_WEIGHTS = (0.45, 0.55)  # W+ = 0.45 * template + 0.55 * description
+NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP)
+
+
+@dataclass(frozen=True)
+class DualDefaults:
+    """One dataset's official settings (configs/<dataset>.yaml), beta/alpha for s = 100."""
+
+    epochs: int
+    beta: Range
+    alpha: Range
+    init_beta: float
+    init_alpha: float
+    lam: Range = (0.6, 1.0, 20)
+    init_lam: float = 0.75
+    lr: float = 1e-4
+    eps: float = 1e-3
+    eps_low_shot: float | None = None  # eps for 1 and 2 shots, where the config says so
+
+
+DUAL_DEFAULTS: dict[str, DualDefaults] = {
+    "imagenet": DualDefaults(20, (0, 4, 200), (0, 4, 40), 2, 1.2, lam=(0.6, 0.9, 20)),
+    "caltech101": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 5),
+    "dtd": DualDefaults(20, (0, 7, 200), (0, 7, 40), 1, 3),
+    "eurosat": DualDefaults(200, (0, 20, 200), (0, 5, 20), 6, 1.5, lam=(0.3, 0.9, 10)),
+    "fgvc_aircraft": DualDefaults(30, (0, 20, 200), (0, 10, 40), 3, 8, lr=5e-4),
+    "food101": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 0.8, eps_low_shot=1e-2),
+    "oxford_flowers": DualDefaults(60, (0, 7, 200), (0, 7, 40), 1, 3),
+    "oxford_pets": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 2),
+    "stanford_cars": DualDefaults(30, (0, 15, 100), (0, 10, 20), 2, 1, eps=5e-3),
+    "sun397": DualDefaults(30, (0, 10, 200), (0, 7, 40), 5, 3),
+    "ucf101": DualDefaults(30, (0, 15, 100), (0, 7, 20), 1, 1, eps=2e-3),
+}
+# Datasets without an official config (e.g. the offline tasks): the most common row.
+DUAL_GENERIC = DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 3)
+
+
+def dual_defaults(dataset: str | None) -> DualDefaults:
+    return DUAL_DEFAULTS.get(dataset or "", DUAL_GENERIC)
+
+
+# -- inputs built once from the few-shot set ---------------------------------------------
+
+
+def shot_slots(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(M,) k for each entry: it is the k-th (from 0) entry of its class, in order."""
+    onehot = F.one_hot(labels, num_classes)
+    return (onehot.cumsum(0) - onehot).gather(1, labels[:, None])[:, 0]
+
+
+def soft_labels(
+    keys: torch.Tensor, labels: torch.Tensor, num_classes: int, temperature: float = 0.1
+) -> torch.Tensor:
+    """(M, C) similarity-based label refinement L~ (one-hot for classes with one shot).
+
+    keys (M, d) normalised, labels (M,). m_i = mean similarity of key i to the other keys of
+    its class; w = softmax(m / temperature) within the class; L~_i = K_c * w_i * onehot(c).
+    """
+    same = labels[:, None] == labels[None, :]
+    same.fill_diagonal_(False)
+    shots = torch.bincount(labels, minlength=num_classes)[labels].to(keys.dtype)  # K_c (M,)
+    sims = (keys @ keys.T * same).sum(1)
+    m = torch.where(shots > 1, sims / (shots - 1).clamp(min=1), torch.zeros_like(sims))
+    z = m / temperature
+    z_max = torch.full((num_classes,), -torch.inf, dtype=z.dtype, device=z.device)
+    z_max = z_max.scatter_reduce(0, labels, z, "amax")
+    e = torch.exp(z - z_max[labels])
+    w = e / torch.zeros_like(z_max).index_add(0, labels, e)[labels]
+    return (shots * w)[:, None] * F.one_hot(labels, num_classes).to(keys.dtype)
+
+
+def pseudo_negative_keys(
+    keys: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """(M, d) F-: entry i (the k-th shot of class c) gets norm(mean_{j != c} F_{j,k}).
+
+    The mean runs over the other classes that have a k-th shot; none: a zero key.
+    """
+    slots = shot_slots(labels, num_classes)
+    num_slots, dim = int(slots.max()) + 1, keys.shape[1]
+    sums = keys.new_zeros(num_slots, num_classes, dim).index_put_(
+        (slots, labels), keys, accumulate=True
+    )
+    counts = keys.new_zeros(num_slots, num_classes).index_put_(
+        (slots, labels), torch.ones_like(labels, dtype=keys.dtype), accumulate=True
+    )
+    others = sums.sum(1)[slots] - sums[slots, labels]  # (M, d)
+    n_others = counts.sum(1)[slots] - counts[slots, labels]  # (M,)
+    return F.normalize(others / n_others.clamp(min=1)[:, None], dim=-1)
+
+
+# -- losses ------------------------------------------------------------------------------
+
+
+def adaptive_reranking_loss(
+    features: torch.Tensor,
+    prototypes: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float = 4.0,
+    k: int = 3,
+) -> torch.Tensor:
+    """ARL: mean over samples and their k nearest prototypes j of
+    max(0, d(f, t_y) + (1 - t_y . t_j) / scale - d(f, t_j)), d Euclidean.
+
+    features (B, d), prototypes (C, d) used as they are (W+ columns), labels (B,).
+    """
+    k = min(k, prototypes.shape[0])
+    distances = torch.cdist(features, prototypes)  # (B, C)
+    nearest_d, nearest = distances.topk(k, dim=1, largest=False)  # (B, k) ascending
+    t_y = prototypes[labels]  # (B, d)
+    anchor = (features - t_y).norm(dim=-1, keepdim=True)  # (B, 1)
+    margins = (1.0 - (prototypes[nearest] * t_y[:, None]).sum(-1)) / scale  # (B, k)
+    return torch.clamp(anchor + margins - nearest_d, min=0).mean()
+
+
+def consistency_loss(
+    w_plus: torch.Tensor,
+    w_t: torch.Tensor,
+    w_d: torch.Tensor,
+    mode: str = "class",
+    weights: tuple[float, float] = TEXT_WEIGHTS,
+) -> torch.Tensor:
+    """mean(0.45 * (1 - cos(W+, W_t)) + 0.55 * (1 - cos(W+, W_d))), all (d, C).
+
+    mode "class": cosine per class column (C values); "official": along the class axis for
+    each feature dimension (d values), as the official code computes it.
+    """
+    if mode not in ("class", "official"):
+        raise ValueError(f"consistency must be 'class' or 'official', not {mode!r}")
+    dim = 0 if mode == "class" else 1
+    cos_t = F.cosine_similarity(w_plus, w_t, dim=dim, eps=1e-7)
+    cos_d = F.cosine_similarity(w_plus, w_d, dim=dim, eps=1e-7)
+    return (weights[0] * (1 - cos_t) + weights[1] * (1 - cos_d)).mean()
+
+
+# -- the forward -------------------------------------------------------------------------
+
+
+class DualTerms(NamedTuple):
+    """The parts of the forward that depend on no hyper-parameter."""
+
+    pos_text: torch.Tensor  # (N, C) s * f @ W+
+    pos_affinity: torch.Tensor  # (N, M) f @ norm(F + R_k)^T
+    neg_text: torch.Tensor  # (N, C) 0.15 s (1 - f @ norm(W_n + R_n))
+    neg_affinity: torch.Tensor | None  # (N, M) f @ norm(F- + R_k-)^T; None: no F-
+
+
+class DualComponents(NamedTuple):
+    """The forward at one beta, before (alpha, lam) blend it (see :mod:`.search`)."""
+
+    pos_text: torch.Tensor  # (N, C)
+    pos_cache: torch.Tensor  # (N, C) exp(-beta (1 - f @ K+^T)) @ L~
+    neg_text: torch.Tensor  # (N, C)
+    neg_cache: torch.Tensor  # (N, C) exp(-beta f @ K-^T) @ L (zeros without F-)
+
+
+class DualCache(nn.Module):
+    """Frozen inputs (buffers) and the five residuals of DualAdapter; one forward."""
+
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        labels: torch.Tensor,
+        w_t: torch.Tensor,
+        w_d: torch.Tensor,
+        w_n: torch.Tensor,
+        logit_scale: float,
+        *,
+        soft: bool = True,
+        negative_cache: bool = True,
+    ) -> None:
+        super().__init__()
+        dim, num_classes = w_t.shape
+        keys, w_t, w_d, w_n = (t.detach().clone().float() for t in (keys, w_t, w_d, w_n))
+        values = F.one_hot(labels, num_classes).float()
+        self.register_buffer("keys", keys)  # F (M, d)
+        self.register_buffer("labels", labels.clone())  # y (M,)
+        self.register_buffer("values", values)  # L (M, C)
+        self.register_buffer(
+            "soft_values", soft_labels(keys, labels, num_classes) if soft else values
+        )  # L~ (M, C)
+        self.register_buffer(
+            "negative_keys", pseudo_negative_keys(keys, labels, num_classes)
+        )  # F- (M, d)
+        self.register_buffer("w_t", w_t)
+        self.register_buffer("w_d", w_d)
+        self.register_buffer("w_n", w_n)
+        self.logit_scale = float(logit_scale)
+        self.negative_cache = negative_cache
+        zeros = lambda: nn.Parameter(torch.zeros(num_classes, dim, device=keys.device))
+        self.r_t, self.r_d, self.r_k = zeros(), zeros(), zeros()  # positive residuals
+        self.r_n, self.r_kn = zeros(), zeros()  # negative residuals (R_n, R_k-)
+
+    def positive_classifier(self) -> torch.Tensor:
+        """W+ (d, C) = 0.45 norm(W_t + R_t^T) + 0.55 norm(W_d + R_d^T)."""
+        w_t = F.normalize(self.w_t + self.r_t.T, dim=0)
+        w_d = F.normalize(self.w_d + self.r_d.T, dim=0)
+        return TEXT_WEIGHTS[0] * w_t + TEXT_WEIGHTS[1] * w_d
+
+    def negative_classifier(self) -> torch.Tensor:
+        """(d, C) norm(W_n + R_n^T)."""
+        return F.normalize(self.w_n + self.r_n.T, dim=0)
+
+    def positive_keys(self) -> torch.Tensor:
+        """(M, d) norm(F + R_k[y])."""
+        return F.normalize(self.keys + self.r_k[self.labels], dim=-1)
+
+    def negative_keys_adapted(self) -> torch.Tensor:
+        """(M, d) norm(F- + R_k-[y])."""
+        return F.normalize(self.negative_keys + self.r_kn[self.labels], dim=-1)
+
+    def terms(self, f: torch.Tensor) -> DualTerms:
+        s = self.logit_scale
+        return DualTerms(
+            pos_text=s * f @ self.positive_classifier(),
+            pos_affinity=f @ self.positive_keys().T,
+            neg_text=NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
+            neg_affinity=f @ self.negative_keys_adapted().T if self.negative_cache else None,
+        )
+
+    def components(self, terms: DualTerms, beta: float) -> DualComponents:
+        """The cache terms at one beta."""
+        pos_cache = torch.exp(-beta * (1 - terms.pos_affinity)) @ self.soft_values
+        if terms.neg_affinity is None:
+            neg_cache = torch.zeros_like(terms.neg_text)
+        else:
+            neg_cache = torch.exp(-beta * terms.neg_affinity) @ self.values
+        return DualComponents(terms.pos_text, pos_cache, terms.neg_text, neg_cache)
+
+    @staticmethod
+    def combine(
+        c: DualComponents, alpha: torch.Tensor | float, lam: torch.Tensor | float
+    ) -> torch.Tensor:
+        """lam * pos + (1 - lam) * neg; alpha and lam may carry leading grid axes."""
+        pos = c.pos_text + alpha * c.pos_cache
+        neg = c.neg_text + alpha * c.neg_cache
+        return lam * pos + (1 - lam) * neg
+
+    def forward(self, f: torch.Tensor, beta: float, alpha: float, lam: float) -> torch.Tensor:
+        """(N, d) normalised features -> (N, C) unified logits."""
+        return self.combine(self.components(self.terms(f), beta), alpha, lam)
+
+    def positive_parameters(self) -> list[nn.Parameter]:
+        return [self.r_t, self.r_d, self.r_k]
+
+    def negative_parameters(self) -> list[nn.Parameter]:
+        return [self.r_n, self.r_kn] if self.negative_cache else [self.r_n]
+
+
+@register_method
+class DualAdapter(FeatureMethod):
+    """DualAdapter: positive and negative paths, each textual + cache; see the module doc."""
+
+    name = "dual_adapter"
+
+    @dataclass
+    class Options:
+        dataset: str | None = None  # picks the official settings (DUAL_DEFAULTS)
+        epochs: int | None = None  # None: the dataset's (30 for datasets without a config)
+        lr: float | None = None  # positive residuals; None: the dataset's (1e-4)
+        negative_lr_factor: float = 5.0  # negative residuals train at 5x lr
+        weight_decay: float = 0.1
+        eps: float | None = None  # None: the dataset's (1e-3)
+        batch_size: int = 256
+        train: bool = True  # False: training-free (residuals stay zero)
+        paths: str = "both"  # "positive" (lam = 1) or "negative" (lam = 0)
+        soft_labels: bool = True  # False: one-hot L in the positive cache
+        negative_cache: bool = True  # False: the negative path is its text part only
+        search: bool = True  # False: keep the initial (beta, alpha, lam)
+        search_lam: bool = True  # False: lam fixed at init_lam
+        init_beta: float | None = None  # None: the dataset's (s = 100 units)
+        init_alpha: float | None = None
+        init_lam: float | None = None
+        beta_range: Range | None = None  # (start, stop, steps); None: the dataset's
+        alpha_range: Range | None = None
+        lam_range: Range | None = None
+        beta_scale: float | None = None  # beta grid and init x this; None: s / 100
+        alpha_scale: float = 1.0  # alpha grid and init x this
+        consistency: str = "class"  # or "official" (cosine along the class axis)
+        consistency_weight: float = 8.0
+        arl_weight: float = 1.0
+        arl_scale: float = 4.0
+        arl_k: int = 3
+        progress: bool = False
+
+    module: DualCache | None = None
+    chosen: dict | None = None
+    _trainable: int = 0
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        if self.options.paths not in ("both", "positive", "negative"):
+            raise ValueError("paths must be 'both', 'positive' or 'negative'")
+        if self.options.consistency not in ("class", "official"):
+            raise ValueError("consistency must be 'class' or 'official'")
+
+    # -- settings --------------------------------------------------------------------------
+    def _scales(self, data: FeatureData) -> tuple[float, float]:
+        return grid_scales(data.logit_scale, self.options.beta_scale, self.options.alpha_scale)
+
+    def initial(self, data: FeatureData) -> tuple[float, float, float]:
+        """(beta, alpha, lam) used while training; beta and alpha rescaled."""
+        o, d = self.options, dual_defaults(self.options.dataset)
+        rb, ra = self._scales(data)
+        beta = rb * (o.init_beta if o.init_beta is not None else d.init_beta)
+        alpha = ra * (o.init_alpha if o.init_alpha is not None else d.init_alpha)
+        lam = {"positive": 1.0, "negative": 0.0}.get(
+            o.paths, o.init_lam if o.init_lam is not None else d.init_lam
+        )
+        return beta, alpha, lam
+
+    def grids(self, data: FeatureData) -> tuple[list[float], list[float], list[float]]:
+        """The beta, alpha and lam grids of the search (lam: one value when fixed)."""
+        o, d = self.options, dual_defaults(self.options.dataset)
+        rb, ra = self._scales(data)
+        betas = linear_grid(*(o.beta_range or d.beta), scale=rb)
+        alphas = linear_grid(*(o.alpha_range or d.alpha), scale=ra)
+        if o.paths != "both" or not o.search_lam:
+            lams = [self.initial(data)[2]]
+        else:
+            lams = linear_grid(*(o.lam_range or d.lam))
+        return betas, alphas, lams
+
+    def _classifiers(self, data: FeatureData, notes: list[str]):
+        w_t = data.classifiers["positive"]
+        w_d = data.classifiers.get("description")
+        if w_d is None:
+            notes.append("dual_adapter: no description classifier, W_d = W_t")
+            w_d = w_t
+        w_n = data.classifiers.get("negative")
+        if w_n is None:
+            if self.options.paths != "positive":
+                raise ValueError(
+                    "dual_adapter needs the 'negative' classifier (negative templates) for "
+                    "its negative path; give the dataset negative templates or use "
+                    "paths='positive'"
+                )
+            w_n = w_t  # never used with lam = 1
+        return w_t, w_d, w_n
+
+    # -- fit / logits ----------------------------------------------------------------------
+    def fit(self, data: FeatureData, seed: int = 0) -> FitResult:
+        o, d = self.options, dual_defaults(self.options.dataset)
+        notes: list[str] = []
+        w_t, w_d, w_n = self._classifiers(data, notes)
+        module = self.module = DualCache(
+            data.cache_keys,
+            data.train_labels,
+            w_t,
+            w_d,
+            w_n,
+            data.logit_scale,
+            soft=o.soft_labels,
+            negative_cache=o.negative_cache,
+        ).to(data.device)
+        beta, alpha, lam = self.initial(data)
+        result = FitResult(notes=notes)
+        self._trainable = 0
+        if o.train:
+            result = self._train(data, module, beta, alpha, lam, seed)
+            result.notes[:0] = notes
+        chosen = {
+            "init_beta": beta,
+            "init_alpha": alpha,
+            "init_lam": lam,
+            "beta_scale": self._scales(data)[0],
+            "alpha_scale": self._scales(data)[1],
+            "epochs": (o.epochs or d.epochs) if o.train else 0,
+        }
+        if o.search:
+            found = self.search(data.val_features, data.val_labels, data)
+            beta, alpha, lam = found.beta, found.alpha, found.lam
+            chosen["search_val_acc"] = found.accuracy
+        chosen.update(beta=beta, alpha=alpha, lam=lam)
+        self.chosen = chosen
+        result.chosen.update(chosen)
+        return result
+
+    def _train(self, data, module: DualCache, beta, alpha, lam, seed) -> FitResult:
+        o, d = self.options, dual_defaults(self.options.dataset)
+        shots = int(torch.bincount(data.train_labels).max())
+        eps = o.eps or (d.eps_low_shot if d.eps_low_shot and shots <= 2 else d.eps)
+        lr = o.lr or d.lr
+        groups = []
+        if o.paths != "negative":
+            groups.append({"params": module.positive_parameters(), "lr": lr})
+        if o.paths != "positive":
+            groups.append({"params": module.negative_parameters(), "lr": lr * o.negative_lr_factor})
+        self._trainable = sum(p.numel() for g in groups for p in g["params"])
+        optimizer = torch.optim.AdamW(groups, weight_decay=o.weight_decay, eps=eps)
+
+        def loss_fn(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            f = f.float()
+            loss = F.cross_entropy(module(f, beta, alpha, lam), y)
+            if o.paths != "negative":
+                w_plus = module.positive_classifier()
+                loss = loss + o.arl_weight * adaptive_reranking_loss(
+                    f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k
+                )
+                loss = loss + o.consistency_weight * consistency_loss(
+                    w_plus, module.w_t, module.w_d, mode=o.consistency
+                )
+            return loss
+
+        return fit_epochs(
+            module,
+            optimizer,
+            data,
+            epochs=o.epochs or d.epochs,
+            batch_size=o.batch_size,
+            loss_fn=loss_fn,
+            logits_fn=lambda f: module(f.float(), beta, alpha, lam),
+            seed=seed,
+            progress=o.progress,
+            desc=self.name,
+        )
+
+    def search(
+        self, features: torch.Tensor, labels: torch.Tensor, data: FeatureData
+    ) -> SearchResult:
+        """The (beta, alpha, lam) grid search on (features, labels), vectorised."""
+        module = self._module()
+        betas, alphas, lams = self.grids(data)
+        with torch.no_grad():
+            terms = module.terms(features.float())
+            return grid_search(
+                lambda b: module.components(terms, b), module.combine, labels, betas, alphas, lams
+            )
+
+    def _module(self) -> DualCache:
+        if self.module is None:
+            raise RuntimeError(f"{self.name}: call fit() before logits()")
+        return self.module
+
+    def logits(
+        self,
+        features: torch.Tensor,
+        *,
+        beta: float | None = None,
+        alpha: float | None = None,
+        lam: float | None = None,
+    ) -> torch.Tensor:
+        """(B, d) -> (B, C) at the chosen (beta, alpha, lam), or at the values given."""
+        module = self._module()
+        c = self.chosen
+        with torch.no_grad():
+            return module(
+                features.float(),
+                c["beta"] if beta is None else beta,
+                c["alpha"] if alpha is None else alpha,
+                c["lam"] if lam is None else lam,
+            )
+
+    def trainable_parameters(self) -> int:
+        """Residual entries that train: 5 C d for the full method, 0 training-free."""
+        return self._trainable

@@ -1,0 +1,357 @@
+"""DualAdapter: hand cases for every formula, invariants, ablation options, synthetic runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from synthetic import make_feature_data
+
+from fewclip.methods.base import FeatureData, accuracy
+from fewclip.methods.dual_adapter import (
+    DUAL_DEFAULTS,
+    DualAdapter,
+    DualCache,
+    adaptive_reranking_loss,
+    consistency_loss,
+    pseudo_negative_keys,
+    shot_slots,
+    soft_labels,
+)
+from fewclip.methods.search import grid_search_loop, linear_grid
+
+E1, E2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+SWAP = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_feature_data(num_classes=10, shots=8, dim=64, seed=0)
+
+
+def tiny_cache(**kw) -> DualCache:
+    """d = 2, C = 2, one shot each: keys e1 (class 0), e2 (class 1); s = 10.
+
+    W_t = I, W_d = SWAP (so W+ = [[.45, .55], [.55, .45]]), W_n = SWAP.
+    """
+    keys, labels = torch.eye(2), torch.tensor([0, 1])
+    return DualCache(keys, labels, torch.eye(2), SWAP, SWAP, logit_scale=10.0, **kw)
+
+
+# -- the forward ---------------------------------------------------------------------------
+
+
+def test_unified_logits_hand_case():
+    f = E1[None]
+    beta, alpha, lam = 1.0, 2.0, 0.75
+    # pos_text = 10 * (.45, .55); affinities to the keys (1, 0): pos_cache = (1, 1/e)
+    pos = torch.tensor([4.5 + alpha * 1.0, 5.5 + alpha / math.e])
+    # F- = (e2, e1): neg affinities (0, 1), exp(-beta * a) = (1, 1/e);
+    # neg_text = 0.15 * 10 * (1 - f @ W_n) = 1.5 * (1 - (0, 1)) = (1.5, 0)
+    neg = torch.tensor([1.5 + alpha * 1.0, 0.0 + alpha / math.e])
+    expected = lam * pos + (1 - lam) * neg
+    assert torch.allclose(tiny_cache()(f, beta, alpha, lam)[0], expected)
+    # positive path alone (lam = 1), negative path alone (lam = 0)
+    assert torch.allclose(tiny_cache()(f, beta, alpha, 1.0)[0], pos)
+    assert torch.allclose(tiny_cache()(f, beta, alpha, 0.0)[0], neg)
+
+
+def test_residuals_are_added_then_renormalised():
+    cache = tiny_cache()
+    with torch.no_grad():
+        cache.r_k[0] = E2  # class 0's key becomes norm(e1 + e2)
+        cache.r_t[1] = E1  # W_t's class-1 column becomes norm(e2 + e1)
+        cache.r_n[0] = -SWAP[:, 0] + E1  # W_n's class-0 column becomes e1
+        cache.r_kn[1] = torch.tensor([0.0, 3.0])  # F- of class 1 becomes norm(e1 + 3 e2)
+    f = E1[None]
+    c = cache.components(cache.terms(f), beta=2.0)
+    assert torch.allclose(c.pos_cache[0, 0], torch.tensor(math.exp(-2 * (1 - 1 / math.sqrt(2)))))
+    w_plus_11 = 0.45 / math.sqrt(2) + 0.55  # f . W+[:, 1] = .45 e1.norm(e1 + e2) + .55 e1.e1
+    assert torch.allclose(c.pos_text[0, 1], torch.tensor(10 * w_plus_11))
+    assert torch.allclose(c.neg_text[0, 0], torch.tensor(0.0))  # 1.5 * (1 - f . e1)
+    assert torch.allclose(c.neg_cache[0, 1], torch.tensor(math.exp(-2 / math.sqrt(10))))
+
+
+def test_key_residual_moves_every_key_of_its_class():
+    keys = F.normalize(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    labels = torch.tensor([0, 1, 0, 1, 0])
+    w = F.normalize(torch.randn(4, 2), dim=0)
+    cache = DualCache(keys, labels, w, w, w, logit_scale=10.0)
+    with torch.no_grad():
+        cache.r_k[0] = 1.0
+    moved = ~torch.isclose(cache.positive_keys(), keys).all(-1)
+    assert moved.tolist() == [True, False, True, False, True]
+
+
+def test_alpha_zero_leaves_the_text_parts(synthetic):
+    data, test_f, _ = synthetic
+    method = DualAdapter(train=False, search=False)
+    method.fit(data)
+    s, lam = data.logit_scale, 0.7
+    w_plus = 0.45 * data.classifiers["positive"] + 0.55 * data.classifiers["description"]
+    text = lam * s * test_f @ w_plus + (1 - lam) * 0.15 * s * (
+        1 - test_f @ data.classifiers["negative"]
+    )
+    assert torch.allclose(method.logits(test_f, alpha=0.0, lam=lam), text, atol=1e-5)
+
+
+def test_lam_one_is_the_positive_path_alone(synthetic):
+    data, test_f, _ = synthetic
+    method = DualAdapter(train=False, search=False)
+    method.fit(data)
+    module, beta, alpha = method.module, 0.8, 1.5
+    w_plus = 0.45 * data.classifiers["positive"] + 0.55 * data.classifiers["description"]
+    keys = data.cache_keys
+    positive = data.logit_scale * test_f @ w_plus + alpha * torch.exp(
+        -beta * (1 - test_f @ keys.T)
+    ) @ soft_labels(keys, data.train_labels, data.num_classes)
+    assert torch.allclose(
+        method.logits(test_f, beta=beta, alpha=alpha, lam=1.0), positive, atol=1e-5
+    )
+    with torch.no_grad():  # the negative path has no say at lam = 1
+        module.w_n.copy_(torch.randn_like(module.w_n))
+    assert torch.allclose(
+        method.logits(test_f, beta=beta, alpha=alpha, lam=1.0), positive, atol=1e-5
+    )
+
+
+def test_zero_residuals_give_the_training_free_logits(synthetic):
+    data, test_f, _ = synthetic
+    trained = DualAdapter(epochs=3, lr=1e-2, search=False)
+    trained.fit(data)
+    assert all(p.abs().sum() > 0 for p in trained.module.parameters())
+    free = DualAdapter(train=False, search=False)
+    free.fit(data)
+    assert not torch.allclose(trained.logits(test_f), free.logits(test_f))
+    with torch.no_grad():
+        for p in trained.module.parameters():
+            p.zero_()
+    assert torch.allclose(trained.logits(test_f), free.logits(test_f))
+
+
+# -- inputs built from the few-shot set -----------------------------------------------------
+
+
+def test_shot_slots_count_within_each_class():
+    labels = torch.tensor([2, 0, 2, 1, 0, 2])
+    assert shot_slots(labels, 3).tolist() == [0, 0, 1, 0, 1, 2]
+
+
+def test_soft_labels_hand_case():
+    # class 0: keys e1, e1, e2 -> m = (.5, .5, 0); class 1: one shot -> one-hot
+    keys = torch.stack([E1, E2, E1, E2])
+    labels = torch.tensor([0, 1, 0, 0])
+    soft = soft_labels(keys, labels, 2, temperature=0.1)
+    w = torch.softmax(torch.tensor([5.0, 5.0, 0.0]), 0)
+    assert torch.allclose(soft[[0, 2, 3], 0], 3 * w)
+    assert torch.equal(soft[1], torch.tensor([0.0, 1.0]))
+    assert torch.all(soft[[0, 2, 3], 1] == 0)
+
+
+def test_soft_labels_sum_to_shots_and_are_one_hot_at_one_shot(synthetic):
+    data, _, _ = synthetic
+    keys, labels, c = data.cache_keys, data.train_labels, data.num_classes
+    soft = soft_labels(keys, labels, c)
+    per_class = torch.zeros(c, c).index_add(0, labels, soft)
+    assert torch.allclose(per_class, 8 * torch.eye(c))
+    one = torch.arange(c)  # the first shot of each class only
+    first = torch.stack([(labels == k).nonzero()[0, 0] for k in range(c)])
+    assert torch.equal(soft_labels(keys[first], one, c), torch.eye(c))
+    assert not torch.allclose(soft, F.one_hot(labels, c).float())  # refinement does something
+
+
+def test_pseudo_negative_cache_hand_case():
+    e = torch.eye(3)
+    # class 0: (e1, e2), class 1: (e3, e1), class 2: (e2, e3), in slots (k = 0, k = 1)
+    keys = torch.stack([e[0], e[1], e[2], e[0], e[1], e[2]])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    expected = F.normalize(
+        torch.stack(
+            [
+                e[2] + e[1],  # (0, k=0): slot 0 of classes 1 and 2
+                e[0] + e[2],  # (0, k=1)
+                e[0] + e[1],  # (1, k=0): slot 0 of classes 0 and 2
+                e[1] + e[2],  # (1, k=1)
+                e[0] + e[2],  # (2, k=0)
+                e[1] + e[0],  # (2, k=1)
+            ]
+        ),
+        dim=-1,
+    )
+    assert torch.allclose(pseudo_negative_keys(keys, labels, 3), expected)
+    # classes may interleave: slots count the items of each class in order
+    perm = torch.tensor([0, 2, 4, 1, 3, 5])
+    assert torch.allclose(pseudo_negative_keys(keys[perm], labels[perm], 3), expected[perm])
+    # unbalanced: class 2 has one shot; slot 1 averages over the classes that have one
+    keep = torch.tensor([0, 1, 2, 3, 4])
+    unbalanced = pseudo_negative_keys(keys[keep], labels[keep], 3)
+    assert torch.allclose(unbalanced[1], e[0])  # (0, k=1): only class 1's slot 1
+    assert torch.allclose(unbalanced[4], F.normalize(e[0] + e[2], dim=0))
+
+
+# -- losses --------------------------------------------------------------------------------
+
+
+def test_adaptive_reranking_loss_hand_case():
+    f = torch.tensor([[0.6, 0.8]])
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    y = torch.tensor([0])
+    d0, d1 = math.sqrt(0.8), math.sqrt(0.4)  # d2 = sqrt(3.2) never violates
+    # nearest: class 1 (margin (1 - 0) / 4), class 0 (itself, margin 0), class 2 (2 / 4)
+    violation = d0 + 0.25 - d1
+    assert adaptive_reranking_loss(f, protos, y, scale=4.0, k=3).item() == pytest.approx(
+        violation / 3, rel=1e-5
+    )
+    assert adaptive_reranking_loss(f, protos, y, k=2).item() == pytest.approx(
+        violation / 2, rel=1e-5
+    )
+    assert adaptive_reranking_loss(f, protos, y, scale=1.0, k=1).item() == pytest.approx(
+        d0 + 1.0 - d1, rel=1e-5
+    )
+    # prototypes are used as they are (W+ is not re-normalised)
+    assert adaptive_reranking_loss(f, 0.5 * protos, y).item() != pytest.approx(
+        violation / 3, rel=1e-3
+    )
+
+
+def test_consistency_loss_hand_case():
+    w_t = torch.eye(2)
+    w_plus = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
+    # per class: columns (2, 0) vs e1 -> cos 1; (1, 1) vs e2 -> 1/sqrt(2)
+    by_class = (1 - 1 / math.sqrt(2)) / 2
+    assert consistency_loss(w_plus, w_t, w_t).item() == pytest.approx(by_class, rel=1e-5)
+    # official: rows (2, 1) vs (1, 0) -> 2/sqrt(5); (0, 1) vs (0, 1) -> 1
+    official = (1 - 2 / math.sqrt(5)) / 2
+    assert consistency_loss(w_plus, w_t, w_t, mode="official").item() == pytest.approx(
+        official, rel=1e-5
+    )
+    # the weights: W+ = W_t, W_d orthogonal to it in every class -> 0.55
+    assert consistency_loss(w_t, w_t, SWAP).item() == pytest.approx(0.55)
+    with pytest.raises(ValueError):
+        consistency_loss(w_t, w_t, w_t, mode="rows")
+
+
+# -- the method ----------------------------------------------------------------------------
+
+
+def test_search_equals_the_official_loop(synthetic):
+    data, _, _ = synthetic
+    method = DualAdapter(train=False, beta_range=(0, 7, 25), alpha_range=(0, 7, 10))
+    fit = method.fit(data)
+    module = method.module
+    terms = module.terms(data.val_features)
+    reference = grid_search_loop(
+        lambda b: module.components(terms, b),
+        module.combine,
+        data.val_labels,
+        *method.grids(data),
+    )
+    chosen = (fit.chosen["beta"], fit.chosen["alpha"], fit.chosen["lam"])
+    assert chosen == (reference.beta, reference.alpha, reference.lam)
+    assert fit.chosen["search_val_acc"] == reference.accuracy
+
+
+def test_dual_adapter_beats_zero_shot(synthetic):
+    data, test_f, test_y = synthetic
+    method = DualAdapter()
+    fit = method.fit(data, seed=0)
+    zero_shot = accuracy(data.logit_scale * test_f @ data.classifiers["positive"], test_y)
+    assert accuracy(method.logits(test_f), test_y) > zero_shot + 15
+    assert len(fit.history) == 30 and fit.best_epoch is not None
+    assert method.trainable_parameters() == 5 * data.num_classes * data.dim
+
+
+def test_same_seed_same_result(synthetic):
+    data, test_f, _ = synthetic
+    runs = []
+    for _ in range(2):
+        method = DualAdapter(epochs=4, lr=1e-2, alpha_range=(0, 7, 10))
+        fit = method.fit(data, seed=5)
+        runs.append((fit.chosen, fit.history, method.logits(test_f)))
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    assert torch.equal(runs[0][2], runs[1][2])
+
+
+@pytest.mark.parametrize(
+    "options, lam, params",
+    [
+        ({"paths": "positive"}, 1.0, 3),
+        ({"paths": "negative"}, 0.0, 2),
+        ({"paths": "negative", "negative_cache": False}, 0.0, 1),
+        ({"negative_cache": False}, None, 4),
+        ({"search_lam": False}, 0.75, 5),
+        ({"search_lam": False, "init_lam": 0.9}, 0.9, 5),
+        ({"train": False}, None, 0),
+    ],
+)
+def test_ablation_options(synthetic, options, lam, params):
+    data, test_f, _ = synthetic
+    method = DualAdapter(epochs=2, beta_range=(0, 7, 10), alpha_range=(0, 7, 10), **options)
+    fit = method.fit(data)
+    if lam is not None:
+        assert fit.chosen["lam"] == lam
+    assert method.trainable_parameters() == params * data.num_classes * data.dim
+    if options.get("negative_cache") is False:
+        c = method.module.components(method.module.terms(test_f), beta=1.0)
+        assert torch.all(c.neg_cache == 0)
+
+
+def test_no_soft_labels_uses_one_hot(synthetic):
+    data, _, _ = synthetic
+    method = DualAdapter(soft_labels=False, train=False, search=False)
+    method.fit(data)
+    assert torch.equal(method.module.soft_values, method.module.values)
+
+
+def test_missing_classifiers(synthetic):
+    data, _, _ = synthetic
+    no_description = dataclasses.replace(
+        data, classifiers={k: v for k, v in data.classifiers.items() if k != "description"}
+    )
+    method = DualAdapter(train=False, search=False)
+    fit = method.fit(no_description)
+    assert any("W_d = W_t" in note for note in fit.notes)
+    assert torch.equal(method.module.w_d, data.classifiers["positive"])
+    only_positive = dataclasses.replace(
+        data, classifiers={"positive": data.classifiers["positive"]}
+    )
+    with pytest.raises(ValueError, match="negative"):
+        DualAdapter(train=False).fit(only_positive)
+    DualAdapter(train=False, search=False, paths="positive").fit(only_positive)
+
+
+def test_per_dataset_defaults(synthetic):
+    data, _, _ = synthetic
+    data100: FeatureData = dataclasses.replace(data, logit_scale=100.0)
+    betas, alphas, lams = DualAdapter(dataset="imagenet").grids(data100)
+    assert betas == linear_grid(0, 4, 200) and alphas == linear_grid(0, 4, 40)
+    assert lams == linear_grid(0.6, 0.9, 20)
+    assert DualAdapter(dataset="imagenet").initial(data100) == (2, 1.2, 0.75)
+    assert DualAdapter(dataset="imagenet").initial(data)[0] == pytest.approx(0.6)  # s = 30
+    epochs = {k: v.epochs for k, v in DUAL_DEFAULTS.items()}
+    assert (epochs["imagenet"], epochs["eurosat"], epochs["oxford_flowers"]) == (20, 200, 60)
+    fit = DualAdapter(dataset="not-a-benchmark", search=False).fit(data)
+    assert fit.chosen["epochs"] == 30 and len(fit.history) == 30
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="paths"):
+        DualAdapter(paths="neither")
+    with pytest.raises(ValueError, match="consistency"):
+        DualAdapter(consistency="rows")
+    with pytest.raises(ValueError, match="unknown option"):
+        DualAdapter(gamma=1.0)
+
+
+def test_fit_does_not_alias_the_input_data(synthetic):
+    data, _, _ = synthetic
+    before = {k: v.clone() for k, v in data.classifiers.items()}
+    method = DualAdapter(train=False, search=False)
+    method.fit(data)
+    with torch.no_grad():
+        for buffer in method.module.buffers():
+            buffer.zero_()
+    assert all(torch.equal(before[k], data.classifiers[k]) for k in before)
