@@ -16,7 +16,7 @@ no longer matches the class folders raises an error asking to delete it.
 
 Options: ``templates`` / ``negative_templates`` (a template string with ``{}`` or a list of
 them; default ``"a photo of a {}."`` / ``"a photo without {}."``), ``split_seed``,
-``p_train``, ``p_val``, ``name``.
+``p_train``, ``p_val``, ``dataset_name`` (default ``"folder:<folder name>"``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def read_image_folder(
     split_seed: int = SPLIT_SEED,
     p_train: float = 0.5,
     p_val: float = 0.2,
-    name: str | None = None,
+    dataset_name: str | None = None,
 ) -> Dataset:
     """Read an image folder (see the module docstring)."""
     root = Path(root)
@@ -78,7 +78,7 @@ def read_image_folder(
             f"folders {classes[:5]}...; delete the split file to generate a new one"
         )
     return make_dataset(
-        name or f"folder:{root.name}",
+        dataset_name or f"folder:{root.name}",
         root,
         splits,
         templates=_template_list(templates, DEFAULT_TEMPLATES, "templates"),
