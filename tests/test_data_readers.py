@@ -493,3 +493,13 @@ def test_class_too_small_to_split(tmp_path):
     class_folders(tmp_path / "dtd" / "images", {"banded": 5, "tiny": 2})
     with pytest.raises(DatasetError, match="'tiny' has 2 images"):
         load_dataset("dtd", tmp_path)
+
+
+def test_relative_data_root_gives_absolute_paths(tmp_path, monkeypatch):
+    class_folders(tmp_path / "data" / "dtd" / "images", {"banded": 5, "zigzagged": 5})
+    monkeypatch.chdir(tmp_path)
+    ds = load_dataset("dtd", "data")
+    assert all(Path(d.impath).is_absolute() for d in ds.train + ds.val + ds.test)
+    assert ds.root == tmp_path / "data" / "dtd"
+    imagenet_tree(tmp_path / "data")
+    assert Path(load_dataset("imagenet", "data", val_per_class=1).val[0].impath).is_absolute()

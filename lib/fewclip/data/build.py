@@ -33,6 +33,11 @@ def write_json_atomic(path: Path, obj: object) -> Path:
     return path
 
 
+def absolute(root: str | Path) -> Path:
+    """``root`` as an absolute path (``Datum.impath`` is absolute), ``~`` expanded."""
+    return Path(root).expanduser().absolute()
+
+
 def require_dir(path: Path, what: str) -> Path:
     """``path`` if it is a folder, else a :class:`DatasetError` naming it and the README."""
     if not path.is_dir():

@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 
 from .base import Dataset, DatasetError, Datum, register_dataset
-from .build import make_dataset, require_dir, require_file, require_source
+from .build import absolute, make_dataset, require_dir, require_file, require_source
 from .splits import SPLIT_SEED, read_or_create_split, split_folder, split_per_class, split_trainval
 
 CALTECH_IGNORED = ("BACKGROUND_Google", "Faces_easy")
@@ -87,6 +87,7 @@ def _folder_dataset(
 @register_dataset("caltech101", folder="caltech-101")
 def caltech101(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """Caltech101: 100 object classes (background and Faces_easy dropped)."""
+    root = absolute(root)
     return _folder_dataset(
         "caltech101",
         root,
@@ -102,6 +103,7 @@ def caltech101(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
 @register_dataset("food101", folder="food-101")
 def food101(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """Food101: 101 dishes."""
+    root = absolute(root)
     return _folder_dataset(
         "food101", root, "images", "split_zhou_Food101.json", split_seed, "Food-101: 101 dishes"
     )
@@ -110,6 +112,7 @@ def food101(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
 @register_dataset("dtd", folder="dtd")
 def dtd(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """DTD: 47 describable textures."""
+    root = absolute(root)
     return _folder_dataset(
         "dtd",
         root,
@@ -123,6 +126,7 @@ def dtd(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
 @register_dataset("eurosat", folder="eurosat")
 def eurosat(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """EuroSAT: 10 land-use classes of Sentinel-2 RGB tiles, with CoOp's readable names."""
+    root = absolute(root)
     return _folder_dataset(
         "eurosat",
         root,
@@ -152,6 +156,7 @@ def _read_pets_list(root: Path, image_dir: Path, list_name: str) -> list[Datum]:
 @register_dataset("oxford_pets", folder="oxford_pets")
 def oxford_pets(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """Oxford-IIIT Pets: 37 cat and dog breeds."""
+    root = absolute(root)
     image_dir = require_dir(root / "images", "the Oxford Pets image folder")
 
     def create() -> dict[str, list[Datum]]:
@@ -181,6 +186,7 @@ def _read_cars(root: Path, image_subdir: str, anno_file: Path, meta_file: Path) 
 def stanford_cars(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """Stanford Cars: 196 models, named "<year> <make> <model>"; split paths are relative to
     the dataset folder."""
+    root = absolute(root)
 
     def create() -> dict[str, list[Datum]]:
         split_file = root / "split_zhou_StanfordCars.json"
@@ -199,6 +205,7 @@ def stanford_cars(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
 @register_dataset("oxford_flowers", folder="oxford_flowers")
 def oxford_flowers(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """Oxford Flowers-102: 102 flower species, names from ``cat_to_name.json``."""
+    root = absolute(root)
     image_dir = require_dir(root / "jpg", "the Flowers102 image folder")
 
     def create() -> dict[str, list[Datum]]:
@@ -227,6 +234,7 @@ def oxford_flowers(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
 @register_dataset("fgvc_aircraft", folder="fgvc_aircraft")
 def fgvc_aircraft(root: Path) -> Dataset:
     """FGVC-Aircraft: 100 variants; official ``images_variant_{train,val,test}.txt`` splits."""
+    root = absolute(root)
     image_dir = require_dir(root / "images", "the FGVC-Aircraft image folder")
     variants = require_file(root / "variants.txt", "the FGVC-Aircraft class list variants.txt")
     classnames = [line.strip() for line in variants.read_text().splitlines() if line.strip()]
@@ -269,6 +277,7 @@ def _read_sun_list(root: Path, image_dir: Path, cname2lab: dict[str, int], name:
 @register_dataset("sun397", folder="sun397")
 def sun397(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """SUN397: 397 scene categories, e.g. "outdoor apartment_building"."""
+    root = absolute(root)
     image_dir = require_dir(root / "SUN397", "the SUN397 image folder")
 
     def create() -> dict[str, list[Datum]]:
@@ -292,6 +301,7 @@ def _ucf_action(action: str) -> str:
 @register_dataset("ucf101", folder="ucf101")
 def ucf101(root: Path, split_seed: int = SPLIT_SEED) -> Dataset:
     """UCF101: 101 actions, one middle frame per video (CoOp's UCF-101-midframes)."""
+    root = absolute(root)
     image_dir = require_dir(root / "UCF-101-midframes", "the UCF101 mid-frame folder")
 
     def read_list(name: str, cname2lab: dict[str, int]) -> list[Datum]:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .base import Dataset, DatasetError, register_dataset, register_prefix
-from .build import make_dataset, raw_classnames
+from .build import absolute, make_dataset, raw_classnames
 from .splits import SPLIT_SEED, list_dir, read_or_create_split, split_folder
 from .templates import DEFAULT_NEGATIVE_TEMPLATES, DEFAULT_TEMPLATES
 
@@ -59,7 +59,7 @@ def read_image_folder(
     dataset_name: str | None = None,
 ) -> Dataset:
     """Read an image folder (see the module docstring)."""
-    root = Path(root)
+    root = absolute(root)
     classes = list_dir(root, dirs=True)
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders found (one folder per class expected)")

@@ -43,7 +43,7 @@ import warnings
 from pathlib import Path
 
 from .base import DATA_README, Dataset, DatasetError, Datum, register_dataset
-from .build import make_dataset, require_dir, require_file, write_json_atomic
+from .build import absolute, make_dataset, require_dir, require_file, write_json_atomic
 from .splits import list_dir
 
 CLASSNAMES_FILE = "classnames.txt"
@@ -164,6 +164,7 @@ def imagenet(
     refresh: bool = False,
 ) -> Dataset:
     """ImageNet-1k; see the module docstring for the validation split and the listing cache."""
+    root = absolute(root)
     names = read_classnames(root / CLASSNAMES_FILE)
     image_dir = require_dir(root / "images", "the ImageNet image folder (images/train, images/val)")
     train_dir = require_dir(image_dir / "train", "the ImageNet training images")
@@ -235,6 +236,7 @@ def _variant(
 @register_dataset("imagenet_v2", folder="imagenetv2")
 def imagenet_v2(root: Path) -> Dataset:
     """ImageNet-V2 matched-frequency: folder ``i`` holds ImageNet class ``i``."""
+    root = absolute(root)
     image_dir = require_dir(
         root / "imagenetv2-matched-frequency-format-val", "the ImageNet-V2 image folder"
     )
@@ -259,6 +261,7 @@ def imagenet_v2(root: Path) -> Dataset:
 @register_dataset("imagenet_sketch", folder="imagenet-sketch")
 def imagenet_sketch(root: Path) -> Dataset:
     """ImageNet-Sketch: ``images/<wnid>/`` (``sketch/<wnid>/`` accepted too)."""
+    root = absolute(root)
     image_dir = root / "images"
     if not image_dir.is_dir() and (root / "sketch").is_dir():
         image_dir = root / "sketch"
@@ -276,6 +279,7 @@ def imagenet_sketch(root: Path) -> Dataset:
 @register_dataset("imagenet_a", folder="imagenet-adversarial")
 def imagenet_a(root: Path) -> Dataset:
     """ImageNet-A: 200 classes; ``extra["imagenet_indices"]`` maps them into ImageNet."""
+    root = absolute(root)
     image_dir = require_dir(root / "imagenet-a", "the ImageNet-A image folder")
     return _variant(
         "imagenet_a",
@@ -290,6 +294,7 @@ def imagenet_a(root: Path) -> Dataset:
 @register_dataset("imagenet_r", folder="imagenet-rendition")
 def imagenet_r(root: Path) -> Dataset:
     """ImageNet-R: 200 classes; ``extra["imagenet_indices"]`` maps them into ImageNet."""
+    root = absolute(root)
     image_dir = require_dir(root / "imagenet-r", "the ImageNet-R image folder")
     return _variant(
         "imagenet_r",
