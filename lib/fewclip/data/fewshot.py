@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import Dataset, DatasetError, Datum
+from .base_new import relabel
 from .build import write_json_atomic
 
 #: Few-shot validation size per class: ``min(shots, VAL_SHOTS_CAP)``.
@@ -55,8 +56,6 @@ class FewShotSplit:
         CoOp samples shots over all classes and then keeps the base (or new) ones; this does
         the second step. See :mod:`fewclip.data.base_new`.
         """
-        from .base_new import relabel
-
         return FewShotSplit(
             relabel(self.train, classes), relabel(self.val, classes), self.shots, self.seed
         )
