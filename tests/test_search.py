@@ -7,6 +7,7 @@ import torch
 
 from fewclip.methods.search import (
     candidate_classes,
+    candidate_mask,
     count_correct,
     grid_search,
     grid_search_loop,
@@ -115,7 +116,8 @@ def test_class_ties_with_pruning_active():
     alphas, lams = linear_grid(0, 4, 9), linear_grid(0.3, 1.0, 7)
     comp = duplicated(1.0)
     a_t, m_t = torch.tensor(alphas), torch.tensor(lams)
-    assert candidate_classes(comp, dual_combine, a_t, m_t) is not None
+    mask = candidate_mask(comp, dual_combine, a_t, m_t)
+    assert mask is not None and (mask[:, 0] & mask[:, 1] & (labels == 1)).any()
     pruned = count_correct(comp, dual_combine, labels, a_t, m_t)
     assert torch.equal(pruned, count_correct(comp, dual_combine, labels, a_t, m_t, prune=False))
     grids = ([0.5, 1.0, 2.0], alphas, lams)
@@ -144,12 +146,12 @@ def test_pruning_keeps_every_possible_winner():
     components, labels = random_components(n=80, c=40, seed=5, signal=2.0)
     alphas, lams = torch.tensor(linear_grid(0, 4, 9)), torch.tensor(linear_grid(0.3, 1.0, 7))
     comp = components(1.0)
-    classes = candidate_classes(comp, dual_combine, alphas, lams)
-    assert classes is not None and 1 < classes.shape[1] < 10  # pruning helps on this data
+    mask = candidate_mask(comp, dual_combine, alphas, lams)
+    assert mask is not None and 1 < mask.sum(1).max() < 10  # pruning helps on this data
     winners = dual_combine(comp, alphas.view(-1, 1, 1, 1), lams.view(1, -1, 1, 1)).argmax(-1)
-    kept = torch.zeros(80, 40, dtype=torch.bool).scatter_(1, classes, True)
-    assert kept.gather(1, winners.flatten(0, 1).T).all()
+    assert mask.gather(1, winners.flatten(0, 1).T).all()
     # the true winner at each grid point is the first maximum among the kept classes
+    classes = candidate_classes(mask)
     kept_logits = dual_combine(
         tuple(c.gather(1, classes) for c in comp), alphas.view(-1, 1, 1, 1), lams.view(1, -1, 1, 1)
     )
@@ -157,13 +159,23 @@ def test_pruning_keeps_every_possible_winner():
         classes.expand(*winners.shape, -1).gather(-1, kept_logits.argmax(-1, keepdim=True))[..., 0],
         winners,
     )
+    # samples right everywhere, wrong everywhere (mislabelled) and contested all occur
+    labels = labels.clone()
+    labels[:8] = (labels[:8] + 20) % 40
+    single = mask.sum(1) == 1
+    label_kept = mask.gather(1, labels[:, None])[:, 0]
+    assert (single & label_kept).any() and (~label_kept).any() and (~single & label_kept).any()
+    assert torch.equal(
+        count_correct(comp, dual_combine, labels, alphas, lams),
+        count_correct(comp, dual_combine, labels, alphas, lams, prune=False),
+    )
 
 
 def test_non_multilinear_combine_disables_pruning():
     components, labels = random_components(seed=2)
     squared = lambda c, alpha, lam: c[0] + alpha * alpha * c[1] + lam * c[2]
     alphas, lams = torch.tensor(linear_grid(0, 4, 9)), torch.tensor(linear_grid(0.3, 1.0, 7))
-    assert candidate_classes(components(1.0), squared, alphas, lams) is None
+    assert candidate_mask(components(1.0), squared, alphas, lams) is None
     grids = (linear_grid(0, 2, 3), linear_grid(0, 4, 9), linear_grid(0.3, 1.0, 7))
     assert grid_search(components, squared, labels, *grids) == grid_search_loop(
         components, squared, labels, *grids
