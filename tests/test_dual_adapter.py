@@ -355,3 +355,13 @@ def test_fit_does_not_alias_the_input_data(synthetic):
         for buffer in method.module.buffers():
             buffer.zero_()
     assert all(torch.equal(before[k], data.classifiers[k]) for k in before)
+
+
+def test_best_epoch_is_restored_and_snapshots_hold_residuals_only(synthetic):
+    data, _, _ = synthetic
+    method = DualAdapter(epochs=6, lr=3e-2, search=False)
+    fit = method.fit(data, seed=1)
+    assert sorted(method.module.state_dict()) == ["r_d", "r_k", "r_kn", "r_n", "r_t"]
+    accs = [h["val_acc"] for h in fit.history]
+    assert fit.best_epoch == accs.index(max(accs)) and fit.best_val_acc == max(accs)
+    assert accuracy(method.logits(data.val_features), data.val_labels) == fit.best_val_acc

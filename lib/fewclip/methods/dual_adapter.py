@@ -254,18 +254,21 @@ class DualCache(nn.Module):
         dim, num_classes = w_t.shape
         keys, w_t, w_d, w_n = (t.detach().clone().float() for t in (keys, w_t, w_d, w_n))
         values = F.one_hot(labels, num_classes).float()
-        self.register_buffer("keys", keys)  # F (M, d)
-        self.register_buffer("labels", labels.clone())  # y (M,)
-        self.register_buffer("values", values)  # L (M, C)
-        self.register_buffer(
-            "soft_values", soft_labels(keys, labels, num_classes) if soft else values
-        )  # L~ (M, C)
-        self.register_buffer(
-            "negative_keys", pseudo_negative_keys(keys, labels, num_classes)
-        )  # F- (M, d)
-        self.register_buffer("w_t", w_t)
-        self.register_buffer("w_d", w_d)
-        self.register_buffer("w_n", w_n)
+        soft_values = soft_labels(keys, labels, num_classes) if soft else values
+        negative_keys = pseudo_negative_keys(keys, labels, num_classes)
+        # Inputs, not state: kept out of state_dict, so best-epoch snapshots hold residuals only.
+        buffers = {
+            "keys": keys,  # F (M, d)
+            "labels": labels.clone(),  # y (M,)
+            "values": values,  # L (M, C)
+            "soft_values": soft_values,  # L~ (M, C)
+            "negative_keys": negative_keys,  # F- (M, d)
+            "w_t": w_t,  # (d, C)
+            "w_d": w_d,
+            "w_n": w_n,
+        }
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor, persistent=False)
         self.logit_scale = float(logit_scale)
         self.negative_cache = negative_cache
         zeros = lambda: nn.Parameter(torch.zeros(num_classes, dim, device=keys.device))

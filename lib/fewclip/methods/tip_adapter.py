@@ -109,9 +109,10 @@ class TipCache(nn.Module):
         if learnable_keys:
             self.keys = nn.Parameter(keys)
         else:
-            self.register_buffer("keys", keys)
-        self.register_buffer("values", values.detach().clone().float())
-        self.register_buffer("classifier", classifier.detach().clone().float())
+            self.register_buffer("keys", keys, persistent=False)
+        # Inputs, not state: kept out of state_dict (best-epoch snapshots hold the keys only).
+        self.register_buffer("values", values.detach().clone().float(), persistent=False)
+        self.register_buffer("classifier", classifier.detach().clone().float(), persistent=False)
         self.logit_scale = float(logit_scale)
 
     def terms(self, f: torch.Tensor) -> TipTerms:
