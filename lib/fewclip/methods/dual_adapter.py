@@ -26,16 +26,20 @@ paper and code):
     neg   = 0.15 * s * (1 - f @ norm(W_n + R_n^T)) + alpha * exp(-beta * (f @ K-^T)) @ L
     logit = lam * pos + (1 - lam) * neg                               (N, C)
 
+One beta and one alpha serve both paths, as in the official code.
+
 Loss: CE(logit, y) + ARL + 8 * consistency (:func:`adaptive_reranking_loss`,
 :func:`consistency_loss`). Training: AdamW in two groups (positive residuals lr 1e-4,
 negative 5x), weight decay 0.1, eps 1e-3, cosine per iteration, batch 256, one augmented
-view per epoch, epochs per dataset (:data:`DUAL_DEFAULTS`); the best epoch by val accuracy
-at the initial (beta, alpha, lam) is kept. Then (beta, alpha, lam) are searched on val
-(beta [0, s0) 200 steps, alpha [0, s1) 40 steps, lam [0.6, 1.0) 20 steps, per-dataset
-ranges from the official configs) with the vectorised :func:`.search.grid_search`, which
-returns the official nested loop's choice. The beta and alpha grids and initial values are
-for s = 100: beta's are multiplied by ``beta_scale`` (default s / 100), alpha's by
-``alpha_scale`` (default 1); see :func:`.search.grid_scales`.
+view per epoch, epochs and overrides per dataset (:data:`DUAL_DEFAULTS`: e.g. DTD 20 and
+FGVCAircraft lr 5e-4 as their configs say, Food101 eps 1e-2 at 1-2 shots); the best epoch
+by val accuracy at the initial (beta, alpha, lam) is kept. Then (beta, alpha, lam) are
+searched on val (beta [0, s0) 200 steps, alpha [0, s1) 40 steps, lam [0.6, 1.0) 20 steps,
+per-dataset ranges from the official configs) with the vectorised
+:func:`.search.grid_search`, which returns the official nested loop's choice. The beta
+and alpha grids and initial values are for s = 100: beta's are multiplied by
+``beta_scale`` (default s / 100), alpha's by ``alpha_scale`` (default 1); see
+:func:`.search.grid_scales`.
 
 Ablations by options alone: ``paths="positive"`` (lam = 1) or ``"negative"`` (lam = 0),
 ``soft_labels=False`` (L~ = L), ``negative_cache=False`` (negative path = negative text
@@ -56,6 +60,9 @@ Differences from the official code (zhangce01/DualAdapter), each deliberate:
 - with ``paths="negative"`` only R_n and R_k- train and ARL / consistency (which concern
   W+) are left out; ``trainable_parameters`` counts only the residuals that train
   (5 C d for the full method);
+- the text weights are the code's 0.45 / 0.55 (the configs' ``w_training`` and
+  ``w_training_free`` are read by no released code; there is no training-free script, so
+  ``train=False`` is the spec's "all residuals zero");
 - the stale official configs of StanfordCars and UCF101 (no ``search_scale2``; the
   official code would stop with a KeyError) are read as beta [0, 15) in 100 steps and
   alpha [0, 10) / [0, 7) in 20 steps, lam the default [0.6, 1.0) in 20 steps.

@@ -5,7 +5,7 @@ A training-free key-value cache built from the few-shot set, blended with zero-s
     F      cache keys, (M, d): each few-shot image's augmented views averaged, normalised
     L      cache values, (M, C): one-hot labels
     A      = f @ F^T                                           (N, M) affinities
-    logits = s * f @ W  +  alpha * exp(-beta * (1 - A)) @ L      (N, C)      (Eq. 6)
+    logits = s * f @ W  +  alpha * exp(-beta * (1 - A)) @ L      (N, C)
 
 with f (N, d) normalised image features, W (d, C) the zero-shot classifier and s the
 backbone's own logit scale. Tip-Adapter-F makes the keys a learnable linear layer
@@ -25,7 +25,9 @@ s / 100, so unchanged for OpenAI CLIP), alpha's by ``alpha_scale`` (default 1); 
 The search is vectorised (:mod:`fewclip.methods.search`) and returns the setting the
 official nested loop would pick. Everything here sees only ``data.val_*`` for selection;
 which split that is belongs to the run layer: its ``selection="test"`` switch reproduces
-the official code, which picks Tip-Adapter-F's best epoch on the test set.
+the official code, which picks Tip-Adapter-F's best epoch on the test set (and, in
+``main_imagenet.py``, searches on test too). The official script finally prints the larger
+of the best-epoch and the searched test accuracy; here the searched setting is the result.
 """
 
 from __future__ import annotations
