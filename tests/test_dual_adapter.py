@@ -365,3 +365,14 @@ def test_best_epoch_is_restored_and_snapshots_hold_residuals_only(synthetic):
     accs = [h["val_acc"] for h in fit.history]
     assert fit.best_epoch == accs.index(max(accs)) and fit.best_val_acc == max(accs)
     assert accuracy(method.logits(data.val_features), data.val_labels) == fit.best_val_acc
+
+
+def test_logits_in_chunks_equal_one_forward(synthetic, monkeypatch):
+    import fewclip.methods.dual_adapter as module
+
+    data, test_f, _ = synthetic
+    method = DualAdapter(train=False, search=False)
+    method.fit(data)
+    whole = method.module(test_f, 0.5, 1.0, 0.8)
+    monkeypatch.setattr(module, "LOGITS_CHUNK", 7)
+    assert torch.allclose(method.logits(test_f, beta=0.5, alpha=1.0, lam=0.8), whole)

@@ -88,6 +88,7 @@ Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
 
 TEXT_WEIGHTS = (0.45, 0.55)  # W+ = 0.45 * template + 0.55 * description
 NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP)
+LOGITS_CHUNK = 4096  # images per forward at evaluation
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,11 @@ def soft_labels(
     keys (M, d) normalised, labels (M,). m_i = mean similarity of key i to the other keys of
     its class; w = softmax(m / temperature) within the class; L~_i = K_c * w_i * onehot(c).
     """
-    same = labels[:, None] == labels[None, :]
-    same.fill_diagonal_(False)
     shots = torch.bincount(labels, minlength=num_classes)[labels].to(keys.dtype)  # K_c (M,)
-    sims = (keys @ keys.T * same).sum(1)
+    class_sums = torch.zeros(num_classes, keys.shape[1], dtype=keys.dtype, device=keys.device)
+    class_sums.index_add_(0, labels, keys)
+    # sum over the other keys j of the class of F_i . F_j = F_i . (sum of the class) - F_i . F_i
+    sims = (keys * class_sums[labels]).sum(-1) - (keys * keys).sum(-1)
     m = torch.where(shots > 1, sims / (shots - 1).clamp(min=1), torch.zeros_like(sims))
     z = m / temperature
     z_max = torch.full((num_classes,), -torch.inf, dtype=z.dtype, device=z.device)
@@ -532,15 +534,13 @@ class DualAdapter(FeatureMethod):
         lam: float | None = None,
     ) -> torch.Tensor:
         """(B, d) -> (B, C) at the chosen (beta, alpha, lam), or at the values given."""
-        module = self._module()
-        c = self.chosen
-        with torch.no_grad():
-            return module(
-                features.float(),
-                c["beta"] if beta is None else beta,
-                c["alpha"] if alpha is None else alpha,
-                c["lam"] if lam is None else lam,
-            )
+        module, c = self._module(), self.chosen
+        beta = c["beta"] if beta is None else beta
+        alpha = c["alpha"] if alpha is None else alpha
+        lam = c["lam"] if lam is None else lam
+        with torch.no_grad():  # in chunks: the affinities are (B, M)
+            chunks = features.float().split(LOGITS_CHUNK)
+            return torch.cat([module(f, beta, alpha, lam) for f in chunks])
 
     def trainable_parameters(self) -> int:
         """Residual entries that train: 5 C d for the full method, 0 training-free."""

@@ -44,6 +44,7 @@ from .search import SearchResult, grid_scales, grid_search, linear_grid
 from .training import fit_epochs
 
 Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
+LOGITS_CHUNK = 4096  # images per forward at evaluation
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,9 @@ class TipAdapter(FeatureMethod):
         module = self._module()
         beta = self.chosen["beta"] if beta is None else beta
         alpha = self.chosen["alpha"] if alpha is None else alpha
-        with torch.no_grad():
-            return module(features.float(), beta, alpha)
+        with torch.no_grad():  # in chunks: the affinities are (B, M)
+            chunks = features.float().split(LOGITS_CHUNK)
+            return torch.cat([module(f, beta, alpha) for f in chunks])
 
 
 @register_method
