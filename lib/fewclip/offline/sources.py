@@ -215,7 +215,7 @@ def _fetch_command(source: Source, dest: Path) -> list[str]:
             "--disable-pip-version-check",
             "--quiet",
             "--dest",
-            str(dest),
+            str(dest.resolve()),  # absolute: the command runs with cwd=dest
             source.spec,
         ]
     if source.manager == "apt":
