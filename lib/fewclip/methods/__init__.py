@@ -1,0 +1,35 @@
+"""Methods, registered by name (``get_method("dual_adapter", ...)``).
+
+Feature-level (fit on cached features, :class:`~fewclip.methods.base.FeatureMethod`):
+``zero_shot``, ``linear_probe``, ``clip_adapter``, ``tip_adapter``, ``tip_adapter_f``,
+``dual_adapter``. Encoder-level (learn inputs of the frozen encoders,
+:class:`~fewclip.prompting.encoder_base.EncoderMethod`): ``coop``, ``cocoop``, ``apex``,
+``tomm``. Importing this package registers them all.
+"""
+
+from . import (  # noqa: F401  (register the methods)
+    apex,
+    clip_adapter,
+    cocoop,
+    coop,
+    dual_adapter,
+    linear_probe,
+    tip_adapter,
+    tomm,
+    zero_shot,
+)
+from .base import METHODS, FeatureData, FeatureMethod, FitResult, get_method, register_method
+
+FEATURE_METHODS = tuple(n for n, c in METHODS.items() if issubclass(c, FeatureMethod))
+ENCODER_METHODS = tuple(n for n in METHODS if n not in FEATURE_METHODS)
+
+__all__ = [
+    "ENCODER_METHODS",
+    "FEATURE_METHODS",
+    "METHODS",
+    "FeatureData",
+    "FeatureMethod",
+    "FitResult",
+    "get_method",
+    "register_method",
+]

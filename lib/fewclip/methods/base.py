@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..metrics import accuracy  # noqa: F401  (re-exported: methods import it from here)
+
 
 @dataclass
 class FeatureData:
@@ -88,6 +90,9 @@ class FeatureMethod(ABC):
     """A method trained on cached features. Subclasses define ``name`` and ``Options``."""
 
     name: ClassVar[str]
+    #: False for methods that use no few-shot image (zero-shot CLIP): the run layer then
+    #: extracts no training features.
+    uses_training_images: ClassVar[bool] = True
 
     @dataclass
     class Options:
@@ -109,6 +114,16 @@ class FeatureMethod(ABC):
     @abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(B, d) normalised image features -> (B, C) logits."""
+
+    def logits_for(self, features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+        """(B, d) features -> (B, E) logits over *other* classes, given their (d, E) text
+        classifier (base-to-new, cross-dataset). Only methods whose learned part does not
+        depend on the training classes can do this; the others raise."""
+        raise NotImplementedError(
+            f"{self.name} learns per-class parameters of its training classes, so it cannot "
+            "classify other classes; use it with protocol='few_shot' (or domain "
+            "generalisation over the same classes)"
+        )
 
     def trainable_parameters(self) -> int:
         """Number of parameters the method learns by gradient descent (0 if training-free)."""
@@ -134,8 +149,3 @@ def get_method(name: str, **options: Any):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name](**options)
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent."""
-    return (logits.argmax(-1) == labels).float().mean().item() * 100.0

@@ -60,8 +60,10 @@ def fit_epochs(
     scheduler_fn: Callable[[int], torch.optim.lr_scheduler.LRScheduler] | None = None,
     progress: bool = False,
     desc: str = "train",
+    keep_best: bool = True,
 ) -> FitResult:
-    """Train ``module``'s parameters; keep and restore the state with the best val accuracy.
+    """Train ``module``'s parameters; keep and restore the state with the best val accuracy
+    (``keep_best=False``: keep the last epoch's state, as several official codes do).
 
     ``loss_fn(features (B, d), labels (B,)) -> scalar``; ``logits_fn(features (N, d)) ->
     (N, C)`` is used for validation under ``torch.no_grad``. ``scheduler_fn(total_steps)``
@@ -94,7 +96,7 @@ def fit_epochs(
         result.history.append(
             {"epoch": epoch, "loss": sum(losses) / len(losses), "val_acc": val_acc}
         )
-        if val_acc > best_acc:
+        if val_acc > best_acc or not keep_best:
             best_acc = val_acc
             result.best_epoch = epoch
             best_state = copy.deepcopy(module.state_dict())
