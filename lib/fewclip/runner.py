@@ -468,6 +468,20 @@ def load_targets(config: RunConfig) -> list[Dataset]:
     return [load_dataset(name, config.data_root) for name in config.eval_datasets]
 
 
+_BACKBONES: dict[tuple, Backbone] = {}
+
+
+def cached_backbone(config: RunConfig) -> Backbone:
+    """The run's backbone, reused across runs in one process (sweeps, notebooks): models
+    are frozen and no method changes them. The last two are kept."""
+    key = (config.backbone, str(config.pretrained), config.device, weights_identity(config))
+    if key not in _BACKBONES:
+        while len(_BACKBONES) >= 2:
+            _BACKBONES.pop(next(iter(_BACKBONES)))
+        _BACKBONES[key] = load_backbone(config.backbone, config.pretrained, device=config.device)
+    return _BACKBONES[key]
+
+
 def run(config: RunConfig, store: ResultStore | None = None, force: bool = False) -> dict[str, Any]:
     """Run one configuration (or return its stored record); see the module docstring."""
     if config.method not in METHODS:
@@ -486,7 +500,7 @@ def run(config: RunConfig, store: ResultStore | None = None, force: bool = False
         if stored is not None:
             stored["skipped"] = True
             return stored
-    backbone = load_backbone(config.backbone, config.pretrained, device=config.device)
+    backbone = cached_backbone(config)
     cache = FeatureCache(config.cache_dir or None)
     result = run_protocol(config, method, backbone, dataset, targets, cache)
     record = {

@@ -1,0 +1,162 @@
+"""Run many configurations: in this process, on a local process pool, or on a Dask cluster.
+
+    from fewclip.sweep import grid, run_sweep
+    configs = grid(RunConfig(dataset="fashion_mnist"), method=["tip_adapter", "dual_adapter"],
+                   shots=[1, 2, 4, 8, 16])
+    frame = run_sweep(configs, "runs/results.sqlite")                    # here, one by one
+    frame = run_sweep(configs, "runs/results.sqlite", workers=2)         # local process pool
+    frame = run_sweep(configs, "runs/results.sqlite", scheduler="tcp://host:8786")  # Dask
+
+Every run goes through :func:`fewclip.runner.run` with the shared results store, so a run
+already in the store is not repeated (a rebuild after an interruption does only what is
+missing) and a run that is interrupted leaves no row. A run that fails is reported in the
+returned frame (``status="failed"``, ``error``) and the others go on. A Dask cluster can be
+a ``LocalCluster`` or any ``dask-jobqueue`` cluster (Slurm, PBS, ...): pass its scheduler
+address, or the ``Client`` itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import traceback
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import RunConfig
+
+#: Columns of the frame returned by :func:`run_sweep`, besides the record's own.
+STATUS_COLUMNS = ("status", "error", "skipped")
+
+
+def grid(base: RunConfig, **axes: Sequence[Any]) -> list[RunConfig]:
+    """Every combination of the given field values, applied to ``base``.
+
+    ``grid(cfg, method=["coop", "apex"], seed=[1, 2, 3])`` gives 6 configurations. An axis
+    named ``options`` takes a list of option dicts, each merged into ``base.options``.
+    """
+    names = list(axes)
+    out = []
+    for values in itertools.product(*(axes[n] for n in names)):
+        changes = dict(zip(names, values, strict=True))
+        if "options" in changes:
+            changes["options"] = {**base.options, **changes["options"]}
+        out.append(base.replace(**changes))
+    return out
+
+
+def _run_one(config: dict[str, Any], store_path: str | None, force: bool) -> dict[str, Any]:
+    """Worker body (picklable): run one configuration, never raise."""
+    from .results import ResultStore
+    from .runner import run
+
+    cfg = RunConfig.from_dict(config)
+    try:
+        record = run(cfg, store=ResultStore(store_path) if store_path else None, force=force)
+    except Exception as e:  # reported, not raised: the sweep goes on
+        return {
+            "config": config,
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+        }
+    record["status"] = "done"
+    record["error"] = None
+    return record
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    cfg = record.get("config") or {}
+    row = {k: cfg.get(k) for k in ("method", "variant", "dataset", "protocol", "shots", "seed")}
+    row.update({k: v for k, v in record.items() if k != "traceback"})
+    return row
+
+
+def run_sweep(
+    configs: Iterable[RunConfig],
+    store: str | os.PathLike | None = "runs/results.sqlite",
+    *,
+    workers: int = 1,
+    scheduler: Any = None,
+    force: bool = False,
+    progress: bool = True,
+    raise_on_error: bool = False,
+) -> pd.DataFrame:
+    """Run every configuration; returns one row per configuration, in the given order.
+
+    ``workers=1`` and no ``scheduler``: in this process. ``workers > 1``: a local process
+    pool (spawned processes, ``cpu_count // workers`` torch threads each). ``scheduler``: a
+    Dask scheduler address or ``distributed.Client``. Rows carry the record (accuracy,
+    chosen hyper-parameters, ...) plus ``status`` ("done" or "failed"), ``error`` and
+    ``skipped`` (True when the store already had the run). ``raise_on_error`` raises after
+    the sweep if any run failed.
+    """
+    configs = list(configs)
+    payload = [c.replace(progress=False).to_dict() for c in configs]
+    store_path = None if store is None else str(Path(store).expanduser().absolute())
+    if store_path is not None:
+        Path(store_path).parent.mkdir(parents=True, exist_ok=True)
+        from .results import ResultStore
+
+        ResultStore(store_path)  # create the table once, before workers race to
+    bar = tqdm(total=len(configs), desc="runs", disable=not progress)
+    results: list[dict[str, Any] | None] = [None] * len(configs)
+
+    def done(i: int, record: dict[str, Any]) -> None:
+        results[i] = record
+        bar.update(1)
+        bar.set_postfix(failed=sum(1 for r in results if r and r["status"] == "failed"))
+
+    if scheduler is not None:
+        _run_dask(payload, store_path, force, scheduler, done)
+    elif workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+        ) as pool:
+            futures = {
+                pool.submit(_run_one, p, store_path, force): i for i, p in enumerate(payload)
+            }
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+    else:
+        for i, p in enumerate(payload):
+            done(i, _run_one(p, store_path, force))
+    bar.close()
+    frame = pd.DataFrame([_flatten(r) for r in results if r is not None])
+    failed = frame[frame["status"] == "failed"] if len(frame) else frame
+    if raise_on_error and len(failed):
+        raise RuntimeError(f"{len(failed)} of {len(frame)} runs failed: {failed['error'].tolist()}")
+    return frame
+
+
+def _run_dask(payload, store_path, force, scheduler, done) -> None:
+    from dask.distributed import Client
+    from dask.distributed import as_completed as dask_completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    tag = uuid.uuid4().hex[:8]
+    try:
+        futures = [
+            client.submit(_run_one, p, store_path, force, pure=False, key=f"fewclip-{tag}-{i}")
+            for i, p in enumerate(payload)
+        ]
+        index = {f.key: i for i, f in enumerate(futures)}
+        for future in dask_completed(futures):
+            done(index[future.key], future.result())
+    finally:
+        if client is not scheduler:
+            client.close()
