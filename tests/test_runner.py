@@ -207,3 +207,11 @@ def test_grid_merges_options():
     configs = grid(base, method=["coop", "apex"], options=[{"lr": 0.1}, {}])
     assert len(configs) == 4
     assert configs[0].options == {"epochs": 3, "lr": 0.1} and configs[1].options == {"epochs": 3}
+
+
+def test_fit_run_keeps_the_fitted_method(root):
+    from fewclip.runner import fit_run
+
+    fitted = fit_run(config(root, "tip_adapter"))
+    assert fitted.method.chosen["beta"] == fitted.record["chosen"]["beta"]
+    assert fitted.backbone.arch == "fewclip-test-rn" and fitted.dataset.num_classes == 6

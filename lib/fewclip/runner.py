@@ -482,8 +482,29 @@ def cached_backbone(config: RunConfig) -> Backbone:
     return _BACKBONES[key]
 
 
+@dataclass
+class FittedRun:
+    """What :func:`fit_run` returns: the record plus the fitted objects, for diagnostics
+    (attention maps, gates, ensemble weights, predictions on chosen images)."""
+
+    record: dict[str, Any]
+    method: FeatureMethod | EncoderMethod
+    backbone: Backbone
+    dataset: Dataset
+    cache: FeatureCache
+
+
 def run(config: RunConfig, store: ResultStore | None = None, force: bool = False) -> dict[str, Any]:
     """Run one configuration (or return its stored record); see the module docstring."""
+    return _run(config, store, force).record
+
+
+def fit_run(config: RunConfig) -> FittedRun:
+    """Run one configuration without the store and keep the fitted method (see FittedRun)."""
+    return _run(config, None, True)
+
+
+def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun:
     if config.method not in METHODS:
         raise ValueError(
             f"unknown method {config.method!r}; choose one of: {', '.join(sorted(METHODS))}"
@@ -495,13 +516,13 @@ def run(config: RunConfig, store: ResultStore | None = None, force: bool = False
     identity = weights_identity(config)
     fingerprint = "+".join([dataset.fingerprint()] + [t.fingerprint() for t in targets])
     key = config.run_key(identity, fingerprint)
+    cache = FeatureCache(config.cache_dir or None)
     if store is not None and not force:
         stored = store.get(key)
         if stored is not None:
             stored["skipped"] = True
-            return stored
+            return FittedRun(stored, method, None, dataset, cache)  # type: ignore[arg-type]
     backbone = cached_backbone(config)
-    cache = FeatureCache(config.cache_dir or None)
     result = run_protocol(config, method, backbone, dataset, targets, cache)
     record = {
         "run_key": key,
@@ -525,4 +546,4 @@ def run(config: RunConfig, store: ResultStore | None = None, force: bool = False
     if store is not None:
         store.add(record, replace=force)
     record["skipped"] = False
-    return record
+    return FittedRun(record, method, backbone, dataset, cache)
