@@ -113,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="runs/results.sqlite")
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser("demo", help="offline end-to-end demo on the tiny pretrained model")
+    p = sub.add_parser("demo", help="quick offline end-to-end check on the tiny pretrained model")
     p.add_argument("--data-root", default="data")
     p.add_argument("--cache-dir", default="cache")
+    p.add_argument("--dataset", default=RunConfig().dataset)
+    p.add_argument("--backbone", default=RunConfig().backbone)
+    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--results", default="runs/results.sqlite", help="results store ('' for none)")
     p.set_defaults(func=lambda a: __import__("fewclip.demo", fromlist=["main"]).main(a))
 
     for verb, module in (("prepare", "fewclip.offline"), ("pretrain", "fewclip.pretrain")):
