@@ -22,9 +22,11 @@ demo: $(STAMP)
 	$(PY) -m fewclip.offline prepare --data-root $(DATA)
 	$(PY) -m fewclip demo --data-root $(DATA)
 
-## test: the test suite (fast unit tests and notebook smoke runs)
+## test: the test suite (unit tests, end-to-end runs on the tiny models over the offline
+## tasks, which it prepares first, and notebook smoke runs)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m fewclip.offline prepare --data-root $(DATA)
+	FEWCLIP_DATA=$(abspath $(DATA)) $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
