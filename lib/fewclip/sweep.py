@@ -20,10 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import traceback
-import uuid
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import RunConfig
+from .parallel import map_jobs
 
 #: Columns of the frame returned by :func:`run_sweep`, besides the record's own.
 STATUS_COLUMNS = ("status", "error", "skipped")
@@ -120,43 +118,20 @@ def run_sweep(
         bar.update(1)
         bar.set_postfix(failed=sum(1 for r in results if r and r["status"] == "failed"))
 
-    if scheduler is not None:
-        _run_dask(payload, store_path, force, scheduler, done)
-    elif workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)
-        ) as pool:
-            futures = {
-                pool.submit(_run_one, p, store_path, force): i for i, p in enumerate(payload)
-            }
-            for future in as_completed(futures):
-                done(futures[future], future.result())
-    else:
-        for i, p in enumerate(payload):
-            done(i, _run_one(p, store_path, force))
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    jobs = [(p, store_path, force) for p in payload]
+    map_jobs(
+        _run_one,
+        jobs,
+        done,
+        workers=workers,
+        scheduler=scheduler,
+        initializer=_worker_init,
+        initargs=(threads,),
+    )
     bar.close()
     frame = pd.DataFrame([_flatten(r) for r in results if r is not None])
     failed = frame[frame["status"] == "failed"] if len(frame) else frame
     if raise_on_error and len(failed):
         raise RuntimeError(f"{len(failed)} of {len(frame)} runs failed: {failed['error'].tolist()}")
     return frame
-
-
-def _run_dask(payload, store_path, force, scheduler, done) -> None:
-    from dask.distributed import Client
-    from dask.distributed import as_completed as dask_completed
-
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    tag = uuid.uuid4().hex[:8]
-    try:
-        futures = [
-            client.submit(_run_one, p, store_path, force, pure=False, key=f"fewclip-{tag}-{i}")
-            for i, p in enumerate(payload)
-        ]
-        index = {f.key: i for i, f in enumerate(futures)}
-        for future in dask_completed(futures):
-            done(index[future.key], future.result())
-    finally:
-        if client is not scheduler:
-            client.close()
