@@ -22,6 +22,12 @@ demo: $(STAMP)
 	$(PY) -m fewclip.offline prepare --data-root $(DATA)
 	$(PY) -m fewclip demo --data-root $(DATA)
 
+## reports: every paper notebook on the offline embedded default -> reports/*.html, index.html
+##   (extra arguments: make reports REPORTS_ARGS="--force -p shots [16]")
+reports: $(STAMP)
+	$(PY) -m fewclip.offline prepare --data-root $(DATA)
+	$(PY) -m fewclip.reports --data-root $(DATA) $(REPORTS_ARGS)
+
 ## test: the test suite (unit tests, end-to-end runs on the tiny models over the offline
 ## tasks, which it prepares first, and notebook smoke runs)
 test: $(STAMP)

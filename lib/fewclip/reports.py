@@ -1,0 +1,575 @@
+"""Batch report builds: execute notebooks with papermill, render them to HTML, index them.
+
+    python -m fewclip.reports                        # the four paper reports, default parameters
+    python -m fewclip.reports dual explore           # some reports, by name
+    python -m fewclip.reports -p shots '[1, 16]'     # a parameter for every report (JSON or text)
+    python -m fewclip.reports -p backbone fewclip-test-rn -p pretrained none   # quick check
+    python -m fewclip.reports --spec sweep.json      # your own list of reports
+    python -m fewclip.reports --workers 2            # two notebooks at a time, local processes
+    python -m fewclip.reports --scheduler tcp://host:8786   # on a Dask (or dask-jobqueue) cluster
+
+For a report named ``dual`` and ``--out reports``:
+
+    reports/dual.ipynb       the executed notebook (up to the failing cell if one fails)
+    reports/dual.html        its HTML: nbconvert's lab template, code cells shown, figures
+                             embedded as data URIs (one self-contained file); --no-code hides code
+    reports/dual_files/      the notebook's ``output_dir`` (tables or figures it saves)
+    reports/index.html       every report: link, parameters, status, duration, build time
+    reports/manifest.json    what the index is made from, and what a rebuild checks
+
+Every notebook gets absolute ``data_root``, ``cache_dir``, ``results`` (one results store
+shared by all reports) and ``output_dir``, then the spec's own parameters, then the ``-p``
+overrides. Two levels of reuse: the notebooks go through the run API with the shared
+store, so a run already there is not repeated; and a report whose last build succeeded
+with the same parameters and the same notebook (a hash of its cells) is not executed
+again unless ``--force``. A failing notebook gives a failed entry (and its notebook and
+HTML up to the failing cell); the others go on; the exit status is 1 if any failed.
+
+``--workers`` / ``--scheduler`` spread *notebooks* over local processes or a Dask cluster
+(whose workers need fewclip installed and these paths visible). The notebooks' own
+``workers`` / ``scheduler`` parameters, for the runs inside one notebook, are separate:
+pass them as ``-p workers 4`` or ``-p scheduler tcp://host:8786``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .parallel import map_jobs
+
+#: Report name -> (notebook file in the notebooks folder, title).
+NOTEBOOKS = {
+    "clip_adapter": ("clip_adapter.ipynb", "CLIP-Adapter: Better Vision-Language Models"),
+    "dual": ("dual.ipynb", "DualAdapter: Negative Yields Positive"),
+    "difficulty": ("difficulty.ipynb", "APEX: Difficulty-Agnostic Efficient Transfer Learning"),
+    "mutual": ("mutual.ipynb", "TOMM: Task-Oriented Multi-Modal Mutual Learning"),
+    "explore": ("explore.ipynb", "Explorer"),
+}  # fmt: skip
+
+#: The default build: one report per paper, each notebook with its own defaults.
+PAPER_REPORTS = ("clip_adapter", "dual", "difficulty", "mutual")
+
+#: Parameters the builder always passes, made absolute.
+PATH_PARAMETERS = ("data_root", "cache_dir", "results", "output_dir")
+
+MANIFEST = "manifest.json"
+INDEX = "index.html"
+
+
+@dataclass
+class ReportSpec:
+    """One report: a notebook and the parameters it is executed with."""
+
+    name: str
+    notebook: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=-]*", self.name):
+            raise ValueError(f"report name {self.name!r}: use letters, digits and ._=-")
+        self.title = self.title or self.name
+
+
+def default_specs(
+    names: Sequence[str] = PAPER_REPORTS, notebooks: str | os.PathLike = "notebooks"
+) -> list[ReportSpec]:
+    """The registered reports ``names`` (see :data:`NOTEBOOKS`), default parameters."""
+    unknown = [n for n in names if n not in NOTEBOOKS]
+    if unknown:
+        raise ValueError(f"unknown report(s) {unknown}; choose from {list(NOTEBOOKS)}")
+    return [
+        ReportSpec(n, str(Path(notebooks) / NOTEBOOKS[n][0]), title=NOTEBOOKS[n][1]) for n in names
+    ]
+
+
+def report_grid(spec: ReportSpec, **axes: Sequence[Any]) -> list[ReportSpec]:
+    """One report per combination of parameter values, named after them.
+
+    ``report_grid(spec, shots=[[1], [16]])`` gives ``dual-shots1`` and ``dual-shots16``.
+    """
+    names = list(axes)
+    out = []
+    for values in itertools.product(*(axes[n] for n in names)):
+        changes = dict(zip(names, values, strict=True))
+        suffix = "-".join(f"{k}{_slug(v)}" for k, v in changes.items())
+        label = ", ".join(f"{k}={_show(v)}" for k, v in changes.items())
+        out.append(
+            ReportSpec(
+                f"{spec.name}-{suffix}",
+                spec.notebook,
+                {**spec.parameters, **changes},
+                f"{spec.title} ({label})",
+            )
+        )
+    return out
+
+
+def load_specs(path: str | os.PathLike) -> list[ReportSpec]:
+    """Report specs from a JSON list of ``{name, notebook, parameters, title, grid}``.
+
+    ``name`` defaults to the notebook's file name; ``grid`` (parameter -> list of values)
+    expands one entry into several reports (:func:`report_grid`).
+    """
+    out = []
+    for item in json.loads(Path(path).read_text()):
+        item = dict(item)
+        axes = item.pop("grid", None)
+        item.setdefault("name", Path(item["notebook"]).stem)
+        spec = ReportSpec(**item)
+        out.extend(report_grid(spec, **axes) if axes else [spec])
+    return out
+
+
+def notebook_hash(path: str | os.PathLike) -> str:
+    """Hash of a notebook's cells (type, source, tags): outputs and metadata do not count."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    h = hashlib.sha256()
+    for cell in nb.cells:
+        tags = sorted(cell.get("metadata", {}).get("tags", []))
+        h.update(json.dumps([cell.cell_type, cell.source, tags]).encode())
+    return h.hexdigest()[:16]
+
+
+def export_html(ipynb: str | os.PathLike, html: str | os.PathLike, title: str, code: bool) -> None:
+    """HTML of an executed notebook: lab template, images as data URIs, code optional."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(ipynb, as_version=4)
+    exporter = HTMLExporter(template_name="lab", exclude_input=not code)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    Path(html).write_text(body, encoding="utf-8")
+
+
+def _build_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker body (picklable): execute one notebook, write its HTML, never raise."""
+    import papermill as pm
+
+    started, start = _now(), time.perf_counter()
+    ipynb, html = Path(job["ipynb"]), Path(job["html"])
+    for stale in (ipynb, html):
+        stale.unlink(missing_ok=True)
+    files = Path(job["parameters"]["output_dir"])
+    files.mkdir(parents=True, exist_ok=True)
+    error = None
+    try:
+        pm.execute_notebook(
+            job["notebook"],
+            str(ipynb),
+            parameters=job["parameters"],
+            kernel_name=job["kernel"],
+            language="python",
+            cwd=str(Path(job["notebook"]).parent),
+            progress_bar=False,
+            execution_timeout=job["timeout"],
+            # the kernel's start-up warnings would break the progress bar; cell output is kept
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except pm.PapermillExecutionError as e:
+        error = f"{e.ename}: {e.evalue}"
+    except Exception as e:  # reported, not raised: the build goes on
+        error = f"{type(e).__name__}: {e}"
+    if ipynb.exists():
+        try:
+            export_html(ipynb, html, job["title"], job["code"])
+        except Exception as e:
+            error = error or f"HTML export: {type(e).__name__}: {e}"
+    if not any(files.iterdir()):
+        files.rmdir()  # the notebook saved nothing: no empty folder next to the reports
+    return {
+        "status": "failed" if error else "ok",
+        "error": _clip(error) if error else None,
+        "started_at": started,
+        "built_at": _now(),
+        "duration_s": round(time.perf_counter() - start, 2),
+        "ipynb": ipynb.name if ipynb.exists() else None,
+        "html": html.name if html.exists() else None,
+    }
+
+
+def _pool_init(threads: int) -> None:
+    """Local pool: share the cores between the notebooks' kernels (they inherit this)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+
+
+def build_reports(
+    specs: Iterable[ReportSpec] | None = None,
+    out: str | os.PathLike = "reports",
+    *,
+    data_root: str | os.PathLike = "data",
+    cache_dir: str | os.PathLike = "cache",
+    results: str | os.PathLike = "runs/results.sqlite",
+    overrides: dict[str, Any] | None = None,
+    workers: int = 1,
+    scheduler: Any = None,
+    force: bool = False,
+    kernel: str = "python3",
+    timeout: float | None = None,
+    code: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Build every report into ``out`` and write its index; one row per report.
+
+    ``specs`` defaults to :func:`default_specs`. ``overrides`` are parameters for every
+    report. ``workers > 1``: a local process pool; ``scheduler``: a Dask scheduler address
+    or ``distributed.Client`` (see :func:`fewclip.parallel.map_jobs`). ``timeout``: seconds
+    per cell. ``code=False`` leaves the code cells out of the HTML. Rows: ``name``,
+    ``status`` ("ok" or "failed"), ``error`` (the exception: type and message), ``duration_s``,
+    ``skipped`` (True when the last build was reused), ``html``, ``ipynb``, ...
+    """
+    specs = default_specs() if specs is None else list(specs)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"report names repeat: {sorted(n for n in names if names.count(n) > 1)}")
+    out = Path(out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(out)
+    common = {"data_root": data_root, "cache_dir": cache_dir, "results": results}
+
+    entries: dict[str, dict[str, Any]] = {}
+    jobs: list[dict[str, Any]] = []
+    skipped = set()
+    for spec in specs:
+        params = {**common, "output_dir": out / f"{spec.name}_files"}
+        params.update({**spec.parameters, **(overrides or {})})
+        for key in PATH_PARAMETERS:
+            if params.get(key):
+                params[key] = str(Path(params[key]).expanduser().absolute())
+        params = json.loads(json.dumps(params, default=str))
+        entry = {
+            "name": spec.name,
+            "title": spec.title,
+            "notebook": spec.notebook,
+            "notebook_hash": None,
+            "parameters": params,
+            "code": code,
+        }
+        try:
+            entry["notebook_hash"] = notebook_hash(spec.notebook)
+        except Exception as e:
+            why = "not found" if isinstance(e, FileNotFoundError) else f"unreadable ({e})"
+            entries[spec.name] = {**entry, **_failure(f"notebook {spec.notebook} {why}")}
+            continue
+        old = manifest.get(spec.name, {})
+        if not force and _reusable(old, entry, out):
+            entries[spec.name] = old
+            skipped.add(spec.name)
+            continue
+        entries[spec.name] = {**entry, "status": "pending", "error": None}
+        jobs.append(
+            {
+                **entry,
+                "notebook": str(Path(spec.notebook).absolute()),
+                "ipynb": str(out / f"{spec.name}.ipynb"),
+                "html": str(out / f"{spec.name}.html"),
+                "kernel": kernel,
+                "timeout": timeout,
+            }
+        )
+    for store in {e["parameters"].get("results") for e in entries.values()} - {None, ""}:
+        from .results import ResultStore
+
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        ResultStore(store)  # create the table once, before the notebooks race to
+
+    manifest.update(entries)
+    write_index(out, manifest, order=names)
+    commit = _git_commit()
+    bar = tqdm(
+        total=len(specs), initial=len(specs) - len(jobs), desc="reports", disable=not progress
+    )
+
+    def done(i: int, result: dict[str, Any]) -> None:
+        name = jobs[i]["name"]
+        manifest[name] = entries[name] = {**entries[name], **result, "commit": commit}
+        write_index(out, manifest, order=names)
+        bar.update(1)
+        bar.set_postfix_str(f"{name} {result['status']}")
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    map_jobs(
+        _build_one,
+        [(job,) for job in jobs],
+        done,
+        workers=workers,
+        scheduler=scheduler,
+        initializer=_pool_init,
+        initargs=(threads,),
+        name="fewclip-report",
+    )
+    bar.close()
+    write_index(out, manifest, order=names)
+    rows = [{**entries[n], "skipped": n in skipped} for n in names]
+    return pd.DataFrame(rows).drop(columns=["parameters"])
+
+
+def _reusable(old: dict[str, Any], new: dict[str, Any], out: Path) -> bool:
+    same = all(old.get(k) == new[k] for k in ("notebook_hash", "parameters", "code"))
+    files = all(old.get(k) and (out / old[k]).exists() for k in ("html", "ipynb"))
+    return same and files and old.get("status") == "ok"
+
+
+def _failure(error: str) -> dict[str, Any]:
+    now = _now()
+    return {"status": "failed", "error": error, "started_at": now, "built_at": now}
+
+
+# -- manifest and index ----------------------------------------------------------------------
+
+
+def load_manifest(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Report name -> entry of the last build (parameters, hash, status, times, files)."""
+    path = Path(out) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_index(
+    out: str | os.PathLike, manifest: dict[str, dict[str, Any]], order: Sequence[str] = ()
+) -> None:
+    """Write ``manifest.json`` and ``index.html``: the reports in ``order``, then the others."""
+    import jinja2
+
+    import fewclip
+
+    out = Path(out)
+    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    names = [n for n in order if n in manifest]
+    names += sorted(n for n in manifest if n not in names and _has_files(out, manifest[n]))
+    entries = [manifest[n] for n in names]
+    shown = [{k: _show(v, k) for k, v in e.get("parameters", {}).items()} for e in entries]
+    common = dict(shown[0]) if shown else {}
+    for params in shown[1:]:
+        common = {k: v for k, v in common.items() if params.get(k) == v}
+    common.pop("output_dir", None)
+    rows = []
+    for e, params in zip(entries, shown, strict=True):
+        rows.append(
+            {
+                **e,
+                "html": quote(e["html"]) if e.get("html") else None,
+                "ipynb": quote(e["ipynb"]) if e.get("ipynb") else None,
+                "params": [(k, v) for k, v in params.items() if k not in common],
+                "duration": _duration(e.get("duration_s")),
+                "built": (e.get("built_at") or "")[:16].replace("T", " "),
+            }
+        )
+    counts = {s: sum(e.get("status") == s for e in entries) for s in ("ok", "failed", "pending")}
+    page = jinja2.Template(_INDEX_TEMPLATE, autoescape=True).render(
+        rows=rows,
+        common=list(common.items()),
+        counts=counts,
+        written=_now()[:16].replace("T", " "),
+        version=fewclip.__version__,
+        commit=_git_commit(),
+    )
+    _write_atomic(out / INDEX, page)
+
+
+def _has_files(out: Path, entry: dict[str, Any]) -> bool:
+    return any(entry.get(k) and (out / entry[k]).exists() for k in ("html", "ipynb"))
+
+
+_INDEX_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>fewclip reports</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 90em; padding: 0 1em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border-bottom: 1px solid #ddd; padding: .4em .6em; text-align: left;
+         vertical-align: top; }
+code { font-size: .85em; }
+.ok { color: #176f2c; } .failed { color: #b00020; } .pending { color: #8a6d00; }
+.error { white-space: pre-wrap; font-family: monospace; font-size: .85em; color: #b00020; }
+small { color: #666; }
+</style>
+</head>
+<body>
+<h1>fewclip reports</h1>
+<p>{{ counts.ok }} ok, {{ counts.failed }} failed{% if counts.pending %},
+{{ counts.pending }} pending{% endif %}. Index written {{ written }} by fewclip {{ version }}
+{%- if commit %} at commit <code>{{ commit }}</code>{% endif %}.</p>
+{% if common %}<p>Parameters of every report:
+{% for k, v in common %}<code>{{ k }}={{ v }}</code>{{ ", " if not loop.last }}{% endfor %}.
+Paths are relative to the folder the build ran in.</p>{% endif %}
+<table>
+<thead><tr><th>Report</th><th>Notebook (executed)</th><th>Parameters</th><th>Status</th>
+<th>Duration</th><th>Built</th></tr></thead>
+<tbody>
+{% for r in rows %}<tr data-report="{{ r.name }}" data-status="{{ r.status }}">
+<td>{% if r.html %}<a href="{{ r.html }}">{{ r.title }}</a>{% else %}{{ r.title }}{% endif %}
+<br><small>{{ r.name }}</small></td>
+<td>{% if r.ipynb %}<a href="{{ r.ipynb }}">{{ r.notebook }}</a>{% else %}{{ r.notebook }}
+{%- endif %}</td>
+<td>{% for k, v in r.params %}<code>{{ k }}={{ v }}</code><br>{% endfor %}</td>
+<td class="{{ r.status }}">{{ r.status }}
+{%- if r.error %}<div class="error">{{ r.error }}</div>{% endif %}</td>
+<td>{{ r.duration }}</td>
+<td>{{ r.built }}{% if r.commit %}<br><small>{{ r.commit }}</small>{% endif %}</td>
+</tr>
+{% endfor %}</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+def _show(value: Any, key: str = "") -> str:
+    """A parameter as the index shows it: paths relative to here when below it."""
+    if key in PATH_PARAMETERS and isinstance(value, str) and value:
+        try:
+            return str(Path(value).relative_to(Path.cwd()))
+        except ValueError:
+            return value
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.=]+", "_", _show(value)).strip("_") or "none"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _git_commit() -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    """A ``-p`` value: JSON where it parses (numbers, booleans, lists), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fewclip reports`` / ``python -m fewclip.reports``; returns 1 if a report failed."""
+    parser = argparse.ArgumentParser(
+        prog="fewclip reports",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "names",
+        nargs="*",
+        help=f"reports to build, of {list(NOTEBOOKS)} (default: {' '.join(PAPER_REPORTS)})",
+    )
+    parser.add_argument("--spec", help="JSON list of report specs, instead of names")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a parameter for every report; VALUE is parsed as JSON where it can be",
+    )
+    parser.add_argument("--notebooks", default="notebooks", help="folder of the named notebooks")
+    parser.add_argument("--out", default="reports", help="where reports and index go")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--cache-dir", default="cache")
+    parser.add_argument("--results", default="runs/results.sqlite", help="shared results store")
+    parser.add_argument("--workers", type=int, default=1, help="notebooks at a time, locally")
+    parser.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786)")
+    parser.add_argument("--force", action="store_true", help="execute even if up to date")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    parser.add_argument("--timeout", type=float, help="seconds per cell (default: none)")
+    parser.add_argument("--no-code", action="store_true", help="leave code out of the HTML")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.spec and args.names:
+        parser.error("give report names or --spec, not both")
+    try:
+        specs = (
+            load_specs(args.spec)
+            if args.spec
+            else default_specs(args.names or PAPER_REPORTS, args.notebooks)
+        )
+    except (ValueError, OSError, TypeError, KeyError) as e:
+        parser.error(str(e))
+    frame = build_reports(
+        specs,
+        args.out,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        results=args.results,
+        overrides={k: _parse_value(v) for k, v in args.parameter},
+        workers=args.workers,
+        scheduler=args.scheduler,
+        force=args.force,
+        kernel=args.kernel,
+        timeout=args.timeout,
+        code=not args.no_code,
+        progress=not args.no_progress,
+    )
+    failed = frame[frame["status"] != "ok"]
+    reused = int(frame["skipped"].sum())
+    print(
+        f"{len(frame)} reports: {len(frame) - len(failed)} ok ({reused} up to date), "
+        f"{len(failed)} failed -> {Path(args.out) / INDEX}"
+    )
+    for row in failed.itertuples():
+        print(f"  {row.name}: {row.error}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
+if __name__ == "__main__":
+    from fewclip.reports import main as _main  # the package's module, so workers can import it
+
+    sys.exit(_main())
