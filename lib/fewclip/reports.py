@@ -41,6 +41,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -565,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(failed)} failed -> {Path(args.out) / INDEX}"
     )
     for row in failed.itertuples():
-        print(f"  {row.name}: {row.error}", file=sys.stderr)
+        print(textwrap.indent(f"{row.name}: {row.error}", "  "), file=sys.stderr)
     return 1 if len(failed) else 0
 
 
