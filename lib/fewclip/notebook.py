@@ -1,0 +1,313 @@
+"""Helpers for the paper notebooks: paths, the model banner, sweeps that never crash.
+
+    from fewclip import notebook as nb
+    nb.show_banner(backbone, pretrained, datasets)       # which model and data made the numbers
+    base = nb.base_config(backbone=..., pretrained=..., data_root=..., cache_dir=..., device=...)
+    frame = nb.run_grid(configs, results, workers=workers, scheduler=scheduler)
+
+Relative paths are resolved against the project root (the folder holding ``pyproject.toml``
+and ``data/``), found by searching upward from the working directory, so the same
+parameters work from the repository root (papermill) and from ``notebooks/`` (JupyterLab).
+Nothing here computes a method: notebooks orchestrate, ``fewclip.runner`` runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .backbones import (
+    PROJECT_WEIGHTS,
+    RANDOM_INIT,
+    UnknownBackboneError,
+    WeightsNotFoundError,
+    resolve_weights,
+)
+from .config import RunConfig
+
+# --------------------------------------------------------------------------- paths
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: the working directory) that holds
+    both ``pyproject.toml`` and ``data/``; else the checkout this package lives in."""
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
+            return folder
+    checkout = Path(__file__).resolve().parents[2]  # lib/fewclip/notebook.py -> repo
+    if (checkout / "pyproject.toml").is_file():
+        return checkout
+    raise FileNotFoundError(
+        f"no project root (a folder with pyproject.toml and data/) at or above {here}"
+    )
+
+
+def resolve(path: str | os.PathLike | None) -> str | None:
+    """An absolute path as is; a relative one under :func:`project_root`; None stays None."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else project_root() / p)
+
+
+def output_dir(path: str | os.PathLike) -> Path:
+    """The notebook's output folder (resolved, created)."""
+    out = Path(resolve(path))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def listify(value: Any, kind: type | None = None) -> list:
+    """A list parameter from what papermill may pass: a list, one value, or a string such as
+    ``"[1, 2, 4]"`` or ``"1,2,4"`` (``-p shots 8`` gives ``[8]``; ``-y`` gives real lists).
+    ``kind`` converts each item (e.g. ``int``)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            import ast
+
+            value = ast.literal_eval(text)
+        else:
+            value = [v.strip() for v in text.split(",") if v.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    items = list(value)
+    return [kind(v) for v in items] if kind is not None else items
+
+
+# --------------------------------------------------------------------------- model banner
+
+
+def model_kind(backbone: str, pretrained: str | None = "default") -> str:
+    """``"random"`` (random init), ``"toy"`` (fewclip's own tiny CLIP), ``"pretrained"``
+    (open_clip or a checkpoint file) or ``"missing"`` (weights not on this machine)."""
+    if pretrained in RANDOM_INIT:
+        return "random"
+    try:
+        weights = resolve_weights(backbone, pretrained)
+    except (WeightsNotFoundError, UnknownBackboneError):
+        return "missing"
+    if weights is None:
+        return "random"
+    if backbone in PROJECT_WEIGHTS and (pretrained in ("default", backbone)):
+        return "toy"
+    return "pretrained"
+
+
+def _source(source: Any, pretrained: str | None) -> tuple[str, str | None]:
+    """(arch, pretrained) from a record dict, a results row, a Backbone or a name."""
+    if isinstance(source, str):
+        return source, pretrained
+    if isinstance(source, dict) or isinstance(source, pd.Series):
+        pre = source.get("pretrained", pretrained)
+        return str(source["backbone"]), None if pre in (None, "None") else pre
+    arch = getattr(source, "arch", None)
+    if arch is not None:  # a fewclip Backbone
+        return arch, source.pretrained if source.is_pretrained else None
+    raise TypeError(f"model_banner: cannot tell the model of {type(source).__name__}")
+
+
+def model_tag(source: Any, pretrained: str | None = "default") -> str:
+    """A short label for figure titles and table captions."""
+    arch, pre = _source(source, pretrained)
+    kind = model_kind(arch, pre)
+    if kind == "random":
+        return f"{arch}, RANDOM INIT: numbers are not meaningful"
+    if kind == "toy":
+        return f"{arch}: toy-scale CLIP pretrained by fewclip, NOT OpenAI CLIP"
+    if kind == "missing":
+        return f"{arch}/{pre}: weights MISSING"
+    return f"{arch}/{pre}"
+
+
+def data_summary(datasets: Iterable[str]) -> str:
+    """One line on where the datasets come from (offline tasks or real benchmarks)."""
+    from .offline import TASKS
+
+    names = list(dict.fromkeys(datasets))
+    offline = [n for n in names if n in TASKS]
+    other = [n for n in names if n not in TASKS]
+    parts = []
+    if offline:
+        parts.append(
+            "offline task(s) built by `fewclip.offline` from package-registry data ("
+            + ", ".join(f"`{n}`" for n in offline)
+            + "): NOT the papers' benchmarks"
+        )
+    if other:
+        parts.append("dataset(s) " + ", ".join(f"`{n}`" for n in other))
+    return "; ".join(parts) or "no dataset"
+
+
+def model_banner(
+    source: Any, pretrained: str | None = "default", datasets: Iterable[str] = ()
+) -> str:
+    """Markdown saying which model and data produced a notebook's numbers.
+
+    ``source``: a record dict or results row, a :class:`~fewclip.backbones.Backbone`, or an
+    architecture name (with ``pretrained``). A random-init model or fewclip's toy-scale
+    tiny CLIP is said loudly.
+    """
+    arch, pre = _source(source, pretrained)
+    if isinstance(source, (dict, pd.Series)) and not datasets and "dataset" in source:
+        datasets = [source["dataset"]]
+    kind = model_kind(arch, pre)
+    if kind == "random":
+        head = (
+            f"**WARNING: `{arch}` is a RANDOMLY INITIALISED model.** Every number below "
+            "comes from untrained weights and is NOT meaningful; it only shows that the "
+            "pipeline runs."
+        )
+    elif kind == "toy":
+        head = (
+            f"**Model: `{arch}`, a TOY-SCALE CLIP pretrained by fewclip on emoji images "
+            "(NOT OpenAI CLIP).** It has a few million parameters and a 32-pixel input; "
+            "numbers below say how the methods behave on this small model, not what the "
+            "papers report for RN50 / ViT-B/16."
+        )
+    elif kind == "missing":
+        head = f"**Model `{arch}` / `{pre}`: weights are MISSING on this machine.**"
+    else:
+        head = f"**Model: `{arch}` with weights `{pre}`.**"
+    return head + "\n\n**Data:** " + data_summary(datasets) + "."
+
+
+def show_banner(
+    source: Any, pretrained: str | None = "default", datasets: Iterable[str] = ()
+) -> None:
+    """Display :func:`model_banner` as Markdown (a notebook's first output)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(model_banner(source, pretrained, datasets)))
+
+
+def check_model(backbone: str, pretrained: str | None = "default") -> None:
+    """Raise the backbone's own clear error (what is missing, how to get it) before a sweep
+    in which every run would fail for the same reason."""
+    resolve_weights(backbone, pretrained)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def base_config(
+    *,
+    data_root: str = "data",
+    cache_dir: str | None = "cache",
+    **fields: Any,
+) -> RunConfig:
+    """A RunConfig from notebook parameters, with the data root and cache resolved."""
+    return RunConfig(
+        data_root=resolve(data_root), cache_dir=resolve(cache_dir) or "", progress=False, **fields
+    )
+
+
+def run_grid(
+    configs: Sequence[RunConfig],
+    results: str | None,
+    *,
+    workers: int = 1,
+    scheduler: Any = None,
+    title: str = "runs",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """:func:`fewclip.sweep.run_sweep` over ``configs`` with the results store ``results``;
+    failed runs are shown as a table (status, error) and the notebook goes on.
+
+    The frame has one row per configuration, in order, with ``status`` ("done"/"failed"),
+    ``label`` (the variant, else the method) and the record's columns.
+    """
+    from IPython.display import Markdown, display
+
+    from .sweep import run_sweep
+
+    frame = run_sweep(
+        configs, resolve(results), workers=workers, scheduler=scheduler, progress=progress
+    )
+    frame = frame.reset_index(drop=True)
+    for k in ("accuracy", "base_accuracy", "new_accuracy", "hm"):
+        if k not in frame:
+            frame[k] = float("nan")
+    frame["label"] = labels(frame)
+    bad = failures(frame)
+    done = int((frame["status"] == "done").sum())
+    reused = int(frame.get("skipped", pd.Series(dtype=bool)).fillna(False).astype(bool).sum())
+    display(
+        Markdown(
+            f"*{title}: {done} of {len(frame)} runs done ({reused} reused from the store), "
+            f"{len(bad)} failed.*"
+        )
+    )
+    if len(bad):
+        display(Markdown(f"**{len(bad)} run(s) failed; the figures below leave them out:**"))
+        display(bad)
+    return frame
+
+
+def failures(frame: pd.DataFrame) -> pd.DataFrame:
+    """The failed rows of a sweep frame: what ran and why it failed."""
+    if not len(frame) or "status" not in frame:
+        return pd.DataFrame(columns=["method", "variant", "dataset", "shots", "seed", "error"])
+    cols = [c for c in ("method", "variant", "dataset", "protocol", "shots", "seed") if c in frame]
+    return frame.loc[frame["status"] == "failed", cols + ["status", "error"]]
+
+
+def done(frame: pd.DataFrame) -> pd.DataFrame:
+    """The finished rows of a sweep frame."""
+    if not len(frame) or "status" not in frame:
+        return frame
+    return frame[frame["status"] == "done"]
+
+
+def option(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
+    """The method option ``name`` each row's configuration asked for (None: not given)."""
+    return frame["config"].map(lambda c: (c or {}).get("options", {}).get(name, default))
+
+
+def summarise(
+    frame: pd.DataFrame, by: Sequence[str], values: Sequence[str] = ("accuracy",)
+) -> pd.DataFrame:
+    """Mean, std and count over seeds of ``values``, per group ``by`` (finished runs only)."""
+    rows = done(frame)
+    if not len(rows):
+        return pd.DataFrame(columns=[*by, *values])
+    agg = rows.groupby(list(by), dropna=False, sort=False)[list(values)].agg(
+        ["mean", "std", "count"]
+    )
+    agg.columns = [f"{v}_{s}" if s != "mean" else v for v, s in agg.columns]
+    return agg.reset_index()
+
+
+def pivot(frame: pd.DataFrame, index, columns, values: str = "accuracy") -> pd.DataFrame:
+    """``frame.pivot_table`` that gives an empty frame (not an error) when nothing finished."""
+    if not len(frame) or values not in frame:
+        return pd.DataFrame()
+    return frame.pivot_table(index=index, columns=columns, values=values).round(2)
+
+
+def store_frame(results: str | None) -> pd.DataFrame:
+    """Every run in the results store (empty frame when there is no store yet)."""
+    from .results import ResultStore
+
+    path = resolve(results)
+    if path is None or not Path(path).is_file():
+        return pd.DataFrame()
+    frame = ResultStore(path).to_frame()
+    if len(frame):
+        frame["label"] = labels(frame)
+    return frame
+
+
+def labels(frame: pd.DataFrame) -> list[str]:
+    """Each row's label: its variant (an ablation's name) if it has one, else its method."""
+    return [
+        v if isinstance(v, str) and v else m
+        for v, m in zip(frame["variant"], frame["method"], strict=True)
+    ]
