@@ -25,6 +25,7 @@ from fewclip.reports import (
     ReportSpec,
     build_reports,
     default_specs,
+    kernel_python,
     load_manifest,
     load_specs,
     main,
@@ -180,6 +181,21 @@ def test_the_paper_notebooks_take_the_builder_parameters():
     for name in present:
         declared = pm.inspect_notebook(str(REPO / "notebooks" / NOTEBOOKS[name][0]))
         assert wanted <= set(declared), f"{name}: missing {sorted(wanted - set(declared))}"
+
+
+def test_a_kernel_of_another_interpreter_is_flagged(tmp_path, monkeypatch):
+    assert kernel_python("python3") == sys.executable
+    spec = tmp_path / "jupyter" / "kernels" / "python3" / "kernel.json"
+    spec.parent.mkdir(parents=True)
+    argv = ["/opt/other/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec.write_text(json.dumps({"argv": argv, "display_name": "other", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    assert kernel_python("python3") == "/opt/other/bin/python"
+    missing = ReportSpec("missing", str(tmp_path / "missing.ipynb"))
+    paths = {k: tmp_path / k for k in ("data_root", "cache_dir", "results")}
+    with pytest.warns(UserWarning, match="/opt/other/bin/python"):
+        frame = build_reports([missing], tmp_path / "out", progress=False, **paths)
+    assert frame["error"].iloc[0].endswith("missing.ipynb not found")
 
 
 def test_browser_shows_figures_and_tables(fixture):

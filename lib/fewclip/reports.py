@@ -43,6 +43,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -243,6 +244,13 @@ def build_reports(
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"report names repeat: {sorted(n for n in names if names.count(n) > 1)}")
+    python = kernel_python(kernel)
+    if python and not _same_file(python, sys.executable):
+        warnings.warn(
+            f"kernel {kernel!r} runs {python}, not this interpreter ({sys.executable}), so the "
+            "notebooks may not see this fewclip; choose another kernel (make installs 'fewclip')",
+            stacklevel=2,
+        )
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(out)
@@ -323,6 +331,29 @@ def build_reports(
     write_index(out, manifest, order=names)
     rows = [{**entries[n], "skipped": n in skipped} for n in names]
     return pd.DataFrame(rows).drop(columns=["parameters"])
+
+
+def kernel_python(kernel: str) -> str | None:
+    """The interpreter a Jupyter kernel runs (None for an unknown kernel).
+
+    jupyter_client starts a kernelspec whose command is a bare ``python`` (as the venv's
+    ``python3`` is) with the interpreter that starts it, so from the venv it is the venv's.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv = KernelSpecManager().get_kernel_spec(kernel).argv
+    except NoSuchKernel:
+        return None
+    bare = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info)}
+    return sys.executable if argv and argv[0] in bare else (argv[0] if argv else None)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _reusable(old: dict[str, Any], new: dict[str, Any], out: Path) -> bool:
