@@ -120,6 +120,8 @@ def test_index_lists_every_report(fixture):
         assert row["href"] == f"{name}.html" and (out / row["href"]).exists()
         assert (out / f"{name}.ipynb").exists()
     assert "Good report" in rows["good"]["text"] and "value=2" in rows["good-value2"]["text"]
+    assert "good_files/executions.txt" in rows["good"]["text"]  # what the notebook saved
+    assert not (out / "bad_files").exists()  # nothing saved: no empty folder
     assert re.search(r"\d\.\d s", rows["good"]["text"])  # a duration
     header = (out / "index.html").read_text()
     assert "backbone=fewclip-test-rn" in header and "pretrained=none" in header

@@ -14,7 +14,8 @@ For a report named ``dual`` and ``--out reports``:
     reports/dual.html        its HTML: nbconvert's lab template, code cells shown, figures
                              embedded as data URIs (one self-contained file); --no-code hides code
     reports/dual_files/      the notebook's ``output_dir`` (tables or figures it saves)
-    reports/index.html       every report: link, parameters, status, duration, build time
+    reports/index.html       every report: links (HTML, notebook, saved files), parameters,
+                             status (ok, or failed with the error), duration, build time
     reports/manifest.json    what the index is made from, and what a rebuild checks
 
 Every notebook gets absolute ``data_root``, ``cache_dir``, ``results`` (one results store
@@ -206,6 +207,7 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
         "duration_s": round(time.perf_counter() - start, 2),
         "ipynb": ipynb.name if ipynb.exists() else None,
         "html": html.name if html.exists() else None,
+        "files": _listing(files, html.parent),
     }
 
 
@@ -402,6 +404,7 @@ def write_index(
                 "html": quote(e["html"]) if e.get("html") else None,
                 "ipynb": quote(e["ipynb"]) if e.get("ipynb") else None,
                 "params": [(k, v) for k, v in params.items() if k not in common],
+                "files": [(quote(f), f) for f in e.get("files") or []],
                 "duration": _duration(e.get("duration_s")),
                 "built": (e.get("built_at") or "")[:16].replace("T", " "),
             }
@@ -454,7 +457,8 @@ Paths are relative to the folder the build ran in.</p>{% endif %}
 <td>{% if r.html %}<a href="{{ r.html }}">{{ r.title }}</a>{% else %}{{ r.title }}{% endif %}
 <br><small>{{ r.name }}</small></td>
 <td>{% if r.ipynb %}<a href="{{ r.ipynb }}">{{ r.notebook }}</a>{% else %}{{ r.notebook }}
-{%- endif %}</td>
+{%- endif %}{% for href, f in r.files %}<br><a href="{{ href }}"><small>{{ f }}</small></a>
+{%- endfor %}</td>
 <td>{% for k, v in r.params %}<code>{{ k }}={{ v }}</code><br>{% endfor %}</td>
 <td class="{{ r.status }}">{{ r.status }}
 {%- if r.error %}<div class="error">{{ r.error }}</div>{% endif %}</td>
@@ -501,6 +505,13 @@ def _show(value: Any, key: str = "") -> str:
 
 def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.=]+", "_", _show(value)).strip("_") or "none"
+
+
+def _listing(folder: Path, out: Path, limit: int = 30) -> list[str]:
+    """The files a notebook saved in its output folder, relative to ``out`` (if below it)."""
+    if not folder.is_dir() or not folder.is_relative_to(out):
+        return []
+    return sorted(str(p.relative_to(out)) for p in folder.rglob("*") if p.is_file())[:limit]
 
 
 def _write_atomic(path: Path, text: str) -> None:
