@@ -1,0 +1,166 @@
+"""Benchmark: feature-level methods trained on cached features versus re-encoding images.
+
+The official CLIP-Adapter, Tip-Adapter-F and DualAdapter codes push every training batch
+of augmented images through the frozen CLIP image encoder at every step. fewclip encodes
+the few-shot images once (``--views`` augmented views, random resized crop 0.5-1 + flip,
+cached on disk) and trains on those tensors; epoch e uses view e % V.
+
+Both sides here run the *same* method code on the same model, data, epochs and seed; the
+re-encoding side only replaces the cached view of each epoch by a fresh augmented pass
+through the image encoder (:class:`ReencodingData`), as the official loops do. Both
+sides share the cache keys (the average of the same augmented views) and the validation
+and test features. Printed per method: fit time with cached features, the one-off
+extraction of the views, fit time when re-encoding, the ratio, and both test accuracies
+(they differ a little: the re-encoding side sees a new augmentation every epoch, the
+cached side cycles through V of them).
+
+    python benchmarks/bench_feature_cache.py --quick
+    python benchmarks/bench_feature_cache.py --dataset fashion_mnist --shots 16
+    python benchmarks/bench_feature_cache.py --backbone RN50 --pretrained openai --dataset dtd
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import tempfile
+import time
+
+import torch
+
+from fewclip.backbones import load_backbone
+from fewclip.config import RunConfig
+from fewclip.data import load_dataset
+from fewclip.features import FeatureCache, augmented_transform, encode_items
+from fewclip.methods import get_method
+from fewclip.methods.base import FeatureData, accuracy
+from fewclip.runner import feature_data, sample_split, test_features
+
+#: method -> options; ``dataset`` picks the official per-dataset settings where a method has them
+METHODS = {
+    "clip_adapter": {},
+    "tip_adapter_f": {"dataset": None},
+    "dual_adapter": {"dataset": None},
+}
+
+
+@dataclasses.dataclass
+class ReencodingData(FeatureData):
+    """FeatureData whose training view of each epoch is encoded afresh from the images."""
+
+    backbone: object = None
+    items: list = dataclasses.field(default_factory=list)
+    seed: int = 0
+    encode_seconds: float = 0.0
+
+    def view(self, epoch: int) -> torch.Tensor:
+        start = time.perf_counter()
+        out = encode_items(
+            self.backbone,
+            self.items,
+            augmented_transform(self.backbone),
+            seed=10_000 + self.seed * 1009 + epoch,  # a new augmentation every epoch
+            progress=False,
+        )
+        self.encode_seconds += time.perf_counter() - start
+        return out.features.to(self.device)
+
+
+def bench(args: argparse.Namespace) -> list[dict]:
+    backbone = load_backbone(args.backbone, args.pretrained, device=args.device)
+    import fewclip.offline  # noqa: F401  (registers the offline tasks)
+
+    dataset = load_dataset(args.dataset, args.data_root)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = RunConfig(
+            dataset=args.dataset,
+            shots=args.shots,
+            augment_views=args.views,
+            cache_dir=tmp,
+            data_root=args.data_root,
+            progress=False,
+        )
+        cache = FeatureCache(tmp)
+        split = sample_split(dataset, config)
+        start = time.perf_counter()
+        data, _ = feature_data(backbone, dataset, split, config, cache)
+        extract_s = time.perf_counter() - start
+        test_f, test_y, _ = test_features(backbone, dataset.test, config, cache, "test")
+        slow = ReencodingData(
+            **{f.name: getattr(data, f.name) for f in dataclasses.fields(FeatureData)},
+            backbone=backbone,
+            items=split.train,
+            seed=1,
+        )
+        for name, options in METHODS.items():
+            options = {k: args.dataset if k == "dataset" else v for k, v in options.items()}
+            if args.epochs:
+                options["epochs"] = args.epochs
+            timings, accs = {}, {}
+            for side, inputs in (("cached", data), ("re-encode", slow)):
+                method = get_method(name, **options)
+                torch.manual_seed(1)
+                start = time.perf_counter()
+                method.fit(inputs, seed=1)
+                timings[side] = time.perf_counter() - start
+                accs[side] = accuracy(method.logits(test_f), test_y)
+            rows.append(
+                {
+                    "method": name,
+                    "epochs": method.options.epochs or "default",
+                    "cached_fit_s": timings["cached"],
+                    "extract_s": extract_s,
+                    "reencode_fit_s": timings["re-encode"],
+                    "ratio": timings["re-encode"] / timings["cached"],
+                    "ratio_with_extraction": timings["re-encode"] / (timings["cached"] + extract_s),
+                    "cached_acc": accs["cached"],
+                    "reencode_acc": accs["re-encode"],
+                }
+            )
+    print(
+        f"\n{args.dataset}, {dataset.num_classes} classes x {args.shots} shots, "
+        f"{len(split.train)} training images, {args.views} cached views; "
+        f"backbone {backbone.label} on {backbone.device}; "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"{'method':<15}{'epochs':>7}{'cached [s]':>12}{'+views [s]':>12}{'re-encode [s]':>15}"
+        f"{'ratio':>8}{'ratio incl.':>13}{'acc cached':>12}{'acc re-enc.':>13}"
+    )
+    for r in rows:
+        print(
+            f"{r['method']:<15}{r['epochs']:>7}{r['cached_fit_s']:>12.2f}{r['extract_s']:>12.2f}"
+            f"{r['reencode_fit_s']:>15.2f}{r['ratio']:>7.1f}x{r['ratio_with_extraction']:>12.1f}x"
+            f"{r['cached_acc']:>11.2f}%{r['reencode_acc']:>12.2f}%"
+        )
+    print(
+        "ratio: re-encoding fit time / cached fit time; 'ratio incl.' also charges the "
+        "cached side with the one-off extraction of its views"
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="tiny-emoji-rn")
+    parser.add_argument("--pretrained", default="default")
+    parser.add_argument("--dataset", default="emoji_openmoji_subcategory")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--views", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=None, help="override every method's")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="5 epochs, 2 views, 4 shots")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.epochs, args.views, args.shots = 5, 2, 4
+    bench(args)
+
+
+if __name__ == "__main__":
+    main()
