@@ -172,10 +172,12 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
     ipynb, html = Path(job["ipynb"]), Path(job["html"])
     for stale in (ipynb, html):
         stale.unlink(missing_ok=True)
-    files = Path(job["parameters"]["output_dir"])
-    files.mkdir(parents=True, exist_ok=True)
+    saved = job["parameters"].get("output_dir")
+    files = Path(saved) if saved else None
     error = None
     try:
+        if files:
+            files.mkdir(parents=True, exist_ok=True)
         pm.execute_notebook(
             job["notebook"],
             str(ipynb),
@@ -197,7 +199,7 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
             export_html(ipynb, html, job["title"], job["code"])
         except Exception as e:
             error = error or f"HTML export: {type(e).__name__}: {e}"
-    if not any(files.iterdir()):
+    if files and files.is_dir() and not any(files.iterdir()):
         files.rmdir()  # the notebook saved nothing: no empty folder next to the reports
     return {
         "status": "failed" if error else "ok",
@@ -207,7 +209,7 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
         "duration_s": round(time.perf_counter() - start, 2),
         "ipynb": ipynb.name if ipynb.exists() else None,
         "html": html.name if html.exists() else None,
-        "files": _listing(files, html.parent),
+        "files": _listing(files, html.parent) if files else [],
     }
 
 
