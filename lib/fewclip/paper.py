@@ -155,7 +155,17 @@ def side_by_side(
         else:
             rows["group"] = "paper: " + rows["backbone"].astype(str) + " (OpenAI CLIP)"
         columns = ["group", "dataset"] + (["metric"] if metric_in_columns else [])
-        wide = rows.pivot_table(index=index, columns=columns, values="value", aggfunc="mean")
+        if side == "paper" and rows.duplicated(index + columns).any():
+            # two papers report the same cell (e.g. CoCoOp re-run by the APEX authors and
+            # CoCoOp's own number): one column group per paper, never an average of both
+            rows["group"] = rows["group"] + " [" + rows["paper"].astype(str) + "]"
+        clash = rows[rows.duplicated(index + columns, keep=False)]
+        if len(clash):
+            raise ValueError(
+                f"side_by_side: several {side} numbers for one cell; refine the filter:\n"
+                + clash.to_string()
+            )
+        wide = rows.pivot_table(index=index, columns=columns, values="value", aggfunc="first")
         parts.append(wide)
     if not parts:
         return pd.DataFrame()

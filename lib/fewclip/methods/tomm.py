@@ -120,14 +120,20 @@ class TextGuidedTuning(nn.Module):
         self.out = nn.Linear(hidden, dim, bias=False)
         self.gate = nn.Parameter(torch.tensor(float(gate_init)))
 
+    def attention(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """features (B, d), text (C, d) or (B, C, d) normalised -> (B, C) attention weights
+        of each image over the class texts (rows sum to 1)."""
+        if text.dim() == 2:
+            text = text.unsqueeze(0).expand(features.shape[0], -1, -1)
+        q, k = self.query(features), self.key(text)  # (B, a), (B, C, a)
+        return (torch.einsum("ba,bca->bc", q, k) / math.sqrt(q.shape[-1])).softmax(-1)
+
     def forward(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """features (B, d), text (C, d) or (B, C, d) normalised -> (B, d) refined feature."""
         if text.dim() == 2:
             text = text.unsqueeze(0).expand(features.shape[0], -1, -1)
-        q = self.query(features)  # (B, a)
-        k, v = self.key(text), self.value(text)  # (B, C, a)
-        attn = torch.einsum("ba,bca->bc", q, k) / math.sqrt(q.shape[-1])
-        return features + self.gate * self.out(torch.einsum("bc,bca->ba", attn.softmax(-1), v))
+        attn = self.attention(features, text)
+        return features + self.gate * self.out(torch.einsum("bc,bca->ba", attn, self.value(text)))
 
 
 class TOMMLearner(nn.Module):
@@ -289,6 +295,46 @@ class TOMM(FeaturePromptMethod):
             part = None if tokens is None else tokens[start : start + chunk]
             out.append(self._forward(features[start : start + chunk], classnames, part)[0])
         return torch.cat(out)
+
+    @torch.no_grad()
+    def diagnostics(
+        self,
+        features: torch.Tensor,
+        classnames: Sequence[str],
+        tokens: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | float | None]:
+        """Read-only diagnostics on frozen image features (B, d) over ``classnames`` (C):
+
+        ``gate``: the learned TFT gate gamma (None without TFT); ``attention`` (B, C): TFT's
+        attention of each image over the class texts (None without TFT); ``bias_norm``
+        (B, C): the norm of CTP's per-(image, class) context bias pi_c(x) (None without CTP;
+        (B, 1) for CoCoOp's class-shared bias); ``shift`` (B,): cosine distance between the
+        refined and the frozen image feature.
+        """
+        learner = self._check_fitted()
+        was_training = learner.training
+        learner.eval()
+        try:
+            features = features.float()
+            text = self.text_features(features, classnames, tokens)
+            out: dict[str, torch.Tensor | float | None] = {
+                "gate": None,
+                "attention": None,
+                "bias_norm": None,
+            }
+            if learner.tft is not None:
+                out["gate"] = float(learner.tft.gate)
+                out["attention"] = learner.tft.attention(features, text)
+            if learner.ctp is not None:
+                bias = learner.ctp(features, self.class_embeddings(classnames), tokens)
+                out["bias_norm"] = bias.norm(dim=-1)
+            elif learner.image_bias is not None:
+                out["bias_norm"] = learner.image_bias(features).norm(dim=-1, keepdim=True)
+            z = self.refine(features, text)
+            out["shift"] = 1.0 - (z * F.normalize(features, dim=-1)).sum(-1)
+            return out
+        finally:
+            learner.train(was_training)
 
     def loss(
         self,
