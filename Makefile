@@ -17,10 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --user --name fewclip --display-name "fewclip" >/dev/null
 	touch $@
 
-## demo: prepare the offline data (registries only) and run the main job
-demo: $(STAMP)
-	$(PY) -m fewclip.offline prepare --data-root $(DATA)
-	$(PY) -m fewclip demo --data-root $(DATA)
+## demo: the main job: prepare the offline data (registries only) and build every report
+demo: reports
 
 ## reports: every paper notebook on the offline embedded default -> reports/*.html, index.html
 ##   (extra arguments: make reports REPORTS_ARGS="--force -p shots [16]")

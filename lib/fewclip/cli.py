@@ -2,7 +2,8 @@
 
 fewclip run --method tip_adapter_f --dataset emoji_openmoji_subcategory --shots 16
 fewclip results                        # the results table
-fewclip demo                           # the offline end-to-end demo
+fewclip demo                           # a quick offline end-to-end check
+fewclip reports                        # build every report (reports/index.html)
 fewclip prepare --data-root data       # fetch the offline corpus and tasks
 fewclip pretrain --arch tiny-emoji-rn  # retrain a tiny CLIP
 """
@@ -122,11 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="runs/results.sqlite", help="results store ('' for none)")
     p.set_defaults(func=lambda a: __import__("fewclip.demo", fromlist=["main"]).main(a))
 
-    for verb, module in (("prepare", "fewclip.offline"), ("pretrain", "fewclip.pretrain")):
+    for verb, module in (
+        ("prepare", "fewclip.offline"),
+        ("pretrain", "fewclip.pretrain"),
+        ("reports", "fewclip.reports"),
+    ):
         p = sub.add_parser(verb, help=f"same as python -m {module}", add_help=False)
         p.set_defaults(module=module)
 
     args, rest = parser.parse_known_args(argv)
+    if args.verb == "reports":
+        from .reports import main as reports_main
+
+        return reports_main(rest)
     if args.verb in ("prepare", "pretrain"):
         import runpy
 
