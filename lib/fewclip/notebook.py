@@ -285,6 +285,23 @@ def summarise(
     return agg.reset_index()
 
 
+def compact(summary: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """A :func:`summarise` frame for reading: ``mean +- std (n)`` per value when some group
+    has several seeds, else the means alone."""
+    counts = [c for c in summary.columns if c.endswith("_count")]
+    values = [c[: -len("_count")] for c in counts]
+    out = summary.drop(columns=[f"{v}_{s}" for v in values for s in ("std", "count")])
+    if counts and summary[counts].max().max() > 1:
+        for v in values:
+            out[v] = [
+                f"{m:.{digits}f} +- {s:.{digits}f} (n={int(n)})" if n > 1 else f"{m:.{digits}f}"
+                for m, s, n in zip(
+                    summary[v], summary[f"{v}_std"].fillna(0), summary[f"{v}_count"], strict=True
+                )
+            ]
+    return out.round(digits)
+
+
 def pivot(frame: pd.DataFrame, index, columns, values: str = "accuracy") -> pd.DataFrame:
     """``frame.pivot_table`` that gives an empty frame (not an error) when nothing finished."""
     if not len(frame) or values not in frame:
