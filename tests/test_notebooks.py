@@ -1,0 +1,304 @@
+"""The paper notebooks: committed clean with a parameters cell, and each one executes top to
+bottom under papermill with tiny parameters (random test backbones, a small image folder, a
+temporary cache, results store and output folder). Each smoke run checks what the notebook
+produced: the runs in the results store, the tables and figures it wrote, its labels."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill as pm
+import pytest
+
+from fewclip import notebook as nb
+from fewclip import paper
+from fewclip.prompting.toy import coloured_squares
+from fewclip.results import ResultStore
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+PAPER_NOTEBOOKS = ("clip_adapter", "dual", "difficulty", "mutual", "explore")
+TIMEOUT = 300  # seconds per cell: a hung kernel fails the test instead of blocking CI
+
+
+# --------------------------------------------------------------------------- committed files
+
+
+@pytest.mark.parametrize("name", PAPER_NOTEBOOKS)
+def test_notebook_is_committed_clean_with_parameters_first(name):
+    path = NOTEBOOKS / f"{name}.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged"
+    for name_ in ("backbone", "pretrained", "seeds", "device", "data_root", "cache_dir"):
+        assert f"\n{name_} = " in "\n" + code[0].source, f"parameter {name_} missing"
+    for name_ in ("results", "output_dir", "workers", "scheduler"):
+        assert f"\n{name_} = " in "\n" + code[0].source, f"parameter {name_} missing"
+    for cell in code:
+        assert cell.outputs == [], f"{name}: committed with outputs"
+        assert cell.execution_count is None, f"{name}: committed with execution counts"
+    assert notebook.cells[0].cell_type == "markdown"
+
+
+def test_every_notebook_in_the_folder_is_covered():
+    assert {p.stem for p in NOTEBOOKS.glob("*.ipynb")} == set(PAPER_NOTEBOOKS)
+
+
+def test_mutual_says_tomm_is_our_interpretation():
+    first = nbformat.read(NOTEBOOKS / "mutual.ipynb", as_version=4).cells[0]
+    assert first.cell_type == "markdown" and "OUR INTERPRETATION" in first.source
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_paths_resolve_from_the_root_and_from_notebooks(monkeypatch, tmp_path):
+    for cwd in (ROOT, NOTEBOOKS):
+        monkeypatch.chdir(cwd)
+        assert nb.project_root() == ROOT
+        assert nb.resolve("data") == str(ROOT / "data")
+    assert nb.resolve(str(tmp_path)) == str(tmp_path)
+    assert nb.resolve(None) is None
+
+
+def test_listify_accepts_what_papermill_passes():
+    assert nb.listify(8, int) == [8]
+    assert nb.listify("[1, 2, 4]", int) == [1, 2, 4]
+    assert nb.listify("1,2", int) == [1, 2]
+    assert nb.listify("fashion_mnist") == ["fashion_mnist"]
+    assert nb.listify(None) == []
+
+
+def test_model_banner_says_what_made_the_numbers():
+    random = nb.model_banner("fewclip-test-rn", "none", ["emoji_openmoji_subcategory"])
+    assert "RANDOMLY INITIALISED" in random and "NOT meaningful" in random
+    assert "NOT the papers' benchmarks" in random
+    assert "RANDOM INIT" in nb.model_tag({"backbone": "fewclip-test-vit", "pretrained": "None"})
+    if nb.model_kind("tiny-emoji-rn") == "toy":  # the committed checkpoint is there
+        assert "NOT OpenAI CLIP" in nb.model_banner("tiny-emoji-rn")
+        assert "toy-scale" in nb.model_tag("tiny-emoji-rn")
+    assert nb.model_kind("RN50", "openai") in ("missing", "pretrained")
+
+
+def test_paper_table_keeps_papers_and_ours_apart():
+    published = paper.load(paper="clip_adapter", shots=16)
+    assert len(published) == 11 and set(published["source"].str.len() > 0) == {True}
+    ours = pd.DataFrame(
+        {
+            "paper": "ours",
+            "method": ["clip_adapter"],
+            "backbone": ["fewclip-test-rn"],
+            "protocol": ["few_shot"],
+            "dataset": ["emoji_openmoji_subcategory"],
+            "shots": [16],
+            "metric": ["acc"],
+            "value": [12.5],
+            "source": ["run store"],
+        }
+    )
+    table = paper.side_by_side(published, ours, model="test model")
+    groups = set(table.columns.get_level_values(0))
+    assert groups == {"paper: RN50 (OpenAI CLIP)", "ours: test model", "paper"}
+    assert table[("ours: test model", "emoji_openmoji_subcategory")].iloc[0] == 12.5
+    assert "imagenet" not in table["ours: test model"].columns
+    assert "Tip-Adapter exp.log" in table[("paper", "source")].iloc[0]
+    assert "NOT comparable" in paper.caption(published, ours, "test model")
+    # two papers reporting the same cell get a column group each, never an average
+    both = paper.load(method="cocoop", protocol="base_to_new", dataset="average", metric="hm")
+    split = paper.side_by_side(both, ours.iloc[:0], index=("method", "metric"))
+    assert sorted(split.iloc[0].drop(("paper", "source")).tolist()) == sorted(both["value"])
+
+
+# --------------------------------------------------------------------------- smoke runs
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A data root with two small image folders, plus a shared cache."""
+    root = tmp_path_factory.mktemp("notebooks")
+    data = root / "data"
+    coloured_squares(data / "squares", num_classes=6, per_class=20, seed=0)
+    coloured_squares(data / "squares_b", num_classes=4, per_class=16, seed=1, offset=4)
+    return {"root": root, "data": str(data), "cache": str(root / "cache")}
+
+
+def execute(name: str, env, tmp_path, cwd=ROOT, **parameters):
+    """Run notebooks/<name>.ipynb with papermill; returns (executed notebook, store, out)."""
+    results, out = tmp_path / "results.sqlite", tmp_path / "out"
+    parameters = {
+        "data_root": env["data"],
+        "cache_dir": env["cache"],
+        "results": str(results),
+        "output_dir": str(out),
+        "seeds": [1],
+        **parameters,
+    }
+    executed = tmp_path / f"{name}.ipynb"
+    pm.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"),
+        str(executed),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(cwd),
+        progress_bar=False,
+        execution_timeout=TIMEOUT,
+    )
+    notebook = nbformat.read(executed, as_version=4)
+    return notebook, ResultStore(results).to_frame(), out
+
+
+def outputs(notebook, kind: str) -> list:
+    """Every output of ``kind`` (an output type, or a mime type of display outputs)."""
+    found = []
+    for cell in notebook.cells:
+        for o in cell.get("outputs", []):
+            if o.output_type == kind:
+                found.append(o)
+            elif kind in o.get("data", {}):
+                found.append(o["data"][kind])
+    return found
+
+
+def text_of(notebook) -> str:
+    return "\n".join(outputs(notebook, "text/markdown") + outputs(notebook, "text/html"))
+
+
+def test_clip_adapter_notebook(env, tmp_path):
+    notebook, store, out = execute(
+        "clip_adapter",
+        env,
+        tmp_path,
+        backbone="fewclip-test-rn",
+        pretrained="none",
+        datasets=["folder:squares"],
+        shots=[1, 2],
+        epochs=2,
+        tip_f_epochs=2,
+        alphas=[0.0, 1.0],
+        alpha_shots=2,
+        augment_views=1,
+    )
+    assert not outputs(notebook, "error")
+    labels = store["variant"].where(store["variant"] != "", store["method"])
+    counts = labels.value_counts().to_dict()
+    assert counts["zero_shot"] == 1 and counts["linear_probe"] == 2
+    assert counts["tip_adapter"] == 2 and counts["tip_adapter_f"] == 2
+    assert counts["CLIP-Adapter (text)"] == 2 and counts["CLIP-Adapter (both)"] == 2
+    assert counts["CLIP-Adapter (visual)"] == 2 + 2  # the curve, plus two residual ratios
+    assert (store["model_label"].str.contains("random init")).all()
+    assert "RANDOMLY INITIALISED" in text_of(notebook)
+    assert "NOT comparable one-to-one" in text_of(notebook)
+    for f in ("few_shot_curves.png", "residual_ratio.png", "few_shot_summary.csv"):
+        assert (out / f).is_file()
+    versus = pd.read_csv(out / "paper_vs_ours.csv", header=[0, 1], index_col=[0, 1])
+    assert ("paper", "source") in versus.columns
+    assert ("ours: fewclip-test-rn, RANDOM INIT: numbers are not meaningful", "folder:squares") in (
+        versus.columns
+    )
+
+
+def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
+    """As documented: ``papermill notebooks/dual.ipynb out.ipynb -p shots 8`` from the root."""
+    results, out, executed = tmp_path / "r.sqlite", tmp_path / "out", tmp_path / "dual.ipynb"
+    command = [sys.executable, "-m", "papermill", "notebooks/dual.ipynb", str(executed)]
+    command += ["-p", "shots", "2", "-p", "backbone", "fewclip-test-rn", "-p", "pretrained"]
+    command += ["none", "-p", "epochs", "2", "-p", "tip_f_epochs", "2", "-p", "augment_views"]
+    command += ["1", "-y", "datasets: [folder:squares]", "-y", "lams: [0.0, 1.0]"]
+    command += ["-p", "data_root", env["data"], "-p", "cache_dir", env["cache"]]
+    command += ["-p", "results", str(results), "-p", "output_dir", str(out)]
+    command += ["--kernel", "python3", "--no-progress-bar", "--execution-timeout", str(TIMEOUT)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    notebook = nbformat.read(executed, as_version=4)
+    assert not outputs(notebook, "error")
+    store = ResultStore(results).to_frame()
+    assert (store["shots"].isin([0, 2])).all()
+    dual = store[store["method"] == "dual_adapter"]
+    expected = {"DualAdapter (full)", "positive only", "negative only", "no soft labels"}
+    expected |= {"no pseudo-negative cache", "training-free", "lam fixed"}
+    assert set(dual["variant"]) == expected
+    assert len(dual[dual["variant"] == "lam fixed"]) == 2
+    chosen = pd.read_csv(out / "chosen.csv")
+    assert {"beta", "alpha", "lam"} <= set(chosen.columns) and len(chosen) == 6
+    assert chosen.loc[chosen["label"] == "positive only", "lam"].iloc[0] == 1.0
+    gains = pd.read_csv(out / "per_class_gains.csv")
+    assert len(gains) == 6 and {"class", "gain"} <= set(gains.columns)
+    lam = pd.read_csv(out / "lam_sweep.csv", index_col=0)
+    assert list(lam.columns.astype(float)) == [0.0, 1.0]
+
+
+def test_difficulty_notebook(env, tmp_path):
+    notebook, store, out = execute(
+        "difficulty",
+        env,
+        tmp_path,
+        backbone="fewclip-test-vit",
+        pretrained="none",
+        datasets=["folder:squares", "folder:squares_b"],
+        b2n_datasets=["folder:squares"],
+        shots=1,
+        ensembles=["both", "none"],
+        methods=["zero_shot", "cocoop"],
+        alphas=[0.0],
+        epochs=1,
+        clip_adapter_epochs=1,
+        augment_views=1,
+    )
+    assert not outputs(notebook, "error")
+    difficulty = pd.read_csv(out / "difficulty.csv")
+    assert set(difficulty["dataset"]) == {"folder:squares", "folder:squares_b"}
+    assert (difficulty["RTD"] > 0).all() and difficulty["separability (intra/inter)"].notna().all()
+    b2n = store[store["protocol"] == "base_to_new"]
+    assert {"APEX (both)", "APEX (none)"} <= set(b2n["variant"])
+    assert set(b2n["method"]) == {"apex", "coop", "clip_adapter", "zero_shot", "cocoop"}
+    assert b2n["hm"].notna().all()
+    fixed = pd.read_csv(out / "fixed_alpha.csv")
+    assert set(fixed["alpha"].astype(str)) == {"0.0", "adaptive"}
+    assert (out / "paper_vs_ours_base_to_new.csv").is_file()
+
+
+def test_mutual_notebook(env, tmp_path):
+    notebook, store, out = execute(
+        "mutual",
+        env,
+        tmp_path,
+        backbone="fewclip-test-vit",
+        pretrained="none",
+        datasets=["folder:squares"],
+        shots=1,
+        epochs=1,
+    )
+    assert not outputs(notebook, "error")
+    assert "OUR INTERPRETATION" in text_of(notebook)
+    assert set(store["variant"]) == {"CoOp", "CoCoOp", "CTP only", "TFT only", "CTP + TFT"}
+    assert (store["method"] == "tomm").all() and store["hm"].notna().all()
+    attention = pd.read_csv(out / "tft_attention.csv")
+    assert set(attention["classes"]) == {"base", "new"}
+    assert (attention["attention on the true class"].between(0, 1)).all()
+    assert (out / "ctp_bias.png").is_file()
+
+
+def test_explore_notebook_from_the_notebooks_folder(env, tmp_path):
+    notebook, store, _ = execute(
+        "explore",
+        env,
+        tmp_path,
+        cwd=NOTEBOOKS,  # as JupyterLab runs it
+        backbone="fewclip-test-rn",
+        pretrained="none",
+        prefill_datasets=["folder:squares"],
+        prefill_methods=["zero_shot", "tip_adapter"],
+        prefill_shots=[1, 2],
+        examples=4,
+    )
+    assert not outputs(notebook, "error")
+    assert len(store) == 3  # the prefill sweep: zero-shot + Tip-Adapter at two shots
+    assert outputs(notebook, "application/vnd.jupyter.widget-view+json")
+    assert len(outputs(notebook, "image/png")) >= 3  # curves, per-class, predictions
+    assert "RANDOMLY INITIALISED" in text_of(notebook)
