@@ -176,7 +176,7 @@ def test_clip_adapter_notebook(env, tmp_path):
         tmp_path,
         backbone="fewclip-test-rn",
         pretrained="none",
-        datasets=["folder:squares"],
+        datasets=["folder:squares", "folder:no_such_folder"],  # the second one fails
         shots=[1, 2],
         epochs=2,
         tip_f_epochs=2,
@@ -184,7 +184,11 @@ def test_clip_adapter_notebook(env, tmp_path):
         alpha_shots=2,
         augment_views=1,
     )
-    assert not outputs(notebook, "error")
+    assert not outputs(notebook, "error")  # failed runs are reported, not raised
+    assert "run(s) failed" in text_of(notebook)
+    failed = [t for t in outputs(notebook, "text/plain") if "no_such_folder" in t]
+    assert failed and "DatasetError" in failed[0]
+    assert set(store["dataset"]) == {"folder:squares"}
     labels = store["variant"].where(store["variant"] != "", store["method"])
     counts = labels.value_counts().to_dict()
     assert counts["zero_shot"] == 1 and counts["linear_probe"] == 2
