@@ -194,7 +194,8 @@ def test_clip_adapter_notebook(env, tmp_path):
     assert counts["zero_shot"] == 1 and counts["linear_probe"] == 2
     assert counts["tip_adapter"] == 2 and counts["tip_adapter_f"] == 2
     assert counts["CLIP-Adapter (text)"] == 2 and counts["CLIP-Adapter (both)"] == 2
-    assert counts["CLIP-Adapter (visual)"] == 2 + 2  # the curve, plus two residual ratios
+    assert counts["CLIP-Adapter (visual)"] == 2  # the curve (alpha 0.2)
+    assert counts["CLIP-Adapter (visual), alpha=0"] == counts["CLIP-Adapter (visual), alpha=1"] == 1
     assert (store["model_label"].str.contains("random init")).all()
     assert "RANDOMLY INITIALISED" in text_of(notebook)
     assert "NOT comparable one-to-one" in text_of(notebook)
@@ -225,9 +226,8 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     assert (store["shots"].isin([0, 2])).all()
     dual = store[store["method"] == "dual_adapter"]
     expected = {"DualAdapter (full)", "positive only", "negative only", "no soft labels"}
-    expected |= {"no pseudo-negative cache", "training-free", "lam fixed"}
+    expected |= {"no pseudo-negative cache", "training-free", "lam fixed at 0", "lam fixed at 1"}
     assert set(dual["variant"]) == expected
-    assert len(dual[dual["variant"] == "lam fixed"]) == 2
     chosen = pd.read_csv(out / "chosen.csv")
     assert {"beta", "alpha", "lam"} <= set(chosen.columns) and len(chosen) == 6
     assert chosen.loc[chosen["label"] == "positive only", "lam"].iloc[0] == 1.0
@@ -259,7 +259,7 @@ def test_difficulty_notebook(env, tmp_path):
     assert set(difficulty["dataset"]) == {"folder:squares", "folder:squares_b"}
     assert (difficulty["RTD"] > 0).all() and difficulty["separability (intra/inter)"].notna().all()
     b2n = store[store["protocol"] == "base_to_new"]
-    assert {"APEX (both)", "APEX (none)"} <= set(b2n["variant"])
+    assert {"APEX (both)", "APEX (none)", "APEX, alpha=0"} <= set(b2n["variant"])
     assert set(b2n["method"]) == {"apex", "coop", "clip_adapter", "zero_shot", "cocoop"}
     assert b2n["hm"].notna().all()
     fixed = pd.read_csv(out / "fixed_alpha.csv")
