@@ -28,18 +28,20 @@ TIMEOUT = 300  # seconds per cell: a hung kernel fails the test instead of block
 # --------------------------------------------------------------------------- committed files
 
 
-@pytest.mark.parametrize("name", PAPER_NOTEBOOKS)
-def test_notebook_is_committed_clean_with_parameters_first(name):
-    path = NOTEBOOKS / f"{name}.ipynb"
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_notebook_is_committed_clean_with_parameters_first(path):
+    name = path.stem
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged"
-    for name_ in ("backbone", "pretrained", "seeds", "device", "data_root", "cache_dir"):
-        assert f"\n{name_} = " in "\n" + code[0].source, f"parameter {name_} missing"
-    for name_ in ("results", "output_dir", "workers", "scheduler"):
-        assert f"\n{name_} = " in "\n" + code[0].source, f"parameter {name_} missing"
+    required = ("backbone", "pretrained", "seeds", "device", "data_root", "cache_dir")
+    required += ("results", "output_dir", "workers", "scheduler", "threads")
+    for parameter in required:
+        assert f"\n{parameter} = " in "\n" + code[0].source, f"parameter {parameter} missing"
+    assert '\ndevice = "auto"' in "\n" + code[0].source
+    assert "\nworkers = 1" in "\n" + code[0].source and "\nscheduler = None" in code[0].source
     for cell in code:
         assert cell.outputs == [], f"{name}: committed with outputs"
         assert cell.execution_count is None, f"{name}: committed with execution counts"
