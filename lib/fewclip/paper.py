@@ -173,7 +173,7 @@ def side_by_side(
     if len(published):
         sources = published.groupby(index)["source"].agg(lambda s: "; ".join(dict.fromkeys(s)))
         key = ("paper", "source") + (("",) if metric_in_columns else ())
-        table[key] = sources.reindex(table.index)
+        table[key] = sources.reindex(table.index).fillna("(no published number)")
     return table.round(round_to)
 
 
