@@ -308,3 +308,54 @@ def test_explore_notebook_from_the_notebooks_folder(env, tmp_path):
     assert outputs(notebook, "application/vnd.jupyter.widget-view+json")
     assert len(outputs(notebook, "image/png")) >= 3  # curves, per-class, predictions
     assert "RANDOMLY INITIALISED" in text_of(notebook)
+
+
+def test_explore_widget_callbacks(env, tmp_path, monkeypatch):
+    """The widget callbacks (never run under papermill, which only renders the widgets): the
+    notebook's code runs in this process, then the controls are changed and redrawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(plt, "show", lambda *a, **k: plt.close("all"))
+    cells = nbformat.read(NOTEBOOKS / "explore.ipynb", as_version=4).cells
+    code = [c.source for c in cells if c.cell_type == "code"]
+    namespace: dict = {}
+    exec(code[0], namespace)  # the defaults, then this test's parameters
+    namespace.update(
+        backbone="fewclip-test-rn",
+        pretrained="none",
+        prefill_datasets=["folder:squares", "folder:squares_b"],
+        prefill_methods=["zero_shot", "tip_adapter"],
+        prefill_shots=[1],
+        examples=2,
+        predict=False,
+        data_root=env["data"],
+        cache_dir=env["cache"],
+        results=str(tmp_path / "r.sqlite"),
+        output_dir=str(tmp_path / "out"),
+    )
+    for source in code[1:]:
+        exec(source, namespace)
+    shown = []
+    for name in ("show_curves", "show_per_class", "show_predictions"):
+        original = namespace[name]
+        namespace[name] = lambda *a, _f=original, _n=name: (shown.append((_n, a)), _f(*a))
+    other = next(
+        d for d in namespace["datasets_of"]("fewclip-test-rn") if d != namespace["w_dataset"].value
+    )
+    namespace["w_dataset"].value = other  # refreshes the options and redraws
+    assert namespace["w_run"].options and set(namespace["w_labels"].value) == {
+        "zero_shot",
+        "tip_adapter",
+    }
+    namespace["w_run"].value = "tip_adapter"
+    namespace["w_shots"].value = 1
+    namespace["on_predict"](None)
+    assert (
+        "show_curves",
+        ("fewclip-test-rn", other, "few_shot", ["tip_adapter", "zero_shot"]),
+    ) in shown
+    assert ("show_per_class", ("fewclip-test-rn", other, "few_shot", "tip_adapter", 1)) in shown
+    assert any(n == "show_predictions" and a[1] == other for n, a in shown)
