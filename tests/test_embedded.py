@@ -43,7 +43,7 @@ def config(data_root: Path, cache: Path, **kw) -> RunConfig:
     return RunConfig(data_root=str(data_root), cache_dir=str(cache), progress=False, **kw)
 
 
-@pytest.mark.parametrize("backbone", ["tiny-emoji-rn"])
+@pytest.mark.parametrize("backbone", ["tiny-emoji-rn", "tiny-emoji-vit"])
 def test_zero_shot_far_above_chance_on_an_unseen_style(data_root, tmp_path_factory, backbone):
     cache = tmp_path_factory.getbasetemp() / "embedded-cache"
     record = run(config(data_root, cache, method="zero_shot", backbone=backbone, shots=0))
