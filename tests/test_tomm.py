@@ -187,3 +187,18 @@ def test_options_are_checked():
         TOMM(ctp_mode="film").prepare(
             load_backbone("fewclip-test-vit", None, device="cpu"), ["a", "b"]
         )
+
+
+def test_tft_learning_rate_factor_groups_the_tft_parameters(backbone, task):
+    method = TOMM(tft_lr_factor=50.0, lr=0.002)
+    method.prepare(backbone, task["names"], seed=0)
+    optimizer, _ = method._optimizer_and_schedule(epochs=2)
+    lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    tft = {id(p) for p in method.learner.tft.parameters()}
+    assert lrs == [pytest.approx(0.002), pytest.approx(0.1)]
+    assert {id(p) for p in optimizer.param_groups[1]["params"]} == tft
+    assert not tft & {id(p) for p in optimizer.param_groups[0]["params"]}
+    # factor 1: one group, as before
+    plain = TOMM()
+    plain.prepare(backbone, task["names"], seed=0)
+    assert len(plain._optimizer_and_schedule(epochs=2)[0].param_groups) == 1

@@ -190,6 +190,7 @@ class TOMM(FeaturePromptMethod):
         ctp_zero_init: bool = True
         tft_reduction: int = 4
         tft_gate_init: float = 0.0
+        tft_lr_factor: float = 1.0  # learning rate of the TFT parameters: lr x this
         loss: str = "symmetric"  # or "ce"
         batch_size: int = 4
         epochs: int | None = 10
@@ -208,6 +209,18 @@ class TOMM(FeaturePromptMethod):
     @property
     def needs_tokens(self) -> bool:
         return self.options.ctp and self.options.ctp_mode == "attention"
+
+    def parameter_groups(self) -> list[dict]:
+        """TFT in its own group at ``lr * tft_lr_factor`` (its gate starts at 0, so with
+        plain SGD at CoOp's rate it barely moves in a few epochs)."""
+        learner = self._check_fitted()
+        if learner.tft is None or self.options.tft_lr_factor == 1.0:
+            return super().parameter_groups()
+        tft = list(learner.tft.parameters())
+        ids = {id(p) for p in tft}
+        rest = [p for p in learner.parameters() if id(p) not in ids]
+        lr = self.options.lr * self.options.tft_lr_factor
+        return [{"params": rest}, {"params": tft, "lr": lr}]
 
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options

@@ -322,10 +322,15 @@ class EncoderMethod(ABC):
             raise RuntimeError(f"{self.name}: call fit() before logits()")
         return self.learner
 
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser parameter groups; the first runs at ``options.lr`` (and sets the
+        schedule), others may carry their own ``lr``. Default: one group, every parameter."""
+        return [{"params": list(self._check_fitted().parameters())}]
+
     def _optimizer_and_schedule(self, epochs: int):
         o = self.options
         optimizer = build_optimizer(
-            self._check_fitted().parameters(), o.optimizer, o.lr, o.weight_decay, o.momentum
+            self.parameter_groups(), o.optimizer, o.lr, o.weight_decay, o.momentum
         )
         scheduler = epoch_scheduler(optimizer, epochs, o.warmup_epochs, o.warmup_type, o.warmup_lr)
         return optimizer, scheduler

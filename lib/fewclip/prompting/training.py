@@ -70,14 +70,21 @@ def epoch_scheduler(
 
 
 def build_optimizer(
-    params: Iterable[nn.Parameter],
+    params: Iterable[nn.Parameter] | list[dict],
     name: str,
     lr: float,
     weight_decay: float = 5e-4,
     momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
-    """Dassl's optimisers: SGD (momentum 0.9, no Nesterov), Adadelta, Adam, AdamW."""
-    params = [p for p in params if p.requires_grad]
+    """Dassl's optimisers: SGD (momentum 0.9, no Nesterov), Adadelta, Adam, AdamW.
+
+    ``params``: parameters, or parameter groups (dicts, e.g. with their own ``lr``)."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adadelta":
