@@ -34,9 +34,12 @@ CLIP with the hand-made prompt; TFT refines the global image feature (not patch 
 single head, attention width d / 4 (``tft_reduction``), ungated by tanh; the text->image
 term uses supervised-contrastive targets because several images of one class may share a
 batch; defaults batch 4 (CoCoOp uses 1, which leaves the text->image term empty), SGD lr
-0.002, 10 epochs, CoCoOp's warm-up. The class prompts of every (image, class) pair go
-through the text encoder as one batch; what does not depend on the image (prompt token
-embeddings, e_c, W_1 e_c) is computed once per class list or step.
+0.002, 10 epochs, CoCoOp's warm-up. With its gate at 0 and plain SGD at lr 0.002 the
+TFT branch barely moves in a few epochs (measured on the tiny ViT: |gamma| < 0.002 after 4
+epochs, so "CTP + TFT" then equals "CTP only"); ``tft_lr_factor`` gives the TFT parameters
+their own learning rate (default 1: the same as the rest). The class prompts of every
+(image, class) pair go through the text encoder as one batch; what does not depend on the
+image (prompt token embeddings, e_c, W_1 e_c) is computed once per class list or step.
 
 Ablations from options (see :data:`ABLATIONS`): CoOp (``ctp=False, tft=False,
 loss="ce"``), CoCoOp (``ctp=False, image_bias=True, tft=False, loss="ce"``), CTP only
