@@ -138,9 +138,8 @@ def resolve_templates(config: RunConfig, dataset: Dataset) -> list[str]:
 
 def build_classifiers(
     backbone: Backbone, dataset: Dataset, config: RunConfig, cache: FeatureCache
-) -> tuple[dict[str, torch.Tensor], list[str]]:
+) -> dict[str, torch.Tensor]:
     """Positive (templates), negative (DualAdapter templates) and description classifiers."""
-    notes: list[str] = []
     templates = resolve_templates(config, dataset)
     classifiers = {"positive": template_classifier(backbone, dataset.classnames, templates, cache)}
     if dataset.negative_templates:
@@ -153,13 +152,14 @@ def build_classifiers(
         descriptions = load_descriptions(config.descriptions, dataset.classnames)
         prompts = [descriptions[c] for c in dataset.classnames]
         classifiers["description"] = prompt_classifier(backbone, prompts, cache)
-    return classifiers, notes
+    return classifiers
 
 
-def sample_split(dataset: Dataset, config: RunConfig, shots: int | None = None) -> FewShotSplit:
+def sample_split(dataset: Dataset, config: RunConfig) -> FewShotSplit:
+    """The run's K-shot sample (cached under ``config.cache_dir``)."""
     return few_shot_split(
         dataset,
-        config.shots if shots is None else shots,
+        config.shots,
         config.seed,
         cache_dir=config.cache_dir,
         allow_fewer=config.allow_fewer,
@@ -194,7 +194,7 @@ def feature_data(
     of unreadable images dropped from it."""
     kw = {"num_workers": config.num_workers, "progress": config.progress}
     device = backbone.device
-    classifiers, notes = build_classifiers(backbone, dataset, config, cache)
+    classifiers = build_classifiers(backbone, dataset, config, cache)
     train_items = split.train if use_training else []
     val_items = split.val if use_training else []
     train = image_features(backbone, train_items, cache, desc="few-shot train", **kw)
@@ -212,7 +212,6 @@ def feature_data(
         val_labels=val_y.to(device),
         classifiers={k: v.to(device) for k, v in classifiers.items()},
         logit_scale=backbone.logit_scale,
-        notes=notes,
     )
     return data, int((~keep).sum()) + val.num_unreadable
 
@@ -224,8 +223,7 @@ def difficulty(
     zero-shot test accuracy with the run's templates, RTD = (1/C) / acc, and the class
     separability of the test image features (see :func:`fewclip.metrics.class_separability`)."""
     f, y, _ = test_features(backbone, dataset.test, config, cache, "test")
-    classifiers, _ = build_classifiers(backbone, dataset, config, cache)
-    w = classifiers["positive"].to(f.device)
+    w = build_classifiers(backbone, dataset, config, cache)["positive"].to(f.device)
     acc = accuracy(backbone.logit_scale * f @ w, y)
     out: dict[str, Any] = {
         "num_classes": dataset.num_classes,
@@ -304,7 +302,7 @@ class Evaluator:
         self.unreadable = 0
 
     def classifier(self, dataset: Dataset) -> torch.Tensor:
-        classifiers, _ = build_classifiers(self.backbone, dataset, self.config, self.cache)
+        classifiers = build_classifiers(self.backbone, dataset, self.config, self.cache)
         return classifiers["positive"].to(self.backbone.device)
 
     @torch.no_grad()
