@@ -5,6 +5,8 @@ produced: the runs in the results store, the tables and figures it wrote, its la
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ def test_notebook_is_committed_clean_with_parameters_first(path):
     name = path.stem
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
-    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    assert notebook.metadata["kernelspec"]["name"] == registered_kernel()
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged"
     required = ("backbone", "pretrained", "seeds", "device", "data_root", "cache_dir")
@@ -46,6 +48,18 @@ def test_notebook_is_committed_clean_with_parameters_first(path):
         assert cell.outputs == [], f"{name}: committed with outputs"
         assert cell.execution_count is None, f"{name}: committed with execution counts"
     assert notebook.cells[0].cell_type == "markdown"
+
+
+def registered_kernel() -> str:
+    """The kernel name the set-up (the Makefile) registers with ipykernel."""
+    found = re.findall(r"ipykernel install .*--name (\S+)", (ROOT / "Makefile").read_text())
+    assert len(set(found)) == 1, f"the Makefile must register one kernel name, found {found}"
+    return found[0]
+
+
+def test_notebooks_name_the_kernel_the_set_up_registers():
+    # a fresh JupyterLab's python3 is not the environment fewclip is installed in
+    assert registered_kernel() == "fewclip"
 
 
 def test_every_notebook_in_the_folder_is_covered():
@@ -219,8 +233,16 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     command += ["1", "-y", "datasets: [folder:squares]", "-y", "lams: [0.0, 1.0]"]
     command += ["-p", "data_root", env["data"], "-p", "cache_dir", env["cache"]]
     command += ["-p", "results", str(results), "-p", "output_dir", str(out)]
-    command += ["--kernel", "python3", "--no-progress-bar", "--execution-timeout", str(TIMEOUT)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    command += ["--no-progress-bar", "--execution-timeout", str(TIMEOUT)]
+    # no --kernel: the notebook's own kernelspec, registered as the Makefile does, but into a
+    # temporary prefix (this interpreter) so the test neither needs nor alters the user's kernels
+    prefix = tmp_path / "kernels"
+    install = [sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix)]
+    subprocess.run([*install, "--name", registered_kernel()], check=True, capture_output=True)
+    environ = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environ
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     notebook = nbformat.read(executed, as_version=4)
     assert not outputs(notebook, "error")
