@@ -117,12 +117,10 @@ def test_alpha_zero_at_init_is_zero_shot_clip(backbone, task):
         learner.visual.prompts.normal_()
         learner.adapter_weight.add_(0.3)
         learner.adapter_bias.add_(0.3)
-        images = task["images"]
-        zs_text = backbone.encode_text([f"a photo of a {n}." for n in task["new_names"]])
+        images, names = task["images"], task["new_names"][:2]  # far from every training class
+        zs_text = backbone.encode_text([f"a photo of a {n}." for n in names])
         zs = 100.0 * backbone.encode_images(images) @ zs_text.T
-        torch.testing.assert_close(
-            method.logits(backbone, images, task["new_names"]), zs, atol=1e-4, rtol=1e-5
-        )
+        torch.testing.assert_close(method.logits(backbone, images, names), zs, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("ensemble", ["both", "text", "visual", "none"])
@@ -194,3 +192,41 @@ def test_mixed_precision_on_cpu(task):
     assert all(math.isfinite(h["loss"]) for h in result.history)
     logits = method.logits(bf16, task["images"], task["new_names"])
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_fixed_alpha_leaves_training_classes_as_trained(backbone, task, alpha):
+    """A fixed ensemble weight is for classes away from the training ones: on the training
+    classes (and so in validation and epoch selection) the adapted model is used as is."""
+    fixed, none = APEX(alpha=alpha), APEX(ensemble="none")
+    for m in (fixed, none):
+        m.prepare(backbone, task["names"], seed=0)
+    perturb(fixed)
+    none.learner.load_state_dict(fixed.learner.state_dict())
+    images, names = task["images"], task["names"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fixed.logits(backbone, images, names),
+            none.logits(backbone, images, names),
+            atol=1e-4,
+            rtol=1e-5,
+        )
+        # a mixed list: the classes near a training one (adaptive a = 1; here "green", a
+        # training class, and "pizza", within epsilon under this random text encoder) keep
+        # a = 1, the others get alpha
+        adaptive = APEX()
+        adaptive.prepare(backbone, task["names"], seed=0)
+        near = adaptive.alpha(backbone, task["new_names"]) == 1.0
+        assert near.tolist() == [False, False, True, True]
+        expected = torch.where(near, 1.0, torch.full((4,), alpha))
+        torch.testing.assert_close(fixed.alpha(backbone, task["new_names"]), expected)
+
+
+def test_fixed_alpha_does_not_change_validation(backbone, task):
+    """Training ignores the ensemble, so a fixed alpha must leave the whole val curve (and
+    the chosen epoch) exactly as with the adaptive weight."""
+    kw = dict(epochs=3, batch_size=8, lr=1.0)
+    adaptive = APEX(**kw).fit(backbone, task["train"], task["val"], task["names"], seed=3)
+    fixed = APEX(alpha=0.0, **kw).fit(backbone, task["train"], task["val"], task["names"], seed=3)
+    assert [h["val_acc"] for h in fixed.history] == [h["val_acc"] for h in adaptive.history]
+    assert fixed.best_epoch == adaptive.best_epoch

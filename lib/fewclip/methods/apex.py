@@ -36,7 +36,10 @@ for ImageNet: pass ``epochs=5``), mixed precision on GPU. ``optimizer="sgd"``: l
 30 epochs, CoOp's constant warm-up (1e-5; the warm-up of this variant is our choice).
 
 Ablations: ``ensemble`` "both" / "text" / "visual" / "none"; ``alpha`` a fixed weight
-instead of a_e; ``beta``; ``depth`` J (None: every layer, 12 for ViT-B/16; 3 for the
+instead of exp(-beta d_avg) for the classes beyond ``epsilon`` of every training class
+(training classes keep a_e = 1, so training, validation and epoch selection always use
+the adapted model as trained: the ensemble is an inference device for new classes);
+``beta``; ``depth`` J (None: every layer, 12 for ViT-B/16; 3 for the
 cross-dataset and domain-generalisation protocols).
 """
 
@@ -80,18 +83,26 @@ OPTIMIZER_DEFAULTS = {
 
 
 def ensemble_weights(
-    train_text: torch.Tensor, eval_text: torch.Tensor, beta: float = 4.0, epsilon: float = 0.05
+    train_text: torch.Tensor,
+    eval_text: torch.Tensor,
+    beta: float = 4.0,
+    epsilon: float = 0.05,
+    fixed: float | None = None,
 ) -> torch.Tensor:
     """a_e for every evaluation class.
 
     train_text (C, d), eval_text (E, d): frozen-CLIP text features (normalised here).
     Returns (E,) in (0, 1]: 1 for a class within ``epsilon`` (cosine distance) of a
-    training class, else exp(-beta * mean cosine distance to the training classes).
+    training class, else exp(-beta * mean cosine distance to the training classes), or
+    ``fixed`` when given (the fixed-weight ablation: the ensemble still leaves the
+    training classes, and so validation, to the adapted model as trained).
     """
     cos = F.normalize(eval_text.float(), dim=-1) @ F.normalize(train_text.float(), dim=-1).T
     d_avg = 1.0 - cos.mean(dim=1)
-    d_nn = (1.0 - cos.max(dim=1).values).clamp_min(0.0)
-    return torch.exp(-beta * d_avg * (d_nn > epsilon).float())
+    far = (1.0 - cos.max(dim=1).values).clamp_min(0.0) > epsilon
+    if fixed is not None:
+        return torch.where(far, torch.full_like(d_avg, float(fixed)), torch.ones_like(d_avg))
+    return torch.exp(-beta * d_avg * far.float())
 
 
 class APEXLearner(nn.Module):
@@ -171,18 +182,19 @@ class APEX(EncoderMethod):
         return [f"{self.options.text_init} {name}." for name in classnames]
 
     def alpha(self, backbone: Backbone, classnames: Sequence[str]) -> torch.Tensor:
-        """(E,) ensemble weights a_e of an evaluation class list (computed once per list)."""
+        """(E,) ensemble weights a_e of an evaluation class list (computed once per list).
+
+        With the option ``alpha`` the classes away from every training class get that fixed
+        weight; a training class (within ``epsilon``) keeps a_e = 1 in both cases."""
         key = tuple(classnames)
         if key not in self._alpha:
             o = self.options
-            if o.alpha is not None:
-                a = torch.full((len(key),), float(o.alpha), device=backbone.device)
-            else:
-                if self.frozen_train_text is None:
-                    raise RuntimeError("apex: call fit() before computing ensemble weights")
-                frozen = backbone.encode_text(self.prompt_texts(key))
-                a = ensemble_weights(self.frozen_train_text, frozen, o.beta, o.epsilon)
-            self._alpha[key] = a
+            if self.frozen_train_text is None:
+                raise RuntimeError("apex: call fit() before computing ensemble weights")
+            frozen = backbone.encode_text(self.prompt_texts(key))
+            self._alpha[key] = ensemble_weights(
+                self.frozen_train_text, frozen, o.beta, o.epsilon, fixed=o.alpha
+            )
         return self._alpha[key]
 
     def class_text(
@@ -197,9 +209,11 @@ class APEX(EncoderMethod):
             adapted = a * adapted + (1 - a) * u
         return F.normalize(adapted, dim=-1)
 
-    def image_weight(self, backbone: Backbone, classnames: Sequence[str]) -> float:
+    def image_weight(
+        self, backbone: Backbone, classnames: Sequence[str], ensemble: bool = True
+    ) -> float:
         """mean_e(a_e) for the image blend (1.0 when the visual ensemble is off)."""
-        if self.options.ensemble not in ("both", "visual"):
+        if not ensemble or self.options.ensemble not in ("both", "visual"):
             return 1.0
         return float(self.alpha(backbone, classnames).mean())
 
@@ -218,12 +232,20 @@ class APEX(EncoderMethod):
         return F.normalize(z, dim=-1)
 
     @torch.no_grad()
-    def logits(self, backbone: Backbone, images: Images, classnames: Sequence[str]) -> torch.Tensor:
-        """Images -> (N, C) logits with the adaptive ensemble (see the module docstring)."""
+    def logits(
+        self,
+        backbone: Backbone,
+        images: Images,
+        classnames: Sequence[str],
+        ensemble: bool = True,
+    ) -> torch.Tensor:
+        """Images -> (N, C) logits with the adaptive ensemble (see the module docstring).
+
+        ``ensemble=False``: the adapted, prompted model as trained (what validation uses)."""
         self._check_fitted()
         with backbone.autocast():
-            text = self.class_text(backbone, classnames)
-        weight = self.image_weight(backbone, classnames)
+            text = self.class_text(backbone, classnames, ensemble)
+        weight = self.image_weight(backbone, classnames, ensemble)
         out = []
         for batch in image_batches(backbone, images):
             with backbone.autocast():
@@ -299,8 +321,10 @@ class APEX(EncoderMethod):
             return losses
 
         def validate() -> float:
-            # training classes have a_e = 1: this is the adapted, prompted model
-            return accuracy(self.logits(backbone, val_images, classnames), val_labels)
+            # the ensemble is an inference device for new classes: select on the model as
+            # trained (a_e = 1 on the training classes, whatever the ensemble options)
+            logits = self.logits(backbone, val_images, classnames, ensemble=False)
+            return accuracy(logits, val_labels)
 
         result = fit_loop(
             learner, scheduler, epochs, run_epoch, validate, o.selection, progress, desc=self.name
