@@ -96,11 +96,41 @@ def test_adapter_width_follows_the_feature_dimension(synthetic):
 
 
 def test_dassl_schedule_factors():
+    # WARMUP_RECOUNT=True: the cosine restarts after the warm-up epoch
     assert dassl_epoch_factor(0, 200, 1, 1e-5 / 2e-3) == pytest.approx(5e-3)
-    assert dassl_epoch_factor(1, 200, 1, 0.005) == pytest.approx(
+    assert dassl_epoch_factor(1, 200, 1, 0.005) == 1.0
+    assert dassl_epoch_factor(2, 200, 1, 0.005) == pytest.approx(
         0.5 * (1 + math.cos(math.pi / 200))
     )
-    assert dassl_epoch_factor(100, 200, 1, 0.005) == pytest.approx(0.5)
+    assert dassl_epoch_factor(101, 200, 1, 0.005) == pytest.approx(0.5)
+
+
+def test_clip_adapter_lr_per_epoch_is_dassls(synthetic):
+    # E = 4 epochs, one constant warm-up epoch at 1e-5, base lr 2e-3, stepped per epoch:
+    # epoch 0: 1e-5; epoch e >= 1: 2e-3 * (1 + cos(pi (e - 1) / 4)) / 2
+    data, _, _ = synthetic
+    fit = CLIPAdapter(epochs=4).fit(data)
+    lrs = [row["lr"] for row in fit.history]
+    assert lrs == pytest.approx([1e-5, 2e-3, 2e-3 * (1 + 0.5**0.5) / 2, 1e-3], rel=1e-9)
+
+
+def test_clip_adapter_drops_the_last_partial_batch(synthetic):
+    # 160 images, batch 32 -> 5 steps; batch 48 -> 3 full steps (Dassl), not 4
+    from fewclip.methods.training import batches_per_epoch
+
+    assert batches_per_epoch(160, 48, drop_last=True) == 3
+    assert batches_per_epoch(160, 48, drop_last=False) == 4
+    assert batches_per_epoch(20, 32, drop_last=True) == 1  # fewer than a batch: kept
+    data, _, _ = synthetic
+    steps = []
+    method = CLIPAdapter(epochs=1, batch_size=48, warmup_epochs=0)
+    module = method.build(data)
+    module.register_forward_pre_hook(lambda m, args: steps.append(args[0].shape[0]))
+    method.build = lambda data, seed=0: module
+    method.fit(data)
+    train_batches = [n for n in steps if n != data.val_labels.shape[0]]
+    assert train_batches == [48, 48, 48]
+    assert CLIPAdapter().view_scale() == (0.08, 1.0)  # Dassl's crop scale
 
 
 def test_clip_adapter_learns_and_is_deterministic(synthetic):

@@ -155,3 +155,53 @@ def test_prompt_classifier_is_mean_of_normalised(test_rn, tmp_path):
     assert torch.allclose(W2[:, 0], cat_two_templates, atol=1e-5)
     W3 = template_classifier(test_rn, ["cat", "dog"], ["a {}.", "a photo of a {}."], cache)
     assert cache.hits == 1 and torch.equal(W2, W3)
+
+
+def test_cache_keys_average_raw_views_then_normalise():
+    # two views of one image: raw x1 = 3 * (1, 0), x2 = 1 * (0, 1)
+    # official: norm((x1 + x2) / 2) = norm((1.5, 0.5)) = (3, 1) / sqrt(10)
+    # mean of normalised views would give (1, 1) / sqrt(2)
+    from fewclip.methods.base import FeatureData
+
+    views = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # (V=2, M=1, d=2), normalised
+    norms = torch.tensor([[3.0], [1.0]])  # (V, M)
+    data = FeatureData(
+        train_features=views[0],
+        train_labels=torch.tensor([0]),
+        train_views=views,
+        val_features=views[0],
+        val_labels=torch.tensor([0]),
+        classifiers={"positive": torch.eye(2)},
+        logit_scale=1.0,
+        train_view_norms=norms,
+    )
+    expected = torch.tensor([[3.0, 1.0]]) / 10**0.5
+    assert torch.allclose(data.cache_keys, expected, atol=1e-7)
+    data.train_view_norms = None  # unknown norms: the views count as unit-norm
+    assert torch.allclose(data.cache_keys, torch.tensor([[1.0, 1.0]]) / 2**0.5)
+
+
+def test_augmented_views_keep_raw_norms_per_scale(test_rn, image_items, tmp_path):
+    from fewclip.features import augmented_transform, encode_with_norms
+
+    cache = FeatureCache(tmp_path / "cache")
+    views = augmented_features(test_rn, image_items, cache, views=2, seed=3, progress=False)
+    assert views.norms.shape == (2, len(image_items)) and (views.norms > 0).all()
+    # the stored norms are those of the encoder output the features were normalised from
+    loader_items = image_items[:2]
+    from fewclip.images import image_loader
+
+    images = next(iter(image_loader(loader_items, augmented_transform(test_rn), 32, seed=3 * 1009)))
+    f, n = encode_with_norms(test_rn, images[0])
+    assert torch.allclose(f, test_rn.encode_images(images[0]), atol=1e-6)
+    assert torch.allclose(f, views.features[0, :2], atol=1e-5)
+    assert torch.allclose(n, views.norms[0, :2], rtol=1e-5)
+    # a second crop scale is a different cache entry; the first is reused
+    misses = cache.misses
+    augmented_features(test_rn, image_items, cache, views=2, seed=3, progress=False)
+    assert cache.misses == misses
+    other = augmented_features(
+        test_rn, image_items, cache, views=2, seed=3, scale=(0.08, 1.0), progress=False
+    )
+    assert cache.misses == misses + 2
+    assert not torch.allclose(other.features, views.features)

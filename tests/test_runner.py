@@ -215,3 +215,18 @@ def test_fit_run_keeps_the_fitted_method(root):
     fitted = fit_run(config(root, "tip_adapter"))
     assert fitted.method.chosen["beta"] == fitted.record["chosen"]["beta"]
     assert fitted.backbone.arch == "fewclip-test-rn" and fitted.dataset.num_classes == 6
+
+
+def test_clip_adapter_defaults_to_the_single_official_prompt():
+    from fewclip.data import Dataset
+    from fewclip.runner import resolve_templates
+
+    ensemble = ["a photo of a {}.", "a bad photo of a {}.", "art of the {}."]
+    pets = Dataset("oxford_pets", ["cat"], [], [], [], list(ensemble))
+    cfg = RunConfig(method="clip_adapter", dataset="oxford_pets")
+    # CoOp's CUSTOM_TEMPLATES entry, as the released CLIP-Adapter code uses
+    assert resolve_templates(cfg, pets) == ["a photo of a {}, a type of pet."]
+    assert resolve_templates(cfg.replace(templates="default"), pets) == ensemble
+    assert resolve_templates(cfg.replace(method="tip_adapter"), pets) == ensemble
+    offline = Dataset("emoji_x", ["cat"], [], [], [], list(ensemble))
+    assert resolve_templates(cfg, offline) == ensemble[:1]

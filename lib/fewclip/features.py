@@ -8,9 +8,13 @@ Entries are written atomically (temporary file, then rename) and validated on lo
 (stored key, shape, finiteness, checksum); an entry that fails validation is recomputed,
 with a warning, never silently used.
 
-Augmented views follow Tip-Adapter: random resized crop (scale 0.5-1) + horizontal flip,
-each view a full pass over the few-shot images; view ``v`` of item ``i`` is drawn from a
-generator seeded by (seed, v, i), so it is reproducible and independent of batch order.
+Augmented views: random resized crop + horizontal flip, each view a full pass over the
+few-shot images; view ``v`` of item ``i`` is drawn from a generator seeded by (seed, v, i),
+so it is reproducible and independent of batch order. The crop's scale range is part of
+the key: (0.5, 1) for the Tip-Adapter / DualAdapter family, (0.08, 1) for the Dassl family
+(CLIP-Adapter), so both can sit in one cache. Each view entry also stores the raw
+(pre-normalisation) feature norms, from which the official cache keys are built
+(:meth:`fewclip.methods.base.FeatureData.cache_keys`).
 """
 
 from __future__ import annotations
@@ -51,11 +55,14 @@ class FeatureKey:
 
 @dataclass
 class ImageFeatures:
-    """features (N, d) L2-normalised float32; labels (N,); valid (N,), False if unreadable."""
+    """features (N, d) L2-normalised float32; labels (N,); valid (N,), False if unreadable;
+    norms (N,) the encoder outputs' L2 norms before normalisation (None where not kept).
+    Augmented views stack these: features (V, N, d), norms (V, N)."""
 
     features: torch.Tensor
     labels: torch.Tensor
     valid: torch.Tensor
+    norms: torch.Tensor | None = None
 
     @property
     def num_unreadable(self) -> int:
@@ -149,6 +156,19 @@ class FeatureCache:
 # --------------------------------------------------------------------------- images
 
 
+def encode_with_norms(
+    backbone: Backbone, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) -> ((B, d) normalised features, (B,) norms of the raw encoder output).
+
+    The same computation as :meth:`Backbone.encode_images`, keeping the norm it divides by.
+    """
+    with backbone.autocast():
+        raw = backbone.model.encode_image(images.to(backbone.device))
+    raw = raw.float()
+    return F.normalize(raw, dim=-1), raw.norm(dim=-1)
+
+
 @torch.no_grad()
 def encode_items(
     backbone: Backbone,
@@ -161,7 +181,8 @@ def encode_items(
     desc: str = "features",
     progress: bool = True,
 ) -> ImageFeatures:
-    """Encode images in batches with a progress bar; unreadable images get ``valid = False``."""
+    """Encode images in batches with a progress bar; unreadable images get ``valid = False``
+    (and a zero feature and norm)."""
     loader = image_loader(
         items,
         transform,
@@ -173,13 +194,16 @@ def encode_items(
     feats = torch.zeros(len(items), backbone.embed_dim)
     labels = torch.tensor([d.label for d in items], dtype=torch.long)
     valid = torch.zeros(len(items), dtype=torch.bool)
+    norms = torch.zeros(len(items))
     for images, _, index, ok in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        feats[index] = backbone.encode_images(images).cpu()
+        f, n = encode_with_norms(backbone, images)
+        feats[index], norms[index] = f.cpu(), n.cpu()
         valid[index] = ok
     feats[~valid] = 0.0
+    norms[~valid] = 0.0
     if not valid.all():
         warnings.warn(f"{int((~valid).sum())} unreadable image(s) skipped in {desc}", stacklevel=2)
-    return ImageFeatures(feats, labels, valid)
+    return ImageFeatures(feats, labels, valid, norms)
 
 
 def _image_key(backbone: Backbone, items: Sequence[Datum], transform: str) -> FeatureKey:
@@ -232,14 +256,18 @@ def augmented_features(
     num_workers: int = 0,
     progress: bool = True,
 ) -> ImageFeatures:
-    """(V, N, d) features of ``views`` augmented passes over ``items``; each view cached alone,
-    so asking for more views later reuses the ones already computed."""
+    """(V, N, d) features and (V, N) raw norms of ``views`` augmented passes over ``items``
+    (random resized crop with ``scale``, flip); each view cached alone under a key naming
+    the scale, the seed and the view, so asking for more views later reuses the ones
+    already computed. An entry written before norms were stored is recomputed."""
     transform = augmented_transform(backbone, scale)
     per_view = []
     for v in tqdm(range(views), desc="augmented views", disable=not progress, leave=False):
         tag = f"aug(rrc={scale[0]}-{scale[1]},flip,seed={seed},view={v})"
         key = _image_key(backbone, items, tag)
         stored = cache.load(key, expected_rows=len(items))
+        if stored is not None and "norms" not in stored:
+            stored = None  # an entry from before the raw norms were kept
         if stored is None:
             cache.misses += 1
             out = encode_items(
@@ -252,13 +280,19 @@ def augmented_features(
                 desc=f"view {v + 1}/{views}",
                 progress=progress,
             )
-            stored = {"features": out.features, "labels": out.labels, "valid": out.valid}
+            stored = {
+                "features": out.features,
+                "labels": out.labels,
+                "valid": out.valid,
+                "norms": out.norms,
+            }
             cache.save(key, stored)
         per_view.append(stored)
     return ImageFeatures(
         torch.stack([s["features"] for s in per_view]),
         per_view[0]["labels"],
         torch.stack([s["valid"] for s in per_view]).all(0),
+        torch.stack([s["norms"] for s in per_view]),
     )
 
 

@@ -55,6 +55,7 @@ from .features import (
     prompt_classifier,
     template_classifier,
 )
+from .images import CACHE_CROP_SCALE
 from .methods import METHODS, get_method
 from .methods.base import FeatureData, FeatureMethod, FitResult
 from .metrics import (
@@ -117,11 +118,16 @@ class Timer:
 def resolve_templates(config: RunConfig, dataset: Dataset) -> list[str]:
     """The positive templates of a run: the dataset's, a style name, or an explicit list.
 
-    ``config.templates`` None or ``"default"``: the dataset's own (an ensemble where it has
-    one); ``"single"``: CoOp's single hand-made template; ``"apex"``: APEX's; a list: as is.
+    ``config.templates`` None: the method's default (:attr:`FeatureMethod.default_templates`:
+    ``"single"`` for CLIP-Adapter, whose released code uses CoOp's one hand-written prompt
+    per dataset; ``"default"`` for the others); ``"default"``: the dataset's own (an
+    ensemble where it has one); ``"single"``: CoOp's single hand-made template; ``"apex"``:
+    APEX's; a list: as is.
     """
     t = config.templates
-    if t is None or t == "default":
+    if t is None:
+        t = getattr(METHODS.get(config.method), "default_templates", "default")
+    if t == "default":
         return list(dataset.templates)
     if isinstance(t, str):
         if t not in TEMPLATE_STYLES:
@@ -189,9 +195,11 @@ def feature_data(
     config: RunConfig,
     cache: FeatureCache,
     use_training: bool = True,
+    view_scale: tuple[float, float] = CACHE_CROP_SCALE,
 ) -> tuple[FeatureData, int]:
     """FeatureData of a few-shot split (features on the backbone's device), and the number
-    of unreadable images dropped from it."""
+    of unreadable images dropped from it. ``view_scale``: the crop scale range of the
+    augmented views (the method's :meth:`FeatureMethod.view_scale`)."""
     kw = {"num_workers": config.num_workers, "progress": config.progress}
     device = backbone.device
     classifiers = build_classifiers(backbone, dataset, config, cache)
@@ -199,7 +207,13 @@ def feature_data(
     val_items = split.val if use_training else []
     train = image_features(backbone, train_items, cache, desc="few-shot train", **kw)
     views = augmented_features(
-        backbone, train_items, cache, views=config.augment_views, seed=config.seed, **kw
+        backbone,
+        train_items,
+        cache,
+        views=config.augment_views,
+        seed=config.seed,
+        scale=view_scale,
+        **kw,
     )
     val = image_features(backbone, val_items, cache, desc="few-shot val", **kw)
     keep = train.valid & views.valid
@@ -212,6 +226,8 @@ def feature_data(
         val_labels=val_y.to(device),
         classifiers={k: v.to(device) for k, v in classifiers.items()},
         logit_scale=backbone.logit_scale,
+        train_view_norms=views.norms[:, keep].to(device),
+        shots=config.shots if config.shots > 0 else None,
     )
     return data, int((~keep).sum()) + val.num_unreadable
 
@@ -357,7 +373,13 @@ def fit_method(
     if isinstance(method, FeatureMethod):
         with timer("features"):
             data, unreadable = feature_data(
-                backbone, dataset, split, config, cache, method.uses_training_images
+                backbone,
+                dataset,
+                split,
+                config,
+                cache,
+                method.uses_training_images,
+                view_scale=method.view_scale(),
             )
             if config.selection == "test":
                 data.val_features, data.val_labels, _ = test_features(

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..images import CACHE_CROP_SCALE
 from ..metrics import accuracy  # noqa: F401  (re-exported: methods import it from here)
 
 
@@ -28,7 +29,8 @@ class FeatureData:
 
     train_features: (M, d) features of the few-shot images under the test transform.
     train_views:    (V, M, d) features of V augmented views of the same images (random
-                    resized crop + flip, as Tip-Adapter); training epoch e uses view e % V.
+                    resized crop + flip, with the method's crop scale, see
+                    :attr:`FeatureMethod.view_scale`); training epoch e uses view e % V.
     train_labels:   (M,) int64 in [0, C).
     val_features:   (Nv, d), val_labels (Nv,): the few-shot validation split, the only
                     data used for epoch selection and hyper-parameter search.
@@ -37,6 +39,10 @@ class FeatureData:
                     templates) and "description" (CuPL descriptions) when available.
     logit_scale:    the backbone's s = exp(logit_scale) (about 100 for OpenAI CLIP).
     notes:          facts to carry into the run record (e.g. "no description file: W_d = W_t").
+    train_view_norms: (V, M) norms of the raw view features before normalisation (the
+                    feature cache stores them); None: the views count as unit-norm.
+    shots:          the K of the run (the sampler's, also under label noise, where the
+                    per-class counts of the labels vary); None: unknown.
     """
 
     train_features: torch.Tensor
@@ -47,6 +53,8 @@ class FeatureData:
     classifiers: dict[str, torch.Tensor]
     logit_scale: float
     notes: list[str] = field(default_factory=list)
+    train_view_norms: torch.Tensor | None = None
+    shots: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -62,8 +70,15 @@ class FeatureData:
 
     @property
     def cache_keys(self) -> torch.Tensor:
-        """(M, d) Tip-Adapter cache keys: the augmented views averaged, then normalised."""
-        return F.normalize(self.train_views.mean(0), dim=-1)
+        """(M, d) cache keys F = norm(mean_v x_v): the *raw* view features x_v = n_v * f_v
+        (norm n_v, direction f_v) averaged over the V views, normalised once, as the
+        official Tip-Adapter (``build_cache_model``) and DualAdapter (``extract_features``)
+        codes do. A view with a larger raw norm weighs more than under
+        ``norm(mean_v f_v)``; the two agree when every view has the same norm."""
+        views = self.train_views
+        if self.train_view_norms is not None:
+            views = views * self.train_view_norms[..., None].to(views)
+        return F.normalize(views.mean(0), dim=-1)
 
     @property
     def cache_values(self) -> torch.Tensor:
@@ -93,6 +108,9 @@ class FeatureMethod(ABC):
     #: False for methods that use no few-shot image (zero-shot CLIP): the run layer then
     #: extracts no training features.
     uses_training_images: ClassVar[bool] = True
+    #: The positive templates when ``RunConfig.templates`` is None: ``"default"`` (the
+    #: dataset's, an ensemble where it has one) or ``"single"`` (CoOp's hand-made prompt).
+    default_templates: ClassVar[str] = "default"
 
     @dataclass
     class Options:
@@ -128,6 +146,11 @@ class FeatureMethod(ABC):
     def trainable_parameters(self) -> int:
         """Number of parameters the method learns by gradient descent (0 if training-free)."""
         return 0
+
+    def view_scale(self) -> tuple[float, float]:
+        """Random-resized-crop scale range of the augmented views this method uses (the run
+        layer caches views per scale): Tip-Adapter's (0.5, 1) unless a method says else."""
+        return CACHE_CROP_SCALE
 
     def options_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)

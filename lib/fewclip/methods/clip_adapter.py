@@ -13,11 +13,19 @@ logit scale. Variants: ``"visual"`` (the paper's default and the released code),
 backbone (d / r), where the released code hard-codes 1024 (RN50).
 
 Training as the released code (Dassl): SGD lr 0.002, momentum 0.9, weight decay 5e-4,
-batch 32, 200 epochs, one warm-up epoch at a constant 1e-5, then cosine over the epochs
-(the rate changes once per epoch). Epoch e trains on cached augmented view e % V of the
-few-shot images (random resized crop 0.5-1 + flip), the feature-cache equivalent of the
-released code's on-line augmentation; the best epoch on the validation split is kept (the
-released code keeps the last epoch: ``selection="last"``).
+batch 32, 200 epochs, one warm-up epoch at a constant 1e-5. The rate changes once per
+epoch (:func:`dassl_epoch_factor`): Dassl's default ``WARMUP_RECOUNT=True`` restarts the
+cosine after the warm-up, so epoch e >= W (W warm-up epochs) trains at
+``lr * (1 + cos(pi (e - W) / E)) / 2``, E the epoch count. The last partial batch of each
+epoch is dropped (Dassl's train loader, ``drop_last``). Epoch e trains on cached augmented
+view e % V of the few-shot images, drawn with Dassl's random resized crop scale (0.08, 1)
++ flip (option ``crop_scale``; views are cached per scale), the feature-cache equivalent
+of the released code's on-line augmentation (which draws a new crop every epoch; ours
+cycles through V cached crops). The classifier is built from the released code's single
+hand-written prompt per dataset (CoOp's ``CUSTOM_TEMPLATES``, our ``templates="single"``,
+the default for this method); an explicit ``RunConfig.templates`` overrides it. The best
+epoch on the validation split is kept (the released code keeps the last epoch:
+``selection="last"``).
 
 Because the adapters are functions of a feature, not per-class tables, a trained
 CLIP-Adapter also classifies classes it never saw (:meth:`CLIPAdapter.logits_for`), which
@@ -33,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..images import DASSL_CROP_SCALE
 from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .training import fit_epochs
+from .training import batches_per_epoch, fit_epochs
 
 VARIANTS = ("visual", "text", "both")
 
@@ -90,11 +99,15 @@ class CLIPAdapterModule(nn.Module):
         return self.logit_scale * self.image(f) @ self.class_weights(classifier)
 
 
-def dassl_epoch_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_factor: float):
-    """Learning-rate factor of Dassl's cosine schedule with a constant warm-up, per epoch."""
+def dassl_epoch_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_factor: float) -> float:
+    """Learning-rate factor (of the base lr) at ``epoch`` (from 0) under Dassl's cosine
+    schedule (``CosineAnnealingLR(T_max=epochs)``, stepped once per epoch) wrapped in a
+    constant warm-up with ``WARMUP_RECOUNT=True`` (Dassl's default): the warm-up epochs get
+    ``warmup_factor``; the cosine starts counting only after them, so epoch e >= W gets
+    (1 + cos(pi (e - W) / epochs)) / 2 (E = 4, W = 1: 1e-5/lr, 1, 0.854, 0.5)."""
     if epoch < warmup_epochs:
         return warmup_factor
-    return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max(1, epochs)))
 
 
 @register_method
@@ -102,6 +115,7 @@ class CLIPAdapter(FeatureMethod):
     """Residual bottleneck adapters on the image feature, the classifier, or both."""
 
     name = "clip_adapter"
+    default_templates = "single"  # the released code's one prompt per dataset
 
     @dataclass
     class Options:
@@ -117,6 +131,8 @@ class CLIPAdapter(FeatureMethod):
         warmup_epochs: int = 1
         warmup_lr: float = 1e-5
         selection: str = "val"  # "val": best epoch on val; "last": the released code
+        crop_scale: tuple[float, float] = DASSL_CROP_SCALE  # views' random-resized-crop scale
+        drop_last: bool = True  # drop the last partial batch (Dassl's train loader)
         progress: bool = False
 
     module: CLIPAdapterModule | None = None
@@ -127,6 +143,9 @@ class CLIPAdapter(FeatureMethod):
             raise ValueError(f"clip_adapter: variant must be one of {VARIANTS}")
         if self.options.selection not in ("val", "last"):
             raise ValueError("clip_adapter: selection must be 'val' or 'last'")
+
+    def view_scale(self) -> tuple[float, float]:
+        return (float(self.options.crop_scale[0]), float(self.options.crop_scale[1]))
 
     def build(self, data: FeatureData, seed: int = 0) -> CLIPAdapterModule:
         """The module at its initial state (PyTorch's default init under ``seed``)."""
@@ -149,7 +168,7 @@ class CLIPAdapter(FeatureMethod):
         optimizer = torch.optim.SGD(
             module.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
-        steps_per_epoch = math.ceil(data.train_labels.shape[0] / o.batch_size)
+        steps_per_epoch = batches_per_epoch(data.train_labels.shape[0], o.batch_size, o.drop_last)
 
         def schedule(total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
             return torch.optim.lr_scheduler.LambdaLR(
@@ -172,6 +191,7 @@ class CLIPAdapter(FeatureMethod):
             progress=o.progress,
             desc=self.name,
             keep_best=o.selection == "val",
+            drop_last=o.drop_last,
         )
         result.chosen.update(variant=o.variant, alpha=o.alpha, beta=o.beta)
         return result

@@ -2,8 +2,12 @@
 
 Epoch ``e`` trains on augmented view ``e % V`` of the cached few-shot features (the
 feature-cache equivalent of re-encoding augmented images every epoch), in mini-batches
-shuffled by a seeded generator. After each epoch the validation accuracy is measured and
-the best state is kept (first best on ties); at the end that state is restored.
+shuffled by a seeded generator. ``drop_last=True`` drops the last partial batch as Dassl's
+train loader does (only when there is at least one full batch, as Dassl's
+``drop_last=is_train and len(data) >= batch_size``). After each epoch the validation
+accuracy is measured and the best state is kept (first best on ties); at the end that state
+is restored. ``history`` holds per epoch the mean loss, the val accuracy and the learning
+rate of the first parameter group during that epoch.
 
 Which data is "validation" is decided by the caller: the run layer passes the few-shot
 val split by default, or the test split when an official-behaviour switch asks for it.
@@ -47,6 +51,14 @@ def cosine_scheduler(
     )
 
 
+def batches_per_epoch(num: int, batch_size: int, drop_last: bool = False) -> int:
+    """Mini-batches per epoch over ``num`` items: ceil(num / B), or floor(num / B) with
+    ``drop_last`` when num >= B (Dassl's rule)."""
+    if drop_last and num >= batch_size:
+        return num // batch_size
+    return (num + batch_size - 1) // batch_size
+
+
 def fit_epochs(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -61,6 +73,7 @@ def fit_epochs(
     progress: bool = False,
     desc: str = "train",
     keep_best: bool = True,
+    drop_last: bool = False,
 ) -> FitResult:
     """Train ``module``'s parameters; keep and restore the state with the best val accuracy
     (``keep_best=False``: keep the last epoch's state, as several official codes do).
@@ -71,7 +84,7 @@ def fit_epochs(
     """
     generator = torch.Generator().manual_seed(seed)
     num = data.train_labels.shape[0]
-    steps_per_epoch = (num + batch_size - 1) // batch_size
+    steps_per_epoch = batches_per_epoch(num, batch_size, drop_last)
     total = epochs * steps_per_epoch
     scheduler = (scheduler_fn or (lambda t: cosine_scheduler(optimizer, t)))(total)
     result = FitResult()
@@ -82,8 +95,9 @@ def fit_epochs(
         features = data.view(epoch)
         order = torch.randperm(num, generator=generator).to(data.device)
         losses = []
-        for start in range(0, num, batch_size):
-            idx = order[start : start + batch_size]
+        lr = optimizer.param_groups[0]["lr"]
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
             loss = loss_fn(features[idx], data.train_labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,7 +108,7 @@ def fit_epochs(
         with torch.no_grad():
             val_acc = accuracy(logits_fn(data.val_features), data.val_labels)
         result.history.append(
-            {"epoch": epoch, "loss": sum(losses) / len(losses), "val_acc": val_acc}
+            {"epoch": epoch, "loss": sum(losses) / len(losses), "val_acc": val_acc, "lr": lr}
         )
         if val_acc > best_acc or not keep_best:
             best_acc = val_acc
