@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
+from .cache_ops import ValueProducts, kernel
 from .search import SearchResult, grid_scales, grid_search, linear_grid
 from .training import fit_epochs
 
@@ -280,6 +281,7 @@ class DualCache(nn.Module):
             self.register_buffer(name, tensor, persistent=False)
         self.logit_scale = float(logit_scale)
         self.negative_cache = negative_cache
+        self._products = ValueProducts()
         zeros = lambda: nn.Parameter(torch.zeros(num_classes, dim, device=keys.device))
         self.r_t, self.r_d, self.r_k = zeros(), zeros(), zeros()  # positive residuals
         self.r_n, self.r_kn = zeros(), zeros()  # negative residuals (R_n, R_k-)
@@ -312,12 +314,16 @@ class DualCache(nn.Module):
         )
 
     def components(self, terms: DualTerms, beta: float) -> DualComponents:
-        """The cache terms at one beta."""
-        pos_cache = torch.exp(-beta * (1 - terms.pos_affinity)) @ self.soft_values
+        """The cache terms at one beta; L~ and L applied as per-class sums (N M work, not
+        2 N M C: :class:`.cache_ops.ValueProduct`)."""
+        inplace = not torch.is_grad_enabled()
+        soft = self._products.get("soft_values", self.soft_values)
+        pos_cache = soft(kernel(terms.pos_affinity, beta), inplace=inplace)
         if terms.neg_affinity is None:
             neg_cache = torch.zeros_like(terms.neg_text)
         else:
-            neg_cache = torch.exp(-beta * terms.neg_affinity) @ self.values
+            values = self._products.get("values", self.values)
+            neg_cache = values(kernel(terms.neg_affinity, beta, shifted=False), inplace=inplace)
         return DualComponents(terms.pos_text, pos_cache, terms.neg_text, neg_cache)
 
     @staticmethod

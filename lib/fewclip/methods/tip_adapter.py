@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
+from .cache_ops import ValueProducts, kernel
 from .search import SearchResult, grid_scales, grid_search, linear_grid
 from .training import fit_epochs
 
@@ -117,14 +118,17 @@ class TipCache(nn.Module):
         self.register_buffer("values", values.detach().clone().float(), persistent=False)
         self.register_buffer("classifier", classifier.detach().clone().float(), persistent=False)
         self.logit_scale = float(logit_scale)
+        self._products = ValueProducts()
 
     def terms(self, f: torch.Tensor) -> TipTerms:
         """f (N, d) -> s * f @ W (N, C) and affinities f @ F^T (N, M)."""
         return TipTerms(self.logit_scale * f @ self.classifier, f @ self.keys.T)
 
     def components(self, terms: TipTerms, beta: float) -> TipComponents:
-        """exp(-beta * (1 - A)) @ L at one beta."""
-        cache_logits = torch.exp(-beta * (1 - terms.affinity)) @ self.values
+        """exp(-beta * (1 - A)) @ L at one beta, L applied as a per-class sum (N M work,
+        not 2 N M C: :class:`.cache_ops.ValueProduct`)."""
+        values = self._products.get("values", self.values)
+        cache_logits = values(kernel(terms.affinity, beta), inplace=not torch.is_grad_enabled())
         return TipComponents(terms.clip_logits, cache_logits)
 
     @staticmethod

@@ -1,0 +1,191 @@
+"""The cache methods' per-class sums equal the dense value products they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from synthetic import make_feature_data
+
+from fewclip.methods.cache_ops import ValueProduct, ValueProducts, chunked, kernel, row_chunks
+from fewclip.methods.dual_adapter import DualAdapter, DualCache
+from fewclip.methods.search import grid_search, linear_grid
+from fewclip.methods.tip_adapter import TipAdapter, TipCache
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).abs() / b.abs().amax(-1, keepdim=True).clamp(min=1e-30)).max())
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.37, 5.5, 13.1])
+def test_kernel_is_bit_identical_to_the_formula(beta):
+    a = torch.rand(40, 130, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert torch.equal(kernel(a, beta), torch.exp(-beta * (1 - a)))
+    assert torch.equal(kernel(a, beta, shifted=False), torch.exp(-beta * a))
+
+
+def values_cases(m=90, c=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, c, (m,), generator=g)
+    onehot = F.one_hot(labels, c).float()
+    soft = onehot * (torch.rand(m, 1, generator=g) * 3)  # one nonzero per row, not one
+    zero_rows = soft.clone()
+    zero_rows[::5] = 0
+    dense = torch.rand(m, c, generator=g)  # many nonzeros per row: the dense fallback
+    return {"onehot": onehot, "soft": soft, "zero_rows": zero_rows, "dense": dense}
+
+
+@pytest.mark.parametrize("case", ["onehot", "soft", "zero_rows", "dense"])
+def test_value_product_equals_the_dense_product(case):
+    values = values_cases()[case]
+    e = kernel(torch.rand(33, 90, generator=torch.Generator().manual_seed(2)), 4.0)
+    product = ValueProduct(values)
+    assert product.sparse == (case != "dense")
+    if product.sparse:
+        assert (product.weight is None) == (case == "onehot")
+    assert rel_err(product(e), e @ values) < 1e-6
+    assert rel_err(product(e.clone(), inplace=True), e @ values) < 1e-6
+
+
+def test_value_product_gradients_equal_the_dense_ones():
+    values = values_cases()["soft"]
+    a = (torch.rand(20, 90, generator=torch.Generator().manual_seed(3)) * 2 - 1).requires_grad_()
+    g = torch.randn(20, 7, generator=torch.Generator().manual_seed(4))
+    (ValueProduct(values)(kernel(a, 3.0)) * g).sum().backward()
+    ours, a.grad = a.grad.clone(), None
+    (torch.exp(-3.0 * (1 - a)) @ values * g).sum().backward()
+    assert rel_err(ours, a.grad) < 1e-6
+
+
+def test_value_products_follow_an_edited_buffer():
+    values = values_cases()["onehot"]
+    products = ValueProducts()
+    first = products.get("v", values)
+    assert products.get("v", values) is first
+    values[0] = 0.5 * values[0]  # in place: a new version
+    assert products.get("v", values) is not first
+    assert products.get("v", values).weight is not None
+
+
+def test_chunks_bound_the_rows():
+    assert row_chunks(16_000, 1 << 25) == 2097
+    assert row_chunks(10**9, 100) == 1
+    f = torch.randn(10, 3)
+    assert torch.equal(chunked(lambda x: x * 2, f, 3), f * 2)
+
+
+# -- the methods' components against the dense one-hot products they replace --------------
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_feature_data(num_classes=9, shots=5, dim=32, seed=3)[0]
+
+
+def trained_dual(data) -> DualAdapter:
+    """A DualAdapter whose residuals are nonzero (so adapted keys differ from F)."""
+    method = DualAdapter(epochs=2, lr=1e-2, search=False)
+    method.fit(data)
+    return method
+
+
+@pytest.mark.parametrize("soft", [True, False])
+def test_dual_components_equal_the_dense_products(synthetic, soft):
+    method = DualAdapter(epochs=2, lr=1e-2, search=False, soft_labels=soft)
+    method.fit(synthetic)
+    module = method.module
+    assert module.soft_values.ne(0).sum(1).max() == 1
+    with torch.no_grad():
+        terms = module.terms(synthetic.val_features)
+        for beta in (0.0, 0.7, 6.0):
+            comp = module.components(terms, beta)
+            dense_pos = torch.exp(-beta * (1 - terms.pos_affinity)) @ module.soft_values
+            dense_neg = torch.exp(-beta * terms.neg_affinity) @ module.values
+            assert rel_err(comp.pos_cache, dense_pos) < 1e-6
+            assert rel_err(comp.neg_cache, dense_neg) < 1e-6
+            assert torch.equal(comp.pos_text, terms.pos_text)
+
+
+def test_dual_components_with_dense_values_fall_back(synthetic):
+    """Values with several nonzeros per row (e.g. a future soft-label scheme) stay exact."""
+    module = trained_dual(synthetic).module
+    g = torch.Generator().manual_seed(5)
+    module.soft_values.copy_(torch.rand(module.soft_values.shape, generator=g))
+    with torch.no_grad():
+        terms = module.terms(synthetic.val_features)
+        comp = module.components(terms, 2.0)
+        dense = torch.exp(-2.0 * (1 - terms.pos_affinity)) @ module.soft_values
+    assert rel_err(comp.pos_cache, dense) < 1e-6
+
+
+def test_dual_training_gradients_equal_the_dense_products(synthetic):
+    """The training step's gradients through the per-class sums equal the dense ones."""
+    module = trained_dual(synthetic).module
+    f, y = synthetic.view(0)[:20], synthetic.train_labels[:20]
+
+    def dense_forward():
+        t = module.terms(f)
+        pos = t.pos_text + 1.5 * (torch.exp(-3.0 * (1 - t.pos_affinity)) @ module.soft_values)
+        neg = t.neg_text + 1.5 * (torch.exp(-3.0 * t.neg_affinity) @ module.values)
+        return 0.7 * pos + 0.3 * neg
+
+    grads = []
+    for forward in (lambda: module(f, 3.0, 1.5, 0.7), dense_forward):
+        module.zero_grad()
+        F.cross_entropy(forward(), y).backward()
+        grads.append([p.grad.clone() for p in module.parameters()])
+    for ours, dense in zip(*grads, strict=True):
+        assert torch.allclose(ours, dense, rtol=1e-5, atol=1e-7)
+
+
+def dense_dual_components(module: DualCache, terms, beta):
+    pos = torch.exp(-beta * (1 - terms.pos_affinity)) @ module.soft_values
+    neg = torch.exp(-beta * terms.neg_affinity) @ module.values
+    return type(module.components(terms, beta))(terms.pos_text, pos, terms.neg_text, neg)
+
+
+def test_dual_search_choice_equals_the_dense_products_choice(synthetic):
+    method = trained_dual(synthetic)
+    module = method.module
+    betas, alphas, lams = linear_grid(0, 7, 20), linear_grid(0, 7, 10), linear_grid(0.6, 1, 5)
+    with torch.no_grad():
+        terms = module.terms(synthetic.val_features)
+        dense = grid_search(
+            lambda b: dense_dual_components(module, terms, b),
+            module.combine,
+            synthetic.val_labels,
+            betas,
+            alphas,
+            lams,
+        )
+    ours = grid_search(
+        lambda b: module.components(terms, b),
+        module.combine,
+        synthetic.val_labels,
+        betas,
+        alphas,
+        lams,
+    )
+    assert ours == dense
+
+
+def test_tip_components_and_search_equal_the_dense_products(synthetic):
+    method = TipAdapter()
+    method.fit(synthetic)
+    module: TipCache = method.module
+    with torch.no_grad():
+        terms = module.terms(synthetic.val_features)
+        for beta in (0.1, 1.0, 9.0):
+            dense = torch.exp(-beta * (1 - terms.affinity)) @ module.values
+            assert rel_err(module.components(terms, beta).cache_logits, dense) < 1e-6
+        betas, alphas = method.grids(synthetic)
+        found = grid_search(
+            lambda b: type(module.components(terms, b))(
+                terms.clip_logits, torch.exp(-b * (1 - terms.affinity)) @ module.values
+            ),
+            module.combine,
+            synthetic.val_labels,
+            betas,
+            alphas,
+        )
+    assert (method.chosen["beta"], method.chosen["alpha"]) == (found.beta, found.alpha)
