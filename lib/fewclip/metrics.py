@@ -69,3 +69,35 @@ def class_separability(features: torch.Tensor, labels: torch.Tensor) -> dict[str
     intra = float(same / same_pairs)
     inter = float(diff / diff_pairs)
     return {"intra": intra, "inter": inter, "ratio": intra / inter, "inverse": inter / intra}
+
+
+def encode_correct(logits: torch.Tensor, labels: torch.Tensor) -> str:
+    """Per-test-image correctness of (N, C) logits against (N,) labels, compactly:
+    ``"<N>:<base64 of the bits packed 8 per byte, test order>"`` (about N / 6 characters).
+    Decode with :func:`decode_correct`; :mod:`fewclip.evidence` bootstraps over it."""
+    import base64
+
+    import numpy as np
+
+    bits = (logits.argmax(-1) == labels.to(logits.device)).cpu().numpy().astype(bool)
+    return f"{bits.size}:" + base64.b64encode(np.packbits(bits).tobytes()).decode("ascii")
+
+
+def decode_correct(text: str):
+    """The (N,) boolean numpy array that :func:`encode_correct` wrote."""
+    import base64
+
+    import numpy as np
+
+    n, _, data = text.partition(":")
+    packed = np.frombuffer(base64.b64decode(data), dtype=np.uint8)
+    return np.unpackbits(packed, count=int(n)).astype(bool)
+
+
+def labels_digest(labels: torch.Tensor) -> str:
+    """A short hash of the test labels in test order: two records with the same digest (and
+    dataset fingerprint) scored the same test images in the same order."""
+    import hashlib
+
+    data = labels.detach().cpu().to(torch.int64).numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]

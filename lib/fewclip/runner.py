@@ -4,7 +4,9 @@
     record = run(RunConfig(method="tip_adapter_f", dataset="emoji_openmoji_subcategory", shots=16))
 
 Data flows one way: dataset -> few-shot sample -> backbone -> feature cache -> method ->
-metrics -> record. A record carries the configuration, accuracy (and per-class accuracy),
+metrics -> record. A record carries the configuration, accuracy (and per-class accuracy,
+and each test image's correctness, ``metrics["correct"]``, for the bootstrap intervals of
+:mod:`fewclip.evidence`),
 the chosen hyper-parameters, the trainable parameter count, fit and predict times, library
 versions, which model produced it, and the dataset's difficulty (zero-shot accuracy, APEX's
 relative transfer difficulty, class separability of the test features). With a store, a
@@ -61,7 +63,9 @@ from .methods.base import FeatureData, FeatureMethod, FitResult
 from .metrics import (
     accuracy,
     class_separability,
+    encode_correct,
     harmonic_mean,
+    labels_digest,
     per_class_accuracy,
     relative_transfer_difficulty,
 )
@@ -410,6 +414,8 @@ def _evaluate(evaluator: Evaluator, dataset: Dataset, train_names=None) -> dict[
         "accuracy": accuracy(logits, labels),
         "per_class_accuracy": per_class_accuracy(logits, labels, dataset.num_classes).tolist(),
         "test_images": int(labels.numel()),
+        "correct": encode_correct(logits, labels),  # per test image, for fewclip.evidence
+        "test_labels": labels_digest(labels),
     }
 
 
@@ -452,7 +458,7 @@ def run_protocol(
             }
         out["accuracy"] = source["accuracy"]
         out["metrics"].update(
-            per_class_accuracy=source["per_class_accuracy"], test_images=source["test_images"]
+            {k: source[k] for k in ("per_class_accuracy", "test_images", "correct", "test_labels")}
         )
         if targets:
             out["metrics"]["transfer"] = {k: v["accuracy"] for k, v in transfer.items()}
@@ -544,6 +550,7 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
             return FittedRun(stored, method, None, dataset, cache)  # type: ignore[arg-type]
     backbone = cached_backbone(config)
     result = run_protocol(config, method, backbone, dataset, targets, cache)
+    result["metrics"]["data_fingerprint"] = fingerprint
     record = {
         "run_key": key,
         "method": config.method,
