@@ -65,7 +65,7 @@ def test_logits_before_fit_raise(backbone, task):
 
 
 def test_class_specific_coop_learns_and_beats_zero_shot(backbone, task):
-    method = CoOp(init="a photo of a", class_specific=True, lr=0.01, **FAST)
+    method = CoOp(init="a photo of a", class_specific=True, csc_init="copy", lr=0.01, **FAST)
     result = method.fit(backbone, task["train"], task["val"], task["names"], seed=1)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < 0.6 * losses[0]
@@ -158,3 +158,26 @@ def test_mixed_precision_on_cpu(cls, task):
     assert all(math.isfinite(h["loss"]) for h in result.history)
     logits = method.logits(bf16, task["test"][:3], task["names"])
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_official_init_rules_csc_ignored_and_word_count(backbone, task):
+    """The official PromptLearner ignores CSC when CTX_INIT is given (unified context, noted
+    in the record) and counts the phrase's words; class token positions are options."""
+    kw = dict(epochs=1, batch_size=8, views=1)
+    official = CoOp(init="a photo of a", class_specific=True, **kw)
+    result = official.fit(backbone, task["train"], task["val"], task["names"], seed=0)
+    assert not official.learner.class_specific and official.learner.ctx.shape == (4, 16)
+    assert any("class_specific ignored" in n for n in result.notes)
+    official.logits(backbone, task["new"][:2], task["new_names"])  # unified: new classes work
+    random_csc = CoOp(n_ctx=4, class_specific=True, **kw)
+    random_csc.fit(backbone, task["train"], task["val"], task["names"], seed=0)
+    assert random_csc.learner.ctx.shape == (4, 4, 16)  # CSC without a phrase: per class
+    words = CoOp(init="a itap of a", **kw)
+    words.fit(backbone, task["train"], task["val"], task["names"], seed=0)
+    assert words.learner.n_ctx == 4  # 4 words, 5 BPE tokens
+    front = CoOp(init="a photo of a", class_token_position="front", **kw)
+    front.fit(backbone, task["train"], task["val"], task["names"], seed=0)
+    assert front.learner.position == "front"
+    for bad in ({"csc_init": "share"}, {"ctx_count": "chars"}, {"class_token_position": "x"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CoOp(**bad)

@@ -120,3 +120,53 @@ def test_gradients_reach_only_the_context(test_vit):
     assert learner.ctx.grad is not None and learner.ctx.grad.abs().sum() > 0
     assert [n for n, _ in learner.named_parameters()] == ["ctx"]
     assert all(p.grad is None for p in test_vit.model.parameters())
+
+
+def test_init_phrase_counts_words_as_the_official_code(test_vit):
+    """Official CoOp: n_ctx = len(ctx_init.split(" ")). "itap" is 2 BPE tokens, so of
+    "a itap of a" (5 tokens, 4 words) the first 4 tokens are learnable and the last "a"
+    stays in the fixed suffix."""
+    tower, tok = TextTower(test_vit.model), test_vit.tokenizer
+    assert count_tokens(tok, "itap") == 2
+    words = TextPromptLearner(tower, tok, init="a itap of a")
+    tokens = TextPromptLearner(tower, tok, init="a itap of a", count="tokens")
+    assert (words.n_ctx, tokens.n_ctx) == (4, 5)
+    ids = tok(["a itap of a"])[0]
+    torch.testing.assert_close(words.ctx, tower.embed(ids[None])[0, 1:5])
+    names = ["dog", "red car"]
+    expected = frozen(test_vit, [f"a itap of a {n}." for n in names])
+    with torch.no_grad():
+        for learner in (words, tokens):
+            torch.testing.assert_close(learner(names), expected, atol=2e-6, rtol=1e-5)
+        words.ctx.zero_()
+        tokens.ctx.zero_()
+        # zeroing the context: the official learner keeps the 5th token ("a") fixed
+        prompts = words.class_prompts(names)
+        torch.testing.assert_close(prompts.suffix[:, 0], tower.embed(ids[None])[0, 5].expand(2, -1))
+        assert not torch.allclose(words(names), tokens(names))
+    assert TextPromptLearner(tower, tok, init="a_photo_of_a").n_ctx == 4  # "_" is a space
+
+
+@pytest.mark.parametrize(
+    "position, text",
+    [
+        ("end", "a photo of a {}."),
+        ("middle", "a photo {} of a."),  # M // 2 = 2 context tokens before the name
+        ("front", "{} a photo of a."),
+    ],
+)
+def test_class_token_positions_follow_the_official_order(test_vit, position, text):
+    """With the context at its init embeddings, each layout is the frozen feature of the
+    same words in the official order: [SOS, ctx[:M//2], name, ctx[M//2:], ".", EOT] etc."""
+    learner = TextPromptLearner(
+        TextTower(test_vit.model), test_vit.tokenizer, init="a photo of a", position=position
+    )
+    with torch.no_grad():
+        ours = learner(NAMES)
+        expected = frozen(test_vit, [text.format(n) for n in NAMES])
+        torch.testing.assert_close(ours, expected, atol=2e-6, rtol=1e-5)
+        # image-conditioned prompts (B, C, ...) use the same order
+        batched = learner(NAMES, bias=torch.zeros(2, learner.tower.width))
+        torch.testing.assert_close(batched, ours.expand(2, -1, -1), atol=2e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="position"):
+        TextPromptLearner(TextTower(test_vit.model), test_vit.tokenizer, position="left")

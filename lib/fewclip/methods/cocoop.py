@@ -13,7 +13,8 @@ from "a photo of a", SGD lr 0.002 (momentum 0.9, weight decay 5e-4), cosine per 
 1 constant warm-up epoch at 1e-5, batch 1, 10 epochs. Each step runs B x C prompts through
 the text encoder as one batch (the official code loops over images). The image encoder
 is frozen, so image features are cached as for CoOp. Selection on val by default
-(``selection="last"``: the official behaviour).
+(``selection="last"``: the official behaviour). As in the official code, M counts the
+words of ``init`` (``ctx_count="tokens"``: its BPE tokens).
 """
 
 from __future__ import annotations
@@ -72,12 +73,18 @@ class CoCoOp(FeaturePromptMethod):
         batch_size: int = 1
         epochs: int | None = 10
         eval_chunk: int = 64  # images per text-encoder batch at inference
+        ctx_count: str = "words"  # init phrase: M = its words (official) or "tokens"
 
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
         tower = TextTower(backbone.model)
         prompt = TextPromptLearner(
-            tower, backbone.tokenizer, init=o.init, n_ctx=o.n_ctx, generator=generator
+            tower,
+            backbone.tokenizer,
+            init=o.init,
+            n_ctx=o.n_ctx,
+            generator=generator,
+            count=o.ctx_count,
         )
         meta = MetaNet(backbone.embed_dim, tower.width, o.meta_reduction).to(backbone.device)
         self.learner = CoCoOpLearner(prompt, meta)

@@ -8,7 +8,8 @@ The words of the prompt become M learnable vectors (:mod:`fewclip.prompting.text
 
 Defaults follow the official code (Dassl configs): M = 16 random N(0, 0.02) vectors
 (``init="a photo of a"`` takes M = 4 from its word embeddings), unified context
-(``class_specific=True`` is CoOp's CSC), class token at the end, SGD lr 0.002 (momentum
+(``class_specific=True`` is CoOp's CSC), class token at the end (``class_token_position``
+"middle" / "front" as in the official code), SGD lr 0.002 (momentum
 0.9, weight decay 5e-4), cosine per epoch after 1 constant warm-up epoch at 1e-5, batch
 32, 200 epochs for 8/16 shots, 100 for 2/4, 50 for 1 (``epochs`` overrides).
 
@@ -19,6 +20,12 @@ code. Differences from the official code: the best epoch is selected on the few-
 split (``selection="last"`` keeps the last epoch, as the official code does); with the
 default 10 cached views, augmentations repeat every 10 epochs (``views=None`` draws a
 fresh view per epoch, as the official code does).
+
+Init phrase, as the official ``PromptLearner``: M is the phrase's number of words
+(``len(init.split(" "))``), so a phrase with a multi-token word keeps its last tokens
+fixed (``ctx_count="tokens"`` makes every token learnable); CSC is ignored when a phrase
+is given (``csc_init="ignore"``, recorded in the run notes; ``csc_init="copy"`` gives each
+class its own copy of the phrase, what fewclip did before).
 """
 
 from __future__ import annotations
@@ -31,8 +38,16 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
-from ..prompting.text_prompts import TextPromptLearner, TextTower
+from ..prompting.text_prompts import (
+    CLASS_TOKEN_POSITIONS,
+    CONTEXT_COUNTS,
+    TextPromptLearner,
+    TextTower,
+)
 from .base import register_method
+
+#: What CSC does with an init phrase: "ignore" (official: unified context) or "copy".
+CSC_INIT = ("ignore", "copy")
 
 
 def coop_epochs(shots: int) -> int:
@@ -56,9 +71,29 @@ class CoOp(FeaturePromptMethod):
         init: str | None = None  # e.g. "a photo of a"
         class_specific: bool = False
         batch_size: int = 32
+        ctx_count: str = "words"  # init phrase: M = its words (official) or "tokens"
+        class_token_position: str = "end"  # "end" / "middle" / "front" (official options)
+        csc_init: str = "ignore"  # CSC with an init phrase: "ignore" (official) or "copy"
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        o = self.options
+        for option, value, valid in (
+            ("csc_init", o.csc_init, CSC_INIT),
+            ("ctx_count", o.ctx_count, CONTEXT_COUNTS),
+            ("class_token_position", o.class_token_position, CLASS_TOKEN_POSITIONS),
+        ):
+            if value not in valid:
+                raise ValueError(f"coop: unknown {option} {value!r}; choose one of {valid}")
 
     def default_epochs(self, shots: int) -> int:
         return coop_epochs(shots)
+
+    @property
+    def class_specific(self) -> bool:
+        """Whether the context is per class (CSC), after the official rule for init phrases."""
+        o = self.options
+        return o.class_specific and not (o.init and o.csc_init == "ignore")
 
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
@@ -67,11 +102,22 @@ class CoOp(FeaturePromptMethod):
             backbone.tokenizer,
             init=o.init,
             n_ctx=o.n_ctx,
-            class_specific=o.class_specific,
+            class_specific=self.class_specific,
             classnames=classnames,
             generator=generator,
+            count=o.ctx_count,
+            position=o.class_token_position,
         )
         self.logit_scale = backbone.logit_scale
+
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        if self.options.class_specific and not self.class_specific:
+            result.notes.append(
+                "coop: class_specific ignored because an init phrase is given (as the "
+                "official PromptLearner does; csc_init='copy' copies the phrase per class)"
+            )
+        return result
 
     def text_features(self, classnames: Sequence[str]) -> torch.Tensor:
         """(C, d) normalised text features of the learned prompts."""

@@ -21,7 +21,17 @@ same features as the full length at a fraction of the cost (77 -> about 10 token
 
 :class:`ClassPrompts` holds the frozen parts of ``"{context} {class}."`` for one class
 list (SOS embedding, the embeddings after the context, token ids); it depends only on
-the class names, so it is built once per list and reused at every step.
+the class names, so it is built once per list and reused at every step. CoOp's class
+token positions are reorderings of the same tokens (M context vectors, n_c name tokens):
+
+    end:    [SOS, v_1..v_M, w_c, ".", EOT]
+    middle: [SOS, v_1..v_{M//2}, w_c, v_{M//2+1}..v_M, ".", EOT]
+    front:  [SOS, w_c, v_1..v_M, ".", EOT]
+
+With an init phrase the official CoOp / CoCoOp count its *words* as the context length
+(``n_ctx = len(ctx_init.split(" "))``): the first that many BPE tokens are learnable and
+the rest of the phrase stays fixed (``count="words"``, the default; ``"tokens"`` makes
+every token of the phrase learnable, which differs for phrases with multi-token words).
 :class:`TextPromptLearner` owns the learnable context and can build prompts for any
 class list, which is what base-to-new evaluation needs.
 """
@@ -130,10 +140,44 @@ class TextTower:
         return x
 
 
+#: Where the class name goes in a CoOp prompt (``CLASS_TOKEN_POSITION``).
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+#: How the context length of an init phrase is counted (official: words).
+CONTEXT_COUNTS = ("words", "tokens")
+
+
 def count_tokens(tokenizer, phrase: str) -> int:
     """Number of BPE tokens of ``phrase`` (without SOS/EOT), e.g. 4 for "a photo of a"."""
     ids = tokenizer([phrase])[0]
     return int(ids.argmax()) - 1
+
+
+def count_words(phrase: str) -> int:
+    """The official CoOp context length of an init phrase: ``len(phrase.split(" "))``."""
+    return len(phrase.split(" "))
+
+
+def position_order(name_lens: Sequence[int], n_ctx: int, length: int, position: str):
+    """(C, L) gather index that turns ``[SOS, ctx, name, rest]`` into the layout of
+    ``position`` (see the module docstring); ``name_lens`` (C,) BPE tokens per class name."""
+    if position not in CLASS_TOKEN_POSITIONS:
+        raise ValueError(
+            f"unknown class token position {position!r}; choose one of {CLASS_TOKEN_POSITIONS}"
+        )
+    rows = []
+    for n in name_lens:
+        ctx = list(range(1, 1 + n_ctx))
+        name = list(range(1 + n_ctx, 1 + n_ctx + n))
+        rest = list(range(1 + n_ctx + n, length))
+        if position == "end":
+            order = [0, *ctx, *name, *rest]
+        elif position == "front":
+            order = [0, *name, *ctx, *rest]
+        else:
+            half = n_ctx // 2
+            order = [0, *ctx[:half], *name, *ctx[half:], *rest]
+        rows.append(order)
+    return torch.tensor(rows, dtype=torch.long)
 
 
 @dataclass
@@ -143,12 +187,14 @@ class ClassPrompts:
     prefix: (C, 1, w) SOS embedding.  suffix: (C, L - 1 - M, w) embeddings after the M
     learnable context tokens (fixed context words, class name, ".", EOT, padding).
     ids: (C, L) token ids (their argmax is the EOT position).  names: the class names.
+    order: (C, L) gather index of the class token position (None: "end", the identity).
     """
 
     prefix: torch.Tensor
     suffix: torch.Tensor
     ids: torch.Tensor
     names: tuple[str, ...]
+    order: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -160,18 +206,31 @@ class ClassPrompts:
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(num_classes, -1, -1)
         if ctx.dim() == 3:
-            return torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], dim=1)
-        batch = ctx.shape[0]
-        prefix = self.prefix.unsqueeze(0).expand(batch, -1, -1, -1)
-        suffix = self.suffix.unsqueeze(0).expand(batch, -1, -1, -1)
-        return torch.cat([prefix, ctx.to(prefix.dtype), suffix], dim=2)
+            out = torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], dim=1)
+        else:
+            batch = ctx.shape[0]
+            prefix = self.prefix.unsqueeze(0).expand(batch, -1, -1, -1)
+            suffix = self.suffix.unsqueeze(0).expand(batch, -1, -1, -1)
+            out = torch.cat([prefix, ctx.to(prefix.dtype), suffix], dim=2)
+        if self.order is None:
+            return out
+        index = self.order.to(out.device)[..., None].expand(*out.shape[:-3], -1, -1, out.shape[-1])
+        return torch.gather(out, -2, index.expand_as(out))
 
 
 def build_class_prompts(
-    tower: TextTower, tokenizer, classnames: Sequence[str], context_words: str, n_ctx: int
+    tower: TextTower,
+    tokenizer,
+    classnames: Sequence[str],
+    context_words: str,
+    n_ctx: int,
+    position: str = "end",
 ) -> ClassPrompts:
     """Tokenise ``"{context_words} {name}."`` per class; the first ``n_ctx`` tokens after SOS
-    are the learnable positions (their embeddings here are replaced by the context)."""
+    are the learnable positions (their embeddings here are replaced by the context).
+
+    ``position``: where the class name goes. As in the official code, the name's tokens are
+    the first ``len(tokenize(name))`` tokens after the context positions."""
     texts = [f"{context_words} {name}." for name in classnames]
     ids = tokenizer(texts).to(tower.device)
     head = tokenizer([context_words])[0].to(tower.device)
@@ -181,8 +240,16 @@ def build_class_prompts(
             "in every prompt; this tokenizer is not supported for prompt learning"
         )
     emb = tower.embed(ids)
+    order = None
+    if position != "end":
+        lens = [count_tokens(tokenizer, name) for name in classnames]
+        order = position_order(lens, n_ctx, ids.shape[1], position).to(tower.device)
     return ClassPrompts(
-        prefix=emb[:, :1], suffix=emb[:, 1 + n_ctx :], ids=ids, names=tuple(classnames)
+        prefix=emb[:, :1],
+        suffix=emb[:, 1 + n_ctx :],
+        ids=ids,
+        names=tuple(classnames),
+        order=order,
     )
 
 
@@ -190,11 +257,16 @@ class TextPromptLearner(nn.Module):
     """CoOp context vectors: ``ctx`` (M, w) unified or (C, M, w) class-specific.
 
     init:  None -> M = ``n_ctx`` (default 16) vectors drawn from N(0, 0.02) (CoOp's random
-           init); a phrase such as "a photo of a" -> initialised from its word embeddings.
-    n_ctx: with a phrase, how many of its leading tokens are learnable (None: all of them,
-           M = its token count; APEX: 2, so "of a" stays fixed).
+           init); a phrase such as "a photo of a" -> initialised from its token embeddings
+           (underscores read as spaces, as in the official code).
+    n_ctx: with a phrase, how many of its leading tokens are learnable (None: counted by
+           ``count``; APEX: 2, so "of a" stays fixed).
+    count: "words" (official CoOp / CoCoOp: M = number of space-separated words, the rest
+           of the phrase's tokens stay fixed) or "tokens" (M = its BPE token count).
     class_specific: one context per training class (CoOp's CSC); such a learner can only
-           encode the class list it was built for.
+           encode the class list it was built for. With a phrase, each class gets a copy
+           (the official CoOp ignores CSC then: :class:`fewclip.methods.coop.CoOp` decides).
+    position: class token position "end" (default), "middle" or "front" (CoOp).
     """
 
     def __init__(
@@ -206,13 +278,24 @@ class TextPromptLearner(nn.Module):
         class_specific: bool = False,
         classnames: Sequence[str] | None = None,
         generator: torch.Generator | None = None,
+        count: str = "words",
+        position: str = "end",
     ) -> None:
         super().__init__()
         self.tower = tower
         self.tokenizer = tokenizer
+        if count not in CONTEXT_COUNTS:
+            raise ValueError(f"unknown context count {count!r}; choose one of {CONTEXT_COUNTS}")
+        if position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(
+                f"unknown class token position {position!r}; choose one of {CLASS_TOKEN_POSITIONS}"
+            )
+        self.position = position
         if init:
+            init = init.replace("_", " ")
             total = count_tokens(tokenizer, init)
-            n_ctx = total if n_ctx is None else n_ctx
+            if n_ctx is None:
+                n_ctx = count_words(init) if count == "words" else total
             if not 0 < n_ctx <= total:
                 raise ValueError(f"n_ctx={n_ctx} must be in [1, {total}] for init {init!r}")
             self.context_words = init
@@ -249,7 +332,7 @@ class TextPromptLearner(nn.Module):
             )
         if key not in self._prompts:
             self._prompts[key] = build_class_prompts(
-                self.tower, self.tokenizer, key, self.context_words, self.n_ctx
+                self.tower, self.tokenizer, key, self.context_words, self.n_ctx, self.position
             )
         return self._prompts[key]
 
@@ -284,4 +367,7 @@ class TextPromptLearner(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "class-specific" if self.class_specific else "unified"
-        return f"n_ctx={self.n_ctx}, {kind}, context={self.context_words!r}"
+        return (
+            f"n_ctx={self.n_ctx}, {kind}, context={self.context_words!r}, "
+            f"class token {self.position}"
+        )
