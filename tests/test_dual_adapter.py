@@ -254,6 +254,29 @@ def test_search_equals_the_official_loop(synthetic):
     assert fit.chosen["search_val_acc"] == reference.accuracy
 
 
+def test_search_in_val_chunks_equals_the_official_loop(synthetic, monkeypatch):
+    """Memory flat in val size: the search sees val 7 images at a time, same choice."""
+    import fewclip.methods.dual_adapter as dual
+
+    data, _, _ = synthetic
+    method = DualAdapter(train=False, beta_range=(0, 7, 25), alpha_range=(0, 7, 10))
+    method.fit(data)
+    module = method.module
+    terms = module.terms(data.val_features)
+    reference = grid_search_loop(
+        lambda b: module.components(terms, b), module.combine, data.val_labels, *method.grids(data)
+    )
+    seen = []
+    original = module.terms
+    monkeypatch.setattr(module, "terms", lambda f: seen.append(len(f)) or original(f))
+    monkeypatch.setattr(dual, "LOGITS_CHUNK", 7)
+    found = method.search(data.val_features, data.val_labels, data)
+    assert (found.beta, found.alpha, found.lam) == (reference.beta, reference.alpha, reference.lam)
+    assert (
+        found.correct == reference.correct and max(seen) == 7 and sum(seen) == len(data.val_labels)
+    )
+
+
 def test_dual_adapter_beats_zero_shot(synthetic):
     data, test_f, test_y = synthetic
     method = DualAdapter()

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from fewclip.methods.search import (
+    MIN_BLOCK_ROWS,
+    block_shape,
     candidate_classes,
     candidate_mask,
     count_correct,
     grid_search,
+    grid_search_chunked,
     grid_search_loop,
     linear_grid,
 )
@@ -188,3 +191,43 @@ def test_result_reports_accuracy():
     assert found.total == labels.numel()
     assert found.accuracy == pytest.approx(100 * found.correct / found.total)
     assert found.as_dict()["accuracy"] == found.accuracy
+
+
+@pytest.mark.parametrize("rows", [1, 7, 60, 1000])
+@pytest.mark.parametrize("prune", [True, False])
+def test_chunked_over_samples_equals_the_loop(rows, prune):
+    """Searching val in chunks (counts summed over chunks) picks the loop's setting."""
+    components, labels = random_components(n=60, seed=4)
+    index = torch.arange(labels.numel())[:, None].float()  # "features": row indices
+
+    def chunk_components(rows_idx, beta):
+        i = rows_idx[:, 0].long()
+        return tuple(c[i] for c in components(beta))
+
+    grids = (linear_grid(0, 3, 5), linear_grid(0, 4, 9), linear_grid(0.3, 1.0, 7))
+    reference = grid_search_loop(components, dual_combine, labels, *grids)
+    found = grid_search_chunked(
+        lambda f: f, chunk_components, dual_combine, index, labels, *grids, rows=rows, prune=prune
+    )
+    assert found == reference
+
+
+def test_blocks_hold_many_settings_at_imagenet_size():
+    """At N = 4,000 val images and C = 1,000, a block is not one (alpha, lam) pair."""
+    rows, alphas, lams = block_shape(4000, 1000, 40, 20, 1 << 22)
+    assert lams == 20 and alphas > 1 and rows >= MIN_BLOCK_ROWS
+    assert rows * alphas * lams * 1000 <= 1 << 22
+    assert block_shape(50, 3, 40, 20, 1 << 22) == (50, 40, 20)  # small: one block
+    assert block_shape(10, 10**6, 4, 3, 1000) == (1, 1, 1)  # never zero
+
+
+@pytest.mark.parametrize("max_elements", [50, 700, 5000])
+def test_row_blocks_give_the_same_counts(max_elements):
+    components, labels = random_components(n=70, c=12, seed=9)
+    comp = components(1.3)
+    alphas, lams = torch.tensor(linear_grid(0, 4, 9)), torch.tensor(linear_grid(0.3, 1.0, 7))
+    whole = count_correct(comp, dual_combine, labels, alphas, lams, prune=False)
+    blocked = count_correct(
+        comp, dual_combine, labels, alphas, lams, prune=False, max_elements=max_elements
+    )
+    assert torch.equal(whole, blocked)

@@ -81,15 +81,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import ValueProducts, kernel
-from .search import SearchResult, grid_scales, grid_search, linear_grid
+from .cache_ops import ValueProducts, chunked, kernel, row_chunks
+from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
 from .training import fit_epochs
 
 Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
 
 TEXT_WEIGHTS = (0.45, 0.55)  # W+ = 0.45 * template + 0.55 * description
 NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP)
-LOGITS_CHUNK = 4096  # images per forward at evaluation
+LOGITS_CHUNK: int | None = None  # images per forward at evaluation; None: row_chunks(M)
 
 
 @dataclass(frozen=True)
@@ -339,6 +339,14 @@ class DualCache(nn.Module):
         """(N, d) normalised features -> (N, C) unified logits."""
         return self.combine(self.components(self.terms(f), beta), alpha, lam)
 
+    def rows(self) -> int:
+        """Images per chunk at evaluation, so that an (rows, M) affinity stays bounded."""
+        return LOGITS_CHUNK or row_chunks(self.keys.shape[0])
+
+    def chunked(self, f: torch.Tensor, beta: float, alpha: float, lam: float) -> torch.Tensor:
+        """The forward over f (N, d) in chunks of :meth:`rows` (memory flat in N)."""
+        return chunked(lambda x: self(x.float(), beta, alpha, lam), f, self.rows())
+
     def positive_parameters(self) -> list[nn.Parameter]:
         return [self.r_t, self.r_d, self.r_k]
 
@@ -508,7 +516,7 @@ class DualAdapter(FeatureMethod):
             epochs=o.epochs or d.epochs,
             batch_size=o.batch_size,
             loss_fn=loss_fn,
-            logits_fn=lambda f: module(f.float(), beta, alpha, lam),
+            logits_fn=lambda f: module.chunked(f, beta, alpha, lam),
             seed=seed,
             progress=o.progress,
             desc=self.name,
@@ -517,13 +525,21 @@ class DualAdapter(FeatureMethod):
     def search(
         self, features: torch.Tensor, labels: torch.Tensor, data: FeatureData
     ) -> SearchResult:
-        """The (beta, alpha, lam) grid search on (features, labels), vectorised."""
+        """The (beta, alpha, lam) grid search on (features, labels), vectorised, in chunks
+        of features (the affinities are (rows, M): memory flat in the val size)."""
         module = self._module()
         betas, alphas, lams = self.grids(data)
         with torch.no_grad():
-            terms = module.terms(features.float())
-            return grid_search(
-                lambda b: module.components(terms, b), module.combine, labels, betas, alphas, lams
+            return grid_search_chunked(
+                lambda f: module.terms(f.float()),
+                module.components,
+                module.combine,
+                features,
+                labels,
+                betas,
+                alphas,
+                lams,
+                rows=module.rows(),
             )
 
     def _module(self) -> DualCache:
@@ -545,8 +561,7 @@ class DualAdapter(FeatureMethod):
         alpha = c["alpha"] if alpha is None else alpha
         lam = c["lam"] if lam is None else lam
         with torch.no_grad():  # in chunks: the affinities are (B, M)
-            chunks = features.float().split(LOGITS_CHUNK)
-            return torch.cat([module(f, beta, alpha, lam) for f in chunks])
+            return module.chunked(features, beta, alpha, lam)
 
     def trainable_parameters(self) -> int:
         """Residual entries that train: 5 C d for the full method, 0 training-free."""

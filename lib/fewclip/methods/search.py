@@ -58,6 +58,8 @@ ComponentsFn = Callable[[float], Components]
 CombineFn = Callable[[Components, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
+#: The most logits one (alpha, lam, rows, classes) block holds: 2^22 floats = 16 MB.
+MAX_BLOCK_ELEMENTS = 1 << 22
 REFERENCE_SCALE = 100.0  # CLIP's logit scale: the unit of the official grids and constants
 
 
@@ -169,6 +171,11 @@ def _shaped(alpha: torch.Tensor, lam: torch.Tensor | None):
     return alpha.view(-1, 1, 1, 1), lam.view(1, -1, 1, 1)
 
 
+def _like(comp: Components, tensors: list[torch.Tensor]) -> Components:
+    """tensors as the same kind of tuple as comp (a NamedTuple keeps its fields)."""
+    return type(comp)(*tensors) if hasattr(comp, "_fields") else tuple(tensors)
+
+
 def _block(combine: CombineFn, comp: Components, alpha, lam) -> torch.Tensor:
     """(A, L, N, C) logits for all pairs of alpha (A,) and lam (L,) (L = 1 without lam)."""
     a, m = _shaped(alpha, lam)
@@ -220,19 +227,35 @@ def candidate_classes(mask: torch.Tensor, k: int | None = None) -> torch.Tensor:
     return order.argsort(-1)[:, :k] % num_classes
 
 
+#: Fewest rows per block before the (alpha, lam) pairs of a block are split instead.
+MIN_BLOCK_ROWS = 32
+
+
+def block_shape(n: int, c: int, num_alpha: int, num_lam: int, max_elements: int):
+    """(rows, alphas, lams) per block, so that rows * alphas * lams * c <= max_elements
+    where it can be: all pairs at once when they fit with at least ``MIN_BLOCK_ROWS`` rows
+    (or all n), else fewer alphas, then fewer lams; the rows fill what is left."""
+    rows_min = min(n, MIN_BLOCK_ROWS)
+    lam_chunk = max(1, min(num_lam, max_elements // (rows_min * c)))
+    alpha_chunk = max(1, min(num_alpha, max_elements // (rows_min * lam_chunk * c)))
+    rows = max(1, min(n, max_elements // (alpha_chunk * lam_chunk * c)))
+    return rows, alpha_chunk, lam_chunk
+
+
 def _count_block(comp: Components, combine: CombineFn, labels, alpha, lam, max_elements):
-    """(A, L) correct counts, chunked so that a block holds at most max_elements logits."""
+    """(A, L) correct counts, in blocks of at most max_elements logits (see block_shape)."""
     n, c = comp[0].shape
     num_lam = 1 if lam is None else lam.numel()
-    per_pair = n * c
-    lam_chunk = max(1, min(num_lam, max_elements // per_pair))
-    alpha_chunk = max(1, max_elements // (lam_chunk * per_pair))
-    counts = torch.empty(alpha.numel(), num_lam, dtype=torch.long, device=labels.device)
-    for a0 in range(0, alpha.numel(), alpha_chunk):
-        for m0 in range(0, num_lam, lam_chunk):
-            m = None if lam is None else lam[m0 : m0 + lam_chunk]
-            pred = _block(combine, comp, alpha[a0 : a0 + alpha_chunk], m).argmax(-1)
-            counts[a0 : a0 + alpha_chunk, m0 : m0 + lam_chunk] = (pred == labels).sum(-1)
+    rows, alpha_chunk, lam_chunk = block_shape(n, c, alpha.numel(), num_lam, max_elements)
+    counts = torch.zeros(alpha.numel(), num_lam, dtype=torch.long, device=labels.device)
+    for r0 in range(0, n, rows):
+        part = comp if rows >= n else _like(comp, [t[r0 : r0 + rows] for t in comp])
+        part_labels = labels[r0 : r0 + rows]
+        for a0 in range(0, alpha.numel(), alpha_chunk):
+            for m0 in range(0, num_lam, lam_chunk):
+                m = None if lam is None else lam[m0 : m0 + lam_chunk]
+                pred = _block(combine, part, alpha[a0 : a0 + alpha_chunk], m).argmax(-1)
+                counts[a0 : a0 + alpha_chunk, m0 : m0 + lam_chunk] += (pred == part_labels).sum(-1)
     return counts
 
 
@@ -243,7 +266,7 @@ def count_correct(
     alpha: torch.Tensor,
     lam: torch.Tensor | None,
     *,
-    max_elements: int = 1 << 18,
+    max_elements: int = MAX_BLOCK_ELEMENTS,
     prune: bool = True,
 ) -> torch.Tensor:
     """(A, L) int64 correct counts for every (alpha, lam) pair at one beta.
@@ -264,8 +287,7 @@ def count_correct(
     if rows.numel() == 0:
         return counts
     classes = candidate_classes(mask[rows])  # (R, K)
-    gathered = [c[rows].gather(-1, classes) for c in comp]
-    comp = type(comp)(*gathered) if hasattr(comp, "_fields") else tuple(gathered)
+    comp = _like(comp, [c[rows].gather(-1, classes) for c in comp])
     position = (classes == labels[rows, None]).long().argmax(-1)  # the label's column
     return counts + _count_block(comp, combine, position, alpha, lam, max_elements)
 
@@ -278,7 +300,7 @@ def grid_search(
     alphas: Sequence[float],
     lams: Sequence[float] | None = None,
     *,
-    max_elements: int = 1 << 18,
+    max_elements: int = MAX_BLOCK_ELEMENTS,
     prune: bool = True,
 ) -> SearchResult:
     """The setting :func:`grid_search_loop` picks, computed in blocks (see the module doc).
@@ -286,18 +308,59 @@ def grid_search(
     components(beta) -> (N, C) tensors; combine(components, alpha, lam) -> logits,
     broadcasting over leading grid axes; labels (N,). Returns a :class:`SearchResult`.
     """
-    best, best_index = -1, (0, 0, 0)
-    alpha_t = lam_t = None
+    counts = None
     for b, beta in enumerate(betas):
-        comp = components(beta)
-        if alpha_t is None:
-            alpha_t = _grid_tensor(alphas, comp[0])
-            lam_t = None if lams is None else _grid_tensor(lams, comp[0])
-        counts = count_correct(
-            comp, combine, labels, alpha_t, lam_t, max_elements=max_elements, prune=prune
-        )
-        flat = int(counts.flatten().argmax())  # first maximum in (alpha, lam) loop order
-        correct = int(counts.flatten()[flat])
-        if correct > best:
-            best, best_index = correct, (b, *divmod(flat, counts.shape[1]))
-    return _result(betas, alphas, lams, best_index, best, labels.numel())
+        c = _counts_at(components(beta), combine, labels, alphas, lams, max_elements, prune)
+        counts = c.new_zeros(len(betas), *c.shape) if counts is None else counts
+        counts[b] = c
+    return _choose(counts, betas, alphas, lams, labels.numel())
+
+
+def grid_search_chunked(
+    terms: Callable[[torch.Tensor], object],
+    components: Callable[[object, float], Components],
+    combine: CombineFn,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    betas: Sequence[float],
+    alphas: Sequence[float],
+    lams: Sequence[float] | None = None,
+    *,
+    rows: int,
+    max_elements: int = MAX_BLOCK_ELEMENTS,
+    prune: bool = True,
+) -> SearchResult:
+    """:func:`grid_search` over ``features`` (N, d) in chunks of ``rows``: memory flat in N.
+
+    ``terms(chunk)`` computes a chunk's beta-free parts once, ``components(terms, beta)``
+    its (rows, C) tensors at each beta; each setting's correct count is the sum of the
+    chunks' counts (integers), so the choice is the unchunked one.
+    """
+    counts = None
+    for start in range(0, features.shape[0], rows):
+        chunk_terms = terms(features[start : start + rows])
+        chunk_labels = labels[start : start + rows]
+        for b, beta in enumerate(betas):
+            comp = components(chunk_terms, beta)
+            c = _counts_at(comp, combine, chunk_labels, alphas, lams, max_elements, prune)
+            counts = c.new_zeros(len(betas), *c.shape) if counts is None else counts
+            counts[b] += c
+        del chunk_terms
+    return _choose(counts, betas, alphas, lams, labels.numel())
+
+
+def _counts_at(comp, combine, labels, alphas, lams, max_elements, prune) -> torch.Tensor:
+    """(A, L) correct counts at one beta (L = 1 without lam)."""
+    alpha_t = _grid_tensor(alphas, comp[0])
+    lam_t = None if lams is None else _grid_tensor(lams, comp[0])
+    return count_correct(
+        comp, combine, labels, alpha_t, lam_t, max_elements=max_elements, prune=prune
+    )
+
+
+def _choose(counts: torch.Tensor, betas, alphas, lams, total: int) -> SearchResult:
+    """The first maximum of (B, A, L) counts in loop order (beta, then alpha, then lam)."""
+    flat = int(counts.flatten().argmax())  # torch returns the first maximal index
+    b, rest = divmod(flat, counts.shape[1] * counts.shape[2])
+    a, m = divmod(rest, counts.shape[2])
+    return _result(betas, alphas, lams, (b, a, m), int(counts.flatten()[flat]), total)

@@ -40,12 +40,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import ValueProducts, kernel
-from .search import SearchResult, grid_scales, grid_search, linear_grid
+from .cache_ops import ValueProducts, chunked, kernel, row_chunks
+from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
 from .training import fit_epochs
 
 Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
-LOGITS_CHUNK = 4096  # images per forward at evaluation
+LOGITS_CHUNK: int | None = None  # images per forward at evaluation; None: row_chunks(M)
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,14 @@ class TipCache(nn.Module):
         """(N, d) normalised features -> (N, C) logits (Eq. 6)."""
         return self.combine(self.components(self.terms(f), beta), alpha)
 
+    def rows(self) -> int:
+        """Images per chunk at evaluation, so that an (rows, M) affinity stays bounded."""
+        return LOGITS_CHUNK or row_chunks(self.keys.shape[0])
+
+    def chunked(self, f: torch.Tensor, beta: float, alpha: float) -> torch.Tensor:
+        """The forward over f (N, d) in chunks of :meth:`rows` (memory flat in N)."""
+        return chunked(lambda x: self(x.float(), beta, alpha), f, self.rows())
+
 
 @register_method
 class TipAdapter(FeatureMethod):
@@ -198,14 +206,16 @@ class TipAdapter(FeatureMethod):
         chosen = {"init_beta": beta, "init_alpha": alpha, "beta_scale": rb, "alpha_scale": ra}
         if self.options.search:
             betas, alphas = self.grids(data)
-            with torch.no_grad():
-                terms = module.terms(data.val_features.float())
-                found: SearchResult = grid_search(
-                    lambda b: module.components(terms, b),
+            with torch.no_grad():  # in chunks of val: the affinities are (rows, M)
+                found: SearchResult = grid_search_chunked(
+                    lambda f: module.terms(f.float()),
+                    module.components,
                     module.combine,
+                    data.val_features,
                     data.val_labels,
                     betas,
                     alphas,
+                    rows=module.rows(),
                 )
             beta, alpha = found.beta, found.alpha
             chosen["search_val_acc"] = found.accuracy
@@ -232,8 +242,7 @@ class TipAdapter(FeatureMethod):
         beta = self.chosen["beta"] if beta is None else beta
         alpha = self.chosen["alpha"] if alpha is None else alpha
         with torch.no_grad():  # in chunks: the affinities are (B, M)
-            chunks = features.float().split(LOGITS_CHUNK)
-            return torch.cat([module(f, beta, alpha) for f in chunks])
+            return module.chunked(features, beta, alpha)
 
 
 @register_method
@@ -265,7 +274,7 @@ class TipAdapterF(TipAdapter):
             epochs=o.epochs or tip_defaults(o.dataset).epochs,
             batch_size=o.batch_size,
             loss_fn=lambda f, y: F.cross_entropy(module(f.float(), beta, alpha), y),
-            logits_fn=lambda f: module(f.float(), beta, alpha),
+            logits_fn=lambda f: module.chunked(f, beta, alpha),
             seed=seed,
             progress=o.progress,
             desc=self.name,
