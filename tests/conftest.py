@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random backbones and small image folders."""
+"""Shared fixtures: tiny random backbones, full-size random checkpoints, small image folders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewclip.backbones import load_backbone
+from fewclip.backbones import load_backbone, save_checkpoint
 from fewclip.data.base import Datum
 
 
@@ -18,6 +18,27 @@ def test_rn():
 @pytest.fixture(scope="session")
 def test_vit():
     return load_backbone("fewclip-test-vit", None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def fullsize_checkpoint(tmp_path_factory):
+    """``fullsize_checkpoint("RN50")``: a random-weight full-size open_clip checkpoint file,
+    written once per session (fp16 safetensors; the architecture's own random init, seed 0),
+    as a user with downloaded weights would have one."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("fullsize")
+    made: dict[str, str] = {}
+
+    def make(arch: str) -> str:
+        if arch not in made:
+            torch.manual_seed(0)
+            model = open_clip.create_model(arch, pretrained=None)
+            made[arch] = str(save_checkpoint(model, folder / f"{arch}.safetensors", half=True))
+        return made[arch]
+
+    return make
 
 
 def write_images(folder, num_classes=3, per_class=4, size=16, seed=0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from open_clip.transformer import QuickGELU
 
 from fewclip import backbones
 from fewclip.backbones import (
@@ -106,3 +107,99 @@ def test_device_and_precision_selection():
         assert select_device("auto").type == "cpu"
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             select_device("cuda")
+
+
+# --------------------------------------------------------------------------- activation
+
+
+def activations(model: torch.nn.Module) -> set[type]:
+    """The GELU-family activation classes inside a model."""
+    kinds = (torch.nn.GELU, QuickGELU)
+    return {type(m) for m in model.modules() if isinstance(m, kinds)}
+
+
+@pytest.fixture
+def openai_tag_is_cached(monkeypatch, fullsize_checkpoint, no_network):
+    """The ``openai`` tag resolves (without downloading) to a locally saved random RN50."""
+    path = fullsize_checkpoint("RN50")
+    monkeypatch.setattr(backbones, "_cached_tag_file", lambda cfg, cache_dir: (path, path))
+    return path
+
+
+def test_openai_tag_builds_quickgelu_as_its_weights_were_trained(openai_tag_is_cached):
+    built = load_backbone("RN50", "openai", device="cpu")
+    assert built.weights_file == openai_tag_is_cached
+    assert activations(built.model) == {QuickGELU}
+    assert built.quick_gelu and built.describe()["activation"] == "QuickGELU"
+    assert "quick_gelu=True" in built.activation_reason
+    # "default" means openai outside the project's models
+    assert backbones.decide_quick_gelu("RN50", "default", openai_tag_is_cached)[0] is True
+    # the run key's identity names the activation, and equals the built backbone's
+    assert built.identity.endswith("|quickgelu")
+    assert backbones.weights_identity("RN50", "openai") == built.identity
+    # the user can still ask for the architecture's own activation
+    plain = load_backbone("RN50", "openai", device="cpu", quick_gelu=False)
+    assert activations(plain.model) == {torch.nn.GELU} and plain.identity != built.identity
+    # QuickGELU changes the features: the switch is not cosmetic
+    texts = ["a photo of a cat."]
+    assert not torch.allclose(built.encode_text(texts), plain.encode_text(texts), atol=1e-4)
+
+
+def test_activation_of_names_files_and_the_user_switch(tmp_path, fullsize_checkpoint):
+    path = fullsize_checkpoint("RN50")
+    decide = backbones.decide_quick_gelu
+    assert decide("RN50", None, None) == (False, "random init: the architecture's own activation")
+    assert decide("RN50-quickgelu", None, None)[0] is True
+    assert decide("RN50-quickgelu", path, path)[0] is True
+    # an open_clip-format file keeps the architecture's activation; the user can override
+    plain = load_backbone("RN50", path)
+    assert activations(plain.model) == {torch.nn.GELU} and not plain.identity.endswith("gelu")
+    forced = load_backbone("RN50", path, quick_gelu=True)
+    assert activations(forced.model) == {QuickGELU} and forced.identity.endswith("|quickgelu")
+    # a file found where open_clip caches the openai tag is that tag's weights
+    cached = tmp_path / "clip" / "RN50.pt"
+    cached.parent.mkdir()
+    cached.symlink_to(path)
+    assert backbones.tag_of_file("RN50", cached) == "openai"
+    hub = tmp_path / "models--timm--resnet50_clip.openai" / "snapshots" / "x" / "m.safetensors"
+    assert backbones.tag_of_file("RN50", hub) == "openai"
+    assert backbones.tag_of_file("RN50", path) is None
+
+
+def test_openai_format_files_are_detected(tmp_path, test_rn):
+    """OpenAI's own format: a state dict with ``input_resolution`` etc., or TorchScript."""
+    state = dict(test_rn.model.state_dict())
+    plain = tmp_path / "plain.pt"
+    torch.save(state, plain)
+    assert not backbones.is_openai_checkpoint(plain)
+    openai = tmp_path / "openai.pt"
+    torch.save({**state, "input_resolution": torch.tensor(32)}, openai)
+    assert backbones.is_openai_checkpoint(openai)
+    quick, reason = backbones.decide_quick_gelu("ViT-B-16", str(openai), str(openai))
+    assert quick and "OpenAI-format" in reason
+    assert backbones.decide_quick_gelu("ViT-B-16", str(plain), str(plain))[0] is False
+
+
+def test_openai_torchscript_archive_loads_with_quickgelu(tmp_path, test_vit):
+    """OpenAI distributes TorchScript archives, which open_clip's loader refuses under torch's
+    weights_only default; they load here, as QuickGELU, with the same weights."""
+
+    class Archive(torch.nn.Module):  # OpenAI's layout: the model's keys plus three entries
+        def __init__(self, model):
+            super().__init__()
+            for name, child in model.named_children():
+                self.add_module(name, child)
+            for name, param in model.named_parameters(recurse=False):
+                self.register_parameter(name, param)
+            self.register_buffer("input_resolution", torch.tensor(32))
+
+        def forward(self, x):
+            return self.visual(x)
+
+    archive = tmp_path / "ViT-tiny.pt"
+    torch.jit.trace(Archive(test_vit.model), torch.randn(1, 3, 32, 32)).save(str(archive))
+    assert backbones.is_torchscript_archive(archive) and backbones.is_openai_checkpoint(archive)
+    loaded = load_backbone("fewclip-test-vit", str(archive), device="cpu")
+    assert activations(loaded.model) == {QuickGELU}
+    for key, value in test_vit.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key

@@ -9,6 +9,15 @@ Offline by default: a pretrained tag is resolved from the local cache only, and 
 weight raises :class:`WeightsNotFoundError` naming the file and how to get it. Pass
 ``allow_download=True`` to let open_clip fetch it.
 
+Activation (QuickGELU): OpenAI's CLIP weights were trained with QuickGELU,
+``x * sigmoid(1.702 x)``, while open_clip's plain architectures (``RN50``, ``ViT-B-16``) use
+``nn.GELU``; open_clip's pretrained registry marks such tags ``quick_gelu=True``. Because the
+tag is resolved here to a file, open_clip would no longer see it, so :func:`load_backbone`
+decides the activation itself (:func:`decide_quick_gelu`): a ``-quickgelu`` architecture name,
+a tag marked ``quick_gelu`` (``openai``, ``yfcc15m``, ...), the cached file of such a tag, or
+an OpenAI-format checkpoint file (a TorchScript archive as OpenAI distributes, or a state dict
+with its ``input_resolution`` entry) give QuickGELU; ``quick_gelu=True/False`` overrides.
+
 The project registers its own architectures (JSON files in ``fewclip/model_configs``) with
 open_clip, so they are built by open_clip's factory like any other model; the project's
 pretrained weights live in ``fewclip/weights`` and are listed in :data:`PROJECT_WEIGHTS`.
@@ -19,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -235,6 +246,155 @@ def _project_weights_path(arch: str) -> str:
     return str(weights.path)
 
 
+# --------------------------------------------------------------------------- activation
+
+#: Preprocessing entries of an open_clip tag (``create_model_and_transforms(image_<key>=)``).
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+#: Entries of OpenAI's TorchScript state dicts that are not weights.
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """True for a TorchScript zip archive (OpenAI's released ``RN50.pt``, ``ViT-B-16.pt``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def is_openai_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint file is in OpenAI's format (so its weights expect QuickGELU).
+
+    OpenAI distributes TorchScript archives; their state dict (and a plain state dict saved
+    from one) carries ``input_resolution`` / ``context_length`` / ``vocab_size`` entries,
+    which open_clip's own checkpoints never have. Reads only the archive index or the keys.
+    """
+    path = str(path)
+    if is_torchscript_archive(path):
+        return True
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception:  # not a zip-format state dict: let the loader report it
+            return False
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        keys = set(state) if isinstance(state, dict) else set()
+    return any(k in keys or f"module.{k}" in keys for k in OPENAI_EXTRA_KEYS)
+
+
+def tag_of_file(arch: str, path: str | os.PathLike) -> str | None:
+    """The open_clip tag of ``arch`` whose cached download ``path`` is, if any.
+
+    Matches the file name of the tag's URL (``~/.cache/clip/RN50.pt``) or the tag's
+    Hugging Face repository in the cache path (``models--timm--resnet50_clip.openai``).
+    """
+    path = os.path.abspath(path)  # not resolved: the cache's own name, not a symlink target
+    for tag in open_clip.list_pretrained_tags_by_model(arch):
+        cfg = open_clip.get_pretrained_cfg(arch, tag)
+        url, hub = cfg.get("url", ""), cfg.get("hf_hub", "")
+        if url and os.path.basename(path) == os.path.basename(url):
+            return tag
+        repo = hub.strip("/").split("/")
+        if len(repo) >= 2 and f"models--{repo[0]}--{repo[1]}" in path:
+            return tag
+    return None
+
+
+def weights_tag(
+    arch: str, pretrained: str | os.PathLike | None, weights_file: str | None
+) -> str | None:
+    """The open_clip tag the weights come from: ``pretrained`` itself when it is a tag
+    (``default`` means ``openai`` outside the project's models), else the tag whose cached
+    download ``weights_file`` is; None for random init, project weights and other files."""
+    if weights_file is None or arch in PROJECT_WEIGHTS:
+        return None
+    tag = "openai" if str(pretrained) == "default" else str(pretrained)
+    if open_clip.get_pretrained_cfg(arch, tag):
+        return tag
+    return tag_of_file(arch, weights_file)
+
+
+def decide_quick_gelu(
+    arch: str,
+    pretrained: str | os.PathLike | None,
+    weights_file: str | None,
+    quick_gelu: bool | None = None,
+) -> tuple[bool, str]:
+    """Which activation open_clip must build ``arch`` with for these weights, and why.
+
+    Returns (QuickGELU?, reason). Order: the user's ``quick_gelu``; a ``-quickgelu``
+    architecture; the open_clip tag's ``quick_gelu`` flag (as open_clip's registry states it
+    for ``openai`` etc.); the tag whose cached file ``weights_file`` is; an OpenAI-format file.
+    """
+    cfg = open_clip.get_model_config(arch) or {}
+    if quick_gelu is not None:
+        return bool(quick_gelu), "quick_gelu set by the user"
+    if cfg.get("quick_gelu", False):
+        return True, f"architecture {arch} is defined with QuickGELU"
+    if weights_file is None:
+        return False, "random init: the architecture's own activation"
+    tag = weights_tag(arch, pretrained, weights_file)
+    if tag:
+        flag = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
+        return flag, f"open_clip's registry: {arch}/{tag} has quick_gelu={flag}"
+    if arch not in PROJECT_WEIGHTS and is_openai_checkpoint(weights_file):
+        return True, "OpenAI-format checkpoint file (OpenAI's weights use QuickGELU)"
+    return False, "checkpoint file in open_clip's format: the architecture's own activation"
+
+
+def _load_openai_archive(model: torch.nn.Module, path: str) -> None:
+    """Load OpenAI's TorchScript archive into an open_clip model (open_clip's own loader
+    refuses TorchScript under torch's ``weights_only`` default)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated")
+        state = torch.jit.load(path, map_location="cpu").state_dict()
+    for key in OPENAI_EXTRA_KEYS:
+        state.pop(key, None)
+    from open_clip.factory import resize_pos_embed
+
+    resize_pos_embed(state, model)
+    model.load_state_dict(state, strict=True)
+
+
+def weights_identity(
+    arch: str, pretrained: str | os.PathLike | None, quick_gelu: bool | None = None
+) -> str:
+    """:attr:`Backbone.identity` without building the model (run keys, feature caches).
+
+    ``arch|digest16`` (``arch|random|seed0`` for random init), plus ``|quickgelu`` or
+    ``|gelu`` when the activation differs from the architecture's own definition.
+    """
+    weights = resolve_weights(arch, pretrained)
+    return _identity(arch, weights, pretrained, quick_gelu)
+
+
+def _identity(
+    arch: str,
+    weights: str | None,
+    pretrained: str | os.PathLike | None,
+    quick_gelu: bool | None,
+    init_seed: int = 0,
+) -> str:
+    base = (
+        f"{arch}|random|seed{init_seed}"
+        if weights is None
+        else f"{arch}|{file_digest(weights)[:16]}"
+    )
+    quick, _ = decide_quick_gelu(arch, pretrained, weights, quick_gelu)
+    native = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    if quick != native:
+        base += "|quickgelu" if quick else "|gelu"
+    return base
+
+
 # --------------------------------------------------------------------------- backbone
 
 
@@ -255,6 +415,8 @@ class Backbone:
     image_size: int
     context_length: int
     preprocess_cfg: dict = field(default_factory=dict)
+    quick_gelu: bool = False  # the activation the model was built with (see decide_quick_gelu)
+    activation_reason: str = ""
 
     @property
     def logit_scale(self) -> float:
@@ -310,6 +472,7 @@ class Backbone:
             "logit_scale": round(self.logit_scale, 4),
             "device": str(self.device),
             "precision": self.precision,
+            "activation": "QuickGELU" if self.quick_gelu else "GELU",
         }
 
 
@@ -322,27 +485,41 @@ def load_backbone(
     cache_dir: str | None = None,
     allow_download: bool = False,
     init_seed: int = 0,
+    quick_gelu: bool | None = None,
 ) -> Backbone:
     """Build an open_clip model and its transforms; see the module docstring for ``pretrained``.
 
-    The model is put in eval mode with every parameter frozen; methods that train
+    The model is built as open_clip builds it for the tag: QuickGELU where the weights were
+    trained with it (``quick_gelu=None`` decides, see :func:`decide_quick_gelu`;
+    ``True``/``False`` overrides), and the tag's preprocessing (mean, std, interpolation,
+    resize mode). It is put in eval mode with every parameter frozen; methods that train
     parts of it (prompt learners) add their own parameters.
     """
     weights = resolve_weights(arch, pretrained, cache_dir=cache_dir, allow_download=allow_download)
     dev = select_device(device)
     prec = select_precision(dev, precision)
-    with torch.random.fork_rng(devices=[]):
+    quick, reason = decide_quick_gelu(arch, pretrained, weights, quick_gelu)
+    native = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    tag = weights_tag(arch, pretrained, weights)
+    tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    # what open_clip merges from the tag's registry entry when it is given the tag
+    preprocess = {f"image_{k}": tag_cfg[k] for k in PREPROCESS_KEYS if k in tag_cfg}
+    archive = weights is not None and is_torchscript_archive(weights)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="QuickGELU mismatch")
         torch.manual_seed(init_seed)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=weights, device="cpu"
+            arch,
+            pretrained=None if archive else weights,
+            device="cpu",
+            **preprocess,
+            **({"quick_gelu": quick} if quick != native else {}),
         )
+    if archive:
+        _load_openai_archive(model, weights)
     model = model.to(dev).eval().requires_grad_(False)
     cfg = open_clip.get_model_config(arch)
     image_size = cfg["vision_cfg"].get("image_size", 224)
-    if weights is None:
-        identity = f"{arch}|random|seed{init_seed}"
-    else:
-        identity = f"{arch}|{file_digest(weights)[:16]}"
     return Backbone(
         model=model,
         preprocess=preprocess,
@@ -350,13 +527,15 @@ def load_backbone(
         arch=arch,
         pretrained=None if weights is None else str(pretrained),
         weights_file=weights,
-        identity=identity,
+        identity=_identity(arch, weights, pretrained, quick_gelu, init_seed),
         device=dev,
         precision=prec,
         embed_dim=int(cfg["embed_dim"]),
         image_size=int(image_size if isinstance(image_size, int) else image_size[0]),
         context_length=int(cfg["text_cfg"].get("context_length", 77)),
         preprocess_cfg=dict(model.visual.preprocess_cfg),
+        quick_gelu=quick,
+        activation_reason=reason,
     )
 
 

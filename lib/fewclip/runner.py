@@ -44,7 +44,8 @@ import torch
 
 from . import __version__
 from . import offline as _offline  # noqa: F401  (registers the offline task readers)
-from .backbones import Backbone, file_digest, load_backbone, resolve_weights
+from .backbones import Backbone, load_backbone
+from .backbones import weights_identity as backbone_identity
 from .config import RunConfig
 from .data import Dataset, Datum, load_dataset, subsample_classes
 from .data.base_new import base_new_classes
@@ -90,11 +91,9 @@ def library_versions() -> dict[str, str]:
 
 
 def weights_identity(config: RunConfig) -> str:
-    """The backbone identity without building the model (for the run key)."""
-    weights = resolve_weights(config.backbone, config.pretrained)
-    if weights is None:
-        return f"{config.backbone}|random|seed0"
-    return f"{config.backbone}|{file_digest(weights)[:16]}"
+    """The backbone identity without building the model (for the run key): the weights'
+    digest and, where it differs from the architecture's, the activation (QuickGELU)."""
+    return backbone_identity(config.backbone, config.pretrained)
 
 
 @dataclass
