@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DATA ?= data
 STAMP := $(VENV)/.fewclip-installed
 
-.PHONY: demo test lint data reports clean-cache
+.PHONY: demo test browser lab lint data reports clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,29 @@ reports: $(STAMP)
 	$(PY) -m fewclip.reports --data-root $(DATA) $(REPORTS_ARGS)
 
 ## test: the test suite (unit tests, end-to-end runs on the tiny models over the offline
-## tasks, which it prepares first, and notebook smoke runs)
-test: $(STAMP)
+## tasks, which it prepares first, notebook smoke runs, and a headless-browser check of a
+## report, for which it installs Chromium first if it is missing)
+test: $(STAMP) browser
 	$(PY) -m fewclip.offline prepare --data-root $(DATA)
-	FEWCLIP_DATA=$(abspath $(DATA)) $(PY) -m pytest -q
+	FEWCLIP_DATA=$(abspath $(DATA)) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+## browser: Chromium and chromedriver for the browser test, from Debian's apt (as root, or
+##   through sudo); FEWCLIP_SKIP_BROWSER=1 skips the test (and this) on purpose, never silently
+browser:
+	@if [ -n "$$FEWCLIP_SKIP_BROWSER" ]; then \
+	  echo "FEWCLIP_SKIP_BROWSER is set: the browser test will be skipped"; \
+	elif command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing chromium and chromium-driver (apt) for the browser test"; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+	  echo "the browser test needs chromium and chromedriver on PATH and there is no apt-get" \
+	    "here: install them with your package manager, or run FEWCLIP_SKIP_BROWSER=1 make" \
+	    "test to skip that test knowingly" >&2; \
+	  exit 1; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
