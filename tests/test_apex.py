@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fewclip import runner
 from fewclip.backbones import load_backbone
+from fewclip.config import RunConfig
 from fewclip.methods.apex import APEX, ensemble_weights
 from fewclip.methods.base import METHODS, accuracy
 from fewclip.prompting.encoder_base import EncoderMethod, batch_loader, encode_items
@@ -69,14 +71,18 @@ def test_ensemble_weights_by_hand():
 def test_registered_with_paper_defaults():
     assert METHODS["apex"] is APEX and issubclass(APEX, EncoderMethod)
     assert APEX().resolved() == {
+        "config": "base",
         "lr": 0.15,
         "epochs": 15,
         "warmup_type": "linear",
         "warmup_lr": 0.01,
+        "batch_size": 16,
+        "depth": None,  # every layer
+        "augment": True,
     }
     sgd = APEX(optimizer="sgd").resolved()
     assert sgd["lr"] == 0.0015 and sgd["epochs"] == 30
-    assert APEX().options.batch_size == 16 and APEX().options.weight_decay == 1e-3
+    assert APEX().options.weight_decay == 1e-3
     with pytest.raises(ValueError, match="ensemble"):
         APEX(ensemble="sometimes")
 
@@ -230,3 +236,62 @@ def test_fixed_alpha_does_not_change_validation(backbone, task):
     fixed = APEX(alpha=0.0, **kw).fit(backbone, task["train"], task["val"], task["names"], seed=3)
     assert [h["val_acc"] for h in fixed.history] == [h["val_acc"] for h in adaptive.history]
     assert fixed.best_epoch == adaptive.best_epoch
+
+
+CROSS_EVAL = {
+    "config": "cross_eval",
+    "lr": 0.02,
+    "epochs": 6,
+    "warmup_type": "linear",
+    "warmup_lr": 1e-3,
+    "batch_size": 32,
+    "depth": 3,
+    "augment": False,
+}
+
+
+@pytest.mark.parametrize(
+    "protocol, config",
+    [("few_shot", "base"), ("base_to_new", "base"), ("cross_dataset", "cross_eval")]
+    + [("domain_generalisation", "cross_eval")],
+)
+def test_official_config_per_protocol(protocol, config):
+    """configs/trainers/APEX/cross_eval.yaml for cross-dataset and domain generalisation;
+    the run layer passes the protocol, and a given option wins over the config."""
+    method = runner.make_method(RunConfig(method="apex", protocol=protocol))
+    resolved = method.resolved()
+    assert resolved["config"] == config
+    if config == "cross_eval":
+        assert resolved == CROSS_EVAL
+    else:
+        assert resolved == APEX().resolved()
+    given = RunConfig(method="apex", protocol=protocol, options={"epochs": 2, "depth": 1})
+    assert runner.make_method(given).resolved()["epochs"] == 2
+    assert runner.make_method(given).resolved()["depth"] == 1
+    with pytest.raises(ValueError, match="protocol"):
+        APEX(protocol="zero_shot")
+
+
+def test_cross_eval_trains_unaugmented_with_depth_3(backbone, task, monkeypatch):
+    import fewclip.methods.apex as apex_module
+
+    seeds = []
+    loader = apex_module.batch_loader
+
+    def recording(bb, items, batches=None, augment_seed=None, **kw):
+        if batches is not None:
+            seeds.append(augment_seed)
+        return loader(bb, items, batches, augment_seed, **kw)
+
+    monkeypatch.setattr(apex_module, "batch_loader", recording)
+    method = APEX(protocol="domain_generalisation", epochs=2, batch_size=8)
+    result = method.fit(backbone, task["train"], task["val"], task["names"], seed=0)
+    # J = 3 capped at this test ViT's 2 layers (a given depth is never capped)
+    assert method.learner.visual.depth == 2 and result.chosen["config"] == "cross_eval"
+    deep = APEX(protocol="cross_dataset", depth=1, epochs=1, batch_size=8)
+    deep.prepare(backbone, task["names"])
+    assert deep.learner.visual.depth == 1
+    assert seeds == [None, None]  # the test transform at every epoch
+    seeds.clear()
+    APEX(epochs=1, batch_size=8).fit(backbone, task["train"], task["val"], task["names"])
+    assert seeds == [0] and seeds[0] is not None  # base config: Dassl's augmentation

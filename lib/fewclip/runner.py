@@ -261,13 +261,15 @@ def difficulty(
 
 def make_method(config: RunConfig) -> FeatureMethod | EncoderMethod:
     """The configured method, with run-level facts filled into options it has but that the
-    configuration leaves unset: ``dataset`` (official per-dataset settings) and
-    ``progress``."""
+    configuration leaves unset: ``dataset`` (official per-dataset settings), ``protocol``
+    (official per-protocol settings, e.g. APEX's cross_eval config) and ``progress``."""
     cls = METHODS[config.method]
     fields = {f.name for f in dataclasses.fields(cls.Options)}
     options = dict(config.options)
     if "dataset" in fields and "dataset" not in options:
         options["dataset"] = config.dataset
+    if "protocol" in fields and "protocol" not in options:
+        options["protocol"] = config.protocol
     if "progress" in fields and "progress" not in options:
         options["progress"] = config.progress
     return get_method(config.method, **options)

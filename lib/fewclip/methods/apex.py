@@ -32,8 +32,17 @@ not at every forward pass. Epochs are selected on the few-shot val split
 
 Training (official config vit_b16_c2_ep15_batch16_2+2ctx): Adadelta lr 0.15, weight decay
 1e-3, cosine per epoch, 1 linear warm-up epoch (0.01 in epoch 0), batch 16, 15 epochs (5
-for ImageNet: pass ``epochs=5``), mixed precision on GPU. ``optimizer="sgd"``: lr 0.0015,
-30 epochs, CoOp's constant warm-up (1e-5; the warm-up of this variant is our choice).
+for ImageNet: pass ``epochs=5``), prompts at every layer, Dassl's random resized crop +
+flip, mixed precision on GPU. ``optimizer="sgd"``: lr 0.0015, 30 epochs, CoOp's constant
+warm-up (1e-5; the warm-up of this variant is our choice).
+
+Under the ``cross_dataset`` and ``domain_generalisation`` protocols (the option
+``protocol``, filled in by the run layer) the defaults are the official ``cross_eval``
+config instead: Adadelta lr 0.02, 6 epochs, batch 32, linear warm-up from 1e-3, prompt
+depth J = 3 (at most the ViT's layers) and no training augmentation (``augment=False``:
+the test transform; Dassl's plain resize to 224 x 224 is the same for square images).
+Every explicitly given option wins over these defaults; :meth:`APEX.resolved` shows what
+a run uses.
 
 Ablations: ``ensemble`` "both" / "text" / "visual" / "none"; ``alpha`` a fixed weight
 instead of exp(-beta d_avg) for the classes beyond ``epsilon`` of every training class
@@ -80,6 +89,16 @@ OPTIMIZER_DEFAULTS = {
     "adadelta": (0.15, 15, "linear", 1e-2),
     "sgd": (0.0015, 30, "constant", 1e-5),
 }
+#: The run protocols (:data:`fewclip.config.PROTOCOLS`).
+PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalisation")
+#: Protocols that use the official ``cross_eval`` config.
+CROSS_EVAL_PROTOCOLS = ("cross_dataset", "domain_generalisation")
+#: configs/trainers/APEX/cross_eval.yaml (Adadelta): lr, epochs, warm-up type, warm-up lr.
+CROSS_EVAL_OPTIMIZER = (0.02, 6, "linear", 1e-3)
+#: cross_eval's batch size, prompt depth and training augmentation.
+CROSS_EVAL = {"batch_size": 32, "depth": 3, "augment": False}
+#: vit_b16_c2_ep15_batch16_2+2ctx (depth None: every layer).
+BASE_CONFIG = {"batch_size": 16, "depth": None, "augment": True}
 
 
 def ensemble_weights(
@@ -140,13 +159,15 @@ class APEX(EncoderMethod):
     @dataclass
     class Options(TrainOptions):
         optimizer: str = "adadelta"
-        lr: float | None = None  # None: 0.15 (adadelta) / 0.0015 (sgd)
-        epochs: int | None = None  # None: 15 (adadelta) / 30 (sgd)
-        batch_size: int = 16
+        lr: float | None = None  # None: 0.15 (adadelta) / 0.0015 (sgd); cross_eval 0.02
+        epochs: int | None = None  # None: 15 (adadelta) / 30 (sgd); cross_eval 6
+        batch_size: int | None = None  # None: 16; cross_eval 32
         weight_decay: float = 1e-3
         warmup_type: str | None = None  # None: "linear" (adadelta) / "constant" (sgd)
-        warmup_lr: float | None = None  # None: 1e-2 (adadelta) / 1e-5 (sgd)
-        depth: int | None = None  # J; None = every layer of the ViT
+        warmup_lr: float | None = None  # None: 1e-2 (adadelta) / 1e-5 (sgd); cross_eval 1e-3
+        depth: int | None = None  # J; None: every layer of the ViT; cross_eval 3
+        augment: bool | None = None  # training crop + flip; None: True; cross_eval False
+        protocol: str | None = None  # the run's protocol (set by the run layer)
         vision_length: int = 2
         text_init: str = "a photo of a"
         text_n_ctx: int = 2
@@ -162,18 +183,35 @@ class APEX(EncoderMethod):
             raise ValueError(f"apex: unknown ensemble {o.ensemble!r}; choose one of {ENSEMBLES}")
         if o.optimizer not in OPTIMIZER_DEFAULTS and o.lr is None:
             raise ValueError(f"apex: give lr for optimizer {o.optimizer!r}")
+        if o.protocol not in (None, *PROTOCOLS):
+            raise ValueError(f"apex: unknown protocol {o.protocol!r}; choose one of {PROTOCOLS}")
         self._alpha: dict[tuple[str, ...], torch.Tensor] = {}
         self.frozen_train_text: torch.Tensor | None = None
 
+    @property
+    def config_name(self) -> str:
+        """The official config whose defaults apply: "cross_eval" or "base"."""
+        return "cross_eval" if self.options.protocol in CROSS_EVAL_PROTOCOLS else "base"
+
     def resolved(self) -> dict:
-        """The effective optimiser settings (defaults filled in per optimiser)."""
+        """The effective settings: given options, else the defaults of the optimiser and of
+        the official config for the protocol (``cross_eval`` for cross-dataset and domain
+        generalisation, see the module docstring)."""
         o = self.options
+        cross = self.config_name == "cross_eval"
         lr, epochs, wtype, wlr = OPTIMIZER_DEFAULTS.get(o.optimizer, (None, 15, "linear", 1e-2))
+        if cross and o.optimizer == "adadelta":
+            lr, epochs, wtype, wlr = CROSS_EVAL_OPTIMIZER
+        config = CROSS_EVAL if cross else BASE_CONFIG
         return {
+            "config": self.config_name,
             "lr": o.lr if o.lr is not None else lr,
             "epochs": o.epochs if o.epochs is not None else epochs,
             "warmup_type": o.warmup_type or wtype,
             "warmup_lr": o.warmup_lr if o.warmup_lr is not None else wlr,
+            "batch_size": o.batch_size if o.batch_size is not None else config["batch_size"],
+            "depth": o.depth if o.depth is not None else config["depth"],
+            "augment": o.augment if o.augment is not None else config["augment"],
         }
 
     # ------------------------------------------------------------------ ensemble
@@ -261,7 +299,10 @@ class APEX(EncoderMethod):
         """Build the learner at its initial state for the training classes (what ``fit``
         starts from); returns the seeded generator that ``fit`` goes on to use."""
         o = self.options
-        check_vit(backbone.model.visual)
+        layers = len(check_vit(backbone.model.visual).transformer.resblocks)
+        depth = self.resolved()["depth"]
+        if o.depth is None and depth is not None:
+            depth = min(depth, layers)  # cross_eval's J = 3 on a ViT with fewer layers
         self.train_classnames = tuple(classnames)
         self._alpha = {}
         self.frozen_train_text = backbone.encode_text(self.prompt_texts(classnames))
@@ -269,7 +310,7 @@ class APEX(EncoderMethod):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.learner = APEXLearner(
-                backbone, o.depth, o.vision_length, o.text_init, o.text_n_ctx, generator
+                backbone, depth, o.vision_length, o.text_init, o.text_n_ctx, generator
             )
         return generator
 
@@ -303,12 +344,12 @@ class APEX(EncoderMethod):
         val_labels = torch.cat([y for _, y in val]).to(backbone.device)
 
         def run_epoch(epoch: int) -> list[float]:
-            batches = epoch_batches(len(train_items), o.batch_size, generator)
+            batches = epoch_batches(len(train_items), settings["batch_size"], generator)
             loader = batch_loader(
                 backbone,
                 train_items,
                 batches,
-                augmentation_seed(seed, epoch),
+                augmentation_seed(seed, epoch) if settings["augment"] else None,
                 num_workers=num_workers,
             )
             losses = []
@@ -329,7 +370,7 @@ class APEX(EncoderMethod):
         result = fit_loop(
             learner, scheduler, epochs, run_epoch, validate, o.selection, progress, desc=self.name
         )
-        result.chosen.update({"epochs": epochs, "lr": settings["lr"]})
+        result.chosen.update({**settings, "depth": learner.visual.depth})
         result.notes.append(
             "apex: z_frozen from the untouched backbone (the official frozen copy carries "
             "random visual prompts); a_e computed once per class list"
