@@ -211,3 +211,62 @@ def test_fewshot_then_subsample_is_coops_order(toy):
     assert split.train == relabel(train, base)
     assert {d.label for d in split.train} == {0, 1}
     assert Counter(d.label for d in split.train) == {0: 4, 1: 4}
+
+
+# --------------------------------------------------------------------------- val, label noise
+
+
+def test_full_val_takes_the_whole_val_split(toy, tmp_path):
+    split = few_shot_split(toy, 2, seed=1, val="full")
+    assert split.val == list(toy.val) and split.val_split == "full"
+    assert split.train == few_shot_split(toy, 2, seed=1).train  # same training sample
+    cached = few_shot_split(toy, 2, seed=1, cache_dir=tmp_path / "c", val="full")
+    assert cache_path(tmp_path / "c", toy, 2, 1, val="full").name == "shot_2-seed_1-val_full.json"
+    assert few_shot_split(toy, 2, seed=1, cache_dir=tmp_path / "c", val="full").from_cache
+    assert cached.val == list(toy.val)
+    with pytest.raises(ValueError, match="val must be one of"):
+        few_shot_split(toy, 2, seed=1, val="all")
+
+
+def test_label_noise_flips_to_other_classes_seeded_and_nested(tmp_path):
+    ds = make_dataset(tmp_path / "big", [40] * 5, [8] * 5)
+    clean = few_shot_split(ds, 16, seed=4)
+    noisy = {p: few_shot_split(ds, 16, seed=4, label_noise=p) for p in (0.1, 0.3)}
+    for p, split in noisy.items():
+        # same images in the same order; val untouched
+        assert [d.impath for d in split.train] == [d.impath for d in clean.train]
+        assert split.clean_train == clean.train and split.val == clean.val
+        pairs = zip(split.train, clean.train, strict=True)
+        flips = [i for i, (a, b) in enumerate(pairs) if a.label != b.label]
+        assert split.flipped == len(flips)
+        assert abs(len(flips) / 80 - p) < 0.12  # 80 shots, binomial spread
+        for i in flips:  # a flipped label is another class, with its name
+            d = split.train[i]
+            assert d.label != clean.train[i].label and d.classname == ds.classnames[d.label]
+    flips_01 = {i for i, d in enumerate(noisy[0.1].train) if d.label != clean.train[i].label}
+    flips_03 = {i for i, d in enumerate(noisy[0.3].train) if d.label != clean.train[i].label}
+    assert flips_01 < flips_03  # one uniform draw per shot: 0.1's flips are 0.3's too
+    again = few_shot_split(ds, 16, seed=4, label_noise=0.3)
+    assert again.train == noisy[0.3].train  # seeded
+    other = few_shot_split(ds, 16, seed=5, label_noise=0.3)
+    assert [d.label for d in other.train] != [d.label for d in again.train]
+    assert few_shot_split(ds, 16, seed=4, label_noise=0.0).clean_train is None
+    with pytest.raises(ValueError, match="label_noise"):
+        few_shot_split(ds, 16, seed=4, label_noise=1.0)
+
+
+def test_noisy_sample_is_cached_with_its_clean_labels(toy, tmp_path):
+    cache = tmp_path / "cache"
+    first = few_shot_split(toy, 8, seed=2, cache_dir=cache, label_noise=0.5)
+    path = cache_path(cache, toy, 8, 2, label_noise=0.5)
+    assert first.cache_path == path and path.name == "shot_8-seed_2-noise_0.5.json"
+    raw = json.loads(path.read_text())
+    assert raw["label_noise"] == 0.5 and len(raw["clean_train"]) == len(raw["train"])
+    again = few_shot_split(toy, 8, seed=2, cache_dir=cache, label_noise=0.5)
+    assert again.from_cache and again.train == first.train
+    assert again.clean_train == first.clean_train and again.flipped == first.flipped > 0
+    # the clean sample of the same (K, seed) is its own file, unchanged by the noise
+    clean = few_shot_split(toy, 8, seed=2, cache_dir=cache)
+    assert not clean.from_cache and clean.train == first.clean_train
+    with pytest.raises(ValueError, match="subsample the clean split"):
+        first.subsample([0, 1])

@@ -399,3 +399,53 @@ def test_logits_in_chunks_equal_one_forward(synthetic, monkeypatch):
     whole = method.module(test_f, 0.5, 1.0, 0.8)
     monkeypatch.setattr(module, "LOGITS_CHUNK", 7)
     assert torch.allclose(method.logits(test_f, beta=0.5, alpha=1.0, lam=0.8), whole)
+
+
+# --------------------------------------------------------------------------- v2 = SimNL
+
+
+def _noisy_keys():
+    # K = 2 shots asked; label noise left class 0 with three entries and class 1 with one
+    keys = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]])
+    return keys, torch.tensor([0, 0, 0, 1])
+
+
+def test_soft_labels_v2_hand_case():
+    # class 0: similarity sums to the other entries: 0.6 + 0 = 0.6, 0.6 + 0.8 = 1.4, 0.8;
+    # SimNL: m = sum / (K - 1) = sum, w = softmax(m / 1), L~ = K w = 2 w; a lone entry: 2
+    keys, labels = _noisy_keys()
+    soft = soft_labels(keys, labels, 2, temperature=1.0, shots=2)
+    e = [math.exp(x) for x in (0.6, 1.4, 0.8)]
+    expected = [2 * x / sum(e) for x in e]
+    assert soft[:3, 0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert soft[3].tolist() == pytest.approx([0.0, 2.0])
+    assert (soft[:3, 1] == 0).all()
+    # v1 generalised: each group's own size (3 and 1), temperature 0.1
+    v1 = soft_labels(keys, labels, 2, temperature=0.1)
+    e1 = [math.exp(x / 2 / 0.1) for x in (0.6, 1.4, 0.8)]
+    assert v1[:3, 0].tolist() == pytest.approx([3 * x / sum(e1) for x in e1], rel=1e-5)
+    assert v1[3].tolist() == pytest.approx([0.0, 1.0])
+    # K = 1: one-hot (SimNL's formula would divide by zero)
+    assert torch.equal(soft_labels(keys, labels, 2, 1.0, shots=1), F.one_hot(labels, 2).float())
+
+
+def test_version_two_is_simnl_settings_on_the_same_module(synthetic):
+    data, _, _ = synthetic
+    v1 = DualAdapter(version=1, train=False, search=False)
+    v2 = DualAdapter(version=2, train=False, search=False)
+    v1.fit(data)
+    v2.fit(data)
+    assert type(v1.module) is type(v2.module) is DualCache
+    assert v1.chosen["soft_temperature"] == 0.1 and v2.chosen["soft_temperature"] == 1.0
+    keys, labels, c = data.cache_keys, data.train_labels, data.num_classes
+    k = labels.shape[0] // c  # data.shots is unset here: K = M / C
+    assert torch.allclose(v2.module.soft_values, soft_labels(keys, labels, c, 1.0, shots=k))
+    # temperature 1 is much flatter than 0.1: the soft labels stay closer to one-hot
+    one_hot = F.one_hot(labels, c).float()
+    gap = lambda m: (m.module.soft_values - one_hot).abs().max()
+    assert gap(v2) < gap(v1)
+    # every other buffer and the logits' text parts are the same
+    assert torch.equal(v1.module.negative_keys, v2.module.negative_keys)
+    assert not torch.equal(v1.module.soft_values, v2.module.soft_values)
+    with pytest.raises(ValueError, match="version"):
+        DualAdapter(version=3)

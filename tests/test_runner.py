@@ -230,3 +230,33 @@ def test_clip_adapter_defaults_to_the_single_official_prompt():
     assert resolve_templates(cfg.replace(method="tip_adapter"), pets) == ensemble
     offline = Dataset("emoji_x", ["cat"], [], [], [], list(ensemble))
     assert resolve_templates(cfg, offline) == ensemble[:1]
+
+
+def test_label_noise_val_and_dual_v2_through_the_run_api_and_cli(root, tmp_path, capsys):
+    from fewclip.cli import main
+
+    cfg = config(root, "dual_adapter", shots=4, cache_dir=str(tmp_path / "cache"))
+    clean = run(cfg)
+    noisy = run(cfg.replace(label_noise=0.5, options={"epochs": 2, "version": 2}))
+    assert noisy["config"]["label_noise"] == 0.5 and noisy["metrics"]["flipped_labels"] > 0
+    assert clean["metrics"]["flipped_labels"] == 0
+    assert noisy["chosen"]["version"] == 2 and noisy["chosen"]["soft_temperature"] == 1.0
+    assert noisy["run_key"] != clean["run_key"]
+    # the noisy run encoded no new image: features are those of the clean sample
+    files = sorted((tmp_path / "cache" / "image").rglob("*.pt"))
+    run(cfg.replace(label_noise=0.3, seed=1))
+    assert sorted((tmp_path / "cache" / "image").rglob("*.pt")) == files
+    # every method takes noisy labels (here an encoder-level one)
+    coop = run(config(root, "coop", label_noise=0.5))
+    assert coop["metrics"]["flipped_labels"] > 0
+    # the whole val split (4 per class in squares) instead of min(K, 4) = 2 per class
+    full = run(cfg.replace(val="full", shots=2))
+    assert full["config"]["val"] == "full" and full["metrics"]["val_images"] == 6 * 4
+    assert run(cfg.replace(shots=2))["metrics"]["val_images"] == 6 * 2
+    # the CLI takes both; a bad value is one sentence and a non-zero exit
+    args = ["run", "--method", "zero_shot", "--dataset", "folder:squares", "--shots", "2",
+            "--backbone", "fewclip-test-rn", "--pretrained", "none", "--data-root", str(root),
+            "--cache-dir", str(tmp_path / "cache"), "--results", ""]  # fmt: skip
+    assert main([*args, "--label-noise", "0.2", "--val", "full"]) == 0
+    with pytest.raises(SystemExit, match="label_noise must be a probability"):
+        main([*args, "--label-noise", "1.5"])

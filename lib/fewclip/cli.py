@@ -41,6 +41,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--protocol", default=d.protocol)
     p.add_argument("--selection", default=d.selection, choices=["val", "test"])
+    p.add_argument("--val", default=d.val, choices=["few_shot", "full"], help="val split")
+    p.add_argument(
+        "--label-noise", type=float, default=d.label_noise, help="label flip probability"
+    )
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-root", default=d.data_root)
     p.add_argument("--cache-dir", default=d.cache_dir)
@@ -49,11 +53,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rerun even if the store has this run")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .results import ResultStore
-    from .runner import run
-
-    config = RunConfig(
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
         method=args.method,
         dataset=args.dataset,
         backbone=args.backbone,
@@ -62,11 +63,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         protocol=args.protocol,
         selection=args.selection,
+        val=args.val,
+        label_noise=args.label_noise,
         options=_parse_options(args.option),
         data_root=args.data_root,
         cache_dir=args.cache_dir,
         device=args.device,
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .results import ResultStore
+    from .runner import run
+
+    try:
+        config = _run_config(args)
+    except ValueError as e:  # a bad field value: one sentence, no traceback
+        raise SystemExit(f"fewclip run: {e}") from None
     store = ResultStore(args.results) if args.results else None
     record = run(config, store=store, force=args.force)
     state = "(from the results store)" if record.get("skipped") else ""

@@ -16,6 +16,7 @@ from typing import Any
 
 PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalisation")
 SELECTIONS = ("val", "test")
+VAL_SPLITS = ("few_shot", "full")  # as fewclip.data.fewshot.VAL_SPLITS
 
 #: Fields that do not change a result, left out of the run key.
 NON_RESULT_FIELDS = ("data_root", "cache_dir", "device", "num_workers", "progress")
@@ -32,6 +33,12 @@ class RunConfig:
         ImageNet reproduces the official DualAdapter code (val = test).
     eval_datasets: for cross-dataset and domain-generalisation protocols, the datasets
         evaluated after training on ``dataset``.
+    val: ``"few_shot"`` (default, CoOp's min(K, 4) val images per class: the realistic
+        few-shot setting) or ``"full"`` (the whole val split, as the official Tip-Adapter
+        and DualAdapter codes select outside ImageNet). Recorded in every record.
+    label_noise: probability that each few-shot training label is replaced by a uniformly
+        drawn other class (SimNL's noisy-label protocol; 0 = clean). Seeded by ``seed``,
+        cached with the sample, usable with every method; val stays clean.
     """
 
     method: str = "zero_shot"
@@ -50,6 +57,8 @@ class RunConfig:
     reader_options: dict[str, Any] = field(default_factory=dict)
     eval_datasets: list[str] = field(default_factory=list)
     allow_fewer: bool = False
+    val: str = "few_shot"
+    label_noise: float = 0.0
     data_root: str = "data"
     cache_dir: str = "cache"
     device: str = "auto"
@@ -65,6 +74,10 @@ class RunConfig:
             raise ValueError(f"shots must be >= 0, got {self.shots}")
         if self.augment_views < 1:
             raise ValueError(f"augment_views must be >= 1, got {self.augment_views}")
+        if self.val not in VAL_SPLITS:
+            raise ValueError(f"unknown val {self.val!r}; choose one of {VAL_SPLITS}")
+        if not 0.0 <= self.label_noise < 1.0:
+            raise ValueError(f"label_noise must be a probability in [0, 1), got {self.label_noise}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

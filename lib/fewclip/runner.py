@@ -164,14 +164,17 @@ def build_classifiers(
     return classifiers
 
 
-def sample_split(dataset: Dataset, config: RunConfig) -> FewShotSplit:
-    """The run's K-shot sample (cached under ``config.cache_dir``)."""
+def sample_split(dataset: Dataset, config: RunConfig, label_noise: bool = True) -> FewShotSplit:
+    """The run's K-shot sample (cached under ``config.cache_dir``), with ``config.val``'s
+    val split and ``config.label_noise`` on the train labels (``label_noise=False``: clean)."""
     return few_shot_split(
         dataset,
         config.shots,
         config.seed,
         cache_dir=config.cache_dir,
         allow_fewer=config.allow_fewer,
+        val=config.val,
+        label_noise=config.label_noise if label_noise else 0.0,
     )
 
 
@@ -208,6 +211,11 @@ def feature_data(
     classifiers = build_classifiers(backbone, dataset, config, cache)
     train_items = split.train if use_training else []
     val_items = split.val if use_training else []
+    # features do not depend on labels: under label noise, encode (and cache) the clean
+    # items, so every noise level shares one set of features, then use the noisy labels
+    labels = torch.tensor([d.label for d in train_items], dtype=torch.long)
+    if split.clean_train is not None and use_training:
+        train_items = split.clean_train
     train = image_features(backbone, train_items, cache, desc="few-shot train", **kw)
     views = augmented_features(
         backbone,
@@ -223,7 +231,7 @@ def feature_data(
     val_f, val_y = val.dropped()
     data = FeatureData(
         train_features=train.features[keep].to(device),
-        train_labels=train.labels[keep].to(device),
+        train_labels=labels[keep].to(device),
         train_views=views.features[:, keep].to(device),
         val_features=val_f.to(device),
         val_labels=val_y.to(device),
@@ -436,7 +444,8 @@ def run_protocol(
         base_labels, new_labels = base_new_classes(dataset)
         base, new = subsample_classes(dataset, "base"), subsample_classes(dataset, "new")
         with timer("features"):
-            split = sample_split(dataset, config).subsample(base_labels)
+            split = sample_split(dataset, config, label_noise=False).subsample(base_labels)
+            split = split.with_label_noise(config.label_noise, base.classnames)
         fit, notes, unreadable = fit_method(method, backbone, base, split, config, cache, timer)
         with timer("predict"):
             on_base = _evaluate(evaluator, base)
@@ -468,6 +477,8 @@ def run_protocol(
         out["metrics"]["difficulty"] = difficulty(backbone, dataset, config, cache)
     out["metrics"]["best_val_accuracy"] = fit.best_val_acc
     out["metrics"]["train_images"] = len(split.train)
+    out["metrics"]["val_images"] = len(split.val)
+    out["metrics"]["flipped_labels"] = split.flipped
     out["chosen"] = {
         **fit.chosen,
         **({"best_epoch": fit.best_epoch} if fit.best_epoch is not None else {}),

@@ -46,12 +46,25 @@ Ablations by options alone: ``paths="positive"`` (lam = 1) or ``"negative"`` (la
 only), ``train=False`` (training-free: residuals stay zero), ``search_lam=False`` (lam
 fixed at ``init_lam``); ``logits(x, lam=...)`` sweeps lam after fitting.
 
+Versions (option ``version``): 1 (default) is DualAdapter as above; 2 is SimNL
+("Enhancing Vision-Language Few-Shot Adaptation with Negative Learning", WACV 2025, the
+same arXiv id's v2, zhangce01/SimNL), whose code differs from DualAdapter's only in the soft
+labels: temperature 1 instead of 0.1 (L~ nearly uniform within a class, so close to L), and
+entries grouped by their label with the run's K as divisor and multiplier
+(:func:`soft_labels` with ``shots=K``), which differs from v1 only when label noise makes
+the classes' counts unequal. SimNL's noisy-label experiment is ``RunConfig.label_noise``
+(usable with either version and every method).
+
 Differences from the official code (zhangce01/DualAdapter), each deliberate:
 - consistency is the cosine per class (``consistency="official"``: along the class axis
   for each feature dimension, as the official ``CosineSimilarity(dim=1)`` on (d, C));
 - the few-shot set may be unbalanced (CoOp keeps all items of a class with fewer than K);
   shot slots, soft labels and F- are defined per class, and F-_i averages over the other
   classes that have a k-th shot (the official reshape assumes exactly K per class);
+- R_k, R_k- and the shot slots of F- are indexed by each entry's label; the official code
+  indexes them by position (blocks of K entries, the order of sampling). Both agree on a
+  clean sample; under label noise (SimNL's ImageNet-N) the official blocks are the *clean*
+  classes, information a noisy-label learner should not have, so we use the given labels;
 - F- averages over all other classes; the official code takes the C - 1 classes least
   similar to c (by mean key), which is the same unless another class's mean key is more
   similar to c's than c's own;
@@ -108,6 +121,13 @@ class DualDefaults:
     eps_low_shot: float | None = None  # eps for 1 and 2 shots, where the config says so
 
 
+#: What ``version`` changes: v1 = DualAdapter (arXiv 2403.12964 v1, zhangce01/DualAdapter),
+#: v2 = SimNL (WACV 2025, the paper's v2, zhangce01/SimNL): the same model, training and
+#: search; only the soft labels differ (temperature 1 instead of 0.1, and SimNL's
+#: ``generate_soft_label`` groups the entries by label with the run's K, see
+#: :func:`soft_labels`).
+VERSIONS: dict[int, dict[str, float]] = {1: {"soft_temperature": 0.1}, 2: {"soft_temperature": 1.0}}
+
 DUAL_DEFAULTS: dict[str, DualDefaults] = {
     "imagenet": DualDefaults(20, (0, 4, 200), (0, 4, 40), 2, 1.2, lam=(0.6, 0.9, 20)),
     "caltech101": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 5),
@@ -139,14 +159,29 @@ def shot_slots(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def soft_labels(
-    keys: torch.Tensor, labels: torch.Tensor, num_classes: int, temperature: float = 0.1
+    keys: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    temperature: float = 0.1,
+    shots: int | None = None,
 ) -> torch.Tensor:
     """(M, C) similarity-based label refinement L~ (one-hot for classes with one shot).
 
-    keys (M, d) normalised, labels (M,). m_i = mean similarity of key i to the other keys of
-    its class; w = softmax(m / temperature) within the class; L~_i = K_c * w_i * onehot(c).
+    keys (M, d) normalised, labels (M,). The entries are grouped by their label c;
+    m_i = (sum_{j != i, y_j = c} F_i . F_j) / (K - 1); w = softmax(m / temperature) within
+    the group; L~_i = K * w_i * onehot(c).
+
+    ``shots=None`` (v1, DualAdapter): K = K_c, the group's own size (the official reshape
+    assumes K_c = K for every class). ``shots=K`` (v2, SimNL's ``generate_soft_label``): the
+    run's K for every group, also where label noise makes a group larger or smaller;
+    K = 1 keeps one-hot labels (SimNL's formula divides by K - 1 = 0 there).
     """
-    shots = torch.bincount(labels, minlength=num_classes)[labels].to(keys.dtype)  # K_c (M,)
+    counts = torch.bincount(labels, minlength=num_classes)[labels].to(keys.dtype)  # K_c (M,)
+    if shots is not None:
+        if shots <= 1:
+            return F.one_hot(labels, num_classes).to(keys.dtype)
+        counts = torch.full_like(counts, float(shots))
+    shots = counts  # (M,) the K of each entry's group
     class_sums = torch.zeros(num_classes, keys.shape[1], dtype=keys.dtype, device=keys.device)
     class_sums.index_add_(0, labels, keys)
     # sum over the other keys j of the class of F_i . F_j = F_i . (sum of the class) - F_i . F_i
@@ -259,12 +294,16 @@ class DualCache(nn.Module):
         *,
         soft: bool = True,
         negative_cache: bool = True,
+        soft_temperature: float = 0.1,
+        soft_shots: int | None = None,
     ) -> None:
         super().__init__()
         dim, num_classes = w_t.shape
         keys, w_t, w_d, w_n = (t.detach().clone().float() for t in (keys, w_t, w_d, w_n))
         values = F.one_hot(labels, num_classes).float()
-        soft_values = soft_labels(keys, labels, num_classes) if soft else values
+        soft_values = (
+            soft_labels(keys, labels, num_classes, soft_temperature, soft_shots) if soft else values
+        )
         negative_keys = pseudo_negative_keys(keys, labels, num_classes)
         # Inputs, not state: kept out of state_dict, so best-epoch snapshots hold residuals only.
         buffers = {
@@ -371,7 +410,9 @@ class DualAdapter(FeatureMethod):
         batch_size: int = 256
         train: bool = True  # False: training-free (residuals stay zero)
         paths: str = "both"  # "positive" (lam = 1) or "negative" (lam = 0)
+        version: int = 1  # 1: DualAdapter; 2: SimNL (soft-label temperature 1, K per group)
         soft_labels: bool = True  # False: one-hot L in the positive cache
+        soft_temperature: float | None = None  # None: the version's (v1 0.1, v2 1.0)
         negative_cache: bool = True  # False: the negative path is its text part only
         search: bool = True  # False: keep the initial (beta, alpha, lam)
         search_lam: bool = True  # False: lam fixed at init_lam
@@ -400,6 +441,20 @@ class DualAdapter(FeatureMethod):
             raise ValueError("paths must be 'both', 'positive' or 'negative'")
         if self.options.consistency not in ("class", "official"):
             raise ValueError("consistency must be 'class' or 'official'")
+        if self.options.version not in VERSIONS:
+            raise ValueError(f"dual_adapter: version must be one of {sorted(VERSIONS)}")
+
+    def soft_label_settings(self, data: FeatureData) -> tuple[float, int | None]:
+        """(temperature, K for every group or None for each group's own size) of the soft
+        labels under the chosen ``version``."""
+        o = self.options
+        temperature = VERSIONS[o.version]["soft_temperature"]
+        if o.soft_temperature is not None:
+            temperature = o.soft_temperature
+        shots = None
+        if o.version == 2:
+            shots = data.shots or round(data.train_labels.shape[0] / data.num_classes)
+        return temperature, shots
 
     # -- settings --------------------------------------------------------------------------
     def _scales(self, data: FeatureData) -> tuple[float, float]:
@@ -450,6 +505,7 @@ class DualAdapter(FeatureMethod):
         o, d = self.options, dual_defaults(self.options.dataset)
         notes: list[str] = []
         w_t, w_d, w_n = self._classifiers(data, notes)
+        temperature, soft_shots = self.soft_label_settings(data)
         module = self.module = DualCache(
             data.cache_keys,
             data.train_labels,
@@ -459,6 +515,8 @@ class DualAdapter(FeatureMethod):
             data.logit_scale,
             soft=o.soft_labels,
             negative_cache=o.negative_cache,
+            soft_temperature=temperature,
+            soft_shots=soft_shots,
         ).to(data.device)
         beta, alpha, lam = self.initial(data)
         result = FitResult(notes=notes)
@@ -467,6 +525,8 @@ class DualAdapter(FeatureMethod):
             result = self._train(data, module, beta, alpha, lam, seed)
             result.notes[:0] = notes
         chosen = {
+            "version": o.version,
+            "soft_temperature": temperature,
             "init_beta": beta,
             "init_alpha": alpha,
             "init_lam": lam,
