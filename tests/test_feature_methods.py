@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from synthetic import make_feature_data
@@ -11,7 +12,7 @@ from synthetic import make_feature_data
 from fewclip.methods import FEATURE_METHODS, get_method
 from fewclip.methods.base import accuracy
 from fewclip.methods.clip_adapter import CLIPAdapter, CLIPAdapterModule, dassl_epoch_factor
-from fewclip.methods.linear_probe import LinearProbe, fit_logistic
+from fewclip.methods.linear_probe import LinearProbe, fit_logistic, lpclip_search
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +182,69 @@ def test_linear_probe_search_learns(synthetic):
     fit = method.fit(data)
     zs = accuracy(zero_shot_logits(data, test_f), test_y)
     assert accuracy(method.logits(test_f), test_y) > zs + 15
-    best = max(fit.history, key=lambda r: r["val_acc"])["val_acc"]
-    assert fit.best_val_acc == pytest.approx(best)
-    assert 1e-6 <= fit.chosen["c_reg"] <= 1e6  # the refinement stays in the coarse range
-    # a tie keeps the weaker regularisation
-    ties = [r["log10_c"] for r in fit.history if r["val_acc"] == best]
-    assert math.log10(fit.chosen["c_reg"]) == pytest.approx(max(ties))
+    tried = {round(r["log10_c"], 6): r["val_acc"] for r in fit.history}
+    chosen = round(math.log10(fit.chosen["c_reg"]), 6)
+    assert fit.best_val_acc == pytest.approx(tried[chosen])
+    # the old search, by name: stays in the coarse range, ties to the larger C
+    old = LinearProbe(search="halving").fit(data)
+    best = max(r["val_acc"] for r in old.history)
+    assert 1e-6 <= old.chosen["c_reg"] <= 1e6
+    ties = [r["log10_c"] for r in old.history if r["val_acc"] == best]
+    assert math.log10(old.chosen["c_reg"]) == pytest.approx(max(ties))
+
+
+def _lpclip_reference(acc, num_step=8):
+    """CoOp's lpclip/linear_probe.py search, transcribed loop for loop (C -> val acc)."""
+    search_list = [1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]
+    acc_list = [acc(c) for c in search_list]
+    c_peak = search_list[int(np.argmax(acc_list))]
+    c_left, c_right = 1e-1 * c_peak, 1e1 * c_peak
+    c_final = None
+    for _ in range(num_step):
+        acc_left, acc_right = acc(c_left), acc(c_right)
+        if acc_left < acc_right:
+            c_final = c_right
+            c_left = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_right = np.log10(c_right)
+        else:
+            c_final = c_left
+            c_right = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_left = np.log10(c_left)
+        c_left, c_right = np.power(10, c_left), np.power(10, c_right)
+    return c_final
+
+
+def test_lpclip_search_hand_cases():
+    # flat val accuracy: coarse keeps 1e6 (first), then every round's tie goes left: 1e5
+    assert lpclip_search(lambda c: 0.5, LinearProbe.Options.coarse) == pytest.approx(1e5)
+    # a peak at log10 C = 0.3, worked by hand: coarse 1; rounds pick right, left, right,
+    # left, left, right, right, left -> log10 C = 0.296875
+    peak = lambda c: -((math.log10(c) - 0.3) ** 2)
+    assert math.log10(lpclip_search(peak, LinearProbe.Options.coarse)) == pytest.approx(0.296875)
+    steps = lambda c: math.floor(math.log10(c) * 3) % 5  # plateaus and ties
+    for acc in (peak, steps, lambda c: -abs(math.log10(c) + 4.2), lambda c: 0.5):
+        assert lpclip_search(acc, LinearProbe.Options.coarse) == pytest.approx(
+            _lpclip_reference(acc), rel=1e-12
+        )
+    assert lpclip_search(peak, LinearProbe.Options.coarse, rounds=0) == 1.0
+
+
+def test_linear_probe_keeps_the_fit_of_the_search(synthetic, monkeypatch):
+    import fewclip.methods.linear_probe as lp
+
+    data, test_f, _ = synthetic
+    calls = []
+    real = lp.fit_logistic
+    monkeypatch.setattr(lp, "fit_logistic", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    method = LinearProbe()
+    fit = method.fit(data)
+    # every C of the search is fitted once (a round re-tries last round's winner, and the
+    # coarse best comes back after a left win), and the chosen one is not fitted again
+    distinct = {round(math.log10(c), 9) for c in calls}
+    assert len(calls) == len(distinct) == len(fit.history) <= 7 + 2 * 8
+    ref = real(data.train_features.numpy(), data.train_labels.numpy(), fit.chosen["c_reg"], 1000, 0)
+    expected = torch.from_numpy(ref.decision_function(test_f.numpy())).float()
+    assert torch.equal(method.logits(test_f), expected)  # a refit gives the same values
 
 
 def test_linear_probe_missing_training_class():

@@ -3,24 +3,33 @@
     p(y | f) = softmax(f @ A + b)          A (d, C), b (C,), f (N, d) normalised
     minimise  sum_i CE(f_i @ A + b, y_i) + ||A||^2 / (2 C_reg)
 
-fitted with L-BFGS (scikit-learn's ``LogisticRegression(solver="lbfgs")``). The inverse
-regularisation strength ``C_reg`` is chosen on the few-shot validation split as the CLIP
-and CoOp probes do: a coarse sweep over ``10^-6 .. 10^6`` (7 values), then a search that
-halves the step in log10 around the best value (``refine_steps`` rounds), staying inside the
-coarse range. Ties go to the weaker regularisation (the larger ``C_reg``), as CoOp's probe
-sweeps from 1e6 down and keeps the first best: with very small ``C_reg`` the weights shrink
-towards the class means and the accuracy plateaus, so the other tie-break would drift to
-ever stronger regularisation. The probe is then refitted on the
-few-shot training features with the chosen value.
+fitted with L-BFGS (scikit-learn's ``LogisticRegression(solver="lbfgs")``, 1,000
+iterations). The inverse regularisation strength ``C_reg`` is chosen on the few-shot
+validation split by CoOp's ``lpclip/linear_probe.py`` search (``search="lpclip"``, the
+default), step for step:
+
+1. coarse: ``C`` in 1e6, 1e4, ..., 1e-6 (that order); the first best (ties: the larger C);
+2. ``left, right = best / 10, best * 10``; 8 rounds: fit both, keep the better (ties: the
+   left, smaller C), then halve the interval in log10 towards it (left wins: ``right`` =
+   the log-midpoint; right wins: ``left`` = the log-midpoint). No centre point is tried
+   and the interval may leave the coarse range;
+3. the chosen C is the winner of the last round, and its fitted probe is the result (no
+   refit: the search already fitted it, and a refit would give identical values).
+
+``search="halving"`` is the search this package used before (4 rounds of {best - step,
+best, best + step} in log10, the centre included, clipped to the coarse range, ties to the
+larger C); ``c_reg`` fixes C and skips the search. Every fit of a search is kept by its
+C, so a value the search meets twice is fitted once.
 
 Training uses the features of the few-shot images under the test transform
-(``FeatureData.train_features``), not augmented views, as the CLIP protocol does.
+(``FeatureData.train_features``), not augmented views, as the CLIP protocol and lpclip do.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +52,52 @@ def fit_logistic(
     return model
 
 
+SEARCHES = ("lpclip", "halving")
+
+
+def lpclip_search(
+    val_acc: Callable[[float], float], coarse: Sequence[float], rounds: int | None = None
+) -> float:
+    """CoOp's ``lpclip`` search for C (see the module docstring); ``val_acc(C)`` scores one C.
+
+    Coarse: the first best of ``coarse`` in the given order. Then ``rounds`` (default 8) of
+    left/right bisection in log10, starting from [best / 10, best * 10]; ties go left.
+    Returns the last round's winner (the coarse best with 0 rounds).
+    """
+    rounds = 8 if rounds is None else rounds
+    accs = [val_acc(c) for c in coarse]
+    best = coarse[int(np.argmax(accs))]
+    left, right = 1e-1 * best, 1e1 * best
+    for _ in range(rounds):
+        acc_left, acc_right = val_acc(left), val_acc(right)
+        mid = 0.5 * (np.log10(right) + np.log10(left))
+        if acc_left < acc_right:
+            best, lo, hi = right, mid, np.log10(right)
+        else:
+            best, lo, hi = left, np.log10(left), mid
+        left, right = float(np.power(10, lo)), float(np.power(10, hi))
+    return float(best)
+
+
+def halving_search(
+    val_acc: Callable[[float], float], coarse: Sequence[float], rounds: int | None = None
+) -> float:
+    """The earlier search of this package: the best coarse value (ties: larger C), then
+    ``rounds`` (default 4) of {best - step, best, best + step} in log10 with the step halved
+    each round, inside the coarse range; ties to the larger C."""
+    rounds = 4 if rounds is None else rounds
+    logs = sorted(math.log10(c) for c in coarse)
+    score = lambda x: val_acc(10.0**x)
+    low, high = logs[0], logs[-1]
+    best = max(logs, key=lambda x: (score(x), x))
+    step = (logs[1] - logs[0]) / 2 if len(logs) > 1 else 1.0
+    for _ in range(rounds):
+        around = [x for x in (best - step, best, best + step) if low <= x <= high]
+        best = max(around, key=lambda x: (score(x), x))
+        step /= 2
+    return 10.0**best
+
+
 @register_method
 class LinearProbe(FeatureMethod):
     """Multinomial logistic regression, regularisation chosen on val."""
@@ -52,16 +107,18 @@ class LinearProbe(FeatureMethod):
     @dataclass
     class Options:
         c_reg: float | None = None  # fixed inverse regularisation; None: search on val
-        coarse: tuple[float, ...] = (1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6)
-        refine_steps: int = 4  # rounds of halving the log10 step around the best value
+        search: str = "lpclip"  # CoOp's lpclip bisection, or "halving" (ours before)
+        coarse: tuple[float, ...] = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # lpclip's order
+        refine_steps: int | None = None  # rounds; None: 8 (lpclip) / 4 (halving)
         max_iter: int = 1000
 
     model: LogisticRegression | None = None
     num_classes: int = 0
 
-    def _val_accuracy(self, data: FeatureData, c_reg: float, seed: int) -> float:
-        model = fit_logistic(self._x(data), self._y(data), c_reg, self.options.max_iter, seed)
-        return self._score(model, data.val_features, data.val_labels, data.num_classes)
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        if self.options.search not in SEARCHES:
+            raise ValueError(f"linear_probe: search must be one of {SEARCHES}")
 
     @staticmethod
     def _x(data: FeatureData) -> np.ndarray:
@@ -84,35 +141,34 @@ class LinearProbe(FeatureMethod):
     def _score(self, model, features, labels, num_classes) -> float:
         return accuracy(self._scores(model, features, num_classes), labels.cpu())
 
-    def search(self, data: FeatureData, seed: int) -> tuple[float, list[dict]]:
-        """Coarse sweep, then halving log-steps around the best value; returns (C, trace)."""
-        trace: dict[float, float] = {}
+    def search(self, data: FeatureData, seed: int) -> tuple[float, LogisticRegression, list[dict]]:
+        """The configured search; returns (C, the probe fitted with C, trace of every C
+        tried with its val accuracy, in order of log10 C)."""
+        fits: dict[float, tuple[float, LogisticRegression]] = {}
+        x, y = self._x(data), self._y(data)
 
-        def score(log_c: float) -> float:
-            log_c = round(log_c, 6)
-            if log_c not in trace:
-                trace[log_c] = self._val_accuracy(data, 10.0**log_c, seed)
-            return trace[log_c]
+        def fit(c: float) -> tuple[float, LogisticRegression]:
+            key = round(math.log10(c), 9)  # 10 ** log10(c) round trips may differ in an ulp
+            if key not in fits:
+                model = fit_logistic(x, y, c, self.options.max_iter, seed)
+                acc = self._score(model, data.val_features, data.val_labels, data.num_classes)
+                fits[key] = (acc, model)
+            return fits[key]
 
-        logs = sorted(math.log10(c) for c in self.options.coarse)
-        low, high = logs[0], logs[-1]
-        best = max(logs, key=lambda x: (score(x), x))  # ties: weaker regularisation
-        step = (logs[1] - logs[0]) / 2 if len(logs) > 1 else 1.0
-        for _ in range(self.options.refine_steps):
-            around = [x for x in (best - step, best, best + step) if low <= x <= high]
-            best = max(around, key=lambda x: (score(x), x))
-            step /= 2
-        rows = [{"log10_c": k, "val_acc": v} for k, v in sorted(trace.items())]
-        return 10.0**best, rows
+        search = lpclip_search if self.options.search == "lpclip" else halving_search
+        c_reg = search(lambda c: fit(c)[0], self.options.coarse, self.options.refine_steps)
+        rows = [{"log10_c": k, "val_acc": v[0]} for k, v in sorted(fits.items())]
+        return c_reg, fit(c_reg)[1], rows
 
     def fit(self, data: FeatureData, seed: int = 0) -> FitResult:
         result = FitResult()
         if self.options.c_reg is not None:
             c_reg = self.options.c_reg
+            model = fit_logistic(self._x(data), self._y(data), c_reg, self.options.max_iter, seed)
         else:
-            c_reg, result.history = self.search(data, seed)
+            c_reg, model, result.history = self.search(data, seed)
         self.num_classes = data.num_classes
-        self.model = fit_logistic(self._x(data), self._y(data), c_reg, self.options.max_iter, seed)
+        self.model = model
         result.best_val_acc = self._score(
             self.model, data.val_features, data.val_labels, data.num_classes
         )
