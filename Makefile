@@ -51,6 +51,13 @@ browser:
 	  exit 1; \
 	fi
 
+## lab: JupyterLab on the repository, the notebooks in the fewclip kernel (registered
+##   again each time, so it runs this checkout's .venv); extra arguments: LAB_ARGS="--port 8890"
+lab: $(STAMP)
+	$(PY) -m ipykernel install --user --name fewclip --display-name "fewclip" >/dev/null
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
+	  $(LAB_ARGS) notebooks/explore.ipynb
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks
 	$(VENV)/bin/ruff format --check lib tests benchmarks

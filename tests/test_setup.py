@@ -105,3 +105,88 @@ def test_the_browser_test_fails_rather_than_skips_without_a_browser(name):
     source = (ROOT / "tests" / "test_reports.py").read_text()
     assert "pytest.fail(" in source[source.index("def _chromium") :]
     assert f'shutil.which("{name}")' in source
+
+
+# --------------------------------------------------------------------------- JupyterLab
+
+
+def test_make_lab_registers_the_kernel_and_starts_jupyterlab_on_the_repo():
+    plan = subprocess.run(
+        [MAKE, "-n", "-C", str(ROOT), "lab", "STAMP=/dev/null"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    install = [
+        i for i, line in enumerate(plan) if "ipykernel install --user --name fewclip" in line
+    ]
+    lab = [i for i, line in enumerate(plan) if "jupyter lab" in line]
+    assert install and lab and install[0] < lab[0]
+    assert f"--ServerApp.root_dir={ROOT}" in plan[lab[0]] and "--allow-root" in plan[lab[0]]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_jupyterlab_serves_the_notebooks_with_the_fewclip_kernel_and_widgets(tmp_path):
+    """A real JupyterLab server on the repository, with the kernel registered as ``make lab``
+    does (into a temporary prefix): it offers the fewclip kernel running this interpreter,
+    the notebooks ask for it, and the widgets extension is installed (ipywidgets render)."""
+    import json
+    import os
+    import sys
+    import time
+    import urllib.request
+
+    bin_dir = Path(sys.executable).parent
+    prefix = tmp_path / "prefix"
+    install = [sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix)]
+    subprocess.run([*install, "--name", "fewclip"], check=True, capture_output=True)
+    environ = {
+        **os.environ,
+        "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+    }
+    port, token = _free_port(), "fewclip-test"
+    command = [str(bin_dir / "jupyter-lab"), "--no-browser", f"--port={port}"]
+    command += [f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}"]
+    command += ["--allow-root"] if os.geteuid() == 0 else []  # as make lab does
+    server = subprocess.Popen(
+        command, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+
+        def get(path: str) -> dict:
+            url = f"http://127.0.0.1:{port}{path}?token={token}"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)
+
+        deadline = time.time() + 90
+        while True:
+            try:
+                get("/api/status")
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.time() < deadline, "JupyterLab did not start within 90 s"
+                time.sleep(0.5)
+        specs = get("/api/kernelspecs")["kernelspecs"]
+        assert specs["fewclip"]["spec"]["argv"][0] == sys.executable
+        for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+            content = get(f"/api/contents/notebooks/{path.name}")["content"]
+            assert content["metadata"]["kernelspec"]["name"] == "fewclip", path.name
+        # the JupyterLab page loads the widgets extension (jupyterlab_widgets)
+        url = f"http://127.0.0.1:{port}/lab?token={token}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            page = response.read().decode()
+        assert "@jupyter-widgets/jupyterlab-manager" in page
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
