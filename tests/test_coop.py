@@ -181,3 +181,21 @@ def test_official_init_rules_csc_ignored_and_word_count(backbone, task):
     for bad in ({"csc_init": "share"}, {"ctx_count": "chars"}, {"class_token_position": "x"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             CoOp(**bad)
+
+
+@pytest.mark.parametrize("name", ["coop", "cocoop", "apex"])
+def test_selection_chooses_a_trained_epoch(backbone, task, name):
+    """On a task that training solves (coloured squares; the random context / prompts start
+    near chance), val accuracy rises after the warm-up epoch, so the chosen epoch is a
+    later one and the whole curve is in the history."""
+    kw = {
+        "coop": dict(n_ctx=4, class_specific=True, lr=0.01, optimizer="adam", batch_size=8)
+        | {"epochs": 6},
+        "cocoop": dict(n_ctx=4, lr=0.01, optimizer="adam", batch_size=8, epochs=6),
+        "apex": dict(lr=1.0, batch_size=8, epochs=6),
+    }[name]
+    method = get_method(name, **kw)
+    result = method.fit(backbone, task["train"], task["val"], task["names"], seed=1)
+    curve = [h["val_acc"] for h in result.history]
+    assert len(curve) == 6 and all(0 <= v <= 100 for v in curve)
+    assert result.best_epoch > 0 and result.best_val_acc == max(curve) > curve[0] + 20, curve

@@ -68,8 +68,10 @@ def test_epoch_batches_drop_last_like_dassl():
     assert again == batches
 
 
-@pytest.mark.parametrize("selection,best", [("val", 1), ("last", 3)])
-def test_fit_loop_restores_the_selected_epoch(selection, best):
+@pytest.mark.parametrize(
+    "selection,ties,best", [("val", "last", 2), ("val", "first", 1), ("last", "last", 3)]
+)
+def test_fit_loop_restores_the_selected_epoch(selection, ties, best):
     module = nn.Linear(1, 1, bias=False)
     opt = build_optimizer(module.parameters(), "sgd", 0.1)
     sched = epoch_scheduler(opt, 4)
@@ -81,10 +83,25 @@ def test_fit_loop_restores_the_selected_epoch(selection, best):
             module.weight.fill_(float(epoch))
         return [1.0 / (epoch + 1)]
 
-    result = fit_loop(module, sched, 4, run_epoch, lambda: next(accs), selection)
+    result = fit_loop(module, sched, 4, run_epoch, lambda: next(accs), selection, ties=ties)
     assert result.best_epoch == best
     assert module.weight.item() == float(best)
     assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
     assert result.history[2]["loss"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="selection"):
         fit_loop(module, sched, 1, run_epoch, lambda: 0.0, "test")
+
+
+def test_fit_loop_picks_a_later_epoch_when_val_improves():
+    """A known answer: val accuracy rises with training, so the last epoch is chosen and
+    every epoch's val accuracy is in the history."""
+    module = nn.Linear(1, 1, bias=False)
+    opt = build_optimizer(module.parameters(), "sgd", 0.1)
+    sched = epoch_scheduler(opt, 5, 1, "constant", 1e-5)
+    accs = [25.0, 25.0, 40.0, 60.0, 60.0]
+    it = iter(accs)
+    result = fit_loop(module, sched, 5, lambda e: [0.0], lambda: next(it))
+    assert [h["val_acc"] for h in result.history] == accs
+    assert result.best_epoch == 4 and result.best_val_acc == 60.0
+    with pytest.raises(ValueError, match="ties"):
+        fit_loop(module, sched, 1, lambda e: [0.0], lambda: 0.0, ties="middle")

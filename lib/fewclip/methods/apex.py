@@ -368,7 +368,15 @@ class APEX(EncoderMethod):
             return accuracy(logits, val_labels)
 
         result = fit_loop(
-            learner, scheduler, epochs, run_epoch, validate, o.selection, progress, desc=self.name
+            learner,
+            scheduler,
+            epochs,
+            run_epoch,
+            validate,
+            o.selection,
+            progress,
+            desc=self.name,
+            ties=o.ties,
         )
         result.chosen.update({**settings, "depth": learner.visual.depth})
         result.notes.append(

@@ -246,6 +246,7 @@ class TrainOptions:
     warmup_type: str = "constant"
     warmup_lr: float = 1e-5
     selection: str = "val"  # "val": best epoch on val; "last": the official codes' choice
+    ties: str = "last"  # equal val accuracy: the later epoch ("first": Dassl's best_val)
 
 
 class EncoderMethod(ABC):
@@ -485,7 +486,15 @@ class FeaturePromptMethod(EncoderMethod):
             return top1(logits.float(), features.val_labels)
 
         result = fit_loop(
-            learner, scheduler, epochs, run_epoch, validate, o.selection, progress, desc=self.name
+            learner,
+            scheduler,
+            epochs,
+            run_epoch,
+            validate,
+            o.selection,
+            progress,
+            desc=self.name,
+            ties=o.ties,
         )
         result.chosen["epochs"] = epochs
         if o.cache_images:

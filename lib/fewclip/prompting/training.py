@@ -9,9 +9,16 @@ in epoch 0, then ``lr * e / W``), after which epoch ``e`` runs at the cosine rat
 
 Every epoch shuffles the training set with a seeded generator and, like Dassl's train
 loader, drops the last incomplete batch when there is at least one full batch. After each
-epoch the validation accuracy is measured and the best state (first best on ties) is kept
-and restored at the end (``selection="val"``), or the last state is kept
-(``selection="last"``: the official CoOp/CoCoOp/APEX behaviour, which never looks at val).
+epoch the validation accuracy is measured and recorded (``FitResult.history``: epoch,
+mean loss, val accuracy, lr) and the best state is kept and restored at the end
+(``selection="val"``), or the last state is kept (``selection="last"``: the official
+CoOp/CoCoOp/APEX behaviour, which never looks at val).
+
+Ties go to the *later* epoch (``ties="last"``). Few-shot val sets hold a few dozen images,
+so equal accuracies are common, and epoch 0 is CoOp's warm-up epoch at lr 1e-5, i.e. the
+initial prompt: keeping the first best (Dassl's ``best_val`` rule, ``ties="first"``)
+then returns a nearly untrained model although the later one is as good on val and
+closer to the official last-epoch choice.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ if TYPE_CHECKING:  # imported lazily: fewclip.methods imports the methods built 
     from ..methods.base import FitResult
 
 SELECTIONS = ("val", "last")
+TIES = ("last", "first")
 
 
 def augmentation_seed(seed: int, epoch: int) -> int:
@@ -136,13 +144,17 @@ def fit_loop(
     selection: str = "val",
     progress: bool = False,
     desc: str = "train",
+    ties: str = "last",
 ) -> FitResult:
     """Run ``epochs`` epochs; ``run_epoch(e)`` trains one epoch and returns its step losses,
-    ``validate()`` returns the val accuracy in percent. Restores the selected state."""
+    ``validate()`` returns the val accuracy in percent. Restores the selected state
+    (``ties``: which of equally good epochs, see the module docstring)."""
     from ..methods.base import FitResult
 
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
+    if ties not in TIES:
+        raise ValueError(f"unknown ties rule {ties!r}; choose one of {TIES}")
     result = FitResult()
     best_state = _snapshot(module)
     best_acc = -1.0
@@ -161,7 +173,8 @@ def fit_loop(
         loss = sum(losses) / max(1, len(losses))
         result.history.append({"epoch": epoch, "loss": loss, "val_acc": val_acc, "lr": lr})
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.1f}")
-        if selection == "last" or val_acc > best_acc:
+        better = val_acc >= best_acc if ties == "last" else val_acc > best_acc
+        if selection == "last" or better:
             best_acc = val_acc
             result.best_epoch = epoch
             best_state = _snapshot(module)
