@@ -169,7 +169,17 @@ def test_jsonl_fields_variants_and_duplicates(built):
     recs = records(corpus_dir)
     assert "1F3FB" not in recs
     r = recs["1F385"]
-    assert set(r) == {"id", "name", "short_names", "category", "subcategory", "heldout", "images"}
+    assert set(r) == {
+        "id",
+        "name",
+        "short_names",
+        "category",
+        "subcategory",
+        "keywords",
+        "heldout",
+        "images",
+    }
+    assert r["keywords"] == []  # no emojibase archive given
     assert r["name"] == "father christmas" and r["short_names"] == ["santa"]
     assert r["category"] == "People & Body" and r["subcategory"] == "person-fantasy"
     # base first, then the variant that differs from it; the identical one is dropped

@@ -75,6 +75,8 @@ def write_corpus(root: Path) -> dict[str, dict]:
     for n, (i, (sub, cat)) in enumerate(zip(ids, plan, strict=True)):
         code = i.lower()
         images = {"openmoji": [f"images/openmoji/{code}.png"]}
+        for style in ("twitter", "fluent-flat", "fluent-mono"):  # the other DG styles
+            images[style] = [f"images/{style}/{code}.png"]
         if not (sub == "mid" and n >= 40 + 20 + 25):
             images["noto"] = [f"images/noto/{code}.png"]
         if i in tone_ids:
@@ -359,3 +361,50 @@ def test_tuxpaint_photo_classes_from_a_fake_deb(tmp_path):
     with Image.open(ds.test[0].impath) as im:
         assert im.mode == "RGB" and im.size == (128, 128)
         assert im.getpixel((0, 0)) == (255, 255, 255)  # padding and transparency -> white
+
+
+def test_domain_generalisation_family_shares_classes_and_splits(emoji_root):
+    root, records, built = emoji_root
+    family = [t for t in built if t.startswith("emoji_dg_")]
+    assert sorted(family) == sorted(built["emoji_dg_twitter"]["extra"]["dg_family"])
+    sets = {t: load_dataset(t, root) for t in family}
+    names = sets["emoji_dg_twitter"].classnames
+    assert names == ["sub big", "sub mid"]  # small (20 emoji) cannot give 16 + 4 + 10
+    assert all(ds.classnames == names for ds in sets.values())
+    noto = sets["emoji_dg_noto"]
+    assert not noto.train and not noto.val and noto.test  # test-only target
+    for t, ds in sets.items():
+        if t == "emoji_dg_noto":
+            continue
+        assert min(per_class(ds.train).values()) >= 16 and min(per_class(ds.val).values()) >= 4
+        assert all(f"/{ds.extra['style']}/" in d.impath for d in ds.train + ds.val + ds.test)
+
+    # one emoji, one split, in every style that draws it
+    def split_of(ds):
+        return {Path(d.impath).stem: s for s, items in splits_of(ds).items() for d in items}
+
+    twitter, flat = split_of(sets["emoji_dg_twitter"]), split_of(sets["emoji_dg_fluent_flat"])
+    assert twitter == flat
+    # the test-only style holds every picture of the classes (capped at 60 per class)
+    drawn = {
+        r["id"].lower()
+        for r in records.values()
+        if r["images"].get("noto") and r["subcategory"] in ("sub-big", "sub-mid")
+    }
+    assert set(split_of(noto)) == drawn
+
+
+def test_subcategory_b2n_has_base_and_new_halves_with_val(emoji_root):
+    root, records, built = emoji_root
+    ds = load_dataset("emoji_subcategory_b2n", root)
+    n = len(ds.classnames)
+    assert ds.extra["base_labels"] == list(range((n + 1) // 2))
+    assert ds.extra["new_labels"] == list(range((n + 1) // 2, n))
+    assert min(per_class(ds.val).values()) >= 4 and min(per_class(ds.train).values()) >= 16
+    assert set(ds.extra["styles"]) == {"openmoji", "noto", "fluent-flat", "fluent-mono"}
+    # an emoji's pictures in the four styles never straddle splits
+    where = {}
+    for split, items in splits_of(ds).items():
+        for d in items:
+            where.setdefault(Path(d.impath).stem, set()).add(split)
+    assert all(len(s) == 1 for s in where.values())

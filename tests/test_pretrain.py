@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from fewclip.backbones import load_backbone
-from fewclip.pretrain.data import build_training_set, read_corpus
+from fewclip.pretrain.data import (
+    CAPTION_TEMPLATES,
+    TRAIN_STYLES,
+    Emoji,
+    build_caption,
+    build_training_set,
+    read_corpus,
+)
 from fewclip.pretrain.evaluate import evaluate_backbone
 from fewclip.pretrain.train import PretrainConfig, augment, pretrain
 
@@ -116,3 +124,108 @@ def test_pretrain_learns_resumes_and_round_trips(tmp_path):
     result = evaluate_backbone(bb, corpus)
     assert result["seen_names"]["google"]["classes"] == len(COLOURS) - 1
     assert result["seen_names"]["google"]["top1"] > 100 / (len(COLOURS) - 1)
+
+
+def emoji_with_keywords(keywords=("festive", "red", "beard", "gift")):
+    return Emoji(
+        id="1F385",
+        name="father christmas",
+        short_names=["santa"],
+        category="People & Body",
+        subcategory="person-fantasy",
+        heldout=False,
+        keywords=list(keywords),
+    )
+
+
+def test_caption_builder_templates_keywords_and_seed():
+    e = emoji_with_keywords()
+    plain = {
+        t.format(name=n, sub="person fantasy")
+        for t in CAPTION_TEMPLATES
+        for n in ("father christmas", "santa")
+    }
+    rng = random.Random(0)
+    assert {build_caption(e, rng, keyword_p=0.0) for _ in range(300)} == plain
+    rng = random.Random(0)
+    with_kw = [build_caption(e, rng, keyword_p=1.0) for _ in range(400)]
+    assert not set(with_kw) & plain
+    kw_only = [c for c in with_kw if not any(n in c for n in ("father christmas", "santa"))]
+    assert kw_only  # the "{kw}" template: keywords alone
+    for c in kw_only:
+        words = c.split(", ")
+        assert 1 <= len(words) <= 3 and len(set(words)) == len(words)
+        assert set(words) <= set(e.keywords)
+    assert any("a people and body emoji of" in c for c in with_kw)  # category template
+    assert len({c.split(":")[0] for c in with_kw if ":" in c}) == 2  # both names used
+    # the same seed gives the same captions; no keywords: plain templates only
+    a = [build_caption(e, random.Random(5), 0.5) for _ in range(3)]
+    assert a == [build_caption(e, random.Random(5), 0.5) for _ in range(3)]
+    bare = emoji_with_keywords(keywords=())
+    assert {build_caption(bare, random.Random(i), 1.0) for i in range(50)} <= plain
+
+
+def test_held_out_styles_and_names_never_reach_pretraining(tmp_path):
+    corpus = make_corpus(tmp_path, styles=("google", "twitter", "openmoji", "fluent-flat"))
+    with pytest.raises(ValueError, match="held out of pretraining"):
+        build_training_set(corpus, styles=("google", "fluent-flat"))
+    data = build_training_set(corpus)  # all TRAIN_STYLES the corpus has
+    rows = read_corpus(corpus)
+    allowed = {(e.id, s) for e in rows if not e.heldout for s in e.images if s in TRAIN_STYLES}
+    assert {(e.id, s) for e in rows for s in e.images} - allowed  # something is excluded
+    loaded = {data.images[i].numpy().tobytes() for i in range(len(data.images))}
+    for e in rows:
+        for style, paths in e.images.items():
+            with Image.open(corpus / paths[0]) as im:
+                arr = np.asarray(im.convert("RGBA"))
+            rgb = np.where(arr[..., 3:] > 0, arr[..., :3], 255).astype(np.uint8)
+            key = torch.from_numpy(rgb).permute(2, 0, 1).contiguous().numpy().tobytes()
+            assert (key in loaded) == ((e.id, style) in allowed), (e.name, style)
+    assert data.images.shape[0] == len(allowed)
+
+
+def test_style_sampling_balances_styles(tmp_path):
+    corpus = make_corpus(tmp_path, styles=("google", "twitter"))
+    rows = [json.loads(r) for r in (corpus / "emoji.jsonl").read_text().splitlines()]
+    for r in rows:  # four extra twitter pictures per emoji (skin tones, say)
+        r["images"]["twitter"] = r["images"]["twitter"] * 5
+    (corpus / "emoji.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    share = {}
+    for sampling in ("style", "image"):
+        data = build_training_set(corpus, sampling=sampling)
+        google = {int(i) for gs in data.by_style for i in gs[0]}
+        rng = random.Random(0)
+        picks = []
+        for _ in range(200):
+            chosen = rng.sample(range(len(data.emoji)), 5)
+            picks += (
+                [rng.choice(rng.choice(data.by_style[c])) for c in chosen]
+                if (sampling == "style")
+                else [int(rng.choice(data.by_emoji[c])) for c in chosen]
+            )
+        share[sampling] = sum(p in google for p in picks) / len(picks)
+    assert share["style"] == pytest.approx(0.5, abs=0.06)
+    assert share["image"] == pytest.approx(1 / 6, abs=0.05)
+
+
+def test_warm_start_loads_the_checkpoint(tmp_path):
+    corpus = make_corpus(tmp_path)
+    first = PretrainConfig(
+        arch="fewclip-test-rn",
+        corpus=str(corpus),
+        out_dir=str(tmp_path / "a"),
+        steps=3,
+        batch_size=4,
+        warmup=1,
+        log_every=1,
+        checkpoint_every=3,
+    )
+    ckpt = pretrain(first, progress=False)
+    again = PretrainConfig(**{**first.__dict__, "out_dir": str(tmp_path / "b"), "steps": 0})
+    again.init_from = str(ckpt)
+    copy = pretrain(again, progress=False)
+    a, b = load_file(str(ckpt)), load_file(str(copy))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = PretrainConfig(**{**again.__dict__, "out_dir": str(tmp_path / "c"), "init_from": ""})
+    c = load_file(str(pretrain(fresh, progress=False)))
+    assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())

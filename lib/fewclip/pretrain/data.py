@@ -2,9 +2,9 @@
 
 Reads ``<corpus>/emoji.jsonl`` (written by ``python -m fewclip.offline prepare``): one
 record per base emoji with its readable name, short names, category, subcategory, the
-``heldout`` flag and image paths per style. Pretraining uses the styles in
-``TRAIN_STYLES`` of the non-held-out emoji only; evaluation uses the unseen styles and the
-held-out names.
+``heldout`` flag, CLDR keywords and image paths per style. Pretraining uses the styles in
+the corpus's ``TRAIN_STYLES`` of the non-held-out emoji only (:func:`build_training_set`
+refuses any other style); evaluation uses the held-out styles and the held-out names.
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-TRAIN_STYLES = ("google", "twitter")
-EVAL_STYLES = ("openmoji", "noto")
+from ..offline.corpus import EVAL_STYLES, TRAIN_STYLES
+
+__all__ = ["EVAL_STYLES", "TRAIN_STYLES", "build_caption", "build_training_set", "read_corpus"]
+
+#: The styles of the version-1 corpus (the checkpoints committed before the multi-style one).
+V1_TRAIN_STYLES = ("google", "twitter")
 
 #: Caption forms; ``{name}`` is a readable name or short name, ``{sub}`` the subcategory.
 CAPTION_TEMPLATES = (
@@ -29,6 +33,14 @@ CAPTION_TEMPLATES = (
     "an icon of {name}.",
     "{name}, a {sub} emoji.",
     "a picture of {name}.",
+)
+#: Extra forms used (with ``keyword_p``) when the emoji has CLDR keywords; ``{kw}`` is one to
+#: three of them, ``{cat}`` the category.
+KEYWORD_TEMPLATES = (
+    "{name}: {kw}.",
+    "an emoji of {name}, {kw}.",
+    "{kw}",
+    "a {cat} emoji of {name}.",
 )
 #: The caption used for zero-shot evaluation of names.
 EVAL_TEMPLATE = "an emoji of {}."
@@ -43,6 +55,7 @@ class Emoji:
     subcategory: str
     heldout: bool
     images: dict[str, list[str]] = field(default_factory=dict)
+    keywords: list[str] = field(default_factory=list)
 
 
 def read_corpus(corpus_dir: str | Path) -> list[Emoji]:
@@ -67,6 +80,7 @@ def read_corpus(corpus_dir: str | Path) -> list[Emoji]:
                         subcategory=r.get("subcategory", ""),
                         heldout=bool(r.get("heldout", False)),
                         images={k: list(v) for k, v in r.get("images", {}).items()},
+                        keywords=list(r.get("keywords", [])),
                     )
                 )
     return out
@@ -90,43 +104,93 @@ def load_image_tensor(paths: list[Path], size: int = 64) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def build_caption(
+    e: Emoji, rng: random.Random, keyword_p: float = 0.0, max_keywords: int = 3
+) -> str:
+    """One random caption of emoji ``e``.
+
+    With probability ``1 - keyword_p`` (or when ``e`` has no keywords): a random template of
+    :data:`CAPTION_TEMPLATES` with the name or a short name (made readable) and the
+    subcategory. Otherwise a template of :data:`KEYWORD_TEMPLATES` with one to
+    ``max_keywords`` distinct keywords (joined by ", ") and the category in lower case.
+    """
+    names = [e.name] + [readable(s) for s in e.short_names]
+    name = rng.choice(names)
+    if e.keywords and rng.random() < keyword_p:
+        k = rng.randint(1, min(max_keywords, len(e.keywords)))
+        kw = ", ".join(rng.sample(e.keywords, k))
+        cat = " ".join(e.category.replace("&", "and").lower().split())
+        return rng.choice(KEYWORD_TEMPLATES).format(name=name, kw=kw, cat=cat)
+    return rng.choice(CAPTION_TEMPLATES).format(name=name, sub=readable(e.subcategory))
+
+
 @dataclass
 class TrainingSet:
-    """Pretraining images (uint8, in memory) grouped by emoji, and caption material."""
+    """Pretraining images (uint8, in memory) grouped by emoji and style, and caption material.
+
+    ``sampling="style"`` (the multi-style recipe) draws a style of the emoji uniformly, then
+    an image of it, so styles with skin-tone variants do not dominate; ``"image"`` (the
+    version-1 recipe) draws uniformly among all the emoji's images.
+    """
 
     emoji: list[Emoji]
     images: torch.Tensor  # (N, 3, 64, 64) uint8
     image_owner: torch.Tensor  # (N,) index into ``emoji``
     by_emoji: list[torch.Tensor]  # per emoji, indices into ``images``
+    by_style: list[list[list[int]]] = field(default_factory=list)  # per emoji, per style
+    sampling: str = "image"
+    keyword_p: float = 0.0
 
     def captions(self, emoji_index: int, rng: random.Random) -> str:
-        e = self.emoji[emoji_index]
-        names = [e.name] + [readable(s) for s in e.short_names]
-        template = rng.choice(CAPTION_TEMPLATES)
-        return template.format(name=rng.choice(names), sub=readable(e.subcategory))
+        return build_caption(self.emoji[emoji_index], rng, self.keyword_p)
 
     def sample_batch(self, batch_size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         """``batch_size`` distinct emoji, one random image (style/variant) and caption each."""
         chosen = rng.sample(range(len(self.emoji)), min(batch_size, len(self.emoji)))
-        idx = torch.tensor([int(rng.choice(self.by_emoji[c])) for c in chosen])
+        if self.sampling == "style":
+            idx = torch.tensor([rng.choice(rng.choice(self.by_style[c])) for c in chosen])
+        else:
+            idx = torch.tensor([int(rng.choice(self.by_emoji[c])) for c in chosen])
         return self.images[idx], [self.captions(c, rng) for c in chosen]
 
 
 def build_training_set(
-    corpus_dir: str | Path, styles: tuple[str, ...] = TRAIN_STYLES
+    corpus_dir: str | Path,
+    styles: tuple[str, ...] = TRAIN_STYLES,
+    sampling: str = "image",
+    keyword_p: float = 0.0,
 ) -> TrainingSet:
-    """Every image of the given styles of every non-held-out emoji."""
+    """Every image of the given styles of every non-held-out emoji.
+
+    Only styles of the corpus's ``TRAIN_STYLES`` are accepted: a held-out style never
+    reaches pretraining (ValueError otherwise).
+    """
+    bad = [s for s in styles if s not in TRAIN_STYLES]
+    if bad:
+        raise ValueError(
+            f"styles {bad} are held out of pretraining; choose among {', '.join(TRAIN_STYLES)}"
+        )
+    if sampling not in ("image", "style"):
+        raise ValueError(f"sampling must be 'image' or 'style', not {sampling!r}")
     corpus_dir = Path(corpus_dir)
     emoji = [e for e in read_corpus(corpus_dir) if not e.heldout]
-    paths, owner = [], []
+    paths, owner, by_style = [], [], []
     kept = []
     for e in emoji:
-        imgs = [corpus_dir / p for s in styles for p in e.images.get(s, [])]
-        if not imgs:
+        groups = [[corpus_dir / p for p in e.images.get(s, [])] for s in styles if e.images.get(s)]
+        if not groups:
             continue
         kept.append(e)
-        paths += imgs
-        owner += [len(kept) - 1] * len(imgs)
+        start = len(paths)
+        per_style = []
+        for g in groups:
+            per_style.append(list(range(start, start + len(g))))
+            start += len(g)
+            paths += g
+        by_style.append(per_style)
+        owner += [len(kept) - 1] * (start - len(owner))
     owner_t = torch.tensor(owner)
-    by_emoji = [torch.nonzero(owner_t == i).flatten() for i in range(len(kept))]
-    return TrainingSet(kept, load_image_tensor(paths), owner_t, by_emoji)
+    by_emoji = [torch.tensor([i for g in gs for i in g]) for gs in by_style]
+    return TrainingSet(
+        kept, load_image_tensor(paths), owner_t, by_emoji, by_style, sampling, keyword_p
+    )

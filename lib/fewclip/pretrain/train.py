@@ -5,7 +5,9 @@ in-batch image-text similarity matrix, learnable temperature), AdamW with cosine
 after a linear warm-up, a fixed number of steps and a seed. Each step draws
 ``batch_size`` distinct emoji (so no caption in a batch is another image's positive), one
 random image of each (style or skin-tone variant) with a random crop and, sometimes, a
-grey-scale copy, and one random caption. Training state is checkpointed atomically every
+grey-scale copy, and one random caption (:func:`fewclip.pretrain.data.build_caption`).
+``init_from`` warm-starts from a checkpoint (the multi-style checkpoints continue the
+version-1 ones; their config says so). Training state is checkpointed atomically every
 ``checkpoint_every`` steps and resumed from there.
 """
 
@@ -21,11 +23,12 @@ from pathlib import Path
 
 import open_clip
 import torch
+from safetensors.torch import load_file
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
 from ..backbones import CONFIG_DIR, save_checkpoint
-from .data import TrainingSet, build_training_set
+from .data import TRAIN_STYLES, TrainingSet, build_training_set
 
 CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -47,10 +50,22 @@ class PretrainConfig:
     log_every: int = 25
     crop_scale_min: float = 0.6
     grayscale_p: float = 0.2
+    #: comma-separated corpus styles (only the corpus's TRAIN_STYLES are accepted)
+    styles: str = ",".join(TRAIN_STYLES)
+    #: "style": a style of the emoji, then an image of it; "image": any of its images (v1)
+    sampling: str = "style"
+    #: probability of a caption with CLDR keywords (when the emoji has some)
+    keyword_p: float = 0.3
+    #: a checkpoint (.safetensors) to start from instead of a random init ("" = random)
+    init_from: str = ""
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.arch
+
+    @property
+    def style_tuple(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.styles.split(",") if s.strip())
 
 
 def augment(
@@ -127,9 +142,11 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
     arch_cfg = CONFIG_DIR / f"{cfg.arch}.json"
     (run_dir / "model_config.json").write_text(arch_cfg.read_text())
 
-    data = data or build_training_set(cfg.corpus)
+    data = data or build_training_set(cfg.corpus, cfg.style_tuple, cfg.sampling, cfg.keyword_p)
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(cfg.arch, pretrained=None)
+    if cfg.init_from:
+        model.load_state_dict(load_file(cfg.init_from), strict=True)
     tokenizer = open_clip.get_tokenizer(cfg.arch)
     image_size = open_clip.get_model_config(cfg.arch)["vision_cfg"]["image_size"]
     optimizer = torch.optim.AdamW(
