@@ -16,14 +16,14 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from fewclip import claims, paper
 from fewclip import notebook as nb
-from fewclip import paper
 from fewclip.prompting.toy import coloured_squares
 from fewclip.results import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-PAPER_NOTEBOOKS = ("clip_adapter", "dual", "difficulty", "mutual", "explore")
+PAPER_NOTEBOOKS = ("claims", "clip_adapter", "dual", "difficulty", "mutual", "explore")
 TIMEOUT = 300  # seconds per cell: a hung kernel fails the test instead of blocking CI
 
 
@@ -381,3 +381,28 @@ def test_explore_widget_callbacks(env, tmp_path, monkeypatch):
     ) in shown
     assert ("show_per_class", ("fewclip-test-rn", other, "few_shot", "tip_adapter", 1)) in shown
     assert any(n == "show_predictions" and a[1] == other for n, a in shown)
+
+
+def test_claims_notebook(env, tmp_path):
+    picked = ["clip_adapter.beats_zero_shot", "dual_adapter.v2_robust_to_label_noise"]
+    notebook, store, out = execute(
+        "claims",
+        env,
+        tmp_path,
+        backbone="fewclip-test-rn",
+        backbone_vit="fewclip-test-vit",
+        pretrained="none",
+        seeds=[1, 2],
+        ids=picked,
+        dataset_map={"emoji_openmoji_subcategory": "folder:squares"},
+        shots_override=2,
+        augment_views=1,
+    )
+    assert not outputs(notebook, "error")
+    verdicts = pd.read_csv(out / "verdicts.csv").set_index("id")
+    assert list(verdicts.index) == picked
+    assert verdicts.loc[picked[0], "verdict"] in claims.VERDICTS[:3]
+    assert verdicts.loc[picked[0], "n_seeds"] == 2
+    assert verdicts.loc[picked[1], "verdict"] in claims.VERDICTS  # "not run" until SimNL lands
+    assert "Mean +- std over seeds" in text_of(notebook)
+    assert set(store["method"]) >= {"clip_adapter", "zero_shot"}

@@ -502,6 +502,68 @@ def _one_config_per_cell(side: pd.DataFrame, on: list[str], name: str) -> None:
             )
 
 
+@dataclass
+class Cell:
+    """One paired comparison cell: per-seed values of both sides and their differences."""
+
+    cell: dict[str, Any]
+    seeds: list[int]
+    values_a: np.ndarray
+    values_b: np.ndarray
+    v_img: float  # variance of the mean difference over test-image resamples
+    interval: str  # how v_img was obtained
+
+    @property
+    def diff(self) -> np.ndarray:
+        return self.values_a - self.values_b
+
+
+def paired_cells(
+    frame: pd.DataFrame,
+    a: str | Mapping[str, Any],
+    b: str | Mapping[str, Any],
+    on: Sequence[str] = ("dataset", "shots"),
+    value: str = "accuracy",
+    *,
+    n_boot: int = N_BOOT,
+) -> list[Cell]:
+    """The :class:`Cell` of each ``on`` value both sides have (see :func:`paired_difference`)."""
+    keyed = configurations(frame)
+    on = list(on)
+    side_a, side_b = _select(keyed, a), _select(keyed, b)
+    if not len(side_a) or not len(side_b):
+        return []
+    side_a.attrs, side_b.attrs = keyed.attrs, keyed.attrs
+    _one_config_per_cell(side_a, on, "a")
+    _one_config_per_cell(side_b, on, "b")
+    groups_b = dict(iter(side_b.groupby(on, dropna=False))) if on else {(): side_b}
+    groups_a = side_a.groupby(on, dropna=False) if on else [((), side_a)]
+    rng = np.random.default_rng(0)
+    cells = []
+    for cell, ga in groups_a:
+        gb = groups_b.get(cell)
+        pairs = _pairs(ga, gb) if gb is not None else []
+        if not pairs:
+            continue
+        cell = cell if isinstance(cell, tuple) else (cell,)
+        ra, rb = [p[0] for p in pairs], [p[1] for p in pairs]
+        va = np.array([value_of(r, value) for r in ra])
+        vb = np.array([value_of(r, value) for r in rb])
+        pa, pb = [parts_of(r, value) for r in ra], [parts_of(r, value) for r in rb]
+        if all(p is not None for p in pa + pb):
+            _check_same_images([pa, pb])
+            boot = _boot_seed_mean([pa, pb], [1.0, -1.0], n_boot, rng)
+            v_img, how = float(boot.var(ddof=1)), "paired bootstrap over test images"
+        else:
+            sizes = np.array([_test_images(r, value) or 0 for r in ra], dtype=float)
+            # binomial variance of each side, no credit for the pairing (conservative)
+            v_img = _binomial_var(va, sizes) + _binomial_var(vb, sizes)
+            how = "binomial, unpaired (no per-image record)"
+        seeds = [int(p[2]) for p in pairs]
+        cells.append(Cell(dict(zip(on, cell, strict=True)), seeds, va, vb, v_img, how))
+    return cells
+
+
 def paired_difference(
     frame: pd.DataFrame,
     a: str | Mapping[str, Any],
@@ -524,103 +586,56 @@ def paired_difference(
     columns that differ); seeds present on both sides are paired (a seed-independent side
     with one seed is used for every seed). Cells without a common seed are left out.
     """
-    keyed = configurations(frame)
     on = list(on)
     columns = [*on, "a", "b", "n_seeds", "seeds", "mean_a", "mean_b", "diff", "std"]
     columns += ["ci_low", "ci_high", "interval"]
-    side_a, side_b = _select(keyed, a), _select(keyed, b)
-    if not len(side_a) or not len(side_b):
-        return pd.DataFrame(columns=columns)
-    side_a.attrs, side_b.attrs = keyed.attrs, keyed.attrs
-    _one_config_per_cell(side_a, on, "a")
-    _one_config_per_cell(side_b, on, "b")
-    name_a, name_b = _name(side_a, a), _name(side_b, b)
-    rows, cells = [], []
-    groups_b = dict(iter(side_b.groupby(on, dropna=False))) if on else {(): side_b}
-    groups_a = side_a.groupby(on, dropna=False) if on else [((), side_a)]
-    rng = np.random.default_rng(0)
-    for cell, ga in groups_a:
-        gb = groups_b.get(cell)
-        if gb is None:
-            continue
-        pairs = _pairs(ga, gb)
-        if not pairs:
-            continue
-        cell = cell if isinstance(cell, tuple) else (cell,)
-        ra = [p[0] for p in pairs]
-        rb = [p[1] for p in pairs]
-        va = np.array([value_of(r, value) for r in ra])
-        vb = np.array([value_of(r, value) for r in rb])
-        pa = [parts_of(r, value) for r in ra]
-        pb = [parts_of(r, value) for r in rb]
-        have_bits = all(p is not None for p in pa + pb)
-        if have_bits:
-            _check_same_images([pa, pb])
-            boot = _boot_seed_mean([pa, pb], [1.0, -1.0], n_boot, rng)
-            v_img, how = float(boot.var(ddof=1)), "paired bootstrap over test images"
-        else:
-            boot = None
-            sizes = np.array([_test_images(r, value) or 0 for r in ra], dtype=float)
-            # binomial variance of each side, no credit for the pairing (conservative)
-            v_img = _binomial_var(va, sizes) + _binomial_var(vb, sizes)
-            how = "binomial, unpaired (no per-image record)"
-        d = va - vb
-        cells.append((d, v_img, boot, [int(p[2]) for p in pairs], how))
-        rows.append(
-            _diff_row(
-                dict(zip(on, cell, strict=True)),
-                name_a,
-                name_b,
-                va,
-                vb,
-                d,
-                v_img,
-                [int(p[2]) for p in pairs],
-                how,
-                confidence,
-            )
-        )
+    cells = paired_cells(frame, a, b, on, value, n_boot=n_boot)
+    name_a, name_b = _name(a), _name(b)
+    rows = [cell_summary(c, name_a, name_b, confidence) for c in cells]
     if pool and len(cells) > 1:
-        common = sorted(set.intersection(*(set(c[3]) for c in cells)))
-        if common:
-            per_seed = np.array(
-                [[c[0][c[3].index(s)] for s in common] for c in cells]
-            )  # (cells, seeds)
-            d = per_seed.mean(axis=0)
-            v_img = sum(c[1] for c in cells) / len(cells) ** 2
-            mean_a = float(np.mean([r["mean_a"] for r in rows]))
-            mean_b = float(np.mean([r["mean_b"] for r in rows]))
-            how = cells[0][4] + f" (pooled over {len(cells)} cells)"
-            row = _diff_row(
-                {k: "all" for k in on},
-                name_a,
-                name_b,
-                np.array([mean_a]),
-                np.array([mean_b]),
-                d,
-                v_img,
-                common,
-                how,
-                confidence,
-            )
-            rows.append(row)
+        pooled = pool_cells(cells, {k: "all" for k in on})
+        if pooled is not None:
+            rows.append(cell_summary(pooled, name_a, name_b, confidence))
     return pd.DataFrame(rows, columns=columns)
 
 
-def _diff_row(cell, name_a, name_b, va, vb, d, v_img, seeds, how, confidence):
+def pool_cells(cells: Sequence[Cell], label: dict[str, Any], weights=None) -> Cell | None:
+    """A weighted sum of cells over their common seeds (default weights 1/len: the mean);
+    the cells' test images are taken as independent (distinct datasets). With weights
+    (1, -1) it is the interaction (A - B on one dataset) - (A - B on another)."""
+    weights = [1.0 / len(cells)] * len(cells) if weights is None else list(weights)
+    common = sorted(set.intersection(*(set(c.seeds) for c in cells)))
+    if not common:
+        return None
+
+    def at(c: Cell, values: np.ndarray) -> np.ndarray:
+        return np.array([values[c.seeds.index(s)] for s in common])
+
+    va = sum(w * at(c, c.values_a) for w, c in zip(weights, cells, strict=True))
+    vb = sum(w * at(c, c.values_b) for w, c in zip(weights, cells, strict=True))
+    v_img = sum(w**2 * c.v_img for w, c in zip(weights, cells, strict=True))
+    how = cells[0].interval + f" (combined over {len(cells)} cells)"
+    return Cell(label, common, np.asarray(va), np.asarray(vb), float(v_img), how)
+
+
+def cell_summary(
+    c: Cell, name_a: str = "a", name_b: str = "b", confidence: float = CONFIDENCE
+) -> dict[str, Any]:
+    """A :func:`paired_difference` row of one cell: the mean difference and its interval."""
+    d = c.diff
     n = int(d.size)
     mean = float(d.mean())
     std = float(d.std(ddof=1)) if n > 1 else float("nan")
-    low, high, _ = combine_interval(mean, std, n, v_img, confidence)
-    how += " + seed spread" if n > 1 else "; one seed: seed spread unknown"
+    low, high, _ = combine_interval(mean, std, n, c.v_img, confidence)
+    how = c.interval + (" + seed spread" if n > 1 else "; one seed: seed spread unknown")
     return {
-        **cell,
+        **c.cell,
         "a": name_a,
         "b": name_b,
         "n_seeds": n,
-        "seeds": ",".join(str(s) for s in seeds),
-        "mean_a": float(np.mean(va)),
-        "mean_b": float(np.mean(vb)),
+        "seeds": ",".join(str(s) for s in c.seeds),
+        "mean_a": float(np.mean(c.values_a)),
+        "mean_b": float(np.mean(c.values_b)),
         "diff": mean,
         "std": std,
         "ci_low": low,
@@ -629,7 +644,7 @@ def _diff_row(cell, name_a, name_b, va, vb, d, v_img, seeds, how, confidence):
     }
 
 
-def _name(side: pd.DataFrame, which: str | Mapping[str, Any]) -> str:
+def _name(which: str | Mapping[str, Any]) -> str:
     if isinstance(which, str):
         return which
     return ", ".join(f"{k}={v}" for k, v in which.items())

@@ -236,7 +236,9 @@ def run_grid(
     failed runs are shown as a table (status, error) and the notebook goes on.
 
     The frame has one row per configuration, in order, with ``status`` ("done"/"failed"),
-    ``label`` (the variant, else the method) and the record's columns.
+    ``label`` (the variant, else the method) and the record's columns. If every run of
+    every grid so far in this kernel failed, it raises RuntimeError (a notebook whose runs
+    all fail fails); the count line carries ``metadata[RUNS_METADATA]`` for the reports.
     """
     from IPython.display import Markdown, display
 
@@ -257,12 +259,30 @@ def run_grid(
         Markdown(
             f"*{title}: {done} of {len(frame)} runs done ({reused} reused from the store), "
             f"{len(bad)} failed.*"
-        )
+        ),
+        # read by fewclip.reports: the report's first lines and the index count failed runs
+        metadata={RUNS_METADATA: {"title": title, "runs": len(frame), "failed": len(bad)}},
     )
+    _TALLY["runs"] += len(frame)
+    _TALLY["failed"] += len(bad)
     if len(bad):
         display(Markdown(f"**{len(bad)} run(s) failed; the figures below leave them out:**"))
         display(bad)
+    if len(frame) and _TALLY["failed"] == _TALLY["runs"]:
+        first = str(bad["error"].iloc[0])
+        raise RuntimeError(
+            f"every run so far failed ({_TALLY['failed']} of {_TALLY['runs']}); nothing to "
+            f"show. First error: {first}"
+        )
     return frame
+
+
+#: Output metadata key of :func:`run_grid`'s count line (read by fewclip.reports).
+RUNS_METADATA = "fewclip_runs"
+
+#: Runs and failures of every :func:`run_grid` in this kernel: a notebook whose runs all
+#: failed stops with an error (papermill exits non-zero) instead of showing empty figures.
+_TALLY = {"runs": 0, "failed": 0}
 
 
 def failures(frame: pd.DataFrame) -> pd.DataFrame:
@@ -288,13 +308,22 @@ def option(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
 def summarise(
     frame: pd.DataFrame, by: Sequence[str], values: Sequence[str] = ("accuracy",)
 ) -> pd.DataFrame:
-    """Mean, std and count over seeds of ``values``, per group ``by`` (finished runs only)."""
+    """Mean, std and count over seeds of ``values``, per group ``by`` (finished runs only).
+
+    Never averages two configurations: the groups are ``by`` plus every result-determining
+    column that varies within a group of ``by`` (:func:`fewclip.evidence.group_columns`,
+    e.g. ``options.alpha``), and a run stored twice counts once. For intervals use
+    :func:`fewclip.evidence.summarize`."""
+    from . import evidence
+
     rows = done(frame)
     if not len(rows):
         return pd.DataFrame(columns=[*by, *values])
-    agg = rows.groupby(list(by), dropna=False, sort=False)[list(values)].agg(
-        ["mean", "std", "count"]
-    )
+    by = list(by)
+    if "config" in rows:
+        rows = evidence.configurations(rows)
+        by = evidence.group_columns(rows, by)
+    agg = rows.groupby(by, dropna=False, sort=False)[list(values)].agg(["mean", "std", "count"])
     agg.columns = [f"{v}_{s}" if s != "mean" else v for v, s in agg.columns]
     return agg.reset_index()
 
@@ -317,10 +346,28 @@ def compact(summary: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 
 def pivot(frame: pd.DataFrame, index, columns, values: str = "accuracy") -> pd.DataFrame:
-    """``frame.pivot_table`` that gives an empty frame (not an error) when nothing finished."""
+    """A wide table of ``values`` (an empty frame, not an error, when nothing finished).
+
+    Never averages two configurations into one cell: on run rows, the columns that tell
+    the configurations of a cell apart (:func:`fewclip.evidence.group_columns`) join the
+    index; on a :func:`summarise` frame, so do its extra key columns. Several seeds of one
+    configuration are averaged (the mean over seeds)."""
+    from . import evidence
+
     if not len(frame) or values not in frame:
         return pd.DataFrame()
-    return frame.pivot_table(index=index, columns=columns, values=values).round(2)
+    index = [index] if isinstance(index, str) else list(index)
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    rows = done(frame)
+    if "config" in rows:
+        rows = evidence.configurations(rows)
+        extra = [c for c in evidence.group_columns(rows, index + columns) if c not in columns]
+        index = list(dict.fromkeys(index + extra))
+    elif rows.duplicated(index + columns).any():
+        stats = {c for c in rows.columns if c.endswith(("_std", "_count"))} | {values}
+        extra = [c for c in rows.columns if c not in stats and c not in index + columns]
+        index = index + [c for c in extra if rows[c].nunique(dropna=False) > 1]
+    return rows.pivot_table(index=index, columns=columns, values=values).round(2)
 
 
 def store_frame(results: str | None) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Batch report builds: execute notebooks with papermill, render them to HTML, index them.
 
-    python -m fewclip.reports                        # the four paper reports, default parameters
+    python -m fewclip.reports                        # the ledger + four paper reports, defaults
     python -m fewclip.reports dual explore           # some reports, by name
     python -m fewclip.reports -p shots '[1, 16]'     # a parameter for every report (JSON or text)
     python -m fewclip.reports -p backbone fewclip-test-rn -p pretrained none   # quick check
@@ -59,6 +59,7 @@ from .parallel import map_jobs
 
 #: Report name -> (notebook file in the notebooks folder, title).
 NOTEBOOKS = {
+    "claims": ("claims.ipynb", "Claims ledger: does each paper's claim hold here?"),
     "clip_adapter": ("clip_adapter.ipynb", "CLIP-Adapter: Better Vision-Language Models"),
     "dual": ("dual.ipynb", "DualAdapter: Negative Yields Positive"),
     "difficulty": ("difficulty.ipynb", "APEX: Difficulty-Agnostic Efficient Transfer Learning"),
@@ -66,8 +67,9 @@ NOTEBOOKS = {
     "explore": ("explore.ipynb", "Explorer"),
 }  # fmt: skip
 
-#: The default build: one report per paper, each notebook with its own defaults.
-PAPER_REPORTS = ("clip_adapter", "dual", "difficulty", "mutual")
+#: The default build: the claims ledger first, then one report per paper, each notebook
+#: with its own defaults.
+PAPER_REPORTS = ("claims", "clip_adapter", "dual", "difficulty", "mutual")
 
 #: Parameters the builder always passes, made absolute.
 PATH_PARAMETERS = ("data_root", "cache_dir", "results", "output_dir")
