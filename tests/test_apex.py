@@ -295,3 +295,65 @@ def test_cross_eval_trains_unaugmented_with_depth_3(backbone, task, monkeypatch)
     seeds.clear()
     APEX(epochs=1, batch_size=8).fit(backbone, task["train"], task["val"], task["names"])
     assert seeds == [0] and seeds[0] is not None  # base config: Dassl's augmentation
+
+
+def test_variants_score_every_ensemble_on_one_trained_model(backbone, task):
+    """variants=True: each ensemble mode and fixed alpha, scored from features computed once,
+    gives the logits of a separately configured APEX with the same trained parameters."""
+    method = APEX(variants=True, variant_alphas=(0.0, 0.5))
+    method.prepare(backbone, task["names"], seed=0)
+    perturb(method)
+    test, names = task["test"][:8], task["new_names"]
+    logits, labels = method.evaluate(backbone, test, names)
+    assert set(method.last_variants) == {"both", "text", "visual", "none", "alpha=0", "alpha=0.5"}
+    for name, got in method.last_variants.items():
+        kw = {"alpha": float(name.split("=")[1])} if "=" in name else {"ensemble": name}
+        other = APEX(**kw)
+        other.prepare(backbone, task["names"], seed=0)
+        other.learner.load_state_dict(method.learner.state_dict())
+        expected, same = other.evaluate(backbone, test, names)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5, msg=name)
+        assert torch.equal(labels, same)
+    torch.testing.assert_close(logits, method.last_variants["both"])  # the configured one
+
+
+def test_variants_reach_the_run_record(tmp_path):
+    from fewclip.prompting.toy import coloured_squares
+
+    coloured_squares(tmp_path / "sq", num_classes=4, per_class=10, seed=0)
+    cfg = RunConfig(
+        method="apex",
+        dataset="folder:sq",
+        backbone="fewclip-test-vit",
+        pretrained=None,
+        shots=2,
+        protocol="base_to_new",
+        options={"epochs": 1, "batch_size": 4, "variants": True, "variant_alphas": [0.5]},
+        data_root=str(tmp_path),
+        cache_dir="",
+        progress=False,
+    )
+    record = runner.run(cfg)
+    for part in ("base", "new"):
+        variants = record["metrics"][part]["variants"]
+        assert set(variants) == {"both", "text", "visual", "none", "alpha=0.5"}
+        assert variants["both"]["correct"] == record["metrics"][part]["correct"]
+        # training classes: every ensemble setting is the adapted model as trained
+        if part == "base":
+            assert len({v["correct"] for v in variants.values()}) == 1
+    # the notebook helpers: one row per variant, never averaged together; the curves
+    import pandas as pd
+
+    from fewclip import evidence
+    from fewclip import notebook as nb
+
+    frame = pd.DataFrame([{**record, "status": "done", "label": "apex"}])
+    rows = nb.expand_variants(frame)
+    assert sorted(rows["label"]) == sorted(f"APEX ({v})" for v in variants)
+    alpha = rows[rows["label"] == "APEX (alpha=0.5)"].iloc[0]
+    assert alpha["new_accuracy"] == record["metrics"]["new"]["variants"]["alpha=0.5"]["accuracy"]
+    summary = evidence.summarize(rows, by=("label",), value="hm")
+    assert len(summary) == 5 and summary["config_id"].nunique() == 5
+    curves = nb.epoch_curves(frame)
+    assert list(curves["epoch"]) == [0] and curves["chosen"].all()
+    assert nb.chosen_epochs(frame).iloc[0]["chose epoch 0"] == 1

@@ -389,3 +389,104 @@ def labels(frame: pd.DataFrame) -> list[str]:
         v if isinstance(v, str) and v else m
         for v, m in zip(frame["variant"], frame["method"], strict=True)
     ]
+
+
+# --------------------------------------------------------------------------- encoder runs
+
+
+def expand_variants(frame: pd.DataFrame, prefix: str = "APEX") -> pd.DataFrame:
+    """One row per inference-time variant stored in a record (``metrics[...]["variants"]``:
+    APEX's ensemble settings scored on one trained model, ``variants=True``).
+
+    Each row carries that variant's accuracies and per-image correctness (so
+    :mod:`fewclip.evidence` gives its interval), the label ``"<prefix> (<variant>)"``,
+    and options naming it (``ensemble``, ``alpha``), so two variants are never averaged.
+    Runs without variants are left out."""
+    from .metrics import harmonic_mean
+
+    rows = []
+    for r in done(frame).to_dict("records"):
+        m = r.get("metrics") or {}
+        b2n = isinstance(m.get("base"), dict) and isinstance(m.get("new"), dict)
+        parts = {"base": m["base"], "new": m["new"]} if b2n else {"": m}
+        found = {k: (p.get("variants") or {}) for k, p in parts.items()}
+        if not all(found.values()):
+            continue
+        for name in next(iter(found.values())):
+            options = dict(r.get("options") or {})
+            if name.startswith("alpha="):
+                options.update(ensemble="both", alpha=float(name.split("=", 1)[1]))
+            else:
+                options.update(ensemble=name, alpha=None)
+            label = f"{prefix} ({name})"
+            row = {
+                **r,
+                "variant": label,
+                "label": label,
+                "options": options,
+                "run_key": f"{r.get('run_key', '')}:{name}",
+                "config": {**(r.get("config") or {}), "variant": label},
+            }
+            metrics = dict(m)
+            if b2n:
+                b, n = found["base"][name], found["new"][name]
+                metrics.update(base=b, new=n)
+                row.update(
+                    base_accuracy=b["accuracy"],
+                    new_accuracy=n["accuracy"],
+                    hm=harmonic_mean(b["accuracy"], n["accuracy"]),
+                )
+                row["accuracy"] = row["hm"]
+            else:
+                v = found[""][name]
+                metrics.update(v)
+                row["accuracy"] = v["accuracy"]
+            row["metrics"] = metrics
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def epoch_curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """The training curves of finished runs, long: one row per (run, epoch) with ``label``,
+    ``dataset``, ``seed``, ``epoch``, ``loss``, ``val_acc``, ``lr`` and ``chosen`` (whether
+    it is the epoch the run kept), from each record's ``history``."""
+    rows = []
+    for r in done(frame).to_dict("records"):
+        history = r.get("history")
+        if not isinstance(history, list) or not history:
+            continue
+        best = (r.get("chosen") or {}).get("best_epoch")
+        for h in history:
+            rows.append(
+                {
+                    "label": r.get("label") or r.get("method"),
+                    "dataset": r.get("dataset"),
+                    "seed": r.get("seed"),
+                    **{k: h.get(k) for k in ("epoch", "loss", "val_acc", "lr")},
+                    "chosen": h.get("epoch") == best,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["label", "dataset", "seed", "epoch", "loss", "val_acc", "lr", "chosen"]
+    )
+
+
+def chosen_epochs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per label: runs, epochs trained, how many runs kept epoch 0, and the chosen epochs."""
+    rows = []
+    for label, group in done(frame).groupby("label", sort=False):
+        chosen = [(c or {}).get("best_epoch") for c in group["chosen"]]
+        chosen = [int(c) for c in chosen if c is not None]
+        if not chosen:
+            continue
+        epochs = [len(h) for h in group["history"] if isinstance(h, list)]
+        rows.append(
+            {
+                "label": label,
+                "runs": len(chosen),
+                "epochs": max(epochs) if epochs else None,
+                "chose epoch 0": sum(c == 0 for c in chosen),
+                "chosen epochs": ", ".join(map(str, sorted(chosen))),
+            }
+        )
+    return pd.DataFrame(rows, columns=["label", "runs", "epochs", "chose epoch 0", "chosen epochs"])

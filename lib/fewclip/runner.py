@@ -419,13 +419,27 @@ def fit_method(
 
 def _evaluate(evaluator: Evaluator, dataset: Dataset, train_names=None) -> dict[str, Any]:
     logits, labels = evaluator.logits(dataset, dataset.test, train_names)
-    return {
+    out = {
         "accuracy": accuracy(logits, labels),
         "per_class_accuracy": per_class_accuracy(logits, labels, dataset.num_classes).tolist(),
         "test_images": int(labels.numel()),
         "correct": encode_correct(logits, labels),  # per test image, for fewclip.evidence
         "test_labels": labels_digest(labels),
     }
+    # inference-time variants of the same fitted model (APEX's ensemble settings)
+    variants = getattr(evaluator.method, "last_variants", None)
+    if variants:
+        digest = out["test_labels"]
+        out["variants"] = {
+            name: {
+                "accuracy": accuracy(v, labels),
+                "correct": encode_correct(v, labels),
+                "test_labels": digest,
+            }
+            for name, v in variants.items()
+        }
+        evaluator.method.last_variants = None
+    return out
 
 
 def run_protocol(

@@ -44,6 +44,12 @@ the test transform; Dassl's plain resize to 224 x 224 is the same for square ima
 Every explicitly given option wins over these defaults; :meth:`APEX.resolved` shows what
 a run uses.
 
+The ensemble changes neither training nor validation, so one trained model serves every
+ensemble setting: with ``variants=True``, :meth:`APEX.evaluate` also scores each
+``ensemble`` mode (adaptive a_e) and each fixed weight in ``variant_alphas`` (ensemble
+"both") on the same test images and keeps them in ``last_variants`` (the run layer stores
+them in the record, ``metrics[...]["variants"]``).
+
 Ablations: ``ensemble`` "both" / "text" / "visual" / "none"; ``alpha`` a fixed weight
 instead of exp(-beta d_avg) for the classes beyond ``epsilon`` of every training class
 (training classes keep a_e = 1, so training, validation and epoch selection always use
@@ -124,6 +130,28 @@ def ensemble_weights(
     return torch.exp(-beta * d_avg * far.float())
 
 
+def blend_logits(
+    u: torch.Tensor,
+    adapted: torch.Tensor,
+    z_prompted: torch.Tensor,
+    z_frozen: torch.Tensor,
+    a: torch.Tensor,
+    mode: str,
+    scale: float,
+) -> torch.Tensor:
+    """The ensemble of the module docstring from its pieces: u, adapted (E, d) text features
+    without / with the adapter, z_prompted, z_frozen (B, d) image features, a (E,) weights,
+    ``mode`` which sides blend. Returns (B, E) logits."""
+    text = adapted
+    if mode in ("both", "text"):
+        text = a[:, None] * adapted + (1 - a[:, None]) * u
+    z = z_prompted
+    if mode in ("both", "visual"):
+        w = float(a.mean())
+        z = w * z_prompted + (1.0 - w) * z_frozen
+    return scale * F.normalize(z, dim=-1) @ F.normalize(text, dim=-1).T
+
+
 class APEXLearner(nn.Module):
     """Every learnable parameter of APEX: visual prompts, text context, text adapter."""
 
@@ -173,6 +201,8 @@ class APEX(EncoderMethod):
         text_n_ctx: int = 2
         ensemble: str = "both"
         alpha: float | None = None  # fixed ensemble weight instead of the adaptive a_e
+        variants: bool = False  # also score every ensemble mode and variant_alphas
+        variant_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
         beta: float = 4.0
         epsilon: float = 0.05
 
@@ -186,7 +216,10 @@ class APEX(EncoderMethod):
         if o.protocol not in (None, *PROTOCOLS):
             raise ValueError(f"apex: unknown protocol {o.protocol!r}; choose one of {PROTOCOLS}")
         self._alpha: dict[tuple[str, ...], torch.Tensor] = {}
+        self._near: dict[tuple[str, ...], torch.Tensor] = {}
         self.frozen_train_text: torch.Tensor | None = None
+        #: variant name -> (N, C) logits of the last :meth:`evaluate` (``variants=True``)
+        self.last_variants: dict[str, torch.Tensor] | None = None
 
     @property
     def config_name(self) -> str:
@@ -234,6 +267,60 @@ class APEX(EncoderMethod):
                 self.frozen_train_text, frozen, o.beta, o.epsilon, fixed=o.alpha
             )
         return self._alpha[key]
+
+    def variant_weights(self, backbone: Backbone, classnames: Sequence[str]) -> dict:
+        """Ensemble settings scored with ``variants=True``: name -> (ensemble mode, (E,) a_e).
+        Names: the four modes with the adaptive a_e, and ``alpha=<x>`` (mode "both")."""
+        if self.frozen_train_text is None:
+            raise RuntimeError("apex: call fit() before computing ensemble weights")
+        key = tuple(classnames)
+        if key not in self._near:  # frozen text features of this class list
+            self._near[key] = backbone.encode_text(self.prompt_texts(key))
+        frozen, o = self._near[key], self.options
+        adaptive = ensemble_weights(self.frozen_train_text, frozen, o.beta, o.epsilon)
+        out = {mode: (mode, adaptive) for mode in ENSEMBLES}
+        for x in o.variant_alphas:
+            fixed = ensemble_weights(
+                self.frozen_train_text, frozen, o.beta, o.epsilon, fixed=float(x)
+            )
+            out[f"alpha={float(x):g}"] = ("both", fixed)
+        return out
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        backbone: Backbone,
+        items: Sequence[Datum],
+        classnames: Sequence[str],
+        batch_size: int = 128,
+        num_workers: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of ``items``; with ``variants=True`` the image and text features
+        are computed once and every ensemble setting is scored into ``last_variants``."""
+        if not self.options.variants:
+            self.last_variants = None
+            return super().evaluate(backbone, items, classnames, batch_size, num_workers)
+        learner = self._check_fitted()
+        with backbone.autocast():
+            u = learner.text(classnames).float()
+            adapted = learner.adapt(u)
+        settings = self.variant_weights(backbone, classnames)
+        settings["main"] = (self.options.ensemble, self.alpha(backbone, classnames))
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in settings}
+        labels = []
+        loader = batch_loader(backbone, items, batch_size=batch_size, num_workers=num_workers)
+        for images, y, _, ok in loader:
+            images = images[ok].to(backbone.device)
+            with backbone.autocast():
+                z_p = learner.visual(backbone.model.visual, images).float()
+                z_f = backbone.model.encode_image(images).float()
+            for name, (mode, a) in settings.items():
+                out[name].append(blend_logits(u, adapted, z_p, z_f, a, mode, backbone.logit_scale))
+            labels.append(y[ok])
+        logits = {name: torch.cat(chunks) for name, chunks in out.items()}
+        main = logits.pop("main")
+        self.last_variants = logits
+        return main, torch.cat(labels).to(main.device)
 
     def class_text(
         self, backbone: Backbone, classnames: Sequence[str], ensemble: bool = True
@@ -304,7 +391,7 @@ class APEX(EncoderMethod):
         if o.depth is None and depth is not None:
             depth = min(depth, layers)  # cross_eval's J = 3 on a ViT with fewer layers
         self.train_classnames = tuple(classnames)
-        self._alpha = {}
+        self._alpha, self._near = {}, {}
         self.frozen_train_text = backbone.encode_text(self.prompt_texts(classnames))
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
