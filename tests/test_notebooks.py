@@ -81,6 +81,21 @@ def test_paths_resolve_from_the_root_and_from_notebooks(monkeypatch, tmp_path):
         assert nb.resolve("data") == str(ROOT / "data")
     assert nb.resolve(str(tmp_path)) == str(tmp_path)
     assert nb.resolve(None) is None
+    assert f"the project root, `{ROOT}`" in nb.paths_note()
+
+
+def test_outside_the_checkout_paths_resolve_against_the_working_directory(monkeypatch, tmp_path):
+    """papermill run from another folder must not read and write in the installed checkout."""
+    monkeypatch.chdir(tmp_path)
+    assert nb.project_root() == tmp_path.resolve()
+    assert nb.resolve("runs/results.sqlite") == str(tmp_path.resolve() / "runs/results.sqlite")
+    assert "the working directory" in nb.paths_note() and str(tmp_path.resolve()) in nb.paths_note()
+    # a checkout found above the working directory is the root
+    (tmp_path / "pyproject.toml").touch()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert nb.project_root() == tmp_path.resolve()
 
 
 def test_listify_accepts_what_papermill_passes():
@@ -360,27 +375,18 @@ def test_explore_widget_callbacks(env, tmp_path, monkeypatch):
     )
     for source in code[1:]:
         exec(source, namespace)
-    shown = []
-    for name in ("show_curves", "show_per_class", "show_predictions"):
-        original = namespace[name]
-        namespace[name] = lambda *a, _f=original, _n=name: (shown.append((_n, a)), _f(*a))
-    other = next(
-        d for d in namespace["datasets_of"]("fewclip-test-rn") if d != namespace["w_dataset"].value
-    )
-    namespace["w_dataset"].value = other  # refreshes the options and redraws
-    assert namespace["w_run"].options and set(namespace["w_labels"].value) == {
-        "zero_shot",
-        "tip_adapter",
-    }
-    namespace["w_run"].value = "tip_adapter"
-    namespace["w_shots"].value = 1
-    namespace["on_predict"](None)
-    assert (
-        "show_curves",
-        ("fewclip-test-rn", other, "few_shot", ["tip_adapter", "zero_shot"]),
-    ) in shown
-    assert ("show_per_class", ("fewclip-test-rn", other, "few_shot", "tip_adapter", 1)) in shown
-    assert any(n == "show_predictions" and a[1] == other for n, a in shown)
+    explorer, views = namespace["explorer"], namespace["views"]
+    other = next(d for d in views.datasets_of("fewclip-test-rn") if d != explorer.w_dataset.value)
+    explorer.w_dataset.value = other  # refreshes the options and redraws
+    assert explorer.w_run.options and set(explorer.w_labels.value) == {"zero_shot", "tip_adapter"}
+    explorer.w_run.value = "tip_adapter"
+    explorer.w_shots.value = 1
+    explorer.w_predict.click()
+    # what the callbacks drew: the curves of the other dataset, its per-class chart and
+    # the refitted run's predictions, each a PNG in its output area
+    for out in (explorer.curves_out, explorer.per_class_out, explorer.predictions_out):
+        assert "image/png" in out.outputs[0]["data"], out.outputs
+    assert other in explorer.curves_out.outputs[1]["data"]["text/markdown"]
 
 
 def test_claims_notebook(env, tmp_path):

@@ -7,7 +7,8 @@
 
 Relative paths are resolved against the project root (the folder holding ``pyproject.toml``
 and ``data/``), found by searching upward from the working directory, so the same
-parameters work from the repository root (papermill) and from ``notebooks/`` (JupyterLab).
+parameters work from the repository root (papermill) and from ``notebooks/`` (JupyterLab);
+outside any checkout, against the working directory itself (the banner says which).
 Nothing here computes a method: notebooks orchestrate, ``fewclip.runner`` runs.
 """
 
@@ -35,17 +36,28 @@ from .config import RunConfig
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
     """The nearest folder at or above ``start`` (default: the working directory) that holds
-    both ``pyproject.toml`` and ``data/``; else the checkout this package lives in."""
+    both ``pyproject.toml`` and ``data/``; else ``start`` itself.
+
+    Never the checkout fewclip is installed from: papermill run from a folder outside the
+    checkout reads and writes under that folder (as every command-line tool does with a
+    relative path), not silently in the installed checkout. :func:`paths_note` says which
+    root the notebook uses.
+    """
     here = Path(start or os.getcwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "pyproject.toml").is_file() and (folder / "data").is_dir():
             return folder
-    checkout = Path(__file__).resolve().parents[2]  # lib/fewclip/notebook.py -> repo
-    if (checkout / "pyproject.toml").is_file():
-        return checkout
-    raise FileNotFoundError(
-        f"no project root (a folder with pyproject.toml and data/) at or above {here}"
-    )
+    return here
+
+
+def paths_note() -> str:
+    """Markdown naming the folder relative paths resolve against (shown in the banner)."""
+    root = project_root()
+    if Path(os.getcwd()).resolve() == root and not (root / "pyproject.toml").is_file():
+        kind = "the working directory (no fewclip checkout at or above it)"
+    else:
+        kind = "the project root"
+    return f"**Paths:** relative paths resolve against {kind}, `{root}`."
 
 
 def resolve(path: str | os.PathLike | None) -> str | None:
@@ -187,7 +199,7 @@ def show_banner(
     """Display :func:`model_banner` as Markdown (a notebook's first output)."""
     from IPython.display import Markdown, display
 
-    display(Markdown(model_banner(source, pretrained, datasets)))
+    display(Markdown(model_banner(source, pretrained, datasets) + "\n\n" + paths_note()))
 
 
 def check_model(backbone: str, pretrained: str | None = "default") -> None:
