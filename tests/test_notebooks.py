@@ -246,6 +246,11 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     command += ["-p", "shots", "2", "-p", "backbone", "fewclip-test-rn", "-p", "pretrained"]
     command += ["none", "-p", "epochs", "2", "-p", "tip_f_epochs", "2", "-p", "augment_views"]
     command += ["1", "-y", "datasets: [folder:squares]", "-y", "lams: [0.0, 1.0]"]
+    command += ["-y", "label_noises: [0.0, 0.5]", "-y", "noise_methods: [tip_adapter]"]
+    command += ["-y", "curve_shots: [1, 2]", "-y", "curve_datasets: [folder:squares]"]
+    command += ["-y", "curve_methods: [zero_shot, tip_adapter, linear_probe]"]
+    command += ["-y", "clip_adapter_options: {epochs: 1}", "-p", "seeds", "[1, 2]"]
+    command += ["-p", "dg_source", "folder:squares", "-y", "dg_targets: [folder:squares]"]
     command += ["-p", "data_root", env["data"], "-p", "cache_dir", env["cache"]]
     command += ["-p", "results", str(results), "-p", "output_dir", str(out)]
     command += ["--no-progress-bar", "--execution-timeout", str(TIMEOUT)]
@@ -262,13 +267,26 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     notebook = nbformat.read(executed, as_version=4)
     assert not outputs(notebook, "error")
     store = ResultStore(results).to_frame()
-    assert (store["shots"].isin([0, 2])).all()
+    assert (store["shots"].isin([0, 1, 2])).all()
     dual = store[store["method"] == "dual_adapter"]
     expected = {"DualAdapter (full)", "positive only", "negative only", "no soft labels"}
     expected |= {"no pseudo-negative cache", "training-free", "lam fixed at 0", "lam fixed at 1"}
-    assert set(dual["variant"]) == expected
+    assert set(dual["variant"]) == expected | {"DualAdapter v2 (SimNL)"}
+    noise = store["config"].map(lambda c: c["label_noise"])
+    assert set(noise) == {0.0, 0.5} and set(store.loc[noise > 0, "method"]) == {
+        "dual_adapter",
+        "tip_adapter",
+    }
+    # tables with intervals over the two seeds; v2 - v1 paired
+    versions = pd.read_csv(out / "versions.csv")
+    assert set(versions["n_seeds"]) == {2} and (versions["ci_low"] <= versions["mean"]).all()
+    assert len(pd.read_csv(out / "v2_minus_v1.csv")) == 1
+    curves = pd.read_csv(out / "few_shot_curves.csv")
+    assert set(curves["shots"]) == {0, 1, 2} and "DualAdapter (full)" in set(curves["label"])
+    dg = pd.read_csv(out / "domain_generalisation.csv")
+    assert set(dg["target"]) == {"folder:squares (source)", "folder:squares"}
     chosen = pd.read_csv(out / "chosen.csv")
-    assert {"beta", "alpha", "lam"} <= set(chosen.columns) and len(chosen) == 6
+    assert {"beta", "alpha", "lam"} <= set(chosen.columns) and len(chosen) == 12
     assert chosen.loc[chosen["label"] == "positive only", "lam"].iloc[0] == 1.0
     gains = pd.read_csv(out / "per_class_gains.csv")
     assert len(gains) == 6 and {"class", "gain"} <= set(gains.columns)
