@@ -1,49 +1,71 @@
 """TOMM: task-oriented multi-modal mutual learning, CTP + TFT (Long et al., ICCV 2023;
-arXiv 2303.17169). OUR INTERPRETATION: no code is public and only the abstract was
-available to us; every design choice below that the abstract does not fix is ours and is
-a parameter.
+arXiv 2303.17169). OUR INTERPRETATION: no code is public, and of the paper's text only the
+abstract was readable to us. A Markdown rendering of the full paper is among the stored
+public pages (huggingface.datasetlab.ai/papers/2303.17169.md), but the search tool returns
+only its opening (title, authors, abstract); searches for the method section (title,
+"class-aware text prompt", "text-guided feature tuning", "TOMM CoCoOp", the ICCV
+open-access page) found no equations, widths, loss weights or training settings. So
+NOTHING below beyond the abstract follows the paper's text: every such choice is ours and
+is an option.
 
-What the abstract fixes: CoCoOp adds one image-conditioned bias to the prompts of every
-class; TOMM's class-aware text prompt (CTP) makes the image information class-aware
-(image -> text); text-guided feature tuning (TFT) makes the image representation attend
-to class-related content (text -> image); a contrastive loss aligns the two, trained
-together; protocol as CoCoOp (ViT-B/16, 16 shots, base-to-new).
+What the abstract fixes (and we follow): CoCoOp adds one image-conditioned bias to the
+prompts of every class; TOMM's class-aware text prompt (CTP) enriches each class's prompt
+with label-related image information (image -> text); text-guided feature tuning (TFT),
+"instead of reserving the complete image representations", makes the image branch attend
+to class-related representation (text -> image); a contrastive loss aligns the augmented
+text and image representations; the two are trained together; protocol as CoCoOp
+(ViT-B/16, 16 shots, base-to-new over 11 datasets).
 
-Our design, with f = f(x) the frozen, normalised image feature (d,), e_c a class
-embedding, v_1..v_M CoOp context vectors (M = 4, init "a photo of a"):
+Our design, with f = f(x) the frozen, normalised global image feature (d,), P = P(x) its
+T normalised patch tokens (T, d) projected into the joint space like f
+(:mod:`fewclip.patch_tokens`: ln_post + proj for a ViT, the attention pool's value and
+output projections for a ResNet), e_c a class embedding, v_1..v_M CoOp context vectors
+(M = 4, init "a photo of a"):
 
     CTP   pi_c(x) = W_2 ReLU(W_1 [f; e_c] + b_1) + b_2                ("mlp", default)
-              or  = W_o softmax((W_q e_c)(W_k P)^T / sqrt(a)) (W_v P)   ("attention" over
-                    the normalised patch tokens P (T, d) of x; ViT only)
-          t_c(x)  = g([SOS, v_1 + pi_c(x), ..., v_M + pi_c(x), w_c, ".", EOT])   (d,)
-    TFT   z(x)    = f + gamma * W_o' softmax((W_q' f)(W_k' T(x))^T / sqrt(a')) (W_v' T(x))
-                    T(x) = norm(t_c(x)) for all C classes; gamma a scalar gate, init 0
-    logit l_c(x)  = s * norm(z(x)) . norm(t_c(x))                     s: model's scale
+              or  = W_o softmax((W_q e_c)(W_k P)^T / sqrt(a)) (W_v P)   ("attention")
+          t_c(x)  = norm(g([SOS, v_1 + pi_c(x), ..., v_M + pi_c(x), w_c, ".", EOT]))  (d,)
+    TFT ("patch", default: the class text queries the image content)
+          a_c(x)  = softmax_j( tau * (t_c . P_j + (W_q t_c) . (W_k P_j)) )    (T,), sums to 1
+          z_c(x)  = norm( sum_j a_cj(x) P_j )          the part of x that class c attends to
+          u_c(x)  = norm( (1 - alpha) f + alpha z_c(x) )     alpha: learned scalar, init 0
+        ("global", the previous variant: f attends over the C class texts)
+          u(x)    = norm( f + gamma W_o softmax((W_q' f)(W_k' T(x))^T / sqrt(a')) (W_v' T(x)) )
+    logit l_c(x)  = s * u_c(x) . t_c(x)                               s: model's scale
     loss          = (CE_i2t + CE_t2i) / 2   ("symmetric"; "ce": CE_i2t only)
                     CE_i2t: softmax over classes of l(x_i), target y_i
-                    CE_t2i: for the positive text u_j = norm(t_{y_j}(x_j)) of image j,
-                    softmax over the batch images of s * u_j . norm(z(x_i)), target
-                    uniform over the images of class y_j
+                    CE_t2i: for the positive text t_{y_j}(x_j) of image j, softmax over
+                    the batch images i of s * t_{y_j}(x_j) . u_{y_j}(x_i) (image i seen
+                    through class y_j), target uniform over the images of class y_j
 
-Our choices (each an option): e_c is the frozen-CLIP text feature of "a photo of a {c}."
+Patch TFT, our choices: W_q (a x d, zero-initialised) and W_k (a x d), a = d / 4
+(``tft_reduction``), are a low-rank correction to the zero-shot patch-text similarity
+t_c . P_j, so the attention is already meaningful at step 0 (it picks the patches that
+look like class c; MaskCLIP's observation); tau starts at the model's logit scale s and is
+learned (log-parametrised); values are the tokens themselves, so z_c stays in the joint
+space; alpha = 0 at init (``tft_gate_init``) gives zero-shot CLIP exactly at step 0.
+
+Other choices (each an option): e_c is the frozen-CLIP text feature of "a photo of a {c}."
 (``class_embedding="text"``; ``"tokens"``: the mean word embedding of the class name);
-the bias is added to all M context tokens of class c; hidden width d / 16 as CoCoOp's
-Meta-Net (``ctp_reduction``); the last layer of the CTP net is zero-initialised
-(``ctp_zero_init``) so that, with the TFT gate at 0, training starts exactly at zero-shot
-CLIP with the hand-made prompt; TFT refines the global image feature (not patch tokens),
-single head, attention width d / 4 (``tft_reduction``), ungated by tanh; the text->image
-term uses supervised-contrastive targets because several images of one class may share a
-batch; defaults batch 4 (CoCoOp uses 1, which leaves the text->image term empty), SGD lr
-0.002, 10 epochs, CoCoOp's warm-up. With its gate at 0 and plain SGD at lr 0.002 the
-TFT branch barely moves in a few epochs (measured on the tiny ViT: |gamma| < 0.002 after 4
-epochs, so "CTP + TFT" then equals "CTP only"); ``tft_lr_factor`` gives the TFT parameters
-their own learning rate (default 1: the same as the rest). The class prompts of every
+the CTP bias is added to all M context tokens of class c; hidden width d / 16 as CoCoOp's
+Meta-Net (``ctp_reduction``); the last CTP layer is zero-initialised (``ctp_zero_init``),
+so with alpha = 0 training starts exactly at zero-shot CLIP with the hand-made prompt; the
+text->image term uses supervised-contrastive targets because several images of one class
+may share a batch; defaults batch 4 (CoCoOp uses 1, which leaves the text->image term
+empty), SGD lr 0.002, CoCoOp's warm-up. TFT has its own learning rate, lr x
+``tft_lr_factor``: with its weight at 0 and CoCoOp's SGD rate it barely moves (the global
+variant: |gamma| < 0.002 after 4 epochs on the tiny ViT). The class prompts of every
 (image, class) pair go through the text encoder as one batch; what does not depend on the
 image (prompt token embeddings, e_c, W_1 e_c) is computed once per class list or step.
 
-Ablations from options (see :data:`ABLATIONS`): CoOp (``ctp=False, tft=False,
-loss="ce"``), CoCoOp (``ctp=False, image_bias=True, tft=False, loss="ce"``), CTP only
-(``tft=False``), TFT only (``ctp=False``), CTP + TFT (default).
+Defaults from our validation study (``benchmarks/tomm_val_study.py``; VAL split of the
+offline base-to-new tasks, never test; tiny-emoji-vit, 4 shots, seeds 1-2):
+
+STUDY_RESULTS_PLACEHOLDER
+
+Ablations from options (see :data:`ABLATIONS`): CoOp (``ctp=False, tft="off",
+loss="ce"``), CoCoOp (``ctp=False, image_bias=True, tft="off", loss="ce"``), CTP only
+(``tft="off"``), TFT only (``ctp=False``), CTP + TFT (default).
 """
 
 from __future__ import annotations
@@ -62,14 +84,22 @@ from ..prompting.text_prompts import TextPromptLearner, TextTower
 from .base import register_method
 from .cocoop import MetaNet
 
+#: Defaults chosen by the validation study (module docstring).
+TFT_LR_FACTOR = 1.0
+EPOCHS = 10
+
 #: Named option sets for the paper's ablation table.
 ABLATIONS: dict[str, dict] = {
-    "CoOp": {"ctp": False, "tft": False, "loss": "ce"},
-    "CoCoOp": {"ctp": False, "image_bias": True, "tft": False, "loss": "ce"},
-    "CTP only": {"ctp": True, "tft": False},
-    "TFT only": {"ctp": False, "tft": True},
-    "CTP + TFT": {"ctp": True, "tft": True},
+    "CoOp": {"ctp": False, "tft": "off", "loss": "ce"},
+    "CoCoOp": {"ctp": False, "image_bias": True, "tft": "off", "loss": "ce"},
+    "CTP only": {"ctp": True, "tft": "off"},
+    "TFT only": {"ctp": False, "tft": "patch"},
+    "CTP + TFT": {"ctp": True, "tft": "patch"},
 }
+
+#: TFT variants: "patch" (class text queries the patch tokens; default), "global" (the
+#: global feature attends over the class texts), "off".
+TFT_MODES = ("patch", "global", "off")
 
 
 class ClassAwareBias(nn.Module):
@@ -111,8 +141,46 @@ class ClassAwareBias(nn.Module):
         return self.out(torch.einsum("bct,bta->bca", attn.softmax(dim=-1), v))
 
 
+class PatchTextGuidedTuning(nn.Module):
+    """TFT on image content: class c's text feature queries the image's patch tokens, giving
+    a class-conditioned image feature z_c(x), blended with the global one by ``gate``."""
+
+    def __init__(self, dim: int, reduction: int, gate_init: float, scale: float) -> None:
+        super().__init__()
+        hidden = max(1, dim // reduction)
+        self.query = nn.Linear(dim, hidden, bias=False)
+        self.key = nn.Linear(dim, hidden, bias=False)
+        nn.init.zeros_(self.query.weight)  # step 0: the zero-shot patch-text similarity
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        self.gate = nn.Parameter(torch.tensor(float(gate_init)))
+
+    def attention(self, text: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """text (C, d) or (B, C, d), tokens (B, T, d), both normalised -> (B, C, T)
+        attention of each class text over the patches of each image (sums to 1 over T)."""
+        if text.dim() == 2:
+            text = text.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        sim = torch.einsum("bcd,btd->bct", text, tokens)
+        sim = sim + torch.einsum("bca,bta->bct", self.query(text), self.key(tokens))
+        return (self.log_scale.exp() * sim).softmax(dim=-1)
+
+    def class_features(self, text: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """z_c(x): (B, C, d) normalised attention-weighted patch tokens."""
+        return F.normalize(
+            torch.einsum("bct,btd->bcd", self.attention(text, tokens), tokens), dim=-1
+        )
+
+    def forward(
+        self, features: torch.Tensor, text: torch.Tensor, tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """features (B, d), text (C, d) or (B, C, d), tokens (B, T, d), all normalised ->
+        (B, C, d) un-normalised u_c(x) = (1 - alpha) f + alpha z_c(x)."""
+        z = self.class_features(text, tokens)
+        return (1.0 - self.gate) * features.unsqueeze(1) + self.gate * z
+
+
 class TextGuidedTuning(nn.Module):
-    """TFT: the image feature attends over the class text features; gated residual."""
+    """TFT ("global", the previous variant): the image feature attends over the class text
+    features; gated residual."""
 
     def __init__(self, dim: int, reduction: int, gate_init: float) -> None:
         super().__init__()
@@ -145,7 +213,7 @@ class TOMMLearner(nn.Module):
         prompt: TextPromptLearner,
         ctp: ClassAwareBias | None,
         image_bias: MetaNet | None,
-        tft: TextGuidedTuning | None,
+        tft: TextGuidedTuning | PatchTextGuidedTuning | None,
     ) -> None:
         super().__init__()
         self.prompt = prompt
@@ -163,12 +231,16 @@ def symmetric_contrastive_loss(
 ) -> torch.Tensor:
     """(CE_i2t + CE_t2i) / 2 (module docstring).
 
-    logits (B, C); image (B, d) and text (B, C, d) or (C, d), normalised; labels (B,).
+    logits (B, C); image (B, d), or (B, C, d) class-conditioned (patch TFT), and text
+    (B, C, d) or (C, d), normalised; labels (B,).
     """
     i2t = F.cross_entropy(logits, labels)
     batch = torch.arange(labels.shape[0], device=labels.device)
     positive = text[batch, labels] if text.dim() == 3 else text[labels]  # (B, d)
-    t2i = scale * positive @ image.T  # (B texts, B images)
+    if image.dim() == 3:  # image i seen through the class of text j
+        t2i = scale * torch.einsum("jd,ijd->ji", positive, image[:, labels])
+    else:
+        t2i = scale * positive @ image.T  # (B texts, B images)
     same = (labels.unsqueeze(1) == labels.unsqueeze(0)).float()
     targets = same / same.sum(dim=1, keepdim=True)
     return 0.5 * (i2t + F.cross_entropy(t2i, targets))
@@ -183,7 +255,7 @@ class TOMM(FeaturePromptMethod):
     @dataclass
     class Options(FeaturePromptOptions):
         ctp: bool = True
-        tft: bool = True
+        tft: str | bool = "patch"  # TFT_MODES; True: "patch", False: "off"
         image_bias: bool = False  # CoCoOp's Meta-Net bias (for the CoCoOp ablation)
         n_ctx: int | None = None  # None: every token of ``init``
         init: str | None = "a photo of a"
@@ -192,11 +264,11 @@ class TOMM(FeaturePromptMethod):
         ctp_reduction: int = 16
         ctp_zero_init: bool = True
         tft_reduction: int = 4
-        tft_gate_init: float = 0.0
-        tft_lr_factor: float = 1.0  # learning rate of the TFT parameters: lr x this
+        tft_gate_init: float = 0.0  # alpha (patch) / gamma (global); 0: zero-shot at step 0
+        tft_lr_factor: float = TFT_LR_FACTOR  # learning rate of the TFT parameters: lr x this
         loss: str = "symmetric"  # or "ce"
         batch_size: int = 4
-        epochs: int | None = 10
+        epochs: int | None = EPOCHS
         eval_chunk: int = 64  # images per text-encoder batch at inference
 
     def __init__(self, **options) -> None:
@@ -208,10 +280,21 @@ class TOMM(FeaturePromptMethod):
             raise ValueError(f"tomm: unknown class_embedding {o.class_embedding!r}")
         if o.ctp and o.image_bias:
             raise ValueError("tomm: ctp and image_bias are alternatives; switch one off")
+        if isinstance(o.tft, bool):
+            o.tft = "patch" if o.tft else "off"
+        if o.tft not in TFT_MODES:
+            raise ValueError(f"tomm: unknown tft {o.tft!r}; choose one of {TFT_MODES}")
 
     @property
     def needs_tokens(self) -> bool:
-        return self.options.ctp and self.options.ctp_mode == "attention"
+        o = self.options
+        return (o.ctp and o.ctp_mode == "attention") or o.tft == "patch"
+
+    def epoch_record(self) -> dict[str, float]:
+        """The TFT weight (alpha / gamma) after each epoch, kept in ``history``."""
+        if self.learner is None or self.learner.tft is None:
+            return {}
+        return {"tft_weight": float(self.learner.tft.gate.detach())}
 
     def parameter_groups(self) -> list[dict]:
         """TFT in its own group at ``lr * tft_lr_factor`` (its gate starts at 0, so with
@@ -239,7 +322,12 @@ class TOMM(FeaturePromptMethod):
             ctp = ClassAwareBias(
                 d, class_dim, tower.width, o.ctp_mode, o.ctp_reduction, o.ctp_zero_init
             )
-        tft = TextGuidedTuning(d, o.tft_reduction, o.tft_gate_init) if o.tft else None
+        tft: TextGuidedTuning | PatchTextGuidedTuning | None = None
+        if o.tft == "patch":
+            scale = backbone.logit_scale
+            tft = PatchTextGuidedTuning(d, o.tft_reduction, o.tft_gate_init, scale)
+        elif o.tft == "global":
+            tft = TextGuidedTuning(d, o.tft_reduction, o.tft_gate_init)
         self.learner = TOMMLearner(prompt, ctp, image_bias, tft).to(backbone.device)
         self.backbone = backbone
         self.logit_scale = backbone.logit_scale
@@ -283,10 +371,16 @@ class TOMM(FeaturePromptMethod):
             bias = None
         return F.normalize(learner.prompt(classnames, bias=bias).float(), dim=-1)
 
-    def refine(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """TFT (identity when off): (B, d) -> (B, d) normalised."""
+    def refine(
+        self, features: torch.Tensor, text: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """TFT, normalised: "patch" (B, C, d) u_c(x); "global" (B, d); off: (B, d) f."""
         learner = self._check_fitted()
-        if learner.tft is not None:
+        if isinstance(learner.tft, PatchTextGuidedTuning):
+            if tokens is None:
+                raise ValueError("tomm: TFT on patch tokens needs the image's patch tokens")
+            features = learner.tft(features.float(), text, tokens.float())
+        elif learner.tft is not None:
             features = learner.tft(features, text)
         return F.normalize(features.float(), dim=-1)
 
@@ -294,8 +388,10 @@ class TOMM(FeaturePromptMethod):
         self, features: torch.Tensor, classnames: Sequence[str], tokens: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         text = self.text_features(features, classnames, tokens)
-        z = self.refine(features, text)
-        if text.dim() == 3:
+        z = self.refine(features, text, tokens)
+        if z.dim() == 3:  # class-conditioned image features
+            logits = self.logit_scale * (z * text).sum(-1)
+        elif text.dim() == 3:
             logits = self.logit_scale * torch.einsum("bd,bcd->bc", z, text)
         else:
             logits = self.logit_scale * z @ text.T
@@ -321,11 +417,13 @@ class TOMM(FeaturePromptMethod):
     ) -> dict[str, torch.Tensor | float | None]:
         """Read-only diagnostics on frozen image features (B, d) over ``classnames`` (C):
 
-        ``gate``: the learned TFT gate gamma (None without TFT); ``attention`` (B, C): TFT's
-        attention of each image over the class texts (None without TFT); ``bias_norm``
+        ``gate``: the learned TFT weight alpha / gamma (None without TFT); ``attention``:
+        TFT's attention, (B, C, T) of each class text over the image's patch tokens
+        ("patch"; ``tokens`` needed) or (B, C) of each image over the class texts
+        ("global"), None without TFT; ``bias_norm``
         (B, C): the norm of CTP's per-(image, class) context bias pi_c(x) (None without CTP;
         (B, 1) for CoCoOp's class-shared bias); ``shift`` (B,): cosine distance between the
-        refined and the frozen image feature.
+        refined and the frozen image feature (patch TFT: averaged over the classes).
         """
         learner = self._check_fitted()
         was_training = learner.training
@@ -338,7 +436,12 @@ class TOMM(FeaturePromptMethod):
                 "attention": None,
                 "bias_norm": None,
             }
-            if learner.tft is not None:
+            if isinstance(learner.tft, PatchTextGuidedTuning):
+                if tokens is None:
+                    raise ValueError("tomm: patch TFT diagnostics need the patch tokens")
+                out["gate"] = float(learner.tft.gate)
+                out["attention"] = learner.tft.attention(text, tokens.float())
+            elif learner.tft is not None:
                 out["gate"] = float(learner.tft.gate)
                 out["attention"] = learner.tft.attention(features, text)
             if learner.ctp is not None:
@@ -346,8 +449,12 @@ class TOMM(FeaturePromptMethod):
                 out["bias_norm"] = bias.norm(dim=-1)
             elif learner.image_bias is not None:
                 out["bias_norm"] = learner.image_bias(features).norm(dim=-1, keepdim=True)
-            z = self.refine(features, text)
-            out["shift"] = 1.0 - (z * F.normalize(features, dim=-1)).sum(-1)
+            z = self.refine(features, text, tokens)
+            f = F.normalize(features, dim=-1)
+            if z.dim() == 3:
+                out["shift"] = 1.0 - (z * f.unsqueeze(1)).sum(-1).mean(1)
+            else:
+                out["shift"] = 1.0 - (z * f).sum(-1)
             return out
         finally:
             learner.train(was_training)

@@ -49,7 +49,6 @@ from .training import (
     epoch_scheduler,
     fit_loop,
 )
-from .visual_prompts import encode_image
 
 if TYPE_CHECKING:  # imported lazily: fewclip.methods imports the methods built on this package
     from ..methods.base import FitResult
@@ -119,11 +118,13 @@ def encode_plain(
     backbone: Backbone, images: torch.Tensor, tokens: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frozen encoder: (B, 3, H, W) -> ((B, d) normalised features, (B, T, d) normalised
-    patch tokens or None)."""
+    patch tokens or None; see :mod:`fewclip.patch_tokens`)."""
+    from ..patch_tokens import image_tokens  # lazily: it imports this package's modules
+
     images = images.to(backbone.device)
     with backbone.autocast():
         if tokens:
-            pooled, toks = encode_image(backbone.model.visual, images, return_tokens=True)
+            pooled, toks = image_tokens(backbone.model.visual, images)  # ViT or ResNet
         else:
             pooled, toks = backbone.model.encode_image(images), None
     pooled = F.normalize(pooled.float(), dim=-1)
@@ -323,6 +324,10 @@ class EncoderMethod(ABC):
             raise RuntimeError(f"{self.name}: call fit() before logits()")
         return self.learner
 
+    def epoch_record(self) -> dict[str, float]:
+        """Extra values recorded in each epoch's ``history`` row (e.g. a learned gate)."""
+        return {}
+
     def parameter_groups(self) -> list[dict]:
         """Optimiser parameter groups; the first runs at ``options.lr`` (and sets the
         schedule), others may carry their own ``lr``. Default: one group, every parameter."""
@@ -495,6 +500,7 @@ class FeaturePromptMethod(EncoderMethod):
             progress,
             desc=self.name,
             ties=o.ties,
+            record=self.epoch_record,
         )
         result.chosen["epochs"] = epochs
         if o.cache_images:

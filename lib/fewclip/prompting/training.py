@@ -145,9 +145,11 @@ def fit_loop(
     progress: bool = False,
     desc: str = "train",
     ties: str = "last",
+    record: Callable[[], dict[str, float]] | None = None,
 ) -> FitResult:
     """Run ``epochs`` epochs; ``run_epoch(e)`` trains one epoch and returns its step losses,
-    ``validate()`` returns the val accuracy in percent. Restores the selected state
+    ``validate()`` returns the val accuracy in percent; ``record()`` (optional) returns
+    extra values to keep in each epoch's ``history`` row. Restores the selected state
     (``ties``: which of equally good epochs, see the module docstring)."""
     from ..methods.base import FitResult
 
@@ -171,7 +173,8 @@ def fit_loop(
         with torch.no_grad():
             val_acc = validate()
         loss = sum(losses) / max(1, len(losses))
-        result.history.append({"epoch": epoch, "loss": loss, "val_acc": val_acc, "lr": lr})
+        extra = record() if record is not None else {}
+        result.history.append({"epoch": epoch, "loss": loss, "val_acc": val_acc, "lr": lr, **extra})
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.1f}")
         better = val_acc >= best_acc if ties == "last" else val_acc > best_acc
         if selection == "last" or better:
