@@ -11,6 +11,7 @@ zero-shot reference is CLIP with the prompt "a photo of a {c}." (TOMM at step 0)
 
     nice -n 10 python benchmarks/tomm_val_study.py --data-root /work/main/data
     python benchmarks/tomm_val_study.py --quick --data-root /work/main/data   # 1 seed
+    python benchmarks/tomm_val_study.py --only "init 1.0" ...   # some rows of the grid
 
 Image features and patch tokens are encoded once per task and seed (10 augmented views)
 and reused by every configuration, so the study runs in minutes on 2 CPU cores with the
@@ -50,6 +51,7 @@ GRID: list[tuple[str, dict]] = [
         (30, 0.0, 4),
         (30, 0.0, 10),
         (1, 0.25, 10),
+        (1, 1.0, 10),  # only the class-conditioned feature from step 0 (not zero-shot)
     ]
     for opts in [
         {"tft": "patch", "tft_lr_factor": float(factor), "tft_gate_init": init, "epochs": epochs}
@@ -75,7 +77,8 @@ def study(args) -> pd.DataFrame:
     backbone = load_backbone(args.backbone, args.pretrained, device="cpu")
     rows = []
     jobs = [(d, s) for d in args.datasets for s in args.seeds]
-    bar = tqdm(total=len(jobs) * (len(GRID) + 1), desc="tomm val study")
+    chosen = [(label, opts) for label, opts in GRID if not args.only or args.only in label]
+    bar = tqdm(total=len(jobs) * (len(chosen) + 1), desc="tomm val study")
     for name, seed in jobs:
         dataset = load_dataset(name, args.data_root)
         base_labels, _ = base_new_classes(dataset)
@@ -101,7 +104,7 @@ def study(args) -> pd.DataFrame:
         accs = {k: score(zero_shot, parts[k], names[k]) for k in parts}
         rows.append({"config": "zero-shot CLIP", "dataset": name, "seed": seed, **accs})
         bar.update()
-        for label, opts in GRID:
+        for label, opts in chosen:
             method = TOMM(ctp=False, **opts)
             torch.manual_seed(seed)
             start = time.perf_counter()
@@ -139,6 +142,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one seed")
     parser.add_argument("--csv", default=None, help="also write every row here")
+    parser.add_argument("--only", default=None, help="only the grid rows whose label has this")
     args = parser.parse_args()
     if args.quick:
         args.seeds = args.seeds[:1]

@@ -344,16 +344,25 @@ def test_mutual_notebook(env, tmp_path):
         pretrained="none",
         datasets=["folder:squares"],
         shots=1,
-        epochs=1,
+        epochs=2,
+        seeds=[1, 2],
+        map_images=2,
     )
     assert not outputs(notebook, "error")
     assert "OUR INTERPRETATION" in text_of(notebook)
     assert set(store["variant"]) == {"CoOp", "CoCoOp", "CTP only", "TFT only", "CTP + TFT"}
     assert (store["method"] == "tomm").all() and store["hm"].notna().all()
-    attention = pd.read_csv(out / "tft_attention.csv")
-    assert set(attention["classes"]) == {"base", "new"}
-    assert (attention["attention on the true class"].between(0, 1)).all()
-    assert (out / "ctp_bias.png").is_file()
+    ablations = pd.read_csv(out / "ablations.csv")
+    assert set(ablations["metric"]) == {"base", "new", "HM"}
+    assert (ablations["ci_low"] <= ablations["mean"]).all()
+    assert (ablations["mean"] <= ablations["ci_high"]).all()
+    assert len(pd.read_csv(out / "paired_differences.csv"))
+    curves = pd.read_csv(out / "training_curves.csv")
+    tft = curves[curves["label"].isin(["TFT only", "CTP + TFT"])]
+    assert tft["tft_weight"].notna().all() and len(tft)
+    attention = pd.read_csv(out / "patch_attention.csv")
+    assert (attention["min"] >= 0).all() and (attention["max"] <= 1).all()
+    assert (out / "patch_attention.png").is_file() and (out / "training_curves.png").is_file()
 
 
 def test_explore_notebook_from_the_notebooks_folder(env, tmp_path):
