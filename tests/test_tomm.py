@@ -212,7 +212,7 @@ def test_tft_learning_rate_factor_groups_the_tft_parameters(backbone, task):
     assert {id(p) for p in optimizer.param_groups[1]["params"]} == tft
     assert not tft & {id(p) for p in optimizer.param_groups[0]["params"]}
     # factor 1: one group, as before
-    plain = TOMM()
+    plain = TOMM(tft_lr_factor=1.0)
     plain.prepare(backbone, task["names"], seed=0)
     assert len(plain._optimizer_and_schedule(epochs=2)[0].param_groups) == 1
 
