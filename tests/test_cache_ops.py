@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from synthetic import make_feature_data
 
-from fewclip.methods.cache_ops import ValueProduct, ValueProducts, chunked, kernel, row_chunks
+from fewclip.methods.cache_ops import (
+    ValueProduct,
+    ValueProducts,
+    chunked,
+    kernel,
+    normalized_affinity,
+    row_chunks,
+)
 from fewclip.methods.dual_adapter import DualAdapter, DualCache
 from fewclip.methods.search import grid_search, linear_grid
 from fewclip.methods.tip_adapter import TipAdapter, TipCache
@@ -189,3 +196,27 @@ def test_tip_components_and_search_equal_the_dense_products(synthetic):
             alphas,
         )
     assert (method.chosen["beta"], method.chosen["alpha"]) == (found.beta, found.alpha)
+
+
+def test_normalized_affinity_equals_normalising_the_keys():
+    g = torch.Generator().manual_seed(8)
+    f = torch.randn(15, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    x = (3 * torch.randn(11, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(normalized_affinity, (f, x))
+    f32, x32 = f.detach().float(), x.detach().float().requires_grad_()
+    weights = torch.randn(15, 11, generator=g)
+    ours = normalized_affinity(f32, x32)
+    (ours * weights).sum().backward()
+    grad, x32.grad = x32.grad.clone(), None
+    dense = f32 @ F.normalize(x32, dim=-1).T
+    (dense * weights).sum().backward()
+    assert torch.allclose(ours, dense, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(grad, x32.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_dual_affinities_equal_the_normalised_keys(synthetic):
+    module = trained_dual(synthetic).module
+    f = synthetic.val_features
+    terms = module.terms(f)
+    assert torch.allclose(terms.pos_affinity, f @ module.positive_keys().T, atol=1e-6)
+    assert torch.allclose(terms.neg_affinity, f @ module.negative_keys_adapted().T, atol=1e-6)

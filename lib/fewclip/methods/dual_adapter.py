@@ -94,7 +94,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import ValueProducts, chunked, kernel, row_chunks
+from .cache_ops import ValueProducts, chunked, kernel, normalized_affinity, row_chunks
 from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
 from .training import fit_epochs
 
@@ -344,12 +344,19 @@ class DualCache(nn.Module):
         return F.normalize(self.negative_keys + self.r_kn[self.labels], dim=-1)
 
     def terms(self, f: torch.Tensor) -> DualTerms:
+        """The beta-free parts; the affinities are f @ K+^T and f @ K-^T, with the keys'
+        normalisation applied to the (N, M) products (:func:`.cache_ops.normalized_affinity`,
+        equal to float rounding)."""
         s = self.logit_scale
         return DualTerms(
             pos_text=s * f @ self.positive_classifier(),
-            pos_affinity=f @ self.positive_keys().T,
+            pos_affinity=normalized_affinity(f, self.keys + self.r_k[self.labels]),
             neg_text=NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
-            neg_affinity=f @ self.negative_keys_adapted().T if self.negative_cache else None,
+            neg_affinity=(
+                normalized_affinity(f, self.negative_keys + self.r_kn[self.labels])
+                if self.negative_cache
+                else None
+            ),
         )
 
     def components(self, terms: DualTerms, beta: float) -> DualComponents:
