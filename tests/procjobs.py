@@ -1,0 +1,96 @@
+"""Helpers for the real-process tests (interruption, concurrency): picklable job bodies and
+small parent programs started with ``python -c "import procjobs; procjobs.<name>()"``.
+
+Not a test module: the spawned children import it by name (``tests`` on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+#: Generous bounds for a loaded 2-core machine.
+START_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+
+
+def blocking_job(i: int, folder: str) -> int:
+    """Mark ``started-i``, block until ``release`` exists (at most 10 minutes), mark ``done-i``."""
+    root = Path(folder)
+    (root / f"started-{i}").touch()
+    deadline = time.monotonic() + 600
+    while not (root / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (root / f"done-{i}").touch()
+    return i
+
+
+def pool_parent() -> None:
+    """argv: FOLDER N. map_jobs(blocking_job) over N jobs on 2 workers; exit 130 on Ctrl-C."""
+    from fewclip.parallel import map_jobs
+
+    folder, n = sys.argv[1], int(sys.argv[2])
+    try:
+        map_jobs(blocking_job, [(i, folder) for i in range(n)], lambda i, r: None, workers=2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def pool_workers(pid: int) -> list[psutil.Process]:
+    """The spawned multiprocessing workers among ``pid``'s children."""
+    out = []
+    for child in psutil.Process(pid).children():
+        try:
+            if any("spawn_main" in part for part in child.cmdline()):
+                out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def gone(processes: list[psutil.Process]) -> bool:
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def run_when_released() -> None:
+    """argv: CONFIG_JSON STORE FOLDER TAG. Mark ``ready-TAG``, wait for ``go``, run the
+    configurations in a sweep (in this process), write the frame's status/skipped/accuracy
+    to ``out-TAG.json``."""
+    from fewclip.config import RunConfig
+    from fewclip.sweep import run_sweep
+
+    configs = [RunConfig.from_dict(d) for d in json.loads(sys.argv[1])]
+    store, folder, tag = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+    (folder / f"ready-{tag}").touch()
+    wait_for(lambda: (folder / "go").exists(), 600, "go")
+    frame = run_sweep(configs, store, progress=False)
+    rows = frame[["status", "error", "skipped", "accuracy"]].to_dict("records")
+    (folder / f"out-{tag}.json").write_text(json.dumps(rows, default=str))
+
+
+def environment() -> dict[str, str]:
+    """The children's environment: this checkout's ``lib`` and ``tests`` first, one thread."""
+    here = Path(__file__).resolve().parent
+    paths = [str(here.parent / "lib"), str(here), os.environ.get("PYTHONPATH", "")]
+    path = os.pathsep.join(p for p in paths if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
