@@ -84,7 +84,8 @@ def run_when_released() -> None:
     (folder / f"ready-{tag}").touch()
     wait_for(lambda: (folder / "go").exists(), 600, "go")
     frame = run_sweep(configs, store, progress=False)
-    rows = frame[["status", "error", "skipped", "accuracy"]].to_dict("records")
+    cols = ["status", "error", "skipped", "accuracy"]
+    rows = frame.reindex(columns=cols).to_dict("records")
     (folder / f"out-{tag}.json").write_text(json.dumps(rows, default=str))
 
 

@@ -39,11 +39,11 @@ def test_round_trip_and_frame(tmp_path):
     assert frame["chosen.beta"].tolist() == [5.5, 5.5] and frame["options.alpha"].iloc[0] == 1.0
 
 
-def test_duplicate_key_needs_replace(tmp_path):
+def test_duplicate_key_keeps_the_first_row_unless_replaced(tmp_path):
     store = ResultStore(tmp_path / "r.sqlite")
     store.add(record("a", acc=1.0))
-    with pytest.raises(sqlite3.IntegrityError):
-        store.add(record("a", acc=2.0))
+    assert store.add(record("a", acc=2.0)) is False  # not an error: the first row stays
+    assert store.get("a")["accuracy"] == 1.0
     store.add(record("a", acc=2.0), replace=True)
     assert store.get("a")["accuracy"] == 2.0 and len(store) == 1
 

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .validation import check_fields
+
 PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalisation")
 SELECTIONS = ("val", "test")
 VAL_SPLITS = ("few_shot", "full")  # as fewclip.data.fewshot.VAL_SPLITS
@@ -52,7 +54,7 @@ class RunConfig:
     variant: str = ""  # a free label for ablations ("positive only", ...)
     augment_views: int = 10
     selection: str = "val"
-    templates: list[str] | None = None  # override the dataset's positive templates
+    templates: list[str] | str | None = None  # a list, or a style: "default", "single", "apex"
     descriptions: str | None = None  # path to a CuPL-style description JSON
     reader_options: dict[str, Any] = field(default_factory=dict)
     eval_datasets: list[str] = field(default_factory=list)
@@ -66,6 +68,11 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # every field's type first (shots="4", seed=1.0, ... name the field), then values
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        checked = check_fields("RunConfig", type(self), values)
+        for name, value in checked.items():
+            setattr(self, name, value)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {PROTOCOLS}")
         if self.selection not in SELECTIONS:

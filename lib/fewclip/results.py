@@ -4,8 +4,16 @@ A row is written in a single transaction when a run has finished, so an interrup
 leaves no partial row. Rows are keyed by the run key (a hash of everything that
 determines the result: configuration, backbone weights, dataset content; see
 :meth:`fewclip.config.RunConfig.run_key`), so a finished configuration is found and skipped
-unless forced. Several processes (a process pool, Dask workers) may write to the same
-file; SQLite serialises the writes.
+unless forced. Several processes (a process pool, Dask workers, two sweeps started at
+once) may share the file; SQLite serialises the writes, and:
+
+- a finished run written twice is not an error: the first row is kept and
+  :meth:`ResultStore.add` says the run was already there (the caller reads that row);
+- a run being computed is *claimed* (:meth:`ResultStore.claim`): a lease row with an
+  expiry, renewed while the run goes on. Another process asking for the same run waits,
+  then reads the finished row; if the holder failed, it takes over. A lease whose holder
+  died (SIGKILL, a lost node) is taken over when it expires, at once when the holder was a
+  process on this host that no longer exists.
 
 Flat columns hold what tables and figures filter on; JSON columns hold the rest (config,
 per-class accuracy, chosen hyper-parameters, timings, versions, notes).
@@ -14,10 +22,15 @@ per-class accuracy, chosen hyper-parameters, timings, versions, notes).
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +70,33 @@ JSON_COLUMNS = (
     "backbone_info",
 )
 
+#: Seconds a claim lasts unless renewed; the holder renews it every quarter of that.
+LEASE_SECONDS = 120.0
+#: Seconds between two looks at a run another process is computing.
+POLL_SECONDS = 0.5
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Claim:
+    """What :meth:`ResultStore.claim` yields: ``record`` is the finished run's row when
+    another process wrote it (then compute nothing), else None (this process holds the
+    lease and computes). ``waited``: seconds spent waiting for another holder."""
+
+    record: dict[str, Any] | None = None
+    waited: float = 0.0
+    owner: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
 
 class ResultStore:
     """``ResultStore(path)``; ``path=None`` keeps results in memory only."""
@@ -70,6 +110,10 @@ class ResultStore:
             columns = [f"{k} {v}" for k, v in FLAT_COLUMNS.items()]
             columns += [f"{k} TEXT" for k in JSON_COLUMNS]
             db.execute(f"CREATE TABLE IF NOT EXISTS runs ({', '.join(columns)})")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS leases (run_key TEXT PRIMARY KEY, owner TEXT, "
+                "host TEXT, pid INTEGER, expires REAL)"
+            )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -96,17 +140,96 @@ class ResultStore:
             db.row_factory = None
         return None if row is None else _decode(dict(row))
 
-    def add(self, record: dict[str, Any], replace: bool = False) -> None:
-        """Insert one finished run's record (``replace`` overwrites a row with the same key)."""
+    def add(self, record: dict[str, Any], replace: bool = False) -> bool:
+        """Insert one finished run's record; False (and nothing written) when a row with the
+        same key is already there, unless ``replace`` (then it is overwritten)."""
         row = {k: record.get(k) for k in FLAT_COLUMNS}
         row["created_at"] = row["created_at"] or time.strftime("%Y-%m-%dT%H:%M:%S")
         for k in JSON_COLUMNS:
             row[k] = json.dumps(record.get(k), default=str)
         names = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._connect() as db:
-            db.execute(f"{verb} INTO runs ({names}) VALUES ({marks})", tuple(row.values()))
+            cursor = db.execute(f"{verb} INTO runs ({names}) VALUES ({marks})", tuple(row.values()))
+            return cursor.rowcount == 1
+
+    @contextmanager
+    def claim(
+        self, run_key: str, *, lease: float = LEASE_SECONDS, poll: float = POLL_SECONDS
+    ) -> Iterator[Claim]:
+        """Hold the run ``run_key`` while computing it: ``with store.claim(key) as c:``.
+
+        Waits while another live process holds it. Yields a :class:`Claim` whose ``record``
+        is the finished row if one appeared (compute nothing), else None (compute, then
+        :meth:`add`). The lease is renewed in the background and released on exit, also on
+        an exception, so a failed run can be taken over at once.
+        """
+        claim = Claim(owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+        if self._memory is not None:  # one process: nothing to share
+            claim.record = self.get(run_key)
+            yield claim
+            return
+        t0 = time.monotonic()
+        while True:
+            claim.record = self.get(run_key)
+            if claim.record is not None or self._try_lease(run_key, claim.owner, lease):
+                break
+            time.sleep(poll)
+        claim.waited = time.monotonic() - t0
+        if claim.record is not None:
+            yield claim
+            return
+        # the row may have been written between get() and taking the lease
+        claim.record = self.get(run_key)
+        renew = threading.Thread(
+            target=self._renew, args=(run_key, claim, lease), daemon=True, name="fewclip-lease"
+        )
+        renew.start()
+        try:
+            yield claim
+        finally:
+            claim._stop.set()
+            renew.join()
+            with self._connect() as db:
+                db.execute(
+                    "DELETE FROM leases WHERE run_key = ? AND owner = ?", (run_key, claim.owner)
+                )
+
+    def _try_lease(self, run_key: str, owner: str, lease: float) -> bool:
+        host, now = socket.gethostname(), time.time()
+        with self._connect() as db:
+            held = db.execute(
+                "SELECT owner, host, pid, expires FROM leases WHERE run_key = ?", (run_key,)
+            ).fetchone()
+            if held is not None:
+                other, other_host, pid, expires = held
+                dead = other_host == host and pid != os.getpid() and not _pid_alive(pid)
+                if expires < now or dead:
+                    db.execute(
+                        "DELETE FROM leases WHERE run_key = ? AND owner = ?", (run_key, other)
+                    )
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO leases VALUES (?, ?, ?, ?, ?)",
+                (run_key, owner, host, os.getpid(), now + lease),
+            )
+            return cursor.rowcount == 1
+
+    def _renew(self, run_key: str, claim: Claim, lease: float) -> None:
+        while not claim._stop.wait(lease / 4):
+            try:
+                with self._connect() as db:
+                    db.execute(
+                        "UPDATE leases SET expires = ? WHERE run_key = ? AND owner = ?",
+                        (time.time() + lease, run_key, claim.owner),
+                    )
+            except sqlite3.Error:  # a busy store: try again next time
+                pass
+
+    def leases(self) -> pd.DataFrame:
+        """The runs being computed now (one row per lease: run_key, owner, host, pid, expires)."""
+        with self._connect() as db:
+            return pd.read_sql_query("SELECT * FROM leases", db)
 
     def delete(self, run_key: str) -> None:
         with self._connect() as db:

@@ -283,6 +283,16 @@ def make_method(config: RunConfig) -> FeatureMethod | EncoderMethod:
     return get_method(config.method, **options)
 
 
+def check_shots(config: RunConfig) -> None:
+    """Refuse ``shots=0`` for a method that learns from training images: it would get none
+    and its row would hold zero-shot CLIP's number under its own name."""
+    if config.shots == 0 and getattr(METHODS[config.method], "uses_training_images", True):
+        raise ValueError(
+            f"method {config.method!r} learns from few-shot training images and shots=0 gives "
+            "it none; use shots >= 1, or method='zero_shot' for zero-shot CLIP"
+        )
+
+
 def transfers_to_new_classes(method: FeatureMethod | EncoderMethod | type) -> bool:
     """Whether a method (instance or class) can classify classes it was not trained on."""
     cls = method if isinstance(method, type) else type(method)
@@ -561,6 +571,7 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
         raise ValueError(
             f"unknown method {config.method!r}; choose one of: {', '.join(sorted(METHODS))}"
         )
+    check_shots(config)
     method = make_method(config)
     dataset = load_dataset(config.dataset, config.data_root, **config.reader_options)
     targets = load_targets(config)
@@ -571,9 +582,18 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
     cache = FeatureCache(config.cache_dir or None)
     if store is not None and not force:
         stored = store.get(key)
-        if stored is not None:
-            stored["skipped"] = True
-            return FittedRun(stored, method, None, dataset, cache)  # type: ignore[arg-type]
+        if stored is None:  # claim it, so that another process does not compute it too
+            with store.claim(key) as claim:
+                if claim.record is None:
+                    return _compute(config, store, force, method, dataset, targets, key, cache)
+                stored = claim.record  # another process finished it meanwhile
+        stored["skipped"] = True
+        return FittedRun(stored, method, None, dataset, cache)  # type: ignore[arg-type]
+    return _compute(config, store, force, method, dataset, targets, key, cache)
+
+
+def _compute(config, store, force, method, dataset, targets, key, cache) -> FittedRun:
+    """Compute a run and write its row; the stored row if another process wrote it first."""
     backbone = cached_backbone(config)
     result = run_protocol(config, method, backbone, dataset, targets, cache)
     result["metrics"]["data_fingerprint"] = fingerprint
@@ -596,7 +616,10 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
     }
     record["fit_seconds"] = record["timings"].get("fit")
     record["predict_seconds"] = record["timings"].get("predict")
-    if store is not None:
-        store.add(record, replace=force)
+    if store is not None and not store.add(record, replace=force):
+        stored = store.get(key)  # written by another process meanwhile: one row per run
+        if stored is not None:
+            stored["skipped"] = True
+            return FittedRun(stored, method, backbone, dataset, cache)
     record["skipped"] = False
     return FittedRun(record, method, backbone, dataset, cache)

@@ -71,6 +71,10 @@ def grid(base: RunConfig, **axes: Sequence[Any]) -> list[RunConfig]:
     for values in itertools.product(*(axes[n] for n in names)):
         changes = dict(zip(names, values, strict=True))
         if "options" in changes:
+            if not isinstance(changes["options"], dict):
+                raise ValueError(
+                    f"grid: options must be a dict per configuration, got {changes['options']!r}"
+                )
             changes["options"] = {**base.options, **changes["options"]}
         out.append(base.replace(**changes))
     return out

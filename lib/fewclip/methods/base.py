@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..images import CACHE_CROP_SCALE
 from ..metrics import accuracy  # noqa: F401  (re-exported: methods import it from here)
+from ..validation import check_options
 
 
 @dataclass
@@ -123,7 +124,7 @@ class FeatureMethod(ABC):
             raise ValueError(
                 f"{self.name}: unknown option(s) {sorted(unknown)}; valid: {sorted(fields)}"
             )
-        self.options = self.Options(**options)
+        self.options = self.Options(**check_options(self.name, self.Options, options))
 
     @abstractmethod
     def fit(self, data: FeatureData, seed: int = 0) -> FitResult:
@@ -168,7 +169,9 @@ def register_method(cls: type) -> type:
 
 
 def get_method(name: str, **options: Any):
-    """Instantiate a registered method by name with its options."""
+    """Instantiate a registered method by name with its options, each checked against the
+    method's ``Options`` type and range first (:func:`fewclip.validation.check_options`)."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-    return METHODS[name](**options)
+    cls = METHODS[name]
+    return cls(**check_options(name, cls.Options, options))

@@ -1,0 +1,97 @@
+"""Inputs that used to give silently wrong results or cryptic late errors: each is refused
+before any work, with one sentence naming the field or option and the expected type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewclip.cli import _parse_options
+from fewclip.config import RunConfig
+from fewclip.methods import get_method
+from fewclip.runner import run
+from fewclip.sweep import grid
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("shots", "4", "shots must be an integer, got '4'"),
+        ("shots", 1.5, "shots must be an integer, got 1.5"),
+        ("shots", True, "shots must be an integer, got True"),
+        ("seed", "abc", "seed must be an integer, got 'abc'"),
+        ("seed", 1.0, "seed must be an integer, got 1.0"),  # not silently seed 1 under a new key
+        ("augment_views", None, "augment_views must be an integer"),
+        ("eval_datasets", "dtd", "eval_datasets must be a list of strings"),
+        ("options", [("alpha", 1)], "options must be a dict"),
+        ("allow_fewer", "yes", "allow_fewer must be true or false"),
+    ],
+)
+def test_run_config_field_types_are_checked_on_construction(field, value, expected):
+    with pytest.raises(ValueError, match=expected):
+        RunConfig(**{field: value})
+    with pytest.raises(ValueError, match=expected):
+        RunConfig().replace(**{field: value})
+    with pytest.raises(ValueError, match=expected):
+        grid(RunConfig(), **{field: [value]})
+
+
+def test_run_config_accepts_equivalent_values():
+    cfg = RunConfig(shots=np.int64(4), seed=np.int32(2), data_root=Path("/d"), templates="single")
+    assert (cfg.shots, cfg.seed, cfg.data_root) == (4, 2, "/d")
+    assert type(cfg.shots) is int and type(cfg.seed) is int
+    same = cfg.replace(seed=1, data_root="x", templates=None)
+    assert RunConfig(shots=4).run_key("b", "d") == same.run_key("b", "d")
+
+
+@pytest.mark.parametrize(
+    "method, pairs, expected",
+    [
+        ("clip_adapter", ["alpha=true"], "clip_adapter: option alpha must be a number, got True"),
+        ("clip_adapter", ["alpha=abc"], "clip_adapter: option alpha must be a number, got 'abc'"),
+        ("tip_adapter_f", ["epochs=2.5"], "option epochs must be an integer or None, got 2.5"),
+        ("tip_adapter_f", ["epochs=-1"], "option epochs must be >= 0, got -1"),
+        ("coop", ["lr=0"], "coop: option lr must be > 0"),
+        ("dual_adapter", ["beta_range=[1,7]"], "option beta_range must be a list of 3"),
+        ("dual_adapter", ["beta_range=[7,1,10]"], "low <= high"),
+        ("tomm", ["ctp=1"], "option ctp must be true or false"),
+    ],
+)
+def test_options_are_checked_against_the_methods_types_and_ranges(method, pairs, expected):
+    with pytest.raises(ValueError, match=expected):
+        get_method(method, **_parse_options(pairs))
+
+
+def test_valid_options_are_converted():
+    assert get_method("clip_adapter", alpha=1).options.alpha == 1.0
+    assert get_method("dual_adapter", beta_range=[1, 7, 10]).options.beta_range == (1.0, 7.0, 10)
+
+
+def _nothing_written(tmp_path) -> bool:
+    return not (tmp_path / "cache").exists() and not (tmp_path / "r.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    "kw, expected",
+    [
+        ({"method": "tip_adapter_f", "options": {"epochs": 2.5}}, "option epochs"),
+        ({"method": "clip_adapter", "options": {"alpha": True}}, "option alpha"),
+        ({"method": "tip_adapter", "shots": 0}, "shots=0 gives it none.*method='zero_shot'"),
+        ({"method": "linear_probe", "shots": 0}, "shots=0 gives it none"),
+        ({"method": "coop", "shots": 0}, "shots=0 gives it none"),
+    ],
+)
+def test_bad_runs_are_refused_before_any_work(tmp_path, kw, expected):
+    from fewclip.results import ResultStore
+
+    cfg = RunConfig(
+        dataset="folder:squares",  # does not exist: validation must come first
+        data_root=str(tmp_path / "data"),
+        cache_dir=str(tmp_path / "cache"),
+        **kw,
+    )
+    with pytest.raises(ValueError, match=expected):
+        run(cfg, store=ResultStore(None))
+    assert _nothing_written(tmp_path)
