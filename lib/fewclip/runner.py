@@ -580,46 +580,46 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
     fingerprint = "+".join([dataset.fingerprint()] + [t.fingerprint() for t in targets])
     key = config.run_key(identity, fingerprint)
     cache = FeatureCache(config.cache_dir or None)
+
+    def compute() -> FittedRun:
+        """Compute the run, write its row (or return the row another process wrote first)."""
+        backbone = cached_backbone(config)
+        result = run_protocol(config, method, backbone, dataset, targets, cache)
+        result["metrics"]["data_fingerprint"] = fingerprint
+        record = {
+            "run_key": key,
+            "method": config.method,
+            "variant": config.variant,
+            "dataset": config.dataset,
+            "protocol": config.protocol,
+            "backbone": config.backbone,
+            "pretrained": str(config.pretrained),
+            "model_label": backbone.label,
+            "shots": config.shots,
+            "seed": config.seed,
+            "selection": config.selection,
+            "config": config.to_dict(),
+            "versions": library_versions(),
+            "backbone_info": backbone.describe(),
+            **result,
+        }
+        record["fit_seconds"] = record["timings"].get("fit")
+        record["predict_seconds"] = record["timings"].get("predict")
+        if store is not None and not store.add(record, replace=force):
+            stored = store.get(key)  # written by another process meanwhile: one row per run
+            if stored is not None:
+                stored["skipped"] = True
+                return FittedRun(stored, method, backbone, dataset, cache)
+        record["skipped"] = False
+        return FittedRun(record, method, backbone, dataset, cache)
+
     if store is not None and not force:
         stored = store.get(key)
         if stored is None:  # claim it, so that another process does not compute it too
             with store.claim(key) as claim:
                 if claim.record is None:
-                    return _compute(config, store, force, method, dataset, targets, key, cache)
+                    return compute()
                 stored = claim.record  # another process finished it meanwhile
         stored["skipped"] = True
         return FittedRun(stored, method, None, dataset, cache)  # type: ignore[arg-type]
-    return _compute(config, store, force, method, dataset, targets, key, cache)
-
-
-def _compute(config, store, force, method, dataset, targets, key, cache) -> FittedRun:
-    """Compute a run and write its row; the stored row if another process wrote it first."""
-    backbone = cached_backbone(config)
-    result = run_protocol(config, method, backbone, dataset, targets, cache)
-    result["metrics"]["data_fingerprint"] = fingerprint
-    record = {
-        "run_key": key,
-        "method": config.method,
-        "variant": config.variant,
-        "dataset": config.dataset,
-        "protocol": config.protocol,
-        "backbone": config.backbone,
-        "pretrained": str(config.pretrained),
-        "model_label": backbone.label,
-        "shots": config.shots,
-        "seed": config.seed,
-        "selection": config.selection,
-        "config": config.to_dict(),
-        "versions": library_versions(),
-        "backbone_info": backbone.describe(),
-        **result,
-    }
-    record["fit_seconds"] = record["timings"].get("fit")
-    record["predict_seconds"] = record["timings"].get("predict")
-    if store is not None and not store.add(record, replace=force):
-        stored = store.get(key)  # written by another process meanwhile: one row per run
-        if stored is not None:
-            stored["skipped"] = True
-            return FittedRun(stored, method, backbone, dataset, cache)
-    record["skipped"] = False
-    return FittedRun(record, method, backbone, dataset, cache)
+    return compute()
