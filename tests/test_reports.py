@@ -251,6 +251,78 @@ def test_dask_cluster(tmp_path, fixture):
     assert list(index_rows(tmp_path)) == ["on-dask"]
 
 
+def test_published_html_hides_code_and_names_commit_and_model(fixture):
+    html = (fixture["out"] / "good.html").read_text()
+    assert "print(sys.executable)" not in html  # the code is hidden ...
+    assert "code cells are hidden" in html and 'href="good.ipynb"' in html  # ... and findable
+    assert "fewclip-test-rn" in html and "at commit" in html
+    assert "overflow-x: auto" in html  # wide tables scroll inside the page
+    nb = nbformat.read(fixture["out"] / "good.ipynb", as_version=4)
+    assert any("print(sys.executable)" in c.source for c in nb.cells)  # the code is there
+
+
+FAILING_RUNS = [
+    "from IPython.display import Markdown, display\n"
+    "from fewclip.notebook import RUNS_METADATA\n"
+    "display(Markdown('*3 runs, 1 failed*'), metadata={RUNS_METADATA: {'runs': 3, 'failed': 1}})",
+]
+ALL_FAIL = [
+    "from fewclip import notebook as nb\n"
+    "cfg = nb.base_config(data_root=data_root, cache_dir=cache_dir, dataset='folder:none')\n"
+    "frame = nb.run_grid([cfg, cfg.replace(seed=2)], results)",
+    "print('never here')",
+]
+
+
+def test_failed_runs_are_counted_and_all_failed_fails(tmp_path):
+    partial = write_notebook(tmp_path / "partial.ipynb", FAILING_RUNS)
+    allfail = write_notebook(tmp_path / "allfail.ipynb", ALL_FAIL)
+    frame = build_reports(
+        [ReportSpec("partial", str(partial)), ReportSpec("allfail", str(allfail))],
+        tmp_path / "out",
+        data_root=tmp_path / "data",
+        cache_dir=tmp_path / "cache",
+        results=tmp_path / "r.sqlite",
+        progress=False,
+    ).set_index("name")
+    assert frame.loc["partial", "status"] == "ok"
+    assert frame.loc["partial", "failed_runs"] == 1 and frame.loc["partial", "runs"] == 3
+    assert frame.loc["allfail", "status"] == "failed"
+    assert "every run so far failed (2 of 2)" in frame.loc["allfail", "error"]
+    rows = index_rows(tmp_path / "out")
+    assert "1 of 3 runs failed" in rows["partial"]["text"]
+    assert rows["allfail"]["status"] == "failed"
+    top = (tmp_path / "out" / "partial.html").read_text()
+    assert "1 of 3 runs FAILED" in top
+    assert top.index("1 of 3 runs FAILED") < top.index("3 runs, 1 failed")  # first lines
+
+
+def test_project_notebooks_get_paths_relative_to_the_root(tmp_path):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "notebooks").mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    cells = [
+        "from fewclip import notebook as nb\n"
+        "(nb.output_dir(output_dir) / 'where.txt').write_text(str(nb.resolve(data_root)))"
+    ]
+    notebook = write_notebook(project / "notebooks" / "rel.ipynb", cells)
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        frame = build_reports([ReportSpec("rel", "notebooks/rel.ipynb")], "reports", progress=False)
+    finally:
+        os.chdir(cwd)
+    assert frame["status"].tolist() == ["ok"], frame["error"].tolist()
+    params = load_manifest(project / "reports")["rel"]["parameters"]
+    assert params["data_root"] == "data" and params["output_dir"] == "reports/rel_files"
+    assert params["results"] == "runs/results.sqlite"
+    executed = (project / "reports" / "rel.ipynb").read_text()
+    assert str(tmp_path) not in executed  # no machine's folders in the injected cell
+    assert (project / "reports" / "rel_files" / "where.txt").read_text() == str(project / "data")
+    assert notebook.is_file()
+
+
 def test_rebuild_skips_finished_reports_and_force_reexecutes(fixture):
     """Last: it changes the fixture's build."""
     out, argv = fixture["out"], fixture["argv"]

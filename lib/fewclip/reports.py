@@ -11,16 +11,23 @@
 For a report named ``dual`` and ``--out reports``:
 
     reports/dual.ipynb       the executed notebook (up to the failing cell if one fails)
-    reports/dual.html        its HTML: nbconvert's lab template, code cells shown, figures
-                             embedded as data URIs (one self-contained file); --no-code hides code
+    reports/dual.html        its HTML: nbconvert's lab template, code cells hidden (a note at
+                             the top names the .ipynb beside it; --code shows them), a header
+                             with the fewclip commit, the model and how many runs failed,
+                             figures embedded as data URIs (one self-contained file)
     reports/dual_files/      the notebook's ``output_dir`` (tables or figures it saves)
     reports/index.html       every report: links (HTML, notebook, saved files), parameters,
-                             status (ok, or failed with the error), duration, build time
+                             status (ok, ok with failed runs, or failed with the error),
+                             duration, build time
     reports/manifest.json    what the index is made from, and what a rebuild checks
 
-Every notebook gets absolute ``data_root``, ``cache_dir``, ``results`` (one results store
-shared by all reports) and ``output_dir``, then the spec's own parameters, then the ``-p``
-overrides. Two levels of reuse: the notebooks go through the run API with the shared
+Every notebook gets ``data_root``, ``cache_dir``, ``results`` (one results store shared by
+all reports) and ``output_dir`` (relative to the project root for the project's own
+notebooks, else absolute), then the spec's own parameters, then the ``-p`` overrides. A
+notebook whose runs all fail fails (``fewclip.notebook.run_grid`` raises); one with some
+failed runs says how many at the top of its HTML, and the index shows the count.
+
+Two levels of reuse: the notebooks go through the run API with the shared
 store, so a run already there is not repeated; and a report whose last build succeeded
 with the same parameters and the same notebook (a hash of its cells) is not executed
 again unless ``--force``. A failing notebook gives a failed entry (and its notebook and
@@ -155,14 +162,93 @@ def notebook_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def export_html(ipynb: str | os.PathLike, html: str | os.PathLike, title: str, code: bool) -> None:
-    """HTML of an executed notebook: lab template, images as data URIs, code optional."""
+def run_counts(ipynb: str | os.PathLike) -> dict[str, int]:
+    """Runs and failed runs of an executed notebook, summed over the count lines that
+    :func:`fewclip.notebook.run_grid` tags with output metadata (0 and 0 when none)."""
+    import nbformat
+
+    from .notebook import RUNS_METADATA
+
+    nb = nbformat.read(ipynb, as_version=4)
+    runs = failed = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            tally = output.get("metadata", {}).get(RUNS_METADATA)
+            if tally:
+                runs += int(tally.get("runs", 0))
+                failed += int(tally.get("failed", 0))
+    return {"runs": runs, "failed_runs": failed}
+
+
+def report_header(
+    name: str,
+    parameters: dict[str, Any],
+    *,
+    notebook: str,
+    code: bool,
+    commit: str | None,
+    counts: dict[str, int] | None = None,
+    error: str | None = None,
+) -> str:
+    """The Markdown the HTML starts with: commit, model, where the code is, failures."""
+    import fewclip
+
+    models = []
+    for key in sorted(k for k in parameters if k == "backbone" or k.startswith("backbone_")):
+        models.append(f"`{parameters[key]}`")
+    pre = parameters.get("pretrained", "default")
+    lines = [
+        f"*Report `{name}`, built {_now()[:16].replace('T', ' ')} from fewclip "
+        f"{fewclip.__version__} at commit `{commit or 'unknown'}`; model "
+        + (", ".join(models) or "(the notebook's default)")
+        + f" with weights `{pre}`.*"
+    ]
+    if not code:
+        lines.append(
+            f"*The code cells are hidden on this page: the executed notebook with all its "
+            f"code is [`{name}.ipynb`]({quote(name)}.ipynb), beside this file (open it in "
+            f"JupyterLab); its source is `{notebook}`.*"
+        )
+    counts = counts or {}
+    if counts.get("failed_runs"):
+        lines.append(
+            f"**{counts['failed_runs']} of {counts['runs']} runs FAILED**; each grid lists "
+            "its failed runs with the error where they occur, and the figures leave them out."
+        )
+    if error:
+        lines.append(f"**This report FAILED:** `{error}` (the page stops at the failing cell).")
+    return "\n\n".join(lines)
+
+
+#: CSS added to every report page: wide tables scroll or wrap inside a 1,400 px window.
+REPORT_CSS = """
+<style>
+.jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }
+.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { white-space: normal;
+  max-width: 32em; overflow-wrap: anywhere; }
+.jp-RenderedImage img { max-width: 100%; height: auto; }
+</style>
+"""
+
+
+def export_html(
+    ipynb: str | os.PathLike,
+    html: str | os.PathLike,
+    title: str,
+    code: bool,
+    header: str | None = None,
+) -> None:
+    """HTML of an executed notebook: lab template, images as data URIs, code optional,
+    ``header`` (Markdown) as the first cell, :data:`REPORT_CSS` for wide tables."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(ipynb, as_version=4)
+    if header:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(header))
     exporter = HTMLExporter(template_name="lab", exclude_input=not code)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    body = body.replace("</head>", REPORT_CSS + "</head>", 1)
     Path(html).write_text(body, encoding="utf-8")
 
 
@@ -174,7 +260,7 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
     ipynb, html = Path(job["ipynb"]), Path(job["html"])
     for stale in (ipynb, html):
         stale.unlink(missing_ok=True)
-    saved = job["parameters"].get("output_dir")
+    saved = job.get("files_dir") or job["parameters"].get("output_dir")
     files = Path(saved) if saved else None
     error = None
     try:
@@ -196,9 +282,23 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
         error = f"{e.ename}: {e.evalue}"
     except Exception as e:  # reported, not raised: the build goes on
         error = f"{type(e).__name__}: {e}"
+    counts = {"runs": 0, "failed_runs": 0}
     if ipynb.exists():
         try:
-            export_html(ipynb, html, job["title"], job["code"])
+            _relative_papermill_paths(ipynb, job.get("source"))
+            counts = run_counts(ipynb)
+            if counts["runs"] and counts["failed_runs"] == counts["runs"] and not error:
+                error = f"all {counts['runs']} runs failed"
+            header = report_header(
+                job["name"],
+                job["parameters"],
+                notebook=job.get("source", job["notebook"]),
+                code=job["code"],
+                commit=job.get("commit"),
+                counts=counts,
+                error=error,
+            )
+            export_html(ipynb, html, job["title"], job["code"], header=header)
         except Exception as e:
             error = error or f"HTML export: {type(e).__name__}: {e}"
     if files and files.is_dir() and not any(files.iterdir()):
@@ -212,7 +312,22 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
         "ipynb": ipynb.name if ipynb.exists() else None,
         "html": html.name if html.exists() else None,
         "files": _listing(files, html.parent) if files else [],
+        **counts,
     }
+
+
+def _relative_papermill_paths(ipynb: Path, source: str | None) -> None:
+    """Papermill records the absolute input and output paths in the notebook's metadata;
+    for a project notebook keep them as the repository knows them (source, report name)."""
+    import nbformat
+
+    if not source or Path(source).is_absolute():
+        return
+    nb = nbformat.read(ipynb, as_version=4)
+    meta = nb.metadata.get("papermill")
+    if meta is not None:
+        meta["input_path"], meta["output_path"] = source, ipynb.name
+        nbformat.write(nb, ipynb)
 
 
 def _pool_init(threads: int) -> None:
@@ -234,17 +349,21 @@ def build_reports(
     force: bool = False,
     kernel: str = "python3",
     timeout: float | None = None,
-    code: bool = True,
+    code: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Build every report into ``out`` and write its index; one row per report.
 
-    ``specs`` defaults to :func:`default_specs`. ``overrides`` are parameters for every
-    report. ``workers > 1``: a local process pool; ``scheduler``: a Dask scheduler address
-    or ``distributed.Client`` (see :func:`fewclip.parallel.map_jobs`). ``timeout``: seconds
-    per cell. ``code=False`` leaves the code cells out of the HTML. Rows: ``name``,
-    ``status`` ("ok" or "failed"), ``error`` (the exception: type and message), ``duration_s``,
-    ``skipped`` (True when the last build was reused), ``html``, ``ipynb``, ...
+        ``specs`` defaults to :func:`default_specs`. ``overrides`` are parameters for every
+        report. ``workers > 1``: a local process pool; ``scheduler``: a Dask scheduler address
+        or ``distributed.Client`` (see :func:`fewclip.parallel.map_jobs`). ``timeout``: seconds
+        per cell. ``code=False`` (the default) leaves the code cells out of the HTML, with a note
+    at the top naming the executed ``.ipynb`` beside it. Path parameters are passed relative to
+    the project root when both the notebook and the path lie under it (the notebooks resolve
+    them against the root), so the injected-parameters cell shows no machine's folders.
+    Rows: ``name``,
+        ``status`` ("ok" or "failed"), ``error`` (the exception: type and message), ``duration_s``,
+        ``skipped`` (True when the last build was reused), ``html``, ``ipynb``, ...
     """
     specs = default_specs() if specs is None else list(specs)
     names = [s.name for s in specs]
@@ -268,9 +387,13 @@ def build_reports(
     for spec in specs:
         params = {**common, "output_dir": out / f"{spec.name}_files"}
         params.update({**spec.parameters, **(overrides or {})})
+        root = _root_of(spec.notebook)
+        files_dir = None
         for key in PATH_PARAMETERS:
             if params.get(key):
-                params[key] = str(Path(params[key]).expanduser().absolute())
+                absolute = Path(params[key]).expanduser().absolute()
+                files_dir = str(absolute) if key == "output_dir" else files_dir
+                params[key] = _relative(absolute, root)
         params = json.loads(json.dumps(params, default=str))
         entry = {
             "name": spec.name,
@@ -295,6 +418,8 @@ def build_reports(
         jobs.append(
             {
                 **entry,
+                "source": _relative(Path(spec.notebook).absolute(), root),
+                "files_dir": files_dir,
                 "notebook": str(Path(spec.notebook).absolute()),
                 "ipynb": str(out / f"{spec.name}.ipynb"),
                 "html": str(out / f"{spec.name}.html"),
@@ -302,7 +427,7 @@ def build_reports(
                 "timeout": timeout,
             }
         )
-    for store in {e["parameters"].get("results") for e in entries.values()} - {None, ""}:
+    for store in {_absolute(e) for e in entries.values()} - {None}:
         from .results import ResultStore
 
         Path(store).parent.mkdir(parents=True, exist_ok=True)
@@ -311,6 +436,8 @@ def build_reports(
     manifest.update(entries)
     write_index(out, manifest, order=names)
     commit = _git_commit()
+    for job in jobs:
+        job["commit"] = commit
     bar = tqdm(
         total=len(specs), initial=len(specs) - len(jobs), desc="reports", disable=not progress
     )
@@ -353,6 +480,33 @@ def kernel_python(kernel: str) -> str | None:
         return None
     bare = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info)}
     return sys.executable if argv and argv[0] in bare else (argv[0] if argv else None)
+
+
+def _root_of(notebook: str | os.PathLike) -> Path | None:
+    """The project root holding ``notebook`` (None for a notebook outside any project)."""
+    from .notebook import project_root
+
+    folder = Path(notebook).absolute().parent
+    try:
+        root = project_root(folder)
+    except FileNotFoundError:
+        return None
+    return root if folder.is_relative_to(root) and (root / "pyproject.toml").is_file() else None
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    """``path`` relative to ``root`` when below it (and ``root`` is known), else absolute."""
+    if root is not None and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return str(path)
+
+
+def _absolute(entry: dict[str, Any]) -> str | None:
+    """An entry's results store as an absolute path (relative ones are under its root)."""
+    store = entry.get("parameters", {}).get("results")
+    if not store or Path(store).is_absolute():
+        return store or None
+    return str((_root_of(entry["notebook"]) or Path.cwd()) / store)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -414,7 +568,11 @@ def write_index(
             }
         )
     counts = {s: sum(e.get("status") == s for e in entries) for s in ("ok", "failed", "pending")}
+    ledger, ledger_line = _ledger_rows(out, manifest.get("claims"))
     page = jinja2.Template(_INDEX_TEMPLATE, autoescape=True).render(
+        ledger=ledger,
+        ledger_line=ledger_line,
+        ledger_href=quote((manifest.get("claims") or {}).get("html") or "claims.html"),
         rows=rows,
         common=list(common.items()),
         counts=counts,
@@ -423,6 +581,32 @@ def write_index(
         commit=_git_commit(),
     )
     _write_atomic(out / INDEX, page)
+
+
+def _ledger_rows(out: Path, entry: dict[str, Any] | None) -> tuple[list[dict], str]:
+    """The claims report's verdicts (``claims_files/verdicts.csv``) for the index's top."""
+    if not entry or entry.get("status") != "ok":
+        return [], ""
+    path = out / "claims_files" / "verdicts.csv"
+    if not path.is_file():
+        return [], ""
+    table = pd.read_csv(path)
+    rows = []
+    for c in table.to_dict("records"):
+        effect = "-"
+        if pd.notna(c.get("effect")):
+            effect = f"{c['effect']:+.1f} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
+        verdict = str(c.get("verdict", ""))
+        rows.append(
+            {
+                **c,
+                "effect": effect,
+                "css": verdict.split(" ")[0].replace("not", "notrun") if verdict else "",
+            }
+        )
+    counts = table["verdict"].value_counts()
+    line = f"{len(table)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+    return rows, line
 
 
 def _has_files(out: Path, entry: dict[str, Any]) -> bool:
@@ -442,6 +626,9 @@ th, td { border-bottom: 1px solid #ddd; padding: .4em .6em; text-align: left;
 code { font-size: .85em; }
 .ok { color: #176f2c; } .failed { color: #b00020; } .pending { color: #8a6d00; }
 .error { white-space: pre-wrap; font-family: monospace; font-size: .85em; color: #b00020; }
+.partial { color: #8a4b00; font-weight: bold; }
+.supported { background: #d9f2d9; } .contradicted { background: #f8d7da; }
+.inconclusive { background: #fff3cd; } .notrun { color: #777; }
 small { color: #666; }
 </style>
 </head>
@@ -450,6 +637,21 @@ small { color: #666; }
 <p>{{ counts.ok }} ok, {{ counts.failed }} failed{% if counts.pending %},
 {{ counts.pending }} pending{% endif %}. Index written {{ written }} by fewclip {{ version }}
 {%- if commit %} at commit <code>{{ commit }}</code>{% endif %}.</p>
+{% if ledger %}<h2 id="ledger">Claims ledger</h2>
+<p>{{ ledger_line }}. Effect: A - B in accuracy points, paired over seeds, few-shot samples
+and test images, with its 95% interval (bootstrap over test images combined with the seed
+spread); details in the <a href="{{ ledger_href }}">claims report</a>. Verdicts are about
+the model and offline tasks named there, not the papers' benchmarks.</p>
+<table>
+<thead><tr><th>Claim</th><th>Comparison</th><th>Effect [95% interval]</th><th>Seeds</th>
+<th>Verdict</th></tr></thead>
+<tbody>
+{% for c in ledger %}<tr data-claim="{{ c.id }}"><td>{{ c.claim }}<br><small>{{ c.id }}</small></td>
+<td><small>{{ c.comparison }}</small></td><td>{{ c.effect }}</td><td>{{ c.n_seeds }}</td>
+<td class="{{ c.css }}">{{ c.verdict }}</td></tr>
+{% endfor %}</tbody>
+</table>
+<h2>Reports</h2>{% endif %}
 {% if common %}<p>Parameters of every report:
 {% for k, v in common %}<code>{{ k }}={{ v }}</code>{{ ", " if not loop.last }}{% endfor %}.
 Paths are relative to the folder the build ran in.</p>{% endif %}
@@ -465,6 +667,8 @@ Paths are relative to the folder the build ran in.</p>{% endif %}
 {%- endfor %}</td>
 <td>{% for k, v in r.params %}<code>{{ k }}={{ v }}</code><br>{% endfor %}</td>
 <td class="{{ r.status }}">{{ r.status }}
+{%- if r.failed_runs %}<div class="partial" data-failed-runs="{{ r.failed_runs }}">
+{{ r.failed_runs }} of {{ r.runs }} runs failed</div>{% endif %}
 {%- if r.error %}<div class="error">{{ r.error }}</div>{% endif %}</td>
 <td>{{ r.duration }}</td>
 <td>{{ r.built }}{% if r.commit %}<br><small>{{ r.commit }}</small>{% endif %}</td>
@@ -577,7 +781,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="execute even if up to date")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     parser.add_argument("--timeout", type=float, help="seconds per cell (default: none)")
-    parser.add_argument("--no-code", action="store_true", help="leave code out of the HTML")
+    parser.add_argument("--code", action="store_true", help="show the code cells in the HTML")
+    parser.add_argument(
+        "--no-code", action="store_true", help="hide the code cells (the default; kept for scripts)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.spec and args.names:
@@ -602,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         force=args.force,
         kernel=args.kernel,
         timeout=args.timeout,
-        code=not args.no_code,
+        code=args.code and not args.no_code,
         progress=not args.no_progress,
     )
     failed = frame[frame["status"] != "ok"]
