@@ -5,7 +5,7 @@ A positive path says which class an image is, a negative path which classes it i
 each has a textual and a visual (cache) part. Built once from the few-shot set
 (M cache entries, C classes, y_i the class of entry i, K_c the shots of class c):
 
-    F    (M, d)  cache keys (augmented views averaged, normalised, as Tip-Adapter)
+    F    (M, d)  cache keys (raw augmented-view features averaged, normalised once)
     L    (M, C)  one-hot values
     L~   (M, C)  soft labels, per class c with K_c > 1 (K_c = 1: L~ = L):
                  m_i = mean_{j != i, y_j = c} F_i . F_j,  w = softmax_{i: y_i = c}(m / 0.1),
@@ -68,7 +68,9 @@ Differences from the official code (zhangce01/DualAdapter), each deliberate:
 - F- averages over all other classes; the official code takes the C - 1 classes least
   similar to c (by mean key), which is the same unless another class's mean key is more
   similar to c's than c's own;
-- float32 throughout (the official code casts keys and classifiers to half);
+- float32 throughout (the official code casts keys, classifiers and residuals to half, so
+  AdamW's moments are fp16 too; ``benchmarks/bench_precision.py`` measures the effect of
+  that for Tip-Adapter-F's keys);
 - a missing description classifier falls back to W_t with a note in the run record;
 - with ``paths="negative"`` only R_n and R_k- train and ARL / consistency (which concern
   W+) are left out; ``trainable_parameters`` counts only the residuals that train
