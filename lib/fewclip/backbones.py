@@ -35,13 +35,37 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-open_clip.add_model_config(CONFIG_DIR)
+
+
+class _LazyOpenClip:
+    """``open_clip``, imported (and given the project's model configs) on first use: its
+    import (with torchvision's) is seconds that a notebook or CLI call without a model
+    need not pay. Attribute reads and writes go to the real module (monkeypatch works)."""
+
+    def _module(self):
+        import open_clip as module
+
+        if not getattr(module, "_fewclip_configs", False):
+            module.add_model_config(CONFIG_DIR)
+            module._fewclip_configs = True
+        return module
+
+    def __getattr__(self, name: str):
+        return getattr(self._module(), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._module(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._module(), name)
+
+
+open_clip = _LazyOpenClip()
 
 #: Project architectures meant for unit tests: random init, a few hundred K parameters.
 TEST_ARCHS = ("fewclip-test-rn", "fewclip-test-vit")

@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
-from torchvision import transforms as T
-from torchvision.transforms import functional as TF
 
 from .data.base import Datum
 
@@ -48,6 +46,8 @@ class TrainTransform:
         self.scale = scale
         self.ratio = ratio
         self.log_ratio = [float(v) for v in torch.log(torch.tensor(ratio))]
+        from torchvision import transforms as T  # lazy: torchvision's import is seconds
+
         self.normalize = T.Normalize(mean, std)
 
     def crop_box(self, width: int, height: int, generator: torch.Generator | None):
@@ -78,6 +78,9 @@ class TrainTransform:
         self, image: Image.Image, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """PIL image -> (3, image_size, image_size) normalised tensor."""
+        from torchvision import transforms as T
+        from torchvision.transforms import functional as TF
+
         top, left, h, w = self.crop_box(image.width, image.height, generator)
         image = TF.resized_crop(
             image, top, left, h, w, self.size, T.InterpolationMode.BICUBIC, antialias=True

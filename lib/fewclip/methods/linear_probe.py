@@ -31,13 +31,15 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from .base import FeatureData, FeatureMethod, FitResult, accuracy, register_method
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 
 def fit_logistic(
@@ -45,6 +47,9 @@ def fit_logistic(
 ) -> LogisticRegression:
     """One L-BFGS fit; convergence warnings are silenced (small C converges slowly and
     the CLIP protocol caps iterations too)."""
+    from sklearn.exceptions import ConvergenceWarning  # lazy: seconds at import time
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=c_reg, solver="lbfgs", max_iter=max_iter, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from open_clip.transformer import TextTransformer, text_global_pool
 from torch import nn
 
 #: CoOp's default number of context tokens when they are randomly initialised.
@@ -59,6 +58,8 @@ class TextTower:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        from open_clip.transformer import TextTransformer  # lazy: seconds at import time
+
         text = getattr(model, "text", None)
         if text is not None:
             if not isinstance(text, TextTransformer):
@@ -131,6 +132,8 @@ class TextTower:
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
         x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
+        from open_clip.transformer import text_global_pool
+
         x = text_global_pool(x, ids[:, :length], self.pool_type, eos_token_id=self.eos_id)
         if self.text_projection is not None:
             if isinstance(self.text_projection, nn.Linear):

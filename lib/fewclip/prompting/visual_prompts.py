@@ -22,9 +22,13 @@ sequence, so they raise :class:`VisualPromptError`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from open_clip.transformer import VisionTransformer
 from torch import nn
+
+if TYPE_CHECKING:  # open_clip is imported where it is used: its import takes seconds
+    from open_clip.transformer import VisionTransformer
 
 
 class VisualPromptError(TypeError):
@@ -33,6 +37,8 @@ class VisualPromptError(TypeError):
 
 def check_vit(visual: nn.Module) -> VisionTransformer:
     """Return ``visual`` if it is a plain open_clip ViT, else raise a clear error."""
+    from open_clip.transformer import VisionTransformer
+
     if not isinstance(visual, VisionTransformer):
         raise VisualPromptError(
             f"deep visual prompts need a Vision Transformer image tower; this backbone's is "
