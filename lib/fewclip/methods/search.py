@@ -38,8 +38,13 @@ in the grid and can never be the argmax; only the remaining candidates (usually 
 C) are combined over the grid, in ascending class order, which keeps the first-maximum
 tie-break. A sample whose label is no candidate is wrong at every setting, one whose only
 candidate is its label right at every setting; neither is combined. A runtime check at
-the box centre disables pruning when ``combine`` is not multilinear. Memory: blocks are
-chunked so that one block holds at most ``max_elements`` logits.
+the box centre disables pruning when ``combine`` is not multilinear.
+
+Memory: a block holds at most ``max_elements`` logits, split over rows (samples) as well
+as over (alpha, lam), so that at ImageNet size a block still holds many settings
+(:func:`block_shape`). :func:`grid_search_chunked` runs the whole search over chunks of
+val (the methods' (rows, M) affinities stay bounded, memory is flat in the val size) and
+sums each setting's integer counts over the chunks, so its choice is the unchunked one.
 
 Measured with ``benchmarks/bench_search.py`` (1 CPU thread, DualAdapter's full 160,000
 setting grid, C = 100, 400 val images): nested loop 27 s, vectorised 3 s, of which 1.5 s
