@@ -243,3 +243,37 @@ def test_runner_stores_per_image_correctness(tmp_path):
     assert decode_correct(b2n["metrics"]["new"]["correct"]).mean() * 100 == pytest.approx(
         b2n["new_accuracy"]
     )
+
+
+def test_flat_figures_say_so():
+    from fewclip.plots import shows_nothing
+
+    flat = pd.DataFrame(
+        {"label": ["m", "m"], "shots": [1, 16], "ci_low": [40.0, 42.0], "ci_high": [50.0, 52.0]}
+    )
+    assert "no difference in shots" in shows_nothing(flat, "shots")
+    rising = flat.assign(ci_low=[40.0, 60.0], ci_high=[50.0, 70.0])
+    assert shows_nothing(rising, "shots") is None
+    assert "no run finished" in shows_nothing(flat.iloc[:0], "shots")
+
+
+def test_paper_rows_of_ours_carry_intervals_and_never_merge_options():
+    from fewclip import paper
+
+    rng = np.random.default_rng(8)
+    rows = [record("m", s, rng.random(100) < 0.6) for s in (1, 2, 3)]
+    frame = pd.DataFrame(rows).assign(backbone="rn", model_label="tiny", label="m")
+    ours = paper.ours(frame)
+    assert len(ours) == 1 and ours.iloc[0]["n"] == 3
+    assert ours.iloc[0]["ci_low"] < ours.iloc[0]["value"] < ours.iloc[0]["ci_high"]
+    other = pd.DataFrame([record("m", 1, np.ones(100), {"x": 2})]).assign(
+        backbone="rn", model_label="tiny", label="m"
+    )
+    both = paper.ours(pd.concat([frame, other]))
+    assert len(both) == 2  # two configurations, two rows: side_by_side then refuses the clash
+    with pytest.raises(ValueError, match="several ours numbers"):
+        paper.side_by_side(paper.load(paper="clip_adapter", shots=16).iloc[:0], both)
+    table = paper.side_by_side(paper.load(paper="clip_adapter", shots=16), ours)
+    cell = table[("ours: rn", "d")].dropna().iloc[0]
+    assert "+-" in cell and "[" in cell and "n=3" in cell
+    assert paper.missing("dual_adapter")

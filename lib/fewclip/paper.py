@@ -10,7 +10,8 @@
 dataset, shots, metric, value, source. The papers evaluate RN50 / ViT-B/16 with OpenAI's
 weights on their benchmarks (ImageNet, ...); the offline setting runs other datasets with
 other models. :func:`side_by_side` therefore never puts the two in one column: the paper's
-datasets and our datasets are separate column groups, and the caption says so.
+datasets and our datasets are separate column groups, and the caption says so. Our cells
+read ``mean +- std [95% interval] n=seeds`` (:mod:`fewclip.evidence`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,29 @@ COLUMNS = (
     "value",
     "source",
 )
+
+#: Published numbers this project looked for and could not read, with the reason; shown by
+#: :func:`missing` so a table without them says so instead of staying silent.
+MISSING = {
+    "dual_adapter": (
+        "DualAdapter's (arXiv 2403.12964v1) and SimNL's (v2) per-dataset few-shot and "
+        "domain-generalisation tables are not in data/paper_results.csv: the stored copies of "
+        "the arXiv HTML available to this project expose only the pages' opening sections, and "
+        "the official repositories (zhangce01/DualAdapter, zhangce01/SimNL) publish no numbers; "
+        "add them from the paper's tables when a copy is at hand"
+    ),
+    "tomm": (
+        "TOMM's (arXiv 2303.17169) per-dataset base-to-new numbers are not in "
+        "data/paper_results.csv (only the average gains over CoCoOp its abstract states): the "
+        "stored copy of the paper exposes no tables"
+    ),
+}
+
+
+def missing(paper_name: str) -> str | None:
+    """Why a paper's published numbers are (partly) missing from the CSV, or None."""
+    return MISSING.get(paper_name)
+
 
 #: Our record columns for the CSV's metric names.
 METRIC_COLUMNS = {
@@ -83,28 +107,39 @@ def ours(
     label_column: str = "label",
 ) -> pd.DataFrame:
     """Our finished runs in the CSV's long form: mean and std over seeds per
-    (method, dataset, shots, metric), with ``n`` seeds and a ``source`` naming the model.
+    configuration and metric, with ``n`` seeds, the 95% interval (``ci_low``, ``ci_high``:
+    :func:`fewclip.evidence.summarize`) and a ``source`` naming the model.
 
     ``method_key`` maps our labels (variant or method name) to the CSV's method names and
-    keeps only those rows; None keeps every row under its method name.
-    """
+    keeps only those rows; None keeps every row under its method name. Two configurations
+    under one key (e.g. different options) stay two rows, never one average; the table
+    then refuses the clash (:func:`side_by_side`)."""
+    from . import evidence
+
     rows = done(frame)
+    empty = pd.DataFrame(columns=[*COLUMNS, "std", "n", "ci_low", "ci_high"])
     if not len(rows):
-        return pd.DataFrame(columns=[*COLUMNS, "std", "n"])
+        return empty
     rows = rows.copy()
     if method_key is not None:
         rows = rows[rows[label_column].isin(list(method_key))]
         rows["key"] = rows[label_column].map(method_key)
     else:
         rows["key"] = rows["method"]
+    if not len(rows):
+        return empty
+    labels = rows.groupby("key")["model_label"].first() if "model_label" in rows else None
     out = []
     for metric in metrics:
         column = METRIC_COLUMNS.get(metric, metric)
         if column not in rows:
             continue
-        grouped = rows.groupby(["key", "backbone", "protocol", "dataset", "shots"], sort=False)
-        stats = grouped[column].agg(["mean", "std", "count"]).reset_index()
-        labels = grouped["model_label"].first().reset_index(drop=True)
+        stats = evidence.summarize(
+            rows, by=["key", "backbone", "protocol", "dataset", "shots"], value=column
+        )
+        if not len(stats):
+            continue
+        model = stats["key"].map(labels) if labels is not None else ""
         out.append(
             pd.DataFrame(
                 {
@@ -117,14 +152,14 @@ def ours(
                     "metric": metric,
                     "value": stats["mean"],
                     "std": stats["std"],
-                    "n": stats["count"],
-                    "source": "this repository's run store: " + labels,
+                    "n": stats["n_seeds"],
+                    "ci_low": stats["ci_low"],
+                    "ci_high": stats["ci_high"],
+                    "source": "this repository's run store: " + model.astype(str),
                 }
             )
         )
-    return (
-        pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=[*COLUMNS, "std", "n"])
-    )
+    return pd.concat(out, ignore_index=True) if out else empty
 
 
 def side_by_side(
@@ -165,6 +200,14 @@ def side_by_side(
                 f"side_by_side: several {side} numbers for one cell; refine the filter:\n"
                 + clash.to_string()
             )
+        if side == "ours" and "ci_low" in rows:  # ours with spread and interval, as text
+            rows["value"] = [
+                _with_interval(v, sd, n, lo, hi)
+                for v, sd, n, lo, hi in zip(
+                    rows["value"], rows["std"], rows["n"], rows["ci_low"], rows["ci_high"],
+                    strict=True,
+                )
+            ]  # fmt: skip
         wide = rows.pivot_table(index=index, columns=columns, values="value", aggfunc="first")
         parts.append(wide)
     if not parts:
@@ -175,6 +218,12 @@ def side_by_side(
         key = ("paper", "source") + (("",) if metric_in_columns else ())
         table[key] = sources.reindex(table.index).fillna("(no published number)")
     return table.round(round_to)
+
+
+def _with_interval(value: float, std: float, n: int, low: float, high: float) -> str:
+    from .evidence import format_interval
+
+    return format_interval(value, std, low, high, int(n), digits=1)
 
 
 def caption(published: pd.DataFrame, our_rows: pd.DataFrame, model: str) -> str:
@@ -188,6 +237,12 @@ def caption(published: pd.DataFrame, our_rows: pd.DataFrame, model: str) -> str:
         f"Our columns: this repository's runs on offline tasks ({our_sets}) with {model}. "
         "Different datasets and different models: the two groups sit side by side for "
         "orientation only and are NOT comparable one-to-one."
+        + (
+            " Ours: mean +- std over seeds [95% interval] n=seeds; the interval combines a "
+            "bootstrap over test images with the seed spread."
+            if "ci_low" in our_rows
+            else ""
+        )
     )
 
 

@@ -52,7 +52,7 @@ def curve(
             errorbar="sd",
             ax=ax,
         )
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     if log2_x:
@@ -100,3 +100,57 @@ def save(fig: plt.Figure, out: str | Path, name: str) -> Path:
     path = Path(out) / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def interval_curve(
+    summary: pd.DataFrame,
+    x: str,
+    hue: str = "label",
+    *,
+    title: str,
+    model: str,
+    ax: plt.Axes | None = None,
+    log2_x: bool = False,
+    ylabel: str = "accuracy (%)",
+) -> plt.Axes:
+    """Mean over seeds per ``hue`` with its 95% interval as a band, from a
+    :func:`fewclip.evidence.summarize` frame (columns ``mean``, ``ci_low``, ``ci_high``);
+    the legend sits outside the axes, so it never covers data."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4))
+    if len(summary):
+        palette = sns.color_palette(n_colors=max(1, summary[hue].nunique()))
+        for colour, (name, rows) in zip(palette, summary.groupby(hue, sort=False), strict=False):
+            rows = rows.sort_values(x)
+            ax.plot(rows[x], rows["mean"], marker="o", color=colour, label=str(name))
+            ax.fill_between(rows[x], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+    if log2_x and len(summary):
+        ax.set_xscale("log", base=2)
+        ticks = sorted(summary[x].dropna().unique())
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    titled(ax, title, model)
+    return ax
+
+
+def shows_nothing(summary: pd.DataFrame, x: str, hue: str = "label") -> str | None:
+    """A sentence when a :func:`interval_curve` figure cannot show a difference: no
+    finished runs, or along every line all points' 95% intervals overlap one another."""
+    if not len(summary):
+        return "The figure is empty: no run finished."
+    flat = []
+    for name, rows in summary.groupby(hue, sort=False):
+        if rows[x].nunique() > 1 and rows["ci_low"].max() <= rows["ci_high"].min():
+            flat.append(str(name))
+    if flat and len(flat) == summary[hue].nunique():
+        return (
+            f"Along every line the 95% intervals of all {x} values overlap: at this scale the "
+            f"figure shows no difference in {x} that the seeds and test images can resolve."
+        )
+    if flat:
+        return f"Flat within its intervals (no resolvable effect of {x}): " + ", ".join(flat) + "."
+    return None
