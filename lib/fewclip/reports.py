@@ -185,6 +185,7 @@ def report_header(
     parameters: dict[str, Any],
     *,
     notebook: str,
+    shown_as: str | None = None,
     code: bool,
     commit: str | None,
     counts: dict[str, int] | None = None,
@@ -193,10 +194,11 @@ def report_header(
     """The Markdown the HTML starts with: commit, model, where the code is, failures."""
     import fewclip
 
+    values = {**_defaults(notebook), **parameters}
     models = []
-    for key in sorted(k for k in parameters if k == "backbone" or k.startswith("backbone_")):
-        models.append(f"`{parameters[key]}`")
-    pre = parameters.get("pretrained", "default")
+    for key in sorted(k for k in values if k == "backbone" or k.startswith("backbone_")):
+        models.append(f"`{values[key]}`")
+    pre = values.get("pretrained", "default")
     lines = [
         f"*Report `{name}`, built {_now()[:16].replace('T', ' ')} from fewclip "
         f"{fewclip.__version__} at commit `{commit or 'unknown'}`; model "
@@ -207,7 +209,7 @@ def report_header(
         lines.append(
             f"*The code cells are hidden on this page: the executed notebook with all its "
             f"code is [`{name}.ipynb`]({quote(name)}.ipynb), beside this file (open it in "
-            f"JupyterLab); its source is `{notebook}`.*"
+            f"JupyterLab); its source is `{shown_as or notebook}`.*"
         )
     counts = counts or {}
     if counts.get("failed_runs"):
@@ -218,6 +220,25 @@ def report_header(
     if error:
         lines.append(f"**This report FAILED:** `{error}` (the page stops at the failing cell).")
     return "\n\n".join(lines)
+
+
+def _defaults(notebook: str) -> dict[str, Any]:
+    """The notebook's parameter defaults (literals of its parameters cell; {} if unreadable)."""
+    import ast
+
+    try:
+        import papermill as pm
+
+        found = pm.inspect_notebook(notebook)
+    except Exception:
+        return {}
+    out = {}
+    for name, info in found.items():
+        try:
+            out[name] = ast.literal_eval(info.get("default", ""))
+        except (ValueError, SyntaxError):
+            continue
+    return out
 
 
 #: CSS added to every report page: wide tables scroll or wrap inside a 1,400 px window.
@@ -292,7 +313,8 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
             header = report_header(
                 job["name"],
                 job["parameters"],
-                notebook=job.get("source", job["notebook"]),
+                notebook=job["notebook"],
+                shown_as=job.get("source"),
                 code=job["code"],
                 commit=job.get("commit"),
                 counts=counts,
