@@ -229,3 +229,54 @@ def test_warm_start_loads_the_checkpoint(tmp_path):
     fresh = PretrainConfig(**{**again.__dict__, "out_dir": str(tmp_path / "c"), "init_from": ""})
     c = load_file(str(pretrain(fresh, progress=False)))
     assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: code run by merely loading a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_planted_pickle_payload(tmp_path):
+    corpus = make_corpus(tmp_path)
+    cfg = PretrainConfig(
+        arch="fewclip-test-rn", corpus=str(corpus), out_dir=str(tmp_path / "runs"), steps=1
+    )
+    cfg.run_dir.mkdir(parents=True)
+    marker = tmp_path / "payload-ran"
+    torch.save(
+        {"model": _Payload(marker), "optimizer": {}, "rng": [], "step": 0}, cfg.run_dir / "state.pt"
+    )
+    with pytest.raises(ValueError, match="state.pt is not a fewclip training state"):
+        pretrain(cfg, progress=False)
+    assert not marker.exists()  # the payload never ran
+
+
+def test_training_state_loads_with_weights_only(tmp_path):
+    from fewclip.pretrain.train import _rng_state, _set_rng_state, load_state
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    rng = random.Random(5)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng": _rng_state(rng),
+        "generator": torch.Generator().get_state(),
+        "step": 3,
+    }
+    torch.save(state, tmp_path / "state.pt")
+    back = load_state(tmp_path / "state.pt")  # torch.load(weights_only=True) inside
+    again = random.Random()
+    _set_rng_state(again, back["rng"])
+    assert again.random() == rng.random() and back["step"] == 3
+    torch.optim.AdamW(model.parameters()).load_state_dict(back["optimizer"])
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04 random bytes, not a pickle")
+    with pytest.raises(ValueError, match="junk.pt is not a fewclip training state"):
+        load_state(tmp_path / "junk.pt")

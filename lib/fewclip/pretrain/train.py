@@ -8,7 +8,9 @@ random image of each (style or skin-tone variant) with a random crop and, someti
 grey-scale copy, and one random caption (:func:`fewclip.pretrain.data.build_caption`).
 ``init_from`` warm-starts from a checkpoint (the multi-style checkpoints continue the
 version-1 ones; their config says so). Training state is checkpointed atomically every
-``checkpoint_every`` steps and resumed from there.
+``checkpoint_every`` steps and resumed from there; the state holds only tensors and plain
+containers and is read back with ``torch.load(weights_only=True)`` (a planted file cannot
+run code, see :func:`load_state`).
 """
 
 from __future__ import annotations
@@ -115,6 +117,36 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
 
 
+def load_state(path: Path) -> dict:
+    """A training state written by :func:`pretrain`, read with ``weights_only=True``: only
+    tensors and plain containers are accepted, so a planted file cannot run code. Raises
+    ValueError naming the file when it is not such a state."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"{path} is not a fewclip training state that can be loaded safely ({reason[:200]}); "
+            "delete it to start the run afresh"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "rng", "step"} <= set(state):
+        raise ValueError(f"{path} is not a fewclip training state; delete it to start afresh")
+    return state
+
+
+def _rng_state(rng: random.Random) -> list:
+    """``random.Random`` state as plain lists (safe to store and to load)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(rng: random.Random, state) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
 def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -157,10 +189,10 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = load_state(state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        rng.setstate(state["rng"])
+        _set_rng_state(rng, state["rng"])
         gen.set_state(state["generator"])
         step = state["step"]
         _truncate_log(log_path, step)
@@ -204,7 +236,7 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "rng": rng.getstate(),
+                    "rng": _rng_state(rng),
                     "generator": gen.get_state(),
                     "step": step,
                 },
