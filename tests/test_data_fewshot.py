@@ -112,10 +112,13 @@ def test_cache_is_written_and_read_back(toy, tmp_path):
     assert raw["train"][0][0].startswith("train/1_")  # relative to the dataset root
     again = few_shot_split(toy, 4, seed=2, cache_dir=cache)
     assert again.from_cache and again.train == first.train and again.val == first.val
-    # what comes back is what the file says (read, not re-sampled)
+    # an edited file (valid JSON, altered sample) is noticed by its checksum and redrawn
     raw["train"] = raw["train"][:1]
     path.write_text(json.dumps(raw))
-    assert len(few_shot_split(toy, 4, seed=2, cache_dir=cache).train) == 1
+    with pytest.warns(UserWarning, match="checksum mismatch"):
+        redrawn = few_shot_split(toy, 4, seed=2, cache_dir=cache)
+    assert not redrawn.from_cache and redrawn.train == first.train
+    assert few_shot_split(toy, 4, seed=2, cache_dir=cache).from_cache  # rewritten intact
     # other K / seed: other files
     few_shot_split(toy, 2, seed=2, cache_dir=cache)
     few_shot_split(toy, 4, seed=3, cache_dir=cache)

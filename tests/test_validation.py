@@ -95,3 +95,14 @@ def test_bad_runs_are_refused_before_any_work(tmp_path, kw, expected):
     with pytest.raises(ValueError, match=expected):
         run(cfg, store=ResultStore(None))
     assert _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".bin"])
+def test_a_checkpoint_of_random_bytes_is_named_and_never_loaded_unsafely(tmp_path, suffix):
+    from fewclip.backbones import InvalidCheckpointError, load_backbone
+
+    junk = tmp_path / f"weights{suffix}"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(InvalidCheckpointError, match="is not a checkpoint") as info:
+        load_backbone("fewclip-test-rn", str(junk), device="cpu")
+    assert str(junk) in str(info.value) and "weights_only" not in str(info.value)

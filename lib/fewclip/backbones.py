@@ -106,6 +106,10 @@ class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are not on this machine (and downloading was not allowed)."""
 
 
+class InvalidCheckpointError(ValueError):
+    """The weights file exists but is not a checkpoint that can be loaded safely."""
+
+
 class UnknownBackboneError(ValueError):
     """An architecture or pretrained tag that neither open_clip nor fewclip knows."""
 
@@ -500,6 +504,24 @@ class Backbone:
         }
 
 
+@contextlib.contextmanager
+def _checkpoint_errors(weights: str | None, arch: str) -> Iterator[None]:
+    """A weights file that cannot be read becomes one clear error naming it; never torch's
+    advice to retry with ``weights_only=False`` (that would run the file's code)."""
+    try:
+        yield
+    except Exception as e:
+        if weights is None or isinstance(e, (UnknownBackboneError, WeightsNotFoundError)):
+            raise
+        text = str(e)
+        lines = text.strip().splitlines()
+        reason = "not a readable tensor file" if "weights_only" in text or not lines else lines[0]
+        raise InvalidCheckpointError(
+            f"{weights} is not a checkpoint fewclip can load for {arch} ({type(e).__name__}: "
+            f"{reason[:160]}); give a .safetensors file or a torch state dict of {arch}"
+        ) from None
+
+
 def load_backbone(
     arch: str = DEFAULT_ARCH,
     pretrained: str | os.PathLike | None = "default",
@@ -522,14 +544,19 @@ def load_backbone(
     weights = resolve_weights(arch, pretrained, cache_dir=cache_dir, allow_download=allow_download)
     dev = select_device(device)
     prec = select_precision(dev, precision)
-    quick, reason = decide_quick_gelu(arch, pretrained, weights, quick_gelu)
+    with _checkpoint_errors(weights, arch):
+        quick, reason = decide_quick_gelu(arch, pretrained, weights, quick_gelu)
     native = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
     tag = weights_tag(arch, pretrained, weights)
     tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
     # what open_clip merges from the tag's registry entry when it is given the tag
     preprocess = {f"image_{k}": tag_cfg[k] for k in PREPROCESS_KEYS if k in tag_cfg}
     archive = weights is not None and is_torchscript_archive(weights)
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+    with (
+        torch.random.fork_rng(devices=[]),
+        warnings.catch_warnings(),
+        _checkpoint_errors(weights, arch),
+    ):
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")
         torch.manual_seed(init_seed)
         model, _, preprocess = open_clip.create_model_and_transforms(

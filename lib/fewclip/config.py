@@ -78,7 +78,10 @@ class RunConfig:
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
         if self.shots < 0:
-            raise ValueError(f"shots must be >= 0, got {self.shots}")
+            raise ValueError(
+                f"shots must be >= 0 (0: zero-shot), got {self.shots}; a run uses a K-shot "
+                "sample (the full splits are fewclip.data.fewshot.few_shot_split(ds, -1, seed))"
+            )
         if self.augment_views < 1:
             raise ValueError(f"augment_views must be >= 1, got {self.augment_views}")
         if self.val not in VAL_SPLITS:

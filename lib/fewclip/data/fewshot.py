@@ -7,7 +7,9 @@ gives); classes in order of first appearance in the training list; per class
 
 - A class with fewer than K items raises :class:`DatasetError` naming it and its count;
   ``allow_fewer=True`` takes all its items instead (CoOp's behaviour).
-- ``shots=0`` gives empty train and val (zero-shot); ``shots < 0`` keeps the full splits.
+- ``shots=0`` gives empty train and val (zero-shot). ``shots < 0`` keeps the full splits:
+  this function's own convention for analyses; a run (``RunConfig``, the CLI, notebooks)
+  refuses it, since its records are labelled with K.
 - A dataset read with ``val_is_test`` (ImageNet, official DualAdapter protocol) keeps its
   val (= test) whole, as the official code does; only train is sampled.
 
@@ -28,11 +30,13 @@ With ``cache_dir``, the sample is stored as JSON under
 (written atomically; paths relative to the dataset folder, so a moved data root still hits)
 and read back from there on later calls; a noisy sample stores its noisy labels and the
 clean ones. The fingerprint (:meth:`Dataset.fingerprint`) changes when the split lists do,
-so a stale sample is never reused.
+so a stale sample is never reused; the file also holds a checksum of its content, so an
+edited file (valid JSON, altered sample) is noticed, warned about and drawn again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -205,11 +209,24 @@ def _decode(rows: list, root: Path | None) -> list[Datum]:
     return out
 
 
+def _content_checksum(raw: dict) -> str:
+    """SHA-256 of a cached sample's content (every key but ``checksum``)."""
+    body = {k: v for k, v in raw.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _read_cache(
     path: Path, dataset: Dataset, shots: int, seed: int, val: str, label_noise: float
 ) -> FewShotSplit | None:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+        if raw.get("checksum") != _content_checksum(raw):
+            warnings.warn(
+                f"few-shot cache {path} was changed after it was written (checksum mismatch); "
+                "drawing the sample again",
+                stacklevel=3,
+            )
+            return None
         if (raw["format"], raw["shots"], raw["seed"]) != (CACHE_FORMAT, shots, seed):
             return None
         if (raw.get("val_split", "few_shot"), raw.get("label_noise", 0.0)) != (val, label_noise):
@@ -295,6 +312,7 @@ def few_shot_split(
         }
         if split.clean_train is not None:
             raw["clean_train"] = _encode(split.clean_train, dataset.root)
+        raw["checksum"] = _content_checksum(raw)
         try:
             write_json_atomic(path, raw)
         except OSError as e:
