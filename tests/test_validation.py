@@ -106,3 +106,13 @@ def test_a_checkpoint_of_random_bytes_is_named_and_never_loaded_unsafely(tmp_pat
     with pytest.raises(InvalidCheckpointError, match="is not a checkpoint") as info:
         load_backbone("fewclip-test-rn", str(junk), device="cpu")
     assert str(junk) in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_an_empty_sweep_is_refused_by_the_notebook_helper_and_framed_by_the_api():
+    from fewclip import notebook as nb
+    from fewclip.sweep import run_sweep
+
+    with pytest.raises(ValueError, match="lam sweep: no configurations to run"):
+        nb.run_grid([], None, title="lam sweep")
+    frame = run_sweep([], None, progress=False)
+    assert len(frame) == 0 and {"method", "variant", "status", "skipped"} <= set(frame)

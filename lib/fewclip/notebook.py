@@ -256,6 +256,11 @@ def run_grid(
 
     from .sweep import run_sweep
 
+    if not len(configs):
+        raise ValueError(
+            f"{title}: no configurations to run, a list parameter is empty (e.g. papermill "
+            "-p lams '[]'); give it at least one value"
+        )
     frame = run_sweep(
         configs, resolve(results), workers=workers, scheduler=scheduler, progress=progress
     )
