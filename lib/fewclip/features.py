@@ -2,11 +2,14 @@
 
 Every entry is stored under a key that names everything that affects its content: the
 backbone's identity (architecture + hash of the weights file), the list of images (a
-fingerprint of paths and labels), the transform (test transform, or augmented view ``v``
-drawn with seed ``s``), the prompts for text classifiers, and :data:`FEATURE_VERSION`.
+fingerprint of paths and labels, plus each file's identity: size and modification time, so
+a repaired or replaced image is noticed, see :func:`files_identity`), the transform (test
+transform, or augmented view ``v`` drawn with seed ``s``), the prompts for text
+classifiers, and :data:`FEATURE_VERSION`.
 Entries are written atomically (temporary file, then rename) and validated on load
 (stored key, shape, finiteness, checksum); an entry that fails validation is recomputed,
-with a warning, never silently used.
+with a warning, never silently used. Temporary files left by an interrupted writer are
+removed when a cache on the same folder is next opened (:meth:`FeatureCache.clean_stale`).
 
 Augmented views: random resized crop + horizontal flip, each view a full pass over the
 few-shot images; view ``v`` of item ``i`` is drawn from a generator seeded by (seed, v, i),
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -85,6 +89,34 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+#: Seconds after which any temporary file in the cache is taken as left by a dead writer.
+STALE_TMP_S = 3600.0
+_CLEANED: set[str] = set()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def files_identity(items: Sequence[Datum]) -> str:
+    """Hash of each image file's (size, modification time in ns), "missing" where it cannot
+    be read: changes when a file is repaired, replaced or damaged, without reading it."""
+    h = hashlib.sha256()
+    for d in items:
+        try:
+            st = os.stat(d.impath)
+            h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(b"missing\n")
+    return h.hexdigest()[:16]
+
+
 class FeatureCache:
     """A folder of cached tensors; ``None`` as folder keeps nothing (always recompute)."""
 
@@ -92,6 +124,29 @@ class FeatureCache:
         self.root = Path(root).expanduser() if root is not None else None
         self.hits = 0
         self.misses = 0
+        if self.root is not None and str(self.root.absolute()) not in _CLEANED:
+            _CLEANED.add(str(self.root.absolute()))
+            self.clean_stale()
+
+    def clean_stale(self) -> int:
+        """Remove temporary files of interrupted writes (``*.tmp``) under the folder: those
+        of a process of this host that no longer exists once a minute old, any other once
+        :data:`STALE_TMP_S` old (a writer elsewhere may still be at work). Returns the count."""
+        if self.root is None or not self.root.is_dir():
+            return 0
+        removed, now = 0, time.time()
+        for tmp in self.root.rglob("*.tmp"):
+            try:
+                age = now - tmp.stat().st_mtime
+                parts = tmp.name.split(".")
+                pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+                dead = pid is not None and pid != os.getpid() and not _pid_alive(pid)
+                if age > STALE_TMP_S or (dead and age > 60):
+                    tmp.unlink()
+                    removed += 1
+            except OSError:  # gone meanwhile, or not ours to remove
+                pass
+        return removed
 
     def path(self, key: FeatureKey) -> Path:
         assert self.root is not None
@@ -207,7 +262,8 @@ def encode_items(
 
 
 def _image_key(backbone: Backbone, items: Sequence[Datum], transform: str) -> FeatureKey:
-    return FeatureKey("image", backbone.identity, items_fingerprint(items, []), transform)
+    content = f"{items_fingerprint(items, [])}|files:{files_identity(items)}"
+    return FeatureKey("image", backbone.identity, content, transform)
 
 
 def image_features(

@@ -54,6 +54,7 @@ from .data.templates import SINGLE_TEMPLATES, TEMPLATE_STYLES, templates_for
 from .features import (
     FeatureCache,
     augmented_features,
+    files_identity,
     image_features,
     prompt_classifier,
     template_classifier,
@@ -283,6 +284,15 @@ def make_method(config: RunConfig) -> FeatureMethod | EncoderMethod:
     return get_method(config.method, **options)
 
 
+def run_items(config: RunConfig, dataset: Dataset, targets: list[Dataset]) -> list[Datum]:
+    """The images a run reads: its few-shot sample, the test split, the targets' tests."""
+    split = sample_split(dataset, config) if config.shots > 0 else None
+    items = list(dataset.test) + ([*split.train, *split.val] if split else [])
+    for t in targets:
+        items += list(t.test)
+    return items
+
+
 def check_shots(config: RunConfig) -> None:
     """Refuse ``shots=0`` for a method that learns from training images: it would get none
     and its row would hold zero-shot CLIP's number under its own name."""
@@ -411,6 +421,7 @@ def fit_method(
         torch.manual_seed(config.seed)
         with timer("fit"):
             fit = method.fit(data, seed=config.seed)
+        fit.train_images = int(data.train_features.shape[0])  # the readable ones it used
         return fit, data.notes + notes, unreadable
     val_items = dataset.test if config.selection == "test" else split.val
     torch.manual_seed(config.seed)
@@ -500,7 +511,8 @@ def run_protocol(
     with timer("difficulty"):
         out["metrics"]["difficulty"] = difficulty(backbone, dataset, config, cache)
     out["metrics"]["best_val_accuracy"] = fit.best_val_acc
-    out["metrics"]["train_images"] = len(split.train)
+    used = getattr(fit, "train_images", None)
+    out["metrics"]["train_images"] = len(split.train) if used is None else used
     out["metrics"]["val_images"] = len(split.val)
     out["metrics"]["flipped_labels"] = split.flipped
     out["chosen"] = {
@@ -578,7 +590,9 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
     _check_protocol(config, method, dataset, targets)
     identity = weights_identity(config)
     fingerprint = "+".join([dataset.fingerprint()] + [t.fingerprint() for t in targets])
-    key = config.run_key(identity, fingerprint)
+    # the image files' identity (size + mtime) too: a repaired or damaged file is a new run
+    files = files_identity(run_items(config, dataset, targets))
+    key = config.run_key(identity, f"{fingerprint}|files:{files}")
     cache = FeatureCache(config.cache_dir or None)
 
     def compute() -> FittedRun:

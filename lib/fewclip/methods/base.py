@@ -100,6 +100,9 @@ class FitResult:
     best_val_acc: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: training images actually used (readable ones; 0 for a method that uses none), set by
+    #: the run layer for feature methods; None: the sample's size
+    train_images: int | None = None
 
 
 class FeatureMethod(ABC):
