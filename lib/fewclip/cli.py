@@ -2,6 +2,7 @@
 
 fewclip run --method tip_adapter_f --dataset emoji_openmoji_subcategory --shots 16
 fewclip results                        # the results table
+fewclip sweep sweep.json --workers 2   # many runs (same as python -m fewclip.sweep)
 fewclip demo                           # a quick offline end-to-end check
 fewclip reports                        # build every report (reports/index.html)
 fewclip prepare --data-root data       # fetch the offline corpus and tasks
@@ -74,10 +75,11 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .results import ResultStore
-    from .runner import run
+    from .runner import check_config, run
 
     try:
         config = _run_config(args)
+        check_config(config)  # method, shots, options: before any work
     except ValueError as e:  # a bad field value: one sentence, no traceback
         raise SystemExit(f"fewclip run: {e}") from None
     store = ResultStore(args.results) if args.results else None
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         ("prepare", "fewclip.offline"),
         ("pretrain", "fewclip.pretrain"),
         ("reports", "fewclip.reports"),
+        ("sweep", "fewclip.sweep"),
     ):
         p = sub.add_parser(verb, help=f"same as python -m {module}", add_help=False)
         p.set_defaults(module=module)
@@ -149,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         from .reports import main as reports_main
 
         return reports_main(rest)
+    if args.verb == "sweep":
+        from .sweep import main as sweep_main
+
+        return sweep_main(rest)
     if args.verb in ("prepare", "pretrain"):
         import runpy
 

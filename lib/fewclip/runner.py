@@ -293,6 +293,17 @@ def run_items(config: RunConfig, dataset: Dataset, targets: list[Dataset]) -> li
     return items
 
 
+def check_config(config: RunConfig) -> FeatureMethod | EncoderMethod:
+    """The checks a run makes before any work (method name, shots, every option's type and
+    range); returns the configured method. Raises ValueError with one sentence."""
+    if config.method not in METHODS:
+        raise ValueError(
+            f"unknown method {config.method!r}; choose one of: {', '.join(sorted(METHODS))}"
+        )
+    check_shots(config)
+    return make_method(config)
+
+
 def check_shots(config: RunConfig) -> None:
     """Refuse ``shots=0`` for a method that learns from training images: it would get none
     and its row would hold zero-shot CLIP's number under its own name."""
@@ -579,12 +590,7 @@ def fit_run(config: RunConfig) -> FittedRun:
 
 
 def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun:
-    if config.method not in METHODS:
-        raise ValueError(
-            f"unknown method {config.method!r}; choose one of: {', '.join(sorted(METHODS))}"
-        )
-    check_shots(config)
-    method = make_method(config)
+    method = check_config(config)
     dataset = load_dataset(config.dataset, config.data_root, **config.reader_options)
     targets = load_targets(config)
     _check_protocol(config, method, dataset, targets)
