@@ -1,8 +1,11 @@
 """Command line: ``fewclip <verb>`` (or ``python -m fewclip <verb>``).
 
 fewclip run --method tip_adapter_f --dataset emoji_openmoji_subcategory --shots 16
+fewclip list methods                   # methods with their options and defaults
+fewclip list datasets | backbones      # the names fewclip knows
 fewclip results                        # the results table
 fewclip sweep sweep.json --workers 2   # many runs (same as python -m fewclip.sweep)
+fewclip compare --format markdown      # mean +- std over seeds, paper numbers beside
 fewclip demo                           # a quick offline end-to-end check
 fewclip reports                        # build every report (reports/index.html)
 fewclip prepare --data-root data       # fetch the offline corpus and tasks
@@ -12,10 +15,16 @@ fewclip pretrain --arch tiny-emoji-rn  # retrain a tiny CLIP
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
+from . import __version__
 from .config import RunConfig
+
+#: Exit code of a user mistake (bad name, missing file, bad option); argparse uses 2.
+USER_ERROR = 1
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -23,7 +32,7 @@ def _parse_options(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--option expects key=value, got {pair!r}")
+            raise ValueError(f"--option expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -32,26 +41,84 @@ def _parse_options(pairs: list[str]) -> dict:
     return out
 
 
+def _method_lines() -> list[str]:
+    """One line per method: its kind, protocols and options with their defaults."""
+    from .methods import FEATURE_METHODS, METHODS
+    from .runner import transfers_to_new_classes
+
+    lines = []
+    for name in sorted(METHODS):
+        cls = METHODS[name]
+        kind = "feature-level" if name in FEATURE_METHODS else "encoder-level"
+        protocols = "few_shot, domain_generalisation (same classes)"
+        if transfers_to_new_classes(cls):
+            protocols = "few_shot, base_to_new, cross_dataset, domain_generalisation"
+        lines.append(f"{name} ({kind}; protocols: {protocols})")
+        for f in dataclasses.fields(cls.Options):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "(required)"
+            lines.append(f"    {f.name} = {default!r}")
+    return lines
+
+
+def _dataset_names() -> list[str]:
+    from . import runner  # noqa: F401  (registers the offline task readers)
+    from .data.base import _PREFIXES, list_datasets
+
+    return list_datasets() + [f"{prefix}:<path>" for prefix in sorted(_PREFIXES)]
+
+
+def _run_epilog() -> str:
+    from .methods import METHODS
+
+    return (
+        "methods: "
+        + ", ".join(sorted(METHODS))
+        + "\n(options and defaults: fewclip list methods)\n\ndatasets: "
+        + ", ".join(_dataset_names())
+        + "\n\nexample: fewclip run --method clip_adapter --option alpha=0.6 --shots 4"
+    )
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
-    p.add_argument("--method", default=d.method)
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--method", default=d.method, help="a method (fewclip list methods)")
+    p.add_argument("--dataset", default=d.dataset, help="a dataset (fewclip list datasets)")
+    p.add_argument("--backbone", default=d.backbone, help="fewclip list backbones")
     p.add_argument("--pretrained", default=d.pretrained, help="tag, checkpoint file, or 'none'")
-    p.add_argument("--shots", type=int, default=d.shots)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--protocol", default=d.protocol)
+    p.add_argument("--shots", type=int, default=d.shots, help="K shots per class")
+    p.add_argument("--seed", type=int, default=d.seed, help="few-shot sample and init seed")
+    p.add_argument("--protocol", default=d.protocol, help="few_shot, base_to_new, ...")
+    p.add_argument(
+        "--eval-dataset",
+        action="append",
+        default=[],
+        metavar="DATASET",
+        help="target dataset of cross_dataset / domain_generalisation (repeat)",
+    )
+    p.add_argument("--variant", default=d.variant, help="a free label for ablations")
     p.add_argument("--selection", default=d.selection, choices=["val", "test"])
     p.add_argument("--val", default=d.val, choices=["few_shot", "full"], help="val split")
     p.add_argument(
         "--label-noise", type=float, default=d.label_noise, help="label flip probability"
     )
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--data-root", default=d.data_root)
-    p.add_argument("--cache-dir", default=d.cache_dir)
-    p.add_argument("--device", default=d.device)
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option (repeat); values are JSON where they parse",
+    )
+    p.add_argument("--data-root", default=d.data_root, help="where the datasets are")
+    p.add_argument("--cache-dir", default=d.cache_dir, help="feature cache folder")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--results", default="runs/results.sqlite", help="results store ('' for none)")
     p.add_argument("--force", action="store_true", help="rerun even if the store has this run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -67,9 +134,12 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         val=args.val,
         label_noise=args.label_noise,
         options=_parse_options(args.option),
+        variant=args.variant,
+        eval_datasets=list(args.eval_dataset),
         data_root=args.data_root,
         cache_dir=args.cache_dir,
         device=args.device,
+        progress=not args.no_progress,
     )
 
 
@@ -77,11 +147,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .results import ResultStore
     from .runner import check_config, run
 
-    try:
-        config = _run_config(args)
-        check_config(config)  # method, shots, options: before any work
-    except ValueError as e:  # a bad field value: one sentence, no traceback
-        raise SystemExit(f"fewclip run: {e}") from None
+    config = _run_config(args)
+    options = check_config(config).options_dict()  # method, shots, options: before any work
+    print(
+        f"running {config.method}"
+        + (f" (variant {config.variant!r})" if config.variant else "")
+        + f" on {config.dataset}, {config.protocol}, {config.shots} shots, seed {config.seed}, "
+        f"{config.backbone}/{config.pretrained}\noptions: {json.dumps(options, default=str)}",
+        flush=True,
+    )
+    # the user's mistakes (names, files) before anything is written
+    from .backbones import resolve_weights
+    from .data import load_dataset
+
+    resolve_weights(config.backbone, config.pretrained)
+    load_dataset(config.dataset, config.data_root, **config.reader_options)
     store = ResultStore(args.results) if args.results else None
     record = run(config, store=store, force=args.force)
     state = "(from the results store)" if record.get("skipped") else ""
@@ -93,10 +173,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_results(args: argparse.Namespace) -> int:
+def _existing_store(path: str):
     from .results import ResultStore
 
-    frame = ResultStore(args.results).to_frame(expand=False)
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(
+            f"no results store at {path}: give the file your runs wrote (--results PATH)"
+        )
+    return ResultStore(path)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    frame = _existing_store(args.results).to_frame(expand=False)
     if frame.empty:
         print(f"no results in {args.results}")
         return 0
@@ -115,19 +203,114 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        print("\n".join(_method_lines()))
+    elif args.what == "datasets":
+        from .data.base import dataset_folder
+
+        for name in _dataset_names():
+            folder = dataset_folder(name) if ":" not in name else name.split(":", 1)[1]
+            print(f"{name:40s} <data root>/{folder}")
+    else:
+        import open_clip
+
+        from .backbones import PROJECT_WEIGHTS, TEST_ARCHS
+
+        for name, weights in PROJECT_WEIGHTS.items():
+            print(f"{name:28s} pretrained: default ({weights.description})")
+        for name in TEST_ARCHS:
+            print(f"{name:28s} pretrained: none (random init, for tests)")
+        tags: dict[str, list[str]] = {}
+        for arch, tag in open_clip.list_pretrained():
+            tags.setdefault(arch, []).append(tag)
+        for arch in open_clip.list_models():
+            if arch in PROJECT_WEIGHTS or arch in TEST_ARCHS:
+                continue
+            known = ", ".join(tags.get(arch, [])) or "none (a checkpoint file)"
+            print(f"{arch:28s} pretrained: {known}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_table, export
+
+    frame = _existing_store(args.results).to_frame(expand=False)
+    filters = {
+        "method": args.method,
+        "dataset": args.dataset,
+        "backbone": args.backbone,
+        "protocol": args.protocol,
+        "shots": args.shots,
+    }
+    for column, wanted in filters.items():
+        if wanted:
+            frame = frame[frame[column].isin(wanted)]
+    if frame.empty:
+        raise ValueError(f"no runs in {args.results} match {_given(filters)}")
+    table = compare_table(frame, value=args.value, average=not args.no_average)
+    text = export(table, args.format)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {len(table)} rows to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def _given(filters: dict) -> str:
+    given = {k: v for k, v in filters.items() if v}
+    return ", ".join(f"{k} in {v}" for k, v in given.items()) or "(no filter)"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fewclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"fewclip {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (for bug reports)"
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    p = sub.add_parser("run", help="run one configuration")
+    class Formatter(argparse.RawDescriptionHelpFormatter, defaults):
+        pass
+
+    p = sub.add_parser(
+        "run", help="run one configuration", epilog=_run_epilog(), formatter_class=Formatter
+    )
     _add_run_arguments(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list methods (with options), datasets or backbones")
+    p.add_argument("what", choices=["methods", "datasets", "backbones"])
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("results", help="print the results table")
     p.add_argument("--results", default="runs/results.sqlite")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser(
+        "compare",
+        help="mean +- std over seeds per configuration, averages and paper numbers",
+        formatter_class=Formatter,
+        description="One row per (method, options, weights, dataset, shots, ...): runs that "
+        "differ in anything but the seed are never merged (the column that differs is shown). "
+        "Then the average over datasets of each configuration, and the published number of the "
+        "method's paper with our delta (only where our model is the paper's).",
+    )
+    p.add_argument("--results", default="runs/results.sqlite")
+    p.add_argument("--method", action="append", help="keep these methods (repeat)")
+    p.add_argument("--dataset", action="append", help="keep these datasets (repeat)")
+    p.add_argument("--backbone", action="append", help="keep these backbones (repeat)")
+    p.add_argument("--protocol", action="append", help="keep these protocols (repeat)")
+    p.add_argument("--shots", action="append", type=int, help="keep these shots (repeat)")
+    p.add_argument("--value", default="accuracy", help="accuracy, base_accuracy, new_accuracy")
+    p.add_argument("--no-average", action="store_true", help="no average over datasets")
+    p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "latex"])
+    p.add_argument("--out", help="write to this file instead of printing")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="quick offline end-to-end check on the tiny pretrained model")
     p.add_argument("--data-root", default="data")
@@ -146,8 +329,30 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(verb, help=f"same as python -m {module}", add_help=False)
         p.set_defaults(module=module)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a verb; a user mistake prints one line ``fewclip: error: ...`` and returns 1
+    (``--debug`` raises it with its traceback instead)."""
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    try:
+        return _dispatch(parser, args, rest)
+    except KeyboardInterrupt:
+        print("fewclip: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # one clear line; the traceback only with --debug
+        if args.debug:
+            raise
+        kind = "" if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: "
+        message = str(error).strip() or type(error).__name__
+        print(f"fewclip: error: {kind}{message}", file=sys.stderr)
+        print("(fewclip --debug ... shows the traceback)", file=sys.stderr)
+        return USER_ERROR
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[str]) -> int:
     if args.verb == "reports":
         from .reports import main as reports_main
 
