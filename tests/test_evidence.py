@@ -277,3 +277,14 @@ def test_paper_rows_of_ours_carry_intervals_and_never_merge_options():
     cell = table[("ours: rn", "d")].dropna().iloc[0]
     assert "+-" in cell and "[" in cell and "n=3" in cell
     assert paper.missing("dual_adapter")
+
+
+def test_paper_table_takes_hand_made_rows_without_intervals():
+    from fewclip import paper
+
+    rows = [record("m", s, np.ones(20)) for s in (1, 2)]
+    frame = pd.DataFrame(rows).assign(backbone="rn", model_label="tiny", label="m")
+    ours = paper.ours(frame)
+    extra = ours.assign(method="hand", ci_low=float("nan"), ci_high=float("nan"), n=np.nan)
+    table = paper.side_by_side(paper.load(paper="clip_adapter", shots=16), pd.concat([ours, extra]))
+    assert table.loc[("hand", 16), ("ours: rn", "d")] == 100.0

@@ -220,9 +220,15 @@ def side_by_side(
     return table.round(round_to)
 
 
-def _with_interval(value: float, std: float, n: int, low: float, high: float) -> str:
+def _with_interval(value: float, std: float, n: float, low: float, high: float) -> Any:
+    """``mean +- std [low, high] n=seeds`` text; the bare value for a row without interval
+    (e.g. one a notebook adds by hand)."""
+    import math
+
     from .evidence import format_interval
 
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (n, low, high)):
+        return value
     return format_interval(value, std, low, high, int(n), digits=1)
 
 
