@@ -161,6 +161,13 @@ def test_caption_builder_templates_keywords_and_seed():
     # the same seed gives the same captions; no keywords: plain templates only
     a = [build_caption(e, random.Random(5), 0.5) for _ in range(3)]
     assert a == [build_caption(e, random.Random(5), 0.5) for _ in range(3)]
+    # keyword_p = 0 repeats the version-1 recipe's draws (template, then name)
+    rng, ref = random.Random(7), random.Random(7)
+    names = ["father christmas", "santa"]
+    for _ in range(20):
+        template = ref.choice(CAPTION_TEMPLATES)
+        want = template.format(name=ref.choice(names), sub="person fantasy")
+        assert build_caption(e, rng, keyword_p=0.0) == want
     bare = emoji_with_keywords(keywords=())
     assert {build_caption(bare, random.Random(i), 1.0) for i in range(50)} <= plain
 

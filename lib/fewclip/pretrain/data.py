@@ -115,7 +115,10 @@ def build_caption(
     ``max_keywords`` distinct keywords (joined by ", ") and the category in lower case.
     """
     names = [e.name] + [readable(s) for s in e.short_names]
-    name = rng.choice(names)
+    if keyword_p <= 0:  # the version-1 recipe's draws, in its order: template, then name
+        template = rng.choice(CAPTION_TEMPLATES)
+        return template.format(name=rng.choice(names), sub=readable(e.subcategory))
+    name = rng.choice(names)  # the version-2 recipe's order (the committed checkpoints)
     if e.keywords and rng.random() < keyword_p:
         k = rng.randint(1, min(max_keywords, len(e.keywords)))
         kw = ", ".join(rng.sample(e.keywords, k))
