@@ -23,13 +23,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 from safetensors.torch import load_file
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
-from ..backbones import CONFIG_DIR, save_checkpoint
+from ..backbones import CONFIG_DIR, open_clip, save_checkpoint  # configs registered
 from .data import TRAIN_STYLES, TrainingSet, build_training_set
 
 CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
