@@ -152,5 +152,7 @@ def test_every_method_fits_at_full_size(arch, method, protocol, data, fullsize_c
 
 @pytest.mark.parametrize("method", sorted(VIT_ONLY))
 def test_vit_only_methods_refuse_a_resnet_clearly(method, data, fullsize_checkpoint):
-    with pytest.raises(ValueError, match="ViT"):
+    from fewclip.prompting.visual_prompts import VisualPromptError
+
+    with pytest.raises(VisualPromptError, match="need a Vision Transformer"):
         run(config("RN50", method, "few_shot", data, fullsize_checkpoint("RN50")))
