@@ -105,6 +105,10 @@ def test_known_answers_get_the_right_verdict(tmp_path, frame):
             _row("opts", "good", "base", a_opts='{"x": 1}'),
         ],
     )
+    noisy = frame[frame["method"] == "base"].copy()  # another claim's runs, with label noise
+    noisy["config"] = [{**c, "label_noise": 0.25} for c in noisy["config"]]
+    noisy["run_key"] = noisy["run_key"] + "-noisy"
+    frame = pd.concat([frame, noisy], ignore_index=True)
     table = claims.evaluate(ledger, frame, n_boot=300).set_index("id")
     expected = {
         "s": "supported",

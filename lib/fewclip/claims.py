@@ -165,7 +165,23 @@ def _matches(record: Mapping[str, Any], claim: Mapping[str, Any], side: str) -> 
         return False
     if (cfg.get("options") or {}) != claim[f"{side}_options"]:
         return False
-    return all(cfg.get(k) == v for k, v in claim["config"].items())
+    # the other result fields at the claim's values or RunConfig's defaults, so a claim
+    # without label noise never picks up another claim's noisy runs
+    expected = {**_CONFIG_DEFAULTS, **claim["config"]}
+    return all(cfg.get(k, _CONFIG_DEFAULTS.get(k)) == v for k, v in expected.items())
+
+
+#: RunConfig fields a claim's ``config`` may set, with their defaults.
+_CONFIG_DEFAULTS = {
+    k: v
+    for k, v in RunConfig().to_dict().items()
+    if k
+    not in (
+        "method", "options", "protocol", "shots", "dataset", "seed", "backbone", "pretrained",
+        "variant", "augment_views", "allow_fewer", "data_root", "cache_dir", "device",
+        "num_workers", "progress",
+    )
+}  # fmt: skip
 
 
 def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BOOT) -> pd.DataFrame:
