@@ -40,10 +40,16 @@ def test_notebook_is_committed_clean_with_parameters_first(path):
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged"
     required = ("backbone", "pretrained", "seeds", "device", "data_root", "cache_dir")
     required += ("results", "output_dir", "workers", "scheduler", "threads")
+    # papermill --help-notebook reads a type and a description from each parameter line
+    lines = {}
+    for line in code[0].source.splitlines():
+        match = re.match(r"(\w+): ([\w |]+) = (.+?)  # \S", line)
+        if match:
+            lines[match[1]] = (match[2], match[3])
     for parameter in required:
-        assert f"\n{parameter} = " in "\n" + code[0].source, f"parameter {parameter} missing"
-    assert '\ndevice = "auto"' in "\n" + code[0].source
-    assert "\nworkers = 1" in "\n" + code[0].source and "\nscheduler = None" in code[0].source
+        assert parameter in lines, f"parameter {parameter} missing, untyped or without a comment"
+    assert lines["device"] == ("str", '"auto"')
+    assert lines["workers"] == ("int", "1") and lines["scheduler"] == ("str | None", "None")
     for cell in code:
         assert cell.outputs == [], f"{name}: committed with outputs"
         assert cell.execution_count is None, f"{name}: committed with execution counts"
