@@ -16,7 +16,7 @@ import psutil
 
 #: Generous bounds for a loaded 2-core machine.
 START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 60.0  # generous: a loaded 2-core machine; jobs block forever, so a pass still means they were stopped
+STOP_TIMEOUT_S = 60.0  # jobs block forever, so a pass still means they were stopped
 
 
 def blocking_job(i: int, folder: str) -> int:

@@ -456,3 +456,12 @@ def test_claims_notebook(env, tmp_path):
     assert verdicts.loc[picked[1], "verdict"] in claims.VERDICTS[:3]  # SimNL under label noise
     assert "Mean +- std over seeds" in text_of(notebook)
     assert set(store["method"]) >= {"clip_adapter", "zero_shot"}
+
+
+def test_published_reports_name_no_path_of_the_build_machine(monkeypatch):
+    from fewclip.config import PUBLISHED_ROOT_VAR
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv(PUBLISHED_ROOT_VAR, "1")
+    note = nb.paths_note()
+    assert "the project root" in note and str(ROOT) not in note

@@ -19,6 +19,8 @@ from .validation import check_fields
 PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalisation")
 SELECTIONS = ("val", "test")
 VAL_SPLITS = ("few_shot", "full")  # as fewclip.data.fewshot.VAL_SPLITS
+# set by the report builder: banners then name no path of the build machine
+PUBLISHED_ROOT_VAR = "FEWCLIP_PUBLISHED_REPORT"
 
 #: Fields that do not change a result, left out of the run key.
 NON_RESULT_FIELDS = ("data_root", "cache_dir", "device", "num_workers", "progress")

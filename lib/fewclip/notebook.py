@@ -29,7 +29,7 @@ from .backbones import (
     WeightsNotFoundError,
     resolve_weights,
 )
-from .config import RunConfig
+from .config import PUBLISHED_ROOT_VAR, RunConfig
 
 # --------------------------------------------------------------------------- paths
 
@@ -57,6 +57,8 @@ def paths_note() -> str:
         kind = "the working directory (no fewclip checkout at or above it)"
     else:
         kind = "the project root"
+        if os.environ.get(PUBLISHED_ROOT_VAR):  # a published report: no path of the build machine
+            return f"**Paths:** relative paths resolve against {kind} (the fewclip checkout)."
     return f"**Paths:** relative paths resolve against {kind}, `{root}`."
 
 

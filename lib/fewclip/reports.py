@@ -62,6 +62,7 @@ from urllib.parse import quote
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .config import PUBLISHED_ROOT_VAR
 from .parallel import map_jobs
 
 #: Report name -> (notebook file in the notebooks folder, title).
@@ -284,9 +285,12 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
     saved = job.get("files_dir") or job["parameters"].get("output_dir")
     files = Path(saved) if saved else None
     error = None
+    previous = os.environ.get(PUBLISHED_ROOT_VAR)
     try:
         if files:
             files.mkdir(parents=True, exist_ok=True)
+        # the kernel inherits this: its banner then names no path of the build machine
+        os.environ[PUBLISHED_ROOT_VAR] = "1"
         pm.execute_notebook(
             job["notebook"],
             str(ipynb),
@@ -303,6 +307,11 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
         error = f"{e.ename}: {e.evalue}"
     except Exception as e:  # reported, not raised: the build goes on
         error = f"{type(e).__name__}: {e}"
+    finally:
+        if previous is None:
+            os.environ.pop(PUBLISHED_ROOT_VAR, None)
+        else:
+            os.environ[PUBLISHED_ROOT_VAR] = previous
     counts = {"runs": 0, "failed_runs": 0}
     if ipynb.exists():
         try:
