@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections import Counter
 
 import pytest
@@ -119,6 +120,14 @@ def test_cache_is_written_and_read_back(toy, tmp_path):
         redrawn = few_shot_split(toy, 4, seed=2, cache_dir=cache)
     assert not redrawn.from_cache and redrawn.train == first.train
     assert few_shot_split(toy, 4, seed=2, cache_dir=cache).from_cache  # rewritten intact
+    # a file from before samples carried a checksum is drawn again, quietly (no false alarm)
+    raw = json.loads(path.read_text())
+    del raw["checksum"]
+    path.write_text(json.dumps(raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not few_shot_split(toy, 4, seed=2, cache_dir=cache).from_cache
+    assert few_shot_split(toy, 4, seed=2, cache_dir=cache).from_cache
     # other K / seed: other files
     few_shot_split(toy, 2, seed=2, cache_dir=cache)
     few_shot_split(toy, 4, seed=3, cache_dir=cache)

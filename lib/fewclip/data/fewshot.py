@@ -220,7 +220,9 @@ def _read_cache(
 ) -> FewShotSplit | None:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("checksum") != _content_checksum(raw):
+        if "checksum" not in raw:  # written before samples carried one: drawn again quietly
+            return None
+        if raw["checksum"] != _content_checksum(raw):
             warnings.warn(
                 f"few-shot cache {path} was changed after it was written (checksum mismatch); "
                 "drawing the sample again",
