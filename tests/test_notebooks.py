@@ -43,13 +43,13 @@ def test_notebook_is_committed_clean_with_parameters_first(path):
     # papermill --help-notebook reads a type and a description from each parameter line
     lines = {}
     for line in code[0].source.splitlines():
-        match = re.match(r"(\w+): ([\w |]+) = (.+?)  # \S", line)
+        match = re.match(r"(\w+): ([\w\[\], ]+) = (.+?)  # \S", line)
         if match:
             lines[match[1]] = (match[2], match[3])
     for parameter in required:
         assert parameter in lines, f"parameter {parameter} missing, untyped or without a comment"
     assert lines["device"] == ("str", '"auto"')
-    assert lines["workers"] == ("int", "1") and lines["scheduler"] == ("str | None", "None")
+    assert lines["workers"] == ("int", "1") and lines["scheduler"] == ("Optional[str]", "None")
     for cell in code:
         assert cell.outputs == [], f"{name}: committed with outputs"
         assert cell.execution_count is None, f"{name}: committed with execution counts"
