@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import RunConfig
+from .config import SELECTIONS, VAL_SPLITS, RunConfig
 
 #: Exit code of a user mistake (bad name, missing file, bad option); argparse uses 2.
 USER_ERROR = 1
@@ -101,8 +101,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="target dataset of cross_dataset / domain_generalisation (repeat)",
     )
     p.add_argument("--variant", default=d.variant, help="a free label for ablations")
-    p.add_argument("--selection", default=d.selection, choices=["val", "test"])
-    p.add_argument("--val", default=d.val, choices=["few_shot", "full"], help="val split")
+    p.add_argument("--selection", default=d.selection, choices=list(SELECTIONS))
+    p.add_argument("--val", default=d.val, choices=list(VAL_SPLITS), help="val split")
     p.add_argument(
         "--label-noise", type=float, default=d.label_noise, help="label flip probability"
     )
