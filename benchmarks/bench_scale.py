@@ -3,12 +3,16 @@
 Synthetic cached features (class means sharing a common direction, noisy images and text
 columns; no model is involved), fed through the real DualAdapter. For each (C, K):
 
-- fit: seconds per training epoch (``search=False``; every epoch includes its validation
-  on the C x 4 val images), and the process's peak memory while fitting;
-- floor: the matrix products one epoch cannot avoid, timed side by side in the same run
-  on the same shapes: per batch of 256 the two affinity products f @ K^T (positive and
-  negative keys) and the two key-gradient products, plus the two affinity products of the
-  validation; ``fit / floor`` is the ratio the issue targets (<= 2 at C = 1,000, K = 16);
+- fit: seconds per training epoch, from the fastest of ``--rounds`` timed training steps
+  (DualAdapter's loss, backward and AdamW step on a batch of 256) times the steps of an
+  epoch, plus one validation pass on the C x 4 val images; the process's peak memory;
+- floor: the matrix products no implementation of the epoch can avoid, on the same
+  shapes, each timed right after a step (interleaved, fastest of the rounds, so that a
+  changing load affects both alike): per batch the two affinity products f @ F^T and
+  f @ F-^T with the frozen positive and negative keys, plus the same two products for the
+  validation. (The key-gradient products of earlier versions of this floor are not in it:
+  :class:`fewclip.methods.cache_ops.ResidualKeys` avoids them.) ``fit / floor`` is the
+  ratio the issue targets (<= 2 at C = 1,000, K = 16);
 - search: the (beta, alpha, lam) grid search on val with the full alpha x lam grid and
   ``--betas`` of the 200 betas, extrapolated linearly to 200 (labelled), and its peak.
 
@@ -19,7 +23,7 @@ of val, so memory is flat in the val size) and time per beta.
 Peak memory is the process's resident high-water mark (``VmHWM``, reset before each
 phase through ``/proc/self/clear_refs``; Linux only), so it includes the data and torch.
 
-    nice -n 5 python benchmarks/bench_scale.py                 # 2 epochs, 4 betas
+    nice -n 5 python benchmarks/bench_scale.py                 # 6 rounds, 4 betas
     python benchmarks/bench_scale.py --quick                   # C = 100 only, small
 """
 
@@ -98,29 +102,22 @@ def timed(fn, repeat: int = 2) -> float:
     return (time.perf_counter() - start) / repeat
 
 
-def floor_seconds(m: int, n_val: int, dim: int) -> float:
-    """The matrix products of one epoch (see the module doc), timed on their shapes."""
+def floor_products(m: int, rows: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    keys = torch.randn(m, dim, generator=g)
-    steps, last = divmod(m, BATCH)
-    total = 0.0
-    for rows, count in ((BATCH, steps), (last, 1 if last else 0)):
-        if not count:
-            continue
-        f = torch.randn(rows, dim, generator=g)
-        grad = torch.randn(rows, m, generator=g)
-        forward = timed(lambda f=f: f @ keys.T)
-        backward = timed(lambda f=f, grad=grad: grad.T @ f)
-        total += count * 2 * (forward + backward)  # positive and negative keys
-    val = torch.randn(min(n_val, 4096), dim, generator=g)
-    total += 2 * timed(lambda: val @ keys.T, repeat=1) * n_val / val.shape[0]
-    return total
+    return torch.randn(rows, dim, generator=g), torch.randn(m, dim, generator=g)
 
 
-def epoch_from_steps(data: FeatureData, steps: int) -> tuple[float, DualAdapter]:
-    """Seconds per epoch from ``steps`` timed training steps (DualAdapter's loss, AdamW
-    step) times the steps of an epoch, plus one timed validation pass (``--steps``); also
-    returns the (training-free) fitted method, for the search."""
+def floor_step_seconds(f: torch.Tensor, keys: torch.Tensor) -> float:
+    """One training step's floor: the two affinity products f @ F^T and f @ F-^T."""
+    start = time.perf_counter()
+    f @ keys.T
+    f @ keys.T
+    return time.perf_counter() - start
+
+
+def make_step(data: FeatureData):
+    """A DualAdapter training step (its loss, backward, AdamW step) on batch k, and the
+    (training-free) fitted method, for the validation pass and the search."""
     fitted = DualAdapter(train=False, search=False)
     fitted.fit(data)
     module = fitted.module
@@ -135,8 +132,8 @@ def epoch_from_steps(data: FeatureData, steps: int) -> tuple[float, DualAdapter]
     )
     m = data.train_labels.numel()
     order = torch.randperm(m, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    for k in range(steps):
+
+    def step(k: int) -> None:
         idx = order[(k * BATCH) % m :][:BATCH]
         f, y = data.view(0)[idx], data.train_labels[idx]
         w_plus = module.positive_classifier()
@@ -146,36 +143,60 @@ def epoch_from_steps(data: FeatureData, steps: int) -> tuple[float, DualAdapter]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    per_step = (time.perf_counter() - start) / steps
+
+    def validate() -> None:
+        with torch.no_grad():
+            module.chunked(data.val_features, beta, alpha, lam)
+
+    return step, validate, fitted
+
+
+def epoch_and_floor(data: FeatureData, rounds: int) -> tuple[float, float, DualAdapter]:
+    """Seconds per epoch and its floor, timed interleaved: ``rounds`` times one training
+    step then the floor's two products on the same shapes, and one validation pass then
+    its floor (f_val @ F^T, f_val @ F-^T); the fastest of each (so that a load that
+    changes during the run affects both alike), times the steps of an epoch."""
+    m, dim = data.train_features.shape
+    step, validate, fitted = make_step(data)
+    f, keys = floor_products(m, min(BATCH, m), dim)
+    step(0)  # warm-up
+    floor_step_seconds(f, keys)
+    steps, floors = [], []
+    for k in range(rounds):
+        start = time.perf_counter()
+        step(k + 1)
+        steps.append(time.perf_counter() - start)
+        floors.append(floor_step_seconds(f, keys))
     start = time.perf_counter()
-    with torch.no_grad():
-        module.chunked(data.val_features, beta, alpha, lam)
-    return per_step * math.ceil(m / BATCH) + time.perf_counter() - start, fitted
+    validate()
+    val = time.perf_counter() - start
+    val_f = data.val_features
+    start = time.perf_counter()
+    for chunk in val_f.split(4096):
+        chunk @ keys.T
+        chunk @ keys.T
+    val_floor = time.perf_counter() - start
+    per_epoch = math.ceil(m / BATCH)
+    return min(steps) * per_epoch + val, min(floors) * per_epoch + val_floor, fitted
 
 
 def bench_one(classes: int, shots: int, args) -> dict:
     data = synthetic(classes, shots, 4 * classes, args.dim)
-    m, n_val = classes * shots, 4 * classes
-    floor = floor_seconds(m, n_val, args.dim)
-
-    method = DualAdapter(epochs=args.epochs, search=False)
+    m = classes * shots
     peak_reset()
-    if args.steps:
-        epoch, method = epoch_from_steps(data, args.steps)
-    else:
-        start = time.perf_counter()
-        method.fit(data)
-        epoch = (time.perf_counter() - start) / args.epochs
+    epoch, floor, method = epoch_and_floor(data, args.rounds)
     fit_peak = peak_gb()
-
+    search, used, search_peak = float("nan"), 0, float("nan")
     betas, alphas, lams = method.grids(data)
-    step = max(1, len(betas) // args.betas)
-    method.grids = lambda d: (betas[::step][: args.betas], alphas, lams)
-    used = len(method.grids(data)[0])
-    peak_reset()
-    start = time.perf_counter()
-    method.search(data.val_features, data.val_labels, data)
-    search = (time.perf_counter() - start) * len(betas) / used
+    if args.betas:
+        step = max(1, len(betas) // args.betas)
+        method.grids = lambda d: (betas[::step][: args.betas], alphas, lams)
+        used = len(method.grids(data)[0])
+        peak_reset()
+        start = time.perf_counter()
+        method.search(data.val_features, data.val_labels, data)
+        search = (time.perf_counter() - start) * len(betas) / used
+        search_peak = peak_gb()
     return {
         "C": classes,
         "K": shots,
@@ -186,7 +207,7 @@ def bench_one(classes: int, shots: int, args) -> dict:
         "fit_peak_gb": fit_peak,
         "search_s": search,
         "search_betas": used,
-        "search_peak_gb": peak_gb(),
+        "search_peak_gb": search_peak,
         "settings": len(betas) * len(alphas) * len(lams),
     }
 
@@ -208,11 +229,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs timed")
     parser.add_argument(
-        "--steps", type=int, default=0, help="time this many steps, not whole epochs"
+        "--rounds", type=int, default=6, help="training steps timed (each beside its floor)"
     )
-    parser.add_argument("--betas", type=int, default=4, help="betas of the 200 searched")
+    parser.add_argument(
+        "--betas", type=int, default=4, help="betas of the 200 searched (0: no search)"
+    )
     parser.add_argument("--big-val", type=int, default=50_000, help="0: skip")
     parser.add_argument("--big-betas", type=int, default=1)
     parser.add_argument("--dim", type=int, default=DIM)
@@ -220,7 +242,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="C = 100, 1 epoch, no big val")
     args = parser.parse_args()
     if args.quick:
-        args.classes, args.epochs, args.betas, args.big_val = [100], 1, 2, 0
+        args.classes, args.rounds, args.betas, args.big_val = [100], 3, 2, 0
     torch.set_num_threads(args.threads)
     print(
         f"# {platform.processor() or platform.machine()}, {args.threads} thread(s), "
@@ -241,8 +263,11 @@ def main() -> None:
                 f"{r['search_peak_gb']:>9.2f}",
                 flush=True,
             )
-    if args.steps:
-        print(f"epoch s: {args.steps} training steps timed x the steps of an epoch + one val pass")
+    print(
+        f"epoch s: the fastest of {args.rounds} training steps x the steps of an epoch + one "
+        "val pass; floor s: the same for the affinity products f @ F^T, f @ F-^T alone, each "
+        "timed right after its step"
+    )
     print(
         f"* search: {args.betas} of the 200 betas timed (x the full alpha x lam grid), "
         "extrapolated to 200; peaks are the process's resident high-water mark"

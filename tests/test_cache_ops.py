@@ -8,11 +8,13 @@ import torch.nn.functional as F
 from synthetic import make_feature_data
 
 from fewclip.methods.cache_ops import (
+    ClassBlocks,
+    ResidualKeys,
     ValueProduct,
     ValueProducts,
+    cache_term,
     chunked,
     kernel,
-    normalized_affinity,
     row_chunks,
 )
 from fewclip.methods.dual_adapter import DualAdapter, DualCache
@@ -39,10 +41,15 @@ def values_cases(m=90, c=7, seed=0):
     zero_rows = soft.clone()
     zero_rows[::5] = 0
     dense = torch.rand(m, c, generator=g)  # many nonzeros per row: the dense fallback
-    return {"onehot": onehot, "soft": soft, "zero_rows": zero_rows, "dense": dense}
+    # each class's entries together, as a few-shot cache lists them (9 classes x 10)
+    blocked_labels = torch.randperm(9, generator=g).repeat_interleave(m // 9)
+    blocked = F.one_hot(blocked_labels, 9).float() * (torch.rand(m, 1, generator=g) + 0.5)
+    return {
+        "onehot": onehot, "soft": soft, "zero_rows": zero_rows, "dense": dense, "blocked": blocked
+    }
 
 
-@pytest.mark.parametrize("case", ["onehot", "soft", "zero_rows", "dense"])
+@pytest.mark.parametrize("case", ["onehot", "soft", "zero_rows", "dense", "blocked"])
 def test_value_product_equals_the_dense_product(case):
     values = values_cases()[case]
     e = kernel(torch.rand(33, 90, generator=torch.Generator().manual_seed(2)), 4.0)
@@ -50,6 +57,7 @@ def test_value_product_equals_the_dense_product(case):
     assert product.sparse == (case != "dense")
     if product.sparse:
         assert (product.weight is None) == (case == "onehot")
+        assert (product.blocks.block_class is not None) == (case == "blocked")
     assert rel_err(product(e), e @ values) < 1e-6
     assert rel_err(product(e.clone(), inplace=True), e @ values) < 1e-6
 
@@ -198,25 +206,113 @@ def test_tip_components_and_search_equal_the_dense_products(synthetic):
     assert (method.chosen["beta"], method.chosen["alpha"]) == (found.beta, found.alpha)
 
 
-def test_normalized_affinity_equals_normalising_the_keys():
-    g = torch.Generator().manual_seed(8)
-    f = torch.randn(15, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    x = (3 * torch.randn(11, 6, generator=g, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(normalized_affinity, (f, x))
-    f32, x32 = f.detach().float(), x.detach().float().requires_grad_()
-    weights = torch.randn(15, 11, generator=g)
-    ours = normalized_affinity(f32, x32)
-    (ours * weights).sum().backward()
-    grad, x32.grad = x32.grad.clone(), None
-    dense = f32 @ F.normalize(x32, dim=-1).T
-    (dense * weights).sum().backward()
-    assert torch.allclose(ours, dense, rtol=1e-6, atol=1e-6)
-    assert torch.allclose(grad, x32.grad, rtol=1e-5, atol=1e-6)
-
-
 def test_dual_affinities_equal_the_normalised_keys(synthetic):
     module = trained_dual(synthetic).module
     f = synthetic.val_features
     terms = module.terms(f)
     assert torch.allclose(terms.pos_affinity, f @ module.positive_keys().T, atol=1e-6)
     assert torch.allclose(terms.neg_affinity, f @ module.negative_keys_adapted().T, atol=1e-6)
+
+
+def cache_labels(layout: str, c: int = 5, k: int = 3, seed: int = 4) -> torch.Tensor:
+    """blocked: each class's k entries together, classes in a scrambled order (CoOp's
+    sampler); shuffled: balanced, interleaved; unbalanced: two entries fewer."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "blocked":
+        return torch.randperm(c, generator=g).repeat_interleave(k)
+    labels = torch.arange(c).repeat_interleave(k)[torch.randperm(c * k, generator=g)]
+    return labels[:-2] if layout == "unbalanced" else labels
+
+
+@pytest.mark.parametrize("layout", ["blocked", "shuffled", "unbalanced"])
+def test_class_blocks_gather_and_sum_equal_indexing(layout):
+    labels = cache_labels(layout)
+    blocks = ClassBlocks(labels, 5)
+    assert (blocks.block_class is not None) == (layout == "blocked")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 5, generator=g)
+    assert torch.equal(blocks.gather(x), x[:, labels])
+    e = torch.randn(4, len(labels), generator=g)
+    expected = e @ F.one_hot(labels, 5).float()
+    assert torch.allclose(blocks.sum(e), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["blocked", "shuffled", "unbalanced"])
+def test_residual_keys_affinity_equals_normalising_the_adapted_keys(layout):
+    g = torch.Generator().manual_seed(4)
+    c, d = 5, 7
+    labels = cache_labels(layout, c)
+    keys = torch.randn(len(labels), d, generator=g, dtype=torch.float64)
+    r = (0.5 * torch.randn(c, d, generator=g, dtype=torch.float64)).requires_grad_()
+    f = torch.randn(9, d, generator=g, dtype=torch.float64, requires_grad=True)
+    rk = ResidualKeys(keys, labels, c)
+    assert (rk.blocks is not None) == (layout == "blocked")
+    reference = f @ F.normalize(keys + r[labels], dim=-1).T
+    assert torch.allclose(rk.affinity(f, r), reference, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda f, r: rk.affinity(f, r), (f, r))
+    # float32: values and residual gradients within float rounding of autograd's
+    rk32 = ResidualKeys(keys.float(), labels, c)
+    r32 = r.detach().float().requires_grad_()
+    weights = torch.randn(9, len(labels), generator=g)
+    (rk32.affinity(f.detach().float(), r32) * weights).sum().backward()
+    ours, r32.grad = r32.grad.clone(), None
+    dense = f.detach().float() @ F.normalize(keys.float() + r32[labels], dim=-1).T
+    (dense * weights).sum().backward()
+    assert torch.allclose(ours, r32.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shifted", [True, False])
+@pytest.mark.parametrize("case", ["onehot", "soft", "zero_rows", "dense", "blocked"])
+def test_cache_term_forward_is_bit_identical_and_its_gradient_is_autograds(shifted, case):
+    matrix = values_cases()[case]
+    values = ValueProduct(matrix)
+    g = torch.Generator().manual_seed(5)
+    a = (torch.rand(12, matrix.shape[0], generator=g) * 2 - 1).requires_grad_()
+    ours = cache_term(a, 3.7, values, shifted)
+    written = values(kernel(a, 3.7, shifted))
+    assert torch.equal(ours, written)
+    with torch.no_grad():
+        assert torch.equal(cache_term(a, 3.7, values, shifted), written)
+    weights = torch.randn(ours.shape, generator=g)
+    (ours * weights).sum().backward()
+    grad, a.grad = a.grad.clone(), None
+    dense = torch.exp(-3.7 * ((1 - a) if shifted else a)) @ matrix
+    (dense * weights).sum().backward()
+    assert torch.allclose(grad, a.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch):
+    """Training through ResidualKeys and cache_term ends where autograd through the paper's
+    formulas (normalised adapted keys, dense value products) ends, within 1e-5."""
+    from fewclip.methods import dual_adapter as dual
+
+    fast = DualAdapter(epochs=3, lr=1e-2, search=False)
+    fast.fit(synthetic)
+
+    def reference_terms(self, f):
+        s = self.logit_scale
+        return dual.DualTerms(
+            pos_text=s * f @ self.positive_classifier(),
+            pos_affinity=f @ self.positive_keys().T,
+            neg_text=dual.NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
+            neg_affinity=f @ self.negative_keys_adapted().T,
+        )
+
+    def reference_components(self, terms, beta):
+        return dual.DualComponents(
+            terms.pos_text,
+            torch.exp(-beta * (1 - terms.pos_affinity)) @ self.soft_values,
+            terms.neg_text,
+            torch.exp(-beta * terms.neg_affinity) @ self.values,
+        )
+
+    monkeypatch.setattr(dual.DualCache, "terms", reference_terms)
+    monkeypatch.setattr(dual.DualCache, "components", reference_components)
+    slow = DualAdapter(epochs=3, lr=1e-2, search=False)
+    slow.fit(synthetic)
+    monkeypatch.undo()
+    f = synthetic.val_features
+    assert fast.module.r_k.abs().max() > 1e-3  # the residuals did train
+    for name in ("r_t", "r_d", "r_k", "r_n", "r_kn"):
+        assert torch.allclose(getattr(fast.module, name), getattr(slow.module, name), atol=1e-5)
+    assert torch.allclose(fast.logits(f), slow.logits(f), rtol=1e-5, atol=1e-4)

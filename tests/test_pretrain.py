@@ -92,6 +92,38 @@ def test_augment_shapes_and_determinism():
     assert torch.allclose(w[:, 0], w[0, 0, 0, 0].expand_as(w[:, 0]), atol=1e-4)
 
 
+def test_colour_jitter_and_blur_act_as_documented():
+    from fewclip.pretrain.train import CLIP_MEAN, CLIP_STD
+
+    def unnormalise(x):
+        return x * CLIP_STD + CLIP_MEAN
+
+    # a flat grey image: contrast and saturation leave it alone, brightness scales it by a
+    # factor in [1 - s, 1 + s]; it stays grey and flat
+    grey = torch.full((64, 3, 64, 64), 128, dtype=torch.uint8)
+    x = unnormalise(augment(grey, 32, torch.Generator().manual_seed(0), color_jitter=0.4))
+    per_image = x.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-5)
+    ratio = per_image[:, 0] / (128 / 255)
+    assert ratio.min() >= 0.6 - 1e-5 and ratio.max() <= 1.4 + 1e-5
+    assert ratio.max() - ratio.min() > 0.3  # factors really vary across images
+    # saturation: a pure red image keeps its luminance-weighted order but the factor applies
+    red = torch.zeros((64, 3, 64, 64), dtype=torch.uint8)
+    red[:, 0] = 200
+    r = unnormalise(augment(red, 32, torch.Generator().manual_seed(1), color_jitter=0.4))
+    assert (r[:, 1] > 0).any()  # desaturation mixes luminance into the other channels
+    # blur_p = 1 smooths a checkerboard; blur_p = 0 and jitter 0 draw what version 1 drew
+    board = ((torch.arange(64)[:, None] + torch.arange(64)[None]) % 2 * 255).to(torch.uint8)
+    board = board.expand(4, 3, 64, 64).contiguous()
+    sharp = augment(board, 64, torch.Generator().manual_seed(2), scale_min=1.0, grayscale_p=0)
+    soft = augment(board, 64, torch.Generator().manual_seed(2), scale_min=1.0, grayscale_p=0,
+                   blur_p=1.0)
+    assert soft.std() < 0.8 * sharp.std()
+    v1 = augment(board, 32, torch.Generator().manual_seed(3))
+    off = augment(board, 32, torch.Generator().manual_seed(3), color_jitter=0.0, blur_p=0.0)
+    assert torch.equal(v1, off)
+
+
 def test_pretrain_learns_resumes_and_round_trips(tmp_path):
     corpus = make_corpus(tmp_path)
     cfg = PretrainConfig(

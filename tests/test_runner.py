@@ -101,6 +101,15 @@ def test_store_skips_forces_and_keeps_no_partial_row(root, tmp_path, monkeypatch
     assert len(store) == 1
 
 
+def test_options_equal_as_the_method_reads_them_share_a_run_key(root, tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    as_int = run(config(root, "tip_adapter", options={"init_alpha": 1}), store=store)
+    as_float = run(config(root, "tip_adapter", options={"init_alpha": 1.0}), store=store)
+    assert as_float["skipped"] and as_float["run_key"] == as_int["run_key"]
+    other = run(config(root, "tip_adapter", options={"init_alpha": 2}), store=store)
+    assert not other["skipped"] and len(store) == 2
+
+
 def test_same_seed_same_numbers(root):
     cfg = config(root, "dual_adapter")
     a, b = run(cfg), run(cfg)

@@ -598,7 +598,9 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
     fingerprint = "+".join([dataset.fingerprint()] + [t.fingerprint() for t in targets])
     # the image files' identity (size + mtime) too: a repaired or damaged file is a new run
     files = files_identity(run_items(config, dataset, targets))
-    key = config.run_key(identity, f"{fingerprint}|files:{files}")
+    # options as the method reads them (alpha=1 and alpha=1.0 are one run, one key)
+    checked = {k: getattr(method.options, k, v) for k, v in config.options.items()}
+    key = config.replace(options=checked).run_key(identity, f"{fingerprint}|files:{files}")
     cache = FeatureCache(config.cache_dir or None)
 
     def compute() -> FittedRun:

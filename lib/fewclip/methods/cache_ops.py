@@ -54,6 +54,52 @@ def kernel(affinity: torch.Tensor, beta: float, shifted: bool = True) -> torch.T
     return torch.mul(affinity, -beta).exp_()
 
 
+class ClassBlocks:
+    """Per-class gathers and sums over the M cache entries with labels y (M,).
+
+    ``gather(x)`` is ``x[:, y]`` ((N, C) -> (N, M)) and ``sum(e)`` the per-class sum
+    ``sum_{i: y_i = c} e[:, i]`` ((N, M) -> (N, C)). A few-shot cache lists each class's K
+    entries together (classes in order of first appearance, as CoOp's sampler draws them):
+    then ``block_class`` (C,) holds the class of each block, and both run on an (N, C, K)
+    view (a broadcast copy and a reduction over K) instead of a scattered gather and
+    ``index_add``, several times faster at M = 16,000; otherwise they index by y. The sums
+    agree to float rounding (K terms added in another order).
+    """
+
+    def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
+        self.labels = labels
+        self.num_classes = num_classes
+        self.block_class: torch.Tensor | None = None
+        m = labels.numel()
+        if num_classes and m % num_classes == 0 and m:
+            per_block = labels.view(num_classes, m // num_classes)
+            first = per_block[:, 0]
+            if bool((per_block == first[:, None]).all()) and bool(
+                (torch.sort(first).values == torch.arange(num_classes, device=first.device)).all()
+            ):
+                self.block_class = first
+
+    @property
+    def shots(self) -> int:
+        return self.labels.numel() // self.num_classes
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C) -> (N, M), column i = x[:, y_i]."""
+        if self.block_class is None:
+            return x.index_select(1, self.labels)
+        n, c = x.shape[0], self.num_classes
+        by_block = x.index_select(1, self.block_class)[:, :, None]
+        return by_block.expand(n, c, self.shots).reshape(n, c * self.shots)
+
+    def sum(self, e: torch.Tensor) -> torch.Tensor:
+        """e (N, M) -> (N, C), column c = sum of e's columns of class c."""
+        if self.block_class is None:
+            out = e.new_zeros(e.shape[0], self.num_classes)
+            return out.index_add_(1, self.labels, e)
+        sums = e.reshape(e.shape[0], self.num_classes, self.shots).sum(-1)
+        return torch.empty_like(sums).index_copy_(1, self.block_class, sums)
+
+
 class ValueProduct:
     """``e @ values`` for an (M, C) value matrix, as a per-class sum when it can be.
 
@@ -77,6 +123,7 @@ class ValueProduct:
         weight = values.gather(1, self.index[:, None])[:, 0]
         if not bool((weight == 1).all()):
             self.weight = weight
+        self.blocks = ClassBlocks(self.index, self.num_classes)
 
     @property
     def sparse(self) -> bool:
@@ -89,59 +136,152 @@ class ValueProduct:
             return e @ self.dense
         if self.weight is not None:
             e = e.mul_(self.weight) if inplace else e * self.weight
-        out = e.new_zeros(e.shape[0], self.num_classes)
-        return out.index_add_(1, self.index, e)
+        return self.blocks.sum(e)
 
 
-class ValueProducts:
-    """Per-buffer :class:`ValueProduct` s of a module, rebuilt when a buffer changes.
+def cache_term(
+    affinity: torch.Tensor, beta: float, values: ValueProduct, shifted: bool = True
+) -> torch.Tensor:
+    """``values(kernel(affinity, beta, shifted))``: the (N, C) cache logits of an (N, M)
+    affinity, exp(-beta (1 - A)) @ L (or exp(-beta A) @ L).
 
-    Keyed by the buffer's storage, in-place version counter and device, so a module moved
-    with ``.to`` or a values buffer edited in place is seen.
+    Without autograd the kernel is built and weighted in place. With autograd and a
+    per-class-sum ``values`` it is one :class:`_CacheTerm` whose backward is
+    ``dA = +-beta * G[:, y] * (E * w)`` (one gather and two in-place products over (N, M),
+    where autograd through the written-out expression makes five passes and allocates
+    each); the forward values are bit-identical, the gradient equal to float rounding.
     """
+    if not torch.is_grad_enabled():
+        return values(kernel(affinity, beta, shifted), inplace=True)
+    if not values.sparse or not affinity.requires_grad:
+        return values(kernel(affinity, beta, shifted))
+    return _CacheTerm.apply(affinity, float(beta), values, shifted)
 
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[tuple, ValueProduct]] = {}
 
-    def get(self, name: str, values: torch.Tensor) -> ValueProduct:
-        key = (values.data_ptr(), values._version, values.device, tuple(values.shape))
+class _CacheTerm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, affinity, beta: float, values: ValueProduct, shifted: bool):
+        e = kernel(affinity, beta, shifted)
+        if values.weight is not None:
+            e.mul_(values.weight)
+        ctx.save_for_backward(e)
+        ctx.beta, ctx.values, ctx.shifted = beta, values, shifted
+        return values.blocks.sum(e)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (e,) = ctx.saved_tensors
+        sign = ctx.beta if ctx.shifted else -ctx.beta  # d/dA of -beta (1 - A) or -beta A
+        grad_a = ctx.values.blocks.gather(grad).mul_(e).mul_(sign)
+        return grad_a, None, None, None
+
+
+class BufferDerived:
+    """Objects derived from a module's buffers (``build(*tensors, **extra)``), rebuilt when a
+    buffer changes: keyed by each tensor's storage, in-place version counter, device and
+    shape, so a module moved with ``.to`` or a buffer edited in place is seen."""
+
+    def __init__(self, build: Callable) -> None:
+        self._build = build
+        self._cache: dict[str, tuple[tuple, object]] = {}
+
+    def get(self, name: str, *tensors: torch.Tensor, **extra):
+        key = tuple((t.data_ptr(), t._version, t.device, tuple(t.shape)) for t in tensors)
+        key += tuple(sorted(extra.items()))
         hit = self._cache.get(name)
         if hit is None or hit[0] != key:
-            hit = (key, ValueProduct(values))
+            hit = (key, self._build(*tensors, **extra))
             self._cache[name] = hit
         return hit[1]
 
 
-class _NormalizedAffinity(torch.autograd.Function):
-    """f @ norm(X)^T computed as (f @ X^T) / ||X||, with a hand-written backward."""
+class ValueProducts(BufferDerived):
+    """Per-buffer :class:`ValueProduct` s of a module (``get(name, values)``)."""
+
+    def __init__(self) -> None:
+        super().__init__(ValueProduct)
+
+
+class ResidualKeys:
+    """Frozen cache keys F (M, d) with labels y (M,) and a per-class residual R (C, d):
+    the affinity ``f @ norm(F + R[y])^T`` without ever forming the (M, d) matrix F + R[y].
+
+    Since F is frozen, the adapted keys' products split into
+    ``f @ F^T + (f @ R^T)[:, y]`` (one (N, M) product with the frozen keys and an (N, C)
+    one with the residuals), and their squared norms into
+    ``||F_i||^2 + 2 F_i . R_{y_i} + ||R_{y_i}||^2``. The backward needs no (M, d) product
+    either: R's gradient is ``(G~ summed per class)^T @ f`` minus a per-class sum of
+    ``w_i (F_i + R_c)`` (see :class:`_ResidualAffinity`). Per step this removes the (M, d)
+    gather, add and normalisation of DualAdapter's keys and the (M, N) x (N, d) key-gradient
+    product, all of which cost more than the affinity at ImageNet's M = 16,000.
+
+    The per-class dot products and sums run on a (C, K, d) view of F when each class's K
+    entries are listed together (a few-shot cache, :class:`ClassBlocks`); otherwise on
+    gathered rows.
+    The values equal ``f @ F.normalize(F + R[y], dim=-1).T`` to float rounding.
+    """
+
+    def __init__(self, keys: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        self.keys = keys
+        self.labels = labels
+        self.num_classes = num_classes
+        self.key_sq = keys.pow(2).sum(-1)  # (M,)
+        self.classes = ClassBlocks(labels, num_classes)
+        blocked = self.classes.block_class is not None
+        # (C, K, d): the keys block by block when each class's entries are listed together
+        self.blocks = keys.view(num_classes, -1, keys.shape[1]) if blocked else None
+
+    def row_dots(self, residual: torch.Tensor) -> torch.Tensor:
+        """(M,) F_i . R_{y_i}."""
+        if self.blocks is None:
+            return (self.keys * residual[self.labels]).sum(-1)
+        per_block = residual.index_select(0, self.classes.block_class).unsqueeze(-1)
+        return torch.bmm(self.blocks, per_block).flatten()
+
+    def class_sums(self, w: torch.Tensor) -> torch.Tensor:
+        """(C, d) sum over the entries i of class c of w_i F_i, for w (M,)."""
+        if self.blocks is None:
+            out = self.keys.new_zeros(self.num_classes, self.keys.shape[1])
+            return out.index_add_(0, self.labels, self.keys * w[:, None])
+        sums = torch.bmm(w.view(self.num_classes, 1, -1), self.blocks).squeeze(1)
+        return torch.empty_like(sums).index_copy_(0, self.classes.block_class, sums)
+
+    def affinity(self, f: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """f (N, d) @ norm(F + R[y])^T -> (N, M); differentiable in f and R."""
+        return _ResidualAffinity.apply(f, residual, self)
+
+
+class _ResidualAffinity(torch.autograd.Function):
+    """out = (f @ F^T + (f @ R^T)[:, y]) * inv, inv_i = 1 / max(||F_i + R_{y_i}||, 1e-12).
+
+    Backward for G = dL/d out (N, M), with G~ = G * inv and w_i = inv_i^2 sum_n G_ni out_ni:
+    dL/dR = (G~ summed over each class's columns)^T @ f - sum_{i in c} w_i (F_i + R_c);
+    dL/df = G~ @ F + (G~ summed per class) @ R (only when f needs it).
+    """
 
     @staticmethod
-    def forward(ctx, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        inv = x.norm(dim=-1).clamp_min(1e-12).reciprocal_()  # (M,) as F.normalize's eps
-        out = (f @ x.T).mul_(inv)
-        ctx.save_for_backward(f, x, inv, out)
+    def forward(ctx, f: torch.Tensor, residual: torch.Tensor, rk: ResidualKeys) -> torch.Tensor:
+        dots = rk.row_dots(residual)  # (M,)
+        sq = rk.key_sq + 2 * dots + residual.pow(2).sum(-1)[rk.labels]
+        norm = sq.clamp_min(0).sqrt_()
+        inv = norm.clamp_min(1e-12).reciprocal_()  # as F.normalize's eps
+        # (f R^T)[:, y] + f F^T in one (N, M) allocation
+        out = rk.classes.gather(f @ residual.T).addmm_(f, rk.keys.T).mul_(inv)
+        ctx.save_for_backward(f, residual, inv, out, norm > 1e-12)
+        ctx.rk = rk
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        f, x, inv, out = ctx.saved_tensors
-        g = grad * inv  # (N, M)
-        grad_f = g @ x if ctx.needs_input_grad[0] else None
-        grad_x = None
+        f, residual, inv, out, unclamped = ctx.saved_tensors
+        rk: ResidualKeys = ctx.rk
+        g = grad * inv  # (N, M), the one (N, M) allocation of the backward
+        g_class = rk.classes.sum(g)  # (N, C)
+        grad_f = grad_r = None
+        if ctx.needs_input_grad[0]:
+            grad_f = g @ rk.keys + g_class @ residual
         if ctx.needs_input_grad[1]:
-            # d out_bi / d x_i = f_b / n_i - out_bi x_i / n_i^2
-            radial = (g * out).sum(0).mul_(inv)  # (M,)
-            grad_x = (g.T @ f).sub_(x * radial[:, None])
-        return grad_f, grad_x
-
-
-def normalized_affinity(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """f (N, d) @ norm(x)^T -> (N, M), x (M, d) unnormalised rows (e.g. keys + residuals).
-
-    Equal to ``f @ F.normalize(x, dim=-1).T`` to float rounding, without normalising the
-    (M, d) matrix: the norms scale the (N, M) result instead, and the backward is one
-    matrix product plus one (M, d) update, where autograd through ``F.normalize`` makes
-    several (M, d) passes (at ImageNet's M = 16,000, d = 1,024 they cost more than the
-    products when N is a 256-batch).
-    """
-    return _NormalizedAffinity.apply(f, x)
+            w = g.mul_(out).sum(0).mul_(inv).mul_(unclamped)  # (M,) inv^2 sum_n G out
+            w_class = w.new_zeros(rk.num_classes).index_add_(0, rk.labels, w)  # (C,)
+            grad_r = (g_class.T @ f).sub_(rk.class_sums(w)).sub_(residual * w_class[:, None])
+        return grad_f, grad_r, None

@@ -96,7 +96,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import ValueProducts, chunked, kernel, normalized_affinity, row_chunks
+from .cache_ops import (
+    BufferDerived,
+    ResidualKeys,
+    ValueProducts,
+    cache_term,
+    chunked,
+    row_chunks,
+)
 from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
 from .training import fit_epochs
 
@@ -301,7 +308,11 @@ class DualCache(nn.Module):
     ) -> None:
         super().__init__()
         dim, num_classes = w_t.shape
-        keys, w_t, w_d, w_n = (t.detach().clone().float() for t in (keys, w_t, w_d, w_n))
+        keys = keys.detach().clone().float()
+        # (d, C) classifiers laid out class by class, as the (C, d) residuals are: W + R^T,
+        # its normalisation over d and the consistency loss then read memory in order (on
+        # the (d, C) layout W + R^T strides across rows: 10x slower at C = 1,000)
+        w_t, w_d, w_n = (t.detach().float().T.contiguous().T for t in (w_t, w_d, w_n))
         values = F.one_hot(labels, num_classes).float()
         soft_values = (
             soft_labels(keys, labels, num_classes, soft_temperature, soft_shots) if soft else values
@@ -323,6 +334,7 @@ class DualCache(nn.Module):
         self.logit_scale = float(logit_scale)
         self.negative_cache = negative_cache
         self._products = ValueProducts()
+        self._residual_keys = BufferDerived(ResidualKeys)
         zeros = lambda: nn.Parameter(torch.zeros(num_classes, dim, device=keys.device))
         self.r_t, self.r_d, self.r_k = zeros(), zeros(), zeros()  # positive residuals
         self.r_n, self.r_kn = zeros(), zeros()  # negative residuals (R_n, R_k-)
@@ -346,32 +358,35 @@ class DualCache(nn.Module):
         return F.normalize(self.negative_keys + self.r_kn[self.labels], dim=-1)
 
     def terms(self, f: torch.Tensor) -> DualTerms:
-        """The beta-free parts; the affinities are f @ K+^T and f @ K-^T, with the keys'
-        normalisation applied to the (N, M) products (:func:`.cache_ops.normalized_affinity`,
-        equal to float rounding)."""
+        """The beta-free parts; the affinities are f @ K+^T and f @ K-^T with K+ = norm(F +
+        R_k[y]) and K- = norm(F- + R_k-[y]), computed without forming those (M, d) matrices
+        (:class:`.cache_ops.ResidualKeys`; equal to float rounding)."""
         s = self.logit_scale
+        c = self.r_k.shape[0]
+        positive = self._residual_keys.get("keys", self.keys, self.labels, num_classes=c)
+        neg_affinity = None
+        if self.negative_cache:
+            negative = self._residual_keys.get(
+                "negative_keys", self.negative_keys, self.labels, num_classes=c
+            )
+            neg_affinity = negative.affinity(f, self.r_kn)
         return DualTerms(
             pos_text=s * f @ self.positive_classifier(),
-            pos_affinity=normalized_affinity(f, self.keys + self.r_k[self.labels]),
+            pos_affinity=positive.affinity(f, self.r_k),
             neg_text=NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
-            neg_affinity=(
-                normalized_affinity(f, self.negative_keys + self.r_kn[self.labels])
-                if self.negative_cache
-                else None
-            ),
+            neg_affinity=neg_affinity,
         )
 
     def components(self, terms: DualTerms, beta: float) -> DualComponents:
         """The cache terms at one beta; L~ and L applied as per-class sums (N M work, not
         2 N M C: :class:`.cache_ops.ValueProduct`)."""
-        inplace = not torch.is_grad_enabled()
         soft = self._products.get("soft_values", self.soft_values)
-        pos_cache = soft(kernel(terms.pos_affinity, beta), inplace=inplace)
+        pos_cache = cache_term(terms.pos_affinity, beta, soft)
         if terms.neg_affinity is None:
             neg_cache = torch.zeros_like(terms.neg_text)
         else:
             values = self._products.get("values", self.values)
-            neg_cache = values(kernel(terms.neg_affinity, beta, shifted=False), inplace=inplace)
+            neg_cache = cache_term(terms.neg_affinity, beta, values, shifted=False)
         return DualComponents(terms.pos_text, pos_cache, terms.neg_text, neg_cache)
 
     @staticmethod

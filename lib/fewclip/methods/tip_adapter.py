@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import ValueProducts, chunked, kernel, row_chunks
+from .cache_ops import ValueProducts, cache_term, chunked, row_chunks
 from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
 from .training import fit_epochs
 
@@ -128,7 +128,7 @@ class TipCache(nn.Module):
         """exp(-beta * (1 - A)) @ L at one beta, L applied as a per-class sum (N M work,
         not 2 N M C: :class:`.cache_ops.ValueProduct`)."""
         values = self._products.get("values", self.values)
-        cache_logits = values(kernel(terms.affinity, beta), inplace=not torch.is_grad_enabled())
+        cache_logits = cache_term(terms.affinity, beta, values)
         return TipComponents(terms.clip_logits, cache_logits)
 
     @staticmethod

@@ -51,6 +51,11 @@ class PretrainConfig:
     log_every: int = 25
     crop_scale_min: float = 0.6
     grayscale_p: float = 0.2
+    #: colour jitter strength s: brightness, contrast and saturation factors drawn per image
+    #: in [1 - s, 1 + s] (0 = off, the version-1 recipe)
+    color_jitter: float = 0.0
+    #: probability of a 3x3 box blur of an image (0 = off, the version-1 recipe)
+    blur_p: float = 0.0
     #: comma-separated corpus styles (only the corpus's TRAIN_STYLES are accepted)
     styles: str = ",".join(TRAIN_STYLES)
     #: "style": a style of the emoji, then an image of it; "image": any of its images (v1)
@@ -75,9 +80,18 @@ def augment(
     generator: torch.Generator,
     scale_min: float = 0.6,
     grayscale_p: float = 0.2,
+    color_jitter: float = 0.0,
+    blur_p: float = 0.0,
 ) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> (B, 3, size, size) normalised float: random resized crop
-    (area in [scale_min, 1], aspect in [3/4, 4/3]) resampled by ``roi_align``, random grey."""
+    (area in [scale_min, 1], aspect in [3/4, 4/3]) resampled by ``roi_align``, random grey.
+
+    With ``color_jitter = s > 0`` each image then gets brightness ``x * b``, contrast
+    ``m + c (x - m)`` (``m`` its mean luminance) and saturation ``l + a (x - l)`` (``l`` the
+    pixel's luminance), factors ``b, c, a`` uniform in ``[1 - s, 1 + s]``, clamped to [0, 1];
+    with ``blur_p > 0`` that share of images is 3x3 box-blurred. Both draw from
+    ``generator`` only when on, so ``s = 0, blur_p = 0`` draws exactly what version 1 drew.
+    """
     b, _, h, w = images.shape
     area = torch.empty(b).uniform_(scale_min, 1.0, generator=generator)
     log_ratio = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
@@ -92,7 +106,32 @@ def augment(
     if grey.any():
         lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x[grey] = lum[grey].expand(-1, 3, -1, -1)
+    if color_jitter > 0:
+        x = _jitter_colours(x, color_jitter, generator)
+    if blur_p > 0:
+        blur = torch.rand(b, generator=generator) < blur_p
+        if blur.any():
+            x[blur] = torch.nn.functional.avg_pool2d(
+                x[blur], 3, stride=1, padding=1, count_include_pad=False
+            )
     return (x - CLIP_MEAN) / CLIP_STD
+
+
+def _luminance(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W), ITU-R 601 weights."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _jitter_colours(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation factors per image in [1 - s, 1 + s] (see augment)."""
+    b = x.shape[0]
+    factors = torch.empty(3, b, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=generator)
+    x = x * factors[0]
+    mean = _luminance(x).mean(dim=(2, 3), keepdim=True)
+    x = mean + factors[1] * (x - mean)
+    lum = _luminance(x)
+    x = lum + factors[2] * (x - lum)
+    return x.clamp(0.0, 1.0)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -206,7 +245,10 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         images_u8, captions = data.sample_batch(cfg.batch_size, rng)
-        images = augment(images_u8, image_size, gen, cfg.crop_scale_min, cfg.grayscale_p)
+        images = augment(
+            images_u8, image_size, gen, cfg.crop_scale_min, cfg.grayscale_p,
+            cfg.color_jitter, cfg.blur_p,
+        )
         image_f, text_f, scale = model(images, tokenizer(captions))
         loss = loss_fn(image_f, text_f, scale)
         optimizer.zero_grad(set_to_none=True)
