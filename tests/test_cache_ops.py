@@ -45,7 +45,11 @@ def values_cases(m=90, c=7, seed=0):
     blocked_labels = torch.randperm(9, generator=g).repeat_interleave(m // 9)
     blocked = F.one_hot(blocked_labels, 9).float() * (torch.rand(m, 1, generator=g) + 0.5)
     return {
-        "onehot": onehot, "soft": soft, "zero_rows": zero_rows, "dense": dense, "blocked": blocked
+        "onehot": onehot,
+        "soft": soft,
+        "zero_rows": zero_rows,
+        "dense": dense,
+        "blocked": blocked,
     }
 
 

@@ -116,8 +116,9 @@ def test_colour_jitter_and_blur_act_as_documented():
     board = ((torch.arange(64)[:, None] + torch.arange(64)[None]) % 2 * 255).to(torch.uint8)
     board = board.expand(4, 3, 64, 64).contiguous()
     sharp = augment(board, 64, torch.Generator().manual_seed(2), scale_min=1.0, grayscale_p=0)
-    soft = augment(board, 64, torch.Generator().manual_seed(2), scale_min=1.0, grayscale_p=0,
-                   blur_p=1.0)
+    soft = augment(
+        board, 64, torch.Generator().manual_seed(2), scale_min=1.0, grayscale_p=0, blur_p=1.0
+    )
     assert soft.std() < 0.8 * sharp.std()
     v1 = augment(board, 32, torch.Generator().manual_seed(3))
     off = augment(board, 32, torch.Generator().manual_seed(3), color_jitter=0.0, blur_p=0.0)

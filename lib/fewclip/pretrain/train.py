@@ -246,8 +246,13 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
             group["lr"] = lr_at(step, cfg)
         images_u8, captions = data.sample_batch(cfg.batch_size, rng)
         images = augment(
-            images_u8, image_size, gen, cfg.crop_scale_min, cfg.grayscale_p,
-            cfg.color_jitter, cfg.blur_p,
+            images_u8,
+            image_size,
+            gen,
+            cfg.crop_scale_min,
+            cfg.grayscale_p,
+            cfg.color_jitter,
+            cfg.blur_p,
         )
         image_f, text_f, scale = model(images, tokenizer(captions))
         loss = loss_fn(image_f, text_f, scale)
