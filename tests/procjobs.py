@@ -30,13 +30,28 @@ def blocking_job(i: int, folder: str) -> int:
     return i
 
 
+def stubborn_job(i: int, folder: str) -> int:
+    """:func:`blocking_job` that ignores SIGTERM (a run that does not stop when asked)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return blocking_job(i, folder)
+
+
 def pool_parent() -> None:
-    """argv: FOLDER N. map_jobs(blocking_job) over N jobs on 2 workers; exit 130 on Ctrl-C."""
+    """argv: FOLDER N [stubborn]. map_jobs(blocking_job) over N jobs on 2 workers; exit 130
+    on Ctrl-C. ``stubborn``: the jobs ignore SIGTERM and the pool waits 120 s for them
+    before killing them, so only a second Ctrl-C ends the wait early."""
+    import fewclip.parallel
     from fewclip.parallel import map_jobs
 
     folder, n = sys.argv[1], int(sys.argv[2])
+    job = blocking_job
+    if sys.argv[3:] == ["stubborn"]:
+        job = stubborn_job
+        fewclip.parallel.TERMINATE_GRACE_S = 120.0
     try:
-        map_jobs(blocking_job, [(i, folder) for i in range(n)], lambda i, r: None, workers=2)
+        map_jobs(job, [(i, folder) for i in range(n)], lambda i, r: None, workers=2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from procjobs import (
@@ -36,9 +37,9 @@ def start(code: str, *args: str, **kw) -> subprocess.Popen:
     )
 
 
-def busy_pool(tmp_path, jobs: int = 8):
+def busy_pool(tmp_path, jobs: int = 8, *extra: str):
     """A parent running ``jobs`` blocking jobs on 2 workers, once both workers are busy."""
-    proc = start("import procjobs; procjobs.pool_parent()", str(tmp_path), str(jobs))
+    proc = start("import procjobs; procjobs.pool_parent()", str(tmp_path), str(jobs), *extra)
     started = lambda: sorted(p.name for p in tmp_path.glob("started-*"))  # noqa: E731
     try:
         wait_for(lambda: len(started()) >= 2, START_TIMEOUT_S, "both workers to start a job")
@@ -67,6 +68,26 @@ def test_ctrl_c_cancels_queued_jobs_and_stops_running_ones(tmp_path, target):
     wait_for(lambda: gone(workers), STOP_TIMEOUT_S, "the workers to exit")
     assert len(started()) == 2  # no queued job started after the signal
     assert not list(tmp_path.glob("done-*"))  # the running ones were stopped
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    """Workers that ignore SIGTERM keep the first Ctrl-C waiting (up to the 120 s grace the
+    parent sets); the second one kills them and exits 130 at once."""
+    proc, workers, started = busy_pool(tmp_path, 8, "stubborn")
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(2.0)  # the parent is now waiting for its workers to stop
+    assert proc.poll() is None, "the first Ctrl-C should still be waiting for the workers"
+    second = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("a second Ctrl-C did not exit at once")
+    assert proc.returncode == 130
+    assert time.monotonic() - second < 20
+    wait_for(lambda: gone(workers), STOP_TIMEOUT_S, "the workers to be killed")
+    assert not list(tmp_path.glob("done-*"))
 
 
 def test_workers_die_with_their_parent(tmp_path):
