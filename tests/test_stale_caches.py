@@ -87,6 +87,20 @@ def test_train_images_counts_the_images_actually_used(root):
     assert run(cfg(root))["metrics"]["train_images"] == 0  # zero-shot uses none
 
 
+@pytest.mark.parametrize("cached", [True, False])
+def test_encoder_methods_count_the_training_images_they_used(root, cached):
+    """CoOp trained on cached views or re-encoding images on-line: a damaged shot is not
+    counted as used."""
+    options = {"epochs": 2, "n_ctx": 2, "views": 1, "cache_images": cached}
+    config = cfg(root, method="coop", shots=2, backbone="fewclip-test-vit", options=options)
+    dataset = load_dataset("folder:squares", str(root / "data"))
+    split = sample_split(dataset, config)
+    damage(type(root)(split.train[0].impath))
+    with pytest.warns(UserWarning, match="unreadable"):
+        record = run(config)
+    assert record["metrics"]["train_images"] == len(split.train) - 1
+
+
 def test_stale_temporary_files_are_removed(tmp_path):
     folder = tmp_path / "cache" / "image" / "bb"
     folder.mkdir(parents=True)

@@ -457,6 +457,7 @@ class FeaturePromptMethod(EncoderMethod):
         step = Stepper(optimizer, backbone.device, backbone.precision)
         labels_all = features.train_labels
         num = labels_all.shape[0] if o.cache_images else len(train_items)
+        used: set[int] = set()  # on-line training: the readable images that reached the loss
 
         def run_epoch(epoch: int) -> list[float]:
             batches = epoch_batches(num, o.batch_size, generator)
@@ -478,7 +479,8 @@ class FeaturePromptMethod(EncoderMethod):
                 augmentation_seed(seed, epoch),
                 num_workers=num_workers,
             )
-            for images, y, _, ok in loader:
+            for images, y, index, ok in loader:
+                used.update(index[ok].tolist())
                 f, t = encode_plain(backbone, images[ok], tokens)
                 with backbone.autocast():
                     loss = self.loss(f, y[ok].to(f.device), classnames, t)
@@ -503,6 +505,8 @@ class FeaturePromptMethod(EncoderMethod):
             record=self.epoch_record,
         )
         result.chosen["epochs"] = epochs
+        # what training used: the readable images (cached: those readable in every view)
+        result.train_images = int(labels_all.shape[0]) if o.cache_images else len(used)
         if o.cache_images:
             result.notes.append(
                 f"{self.name}: trained on {features.views} cached augmented view(s) of the "
