@@ -115,6 +115,14 @@ def floor_step_seconds(f: torch.Tensor, keys: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def key_gradient_seconds(f: torch.Tensor, grad: torch.Tensor) -> float:
+    """The two key-gradient products G^T @ f of the written-out formula's backward."""
+    start = time.perf_counter()
+    grad.T @ f
+    grad.T @ f
+    return time.perf_counter() - start
+
+
 def make_step(data: FeatureData):
     """A DualAdapter training step (its loss, backward, AdamW step) on batch k, and the
     (training-free) fitted method, for the validation pass and the search."""
@@ -151,22 +159,27 @@ def make_step(data: FeatureData):
     return step, validate, fitted
 
 
-def epoch_and_floor(data: FeatureData, rounds: int) -> tuple[float, float, DualAdapter]:
+def epoch_and_floor(data: FeatureData, rounds: int) -> tuple[float, float, float, DualAdapter]:
     """Seconds per epoch and its floor, timed interleaved: ``rounds`` times one training
     step then the floor's two products on the same shapes, and one validation pass then
     its floor (f_val @ F^T, f_val @ F-^T); the fastest of each (so that a load that
-    changes during the run affects both alike), times the steps of an epoch."""
+    changes during the run affects both alike), times the steps of an epoch. Also the
+    floor plus the two key-gradient products (this benchmark's floor before
+    ResidualKeys made them unnecessary), for comparison with earlier figures."""
     m, dim = data.train_features.shape
     step, validate, fitted = make_step(data)
     f, keys = floor_products(m, min(BATCH, m), dim)
+    grad = torch.randn(f.shape[0], m, generator=torch.Generator().manual_seed(2))
     step(0)  # warm-up
     floor_step_seconds(f, keys)
-    steps, floors = [], []
+    key_gradient_seconds(f, grad)
+    steps, floors, grads = [], [], []
     for k in range(rounds):
         start = time.perf_counter()
         step(k + 1)
         steps.append(time.perf_counter() - start)
         floors.append(floor_step_seconds(f, keys))
+        grads.append(key_gradient_seconds(f, grad))
     start = time.perf_counter()
     validate()
     val = time.perf_counter() - start
@@ -177,14 +190,15 @@ def epoch_and_floor(data: FeatureData, rounds: int) -> tuple[float, float, DualA
         chunk @ keys.T
     val_floor = time.perf_counter() - start
     per_epoch = math.ceil(m / BATCH)
-    return min(steps) * per_epoch + val, min(floors) * per_epoch + val_floor, fitted
+    floor = min(floors) * per_epoch + val_floor
+    return min(steps) * per_epoch + val, floor, floor + min(grads) * per_epoch, fitted
 
 
 def bench_one(classes: int, shots: int, args) -> dict:
     data = synthetic(classes, shots, 4 * classes, args.dim)
     m = classes * shots
     peak_reset()
-    epoch, floor, method = epoch_and_floor(data, args.rounds)
+    epoch, floor, floor_with_grad, method = epoch_and_floor(data, args.rounds)
     fit_peak = peak_gb()
     search, used, search_peak = float("nan"), 0, float("nan")
     betas, alphas, lams = method.grids(data)
@@ -204,6 +218,7 @@ def bench_one(classes: int, shots: int, args) -> dict:
         "epoch_s": epoch,
         "floor_s": floor,
         "ratio": epoch / floor,
+        "ratio_with_grad": epoch / floor_with_grad,
         "fit_peak_gb": fit_peak,
         "search_s": search,
         "search_betas": used,
@@ -250,7 +265,7 @@ def main() -> None:
     )
     DualAdapter(epochs=1, search=False).fit(synthetic(10, 2, 40, args.dim))  # warm-up
     header = (
-        f"{'C':>5} {'K':>3} {'M':>6} {'epoch s':>8} {'floor s':>8} {'ratio':>6} "
+        f"{'C':>5} {'K':>3} {'M':>6} {'epoch s':>8} {'floor s':>8} {'ratio':>6} {'ratio+':>6} "
         f"{'fit GB':>7} {'search s*':>9} {'search GB':>9}"
     )
     print(header)
@@ -259,14 +274,16 @@ def main() -> None:
             r = bench_one(classes, shots, args)
             print(
                 f"{r['C']:>5} {r['K']:>3} {r['M']:>6} {r['epoch_s']:>8.2f} {r['floor_s']:>8.2f} "
-                f"{r['ratio']:>6.2f} {r['fit_peak_gb']:>7.2f} {r['search_s']:>9.1f} "
+                f"{r['ratio']:>6.2f} {r['ratio_with_grad']:>6.2f} {r['fit_peak_gb']:>7.2f} "
+                f"{r['search_s']:>9.1f} "
                 f"{r['search_peak_gb']:>9.2f}",
                 flush=True,
             )
     print(
         f"epoch s: the fastest of {args.rounds} training steps x the steps of an epoch + one "
         "val pass; floor s: the same for the affinity products f @ F^T, f @ F-^T alone, each "
-        "timed right after its step"
+        "timed right after its step; ratio+: against that floor plus the two key-gradient "
+        "products (the floor of earlier runs)"
     )
     print(
         f"* search: {args.betas} of the 200 betas timed (x the full alpha x lam grid), "

@@ -147,7 +147,7 @@ def cache_term(
 
     Without autograd the kernel is built and weighted in place. With autograd and a
     per-class-sum ``values`` it is one :class:`_CacheTerm` whose backward is
-    ``dA = +-beta * G[:, y] * (E * w)`` (one gather and two in-place products over (N, M),
+    ``dA = (+-beta G)[:, y] * (E * w)`` (one gather and one in-place product over (N, M),
     where autograd through the written-out expression makes five passes and allocates
     each); the forward values are bit-identical, the gradient equal to float rounding.
     """
@@ -172,7 +172,7 @@ class _CacheTerm(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (e,) = ctx.saved_tensors
         sign = ctx.beta if ctx.shifted else -ctx.beta  # d/dA of -beta (1 - A) or -beta A
-        grad_a = ctx.values.blocks.gather(grad).mul_(e).mul_(sign)
+        grad_a = ctx.values.blocks.gather(grad * sign).mul_(e)  # sign applied on (N, C)
         return grad_a, None, None, None
 
 
