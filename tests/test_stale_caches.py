@@ -76,14 +76,19 @@ def test_a_damaged_image_is_a_new_run_not_the_stored_clean_record(root):
     assert damaged["run_key"] != clean["run_key"] and len(store) == 2
 
 
-def test_train_images_counts_the_images_actually_used(root):
-    config = cfg(root, method="tip_adapter", shots=2)
+def used_with_one_shot_damaged(root, config: RunConfig) -> tuple[int, int]:
+    """(train_images of the run, the sample's size) after damaging its first shot."""
     dataset = load_dataset("folder:squares", str(root / "data"))
     split = sample_split(dataset, config)
     damage(type(root)(split.train[0].impath))
     with pytest.warns(UserWarning, match="unreadable"):
         record = run(config)
-    assert record["metrics"]["train_images"] == len(split.train) - 1
+    return record["metrics"]["train_images"], len(split.train)
+
+
+def test_train_images_counts_the_images_actually_used(root):
+    used, sampled = used_with_one_shot_damaged(root, cfg(root, method="tip_adapter", shots=2))
+    assert used == sampled - 1
     assert run(cfg(root))["metrics"]["train_images"] == 0  # zero-shot uses none
 
 
@@ -93,12 +98,8 @@ def test_encoder_methods_count_the_training_images_they_used(root, cached):
     counted as used."""
     options = {"epochs": 2, "n_ctx": 2, "views": 1, "cache_images": cached}
     config = cfg(root, method="coop", shots=2, backbone="fewclip-test-vit", options=options)
-    dataset = load_dataset("folder:squares", str(root / "data"))
-    split = sample_split(dataset, config)
-    damage(type(root)(split.train[0].impath))
-    with pytest.warns(UserWarning, match="unreadable"):
-        record = run(config)
-    assert record["metrics"]["train_images"] == len(split.train) - 1
+    used, sampled = used_with_one_shot_damaged(root, config)
+    assert used == sampled - 1
 
 
 def test_stale_temporary_files_are_removed(tmp_path):
