@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
 STAMP := $(VENV)/.fewclip-installed
+DEMO_WORKERS ?= 2  # notebooks built at a time by `make demo` (one torch thread each)
 
 .PHONY: demo test browser lab lint data reports clean-cache
 
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 ##   into runs/demo/reports (ignored by git: the committed reports/ stay as they are)
 demo: $(STAMP)
 	$(PY) -m fewclip.offline prepare --data-root $(DATA)
-	$(PY) -m fewclip.reports --data-root $(DATA) --out runs/demo/reports $(REPORTS_ARGS)
+	$(PY) -m fewclip.reports --data-root $(DATA) --out runs/demo/reports --workers $(DEMO_WORKERS) $(REPORTS_ARGS)
 
 ## reports: every paper notebook on the offline embedded default -> reports/*.html, index.html
 ##   (extra arguments: make reports REPORTS_ARGS="--force -p shots [16]")
