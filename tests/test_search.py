@@ -231,3 +231,15 @@ def test_row_blocks_give_the_same_counts(max_elements):
         comp, dual_combine, labels, alphas, lams, prune=False, max_elements=max_elements
     )
     assert torch.equal(whole, blocked)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 5, 8])
+def test_first_maximum_by_comparisons_equals_argmax(classes):
+    from fewclip.methods.search import _label_is_first_max
+
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.randint(0, 3, (4, 3, classes, 50), generator=g).float()  # many ties
+    labels = torch.randint(0, classes, (50,), generator=g)
+    expected = logits.argmax(-2) == labels
+    assert torch.equal(_label_is_first_max(logits, labels), expected)
+    assert 0 < int(expected.sum()) < expected.numel() or classes == 1

@@ -40,6 +40,12 @@ tie-break. A sample whose label is no candidate is wrong at every setting, one w
 candidate is its label right at every setting; neither is combined. A runtime check at
 the box centre disables pruning when ``combine`` is not multilinear.
 
+Per-call overhead (small val sets, where it dominates): :func:`grid_search_chunked`
+stacks the rows of several betas into one :func:`count_correct` call (counts kept per
+beta with ``groups``), and blocks of at most :data:`FEW_CLASSES` candidate classes test
+"the label is the first maximum" by comparisons on class-major logits rather than by
+``argmax`` over a short last axis; both give the same integer counts.
+
 Memory: a block holds at most ``max_elements`` logits, split over rows (samples) as well
 as over (alpha, lam), so that at ImageNet size a block still holds many settings
 (:func:`block_shape`). :func:`grid_search_chunked` runs the whole search over chunks of
@@ -65,6 +71,8 @@ CombineFn = Callable[[Components, torch.Tensor, "torch.Tensor | None"], torch.Te
 
 #: The most logits one (alpha, lam, rows, classes) block holds: 2^22 floats = 16 MB.
 MAX_BLOCK_ELEMENTS = 1 << 22
+#: Most (betas x rows x classes) stacked into one count call by grid_search_chunked.
+BETA_STACK_ELEMENTS = 1 << 16
 REFERENCE_SCALE = 100.0  # CLIP's logit scale: the unit of the official grids and constants
 
 
@@ -247,21 +255,62 @@ def block_shape(n: int, c: int, num_alpha: int, num_lam: int, max_elements: int)
     return rows, alpha_chunk, lam_chunk
 
 
-def _count_block(comp: Components, combine: CombineFn, labels, alpha, lam, max_elements):
-    """(A, L) correct counts, in blocks of at most max_elements logits (see block_shape)."""
+def _count_block(
+    comp: Components,
+    combine: CombineFn,
+    labels,
+    alpha,
+    lam,
+    max_elements,
+    groups: torch.Tensor | None = None,
+    num_groups: int = 1,
+):
+    """(G, A, L) correct counts per group of rows (``groups`` (N,) in [0, G); None: one
+    group), in blocks of at most max_elements logits (see block_shape)."""
     n, c = comp[0].shape
     num_lam = 1 if lam is None else lam.numel()
     rows, alpha_chunk, lam_chunk = block_shape(n, c, alpha.numel(), num_lam, max_elements)
-    counts = torch.zeros(alpha.numel(), num_lam, dtype=torch.long, device=labels.device)
+    counts = torch.zeros(alpha.numel(), num_lam, num_groups, dtype=torch.long, device=labels.device)
     for r0 in range(0, n, rows):
         part = comp if rows >= n else _like(comp, [t[r0 : r0 + rows] for t in comp])
+        part_t = _like(part, [t.T.contiguous() for t in part]) if c <= FEW_CLASSES else None
         part_labels = labels[r0 : r0 + rows]
+        part_groups = None if groups is None else groups[r0 : r0 + rows]
         for a0 in range(0, alpha.numel(), alpha_chunk):
             for m0 in range(0, num_lam, lam_chunk):
                 m = None if lam is None else lam[m0 : m0 + lam_chunk]
-                pred = _block(combine, part, alpha[a0 : a0 + alpha_chunk], m).argmax(-1)
-                counts[a0 : a0 + alpha_chunk, m0 : m0 + lam_chunk] += (pred == part_labels).sum(-1)
-    return counts
+                a = alpha[a0 : a0 + alpha_chunk]
+                if c <= FEW_CLASSES:  # class-major logits: first-maximum test by comparisons
+                    logits = _block(combine, part_t, a, m)  # (a, l, c, rows)
+                    correct = _label_is_first_max(logits, part_labels)
+                else:
+                    correct = _block(combine, part, a, m).argmax(-1) == part_labels  # (a, l, rows)
+                target = counts[a0 : a0 + alpha_chunk, m0 : m0 + lam_chunk]
+                if part_groups is None:
+                    target[..., 0] += correct.sum(-1)
+                else:
+                    target.index_add_(2, part_groups, correct.long())
+    return counts.permute(2, 0, 1)
+
+
+#: Classes (or candidates) up to which a block's first-maximum test is done by comparisons
+#: on class-major logits instead of ``argmax`` over a short last axis (several times faster).
+FEW_CLASSES = 8
+
+
+def _label_is_first_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(..., C, R) logits, labels (R,) -> (..., R) bool: ``logits.argmax(-2) == labels``.
+
+    ``argmax`` returns the first maximum, so the label is predicted iff no class before it
+    scores at least as high and no class after it scores higher.
+    """
+    index = labels.view(*(1,) * (logits.dim() - 1), -1).expand(*logits.shape[:-2], 1, -1)
+    own = logits.gather(-2, index).squeeze(-2)  # (..., R)
+    wrong = torch.zeros_like(own, dtype=torch.bool)
+    for j in range(logits.shape[-2]):
+        other = logits.select(-2, j)
+        wrong |= (other > own) | ((other == own) & (labels > j))
+    return ~wrong
 
 
 def count_correct(
@@ -273,28 +322,46 @@ def count_correct(
     *,
     max_elements: int = MAX_BLOCK_ELEMENTS,
     prune: bool = True,
+    groups: torch.Tensor | None = None,
+    num_groups: int = 1,
 ) -> torch.Tensor:
-    """(A, L) int64 correct counts for every (alpha, lam) pair at one beta.
+    """(A, L) int64 correct counts for every (alpha, lam) pair at one beta; with ``groups``
+    (N,) (rows of several betas stacked, group g = beta g), (G, A, L), one count per group.
 
     With pruning, a sample whose label is no candidate is wrong everywhere, one whose only
     candidate is its label is right everywhere; only the other samples are combined, over
     their candidate classes.
     """
+    grouped = groups is not None
     mask = candidate_mask(comp, combine, alpha, lam) if prune else None
     if mask is None:
-        return _count_block(comp, combine, labels, alpha, lam, max_elements)
+        counts = _count_block(comp, combine, labels, alpha, lam, max_elements, groups, num_groups)
+        return counts if grouped else counts[0]
     num_candidates = mask.sum(-1)
     label_ok = mask.gather(-1, labels[:, None])[:, 0]
-    sure = int((label_ok & (num_candidates == 1)).sum())
+    sure_rows = label_ok & (num_candidates == 1)
+    if grouped:
+        sure = torch.bincount(groups[sure_rows], minlength=num_groups)
+    else:
+        sure = sure_rows.sum().view(1)
     rows = (label_ok & (num_candidates > 1)).nonzero()[:, 0]
     num_lam = 1 if lam is None else lam.numel()
-    counts = torch.full((alpha.numel(), num_lam), sure, dtype=torch.long, device=labels.device)
-    if rows.numel() == 0:
-        return counts
-    classes = candidate_classes(mask[rows])  # (R, K)
-    comp = _like(comp, [c[rows].gather(-1, classes) for c in comp])
-    position = (classes == labels[rows, None]).long().argmax(-1)  # the label's column
-    return counts + _count_block(comp, combine, position, alpha, lam, max_elements)
+    counts = sure.view(-1, 1, 1).expand(-1, alpha.numel(), num_lam).clone()
+    if rows.numel() > 0:
+        classes = candidate_classes(mask[rows])  # (R, K)
+        comp = _like(comp, [c[rows].gather(-1, classes) for c in comp])
+        position = (classes == labels[rows, None]).long().argmax(-1)  # the label's column
+        counts += _count_block(
+            comp,
+            combine,
+            position,
+            alpha,
+            lam,
+            max_elements,
+            groups[rows] if grouped else None,
+            num_groups,
+        )
+    return counts if grouped else counts[0]
 
 
 def grid_search(
@@ -345,13 +412,44 @@ def grid_search_chunked(
     for start in range(0, features.shape[0], rows):
         chunk_terms = terms(features[start : start + rows])
         chunk_labels = labels[start : start + rows]
-        for b, beta in enumerate(betas):
-            comp = components(chunk_terms, beta)
-            c = _counts_at(comp, combine, chunk_labels, alphas, lams, max_elements, prune)
-            counts = c.new_zeros(len(betas), *c.shape) if counts is None else counts
-            counts[b] += c
+        first = components(chunk_terms, betas[0])
+        # betas stacked per call, their (n, C) rows in one block (fewer, larger operations)
+        size = chunk_labels.numel() * first[0].shape[-1]
+        per_call = max(1, min(len(betas), BETA_STACK_ELEMENTS // max(1, size)))
+        for b0 in range(0, len(betas), per_call):
+            batch = betas[b0 : b0 + per_call]
+            comps = [
+                first if b0 + i == 0 else components(chunk_terms, beta)
+                for i, beta in enumerate(batch)
+            ]
+            c = _counts_stacked(comps, combine, chunk_labels, alphas, lams, max_elements, prune)
+            counts = c.new_zeros(len(betas), *c.shape[1:]) if counts is None else counts
+            counts[b0 : b0 + len(batch)] += c
         del chunk_terms
     return _choose(counts, betas, alphas, lams, labels.numel())
+
+
+def _counts_stacked(comps, combine, labels, alphas, lams, max_elements, prune) -> torch.Tensor:
+    """(B, A, L) correct counts for B betas' components, stacked along the rows in one call
+    (fewer, larger tensor operations; the counts are integers, so the same)."""
+    if len(comps) == 1:
+        return _counts_at(comps[0], combine, labels, alphas, lams, max_elements, prune)[None]
+    stacked = _like(comps[0], [torch.cat(parts) for parts in zip(*comps, strict=True)])
+    n = labels.numel()
+    groups = torch.arange(len(comps), device=labels.device).repeat_interleave(n)
+    alpha_t = _grid_tensor(alphas, stacked[0])
+    lam_t = None if lams is None else _grid_tensor(lams, stacked[0])
+    return count_correct(
+        stacked,
+        combine,
+        labels.repeat(len(comps)),
+        alpha_t,
+        lam_t,
+        max_elements=max_elements,
+        prune=prune,
+        groups=groups,
+        num_groups=len(comps),
+    )
 
 
 def _counts_at(comp, combine, labels, alphas, lams, max_elements, prune) -> torch.Tensor:
