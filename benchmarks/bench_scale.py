@@ -145,7 +145,7 @@ def make_step(data: FeatureData):
         idx = order[(k * BATCH) % m :][:BATCH]
         f, y = data.view(0)[idx], data.train_labels[idx]
         w_plus = module.positive_classifier()
-        loss = F.cross_entropy(module(f, beta, alpha, lam), y)
+        loss = F.cross_entropy(module(f, beta, alpha, lam, w_plus), y)
         loss = loss + adaptive_reranking_loss(f, w_plus.T, y)
         loss = loss + 8.0 * consistency_loss(w_plus, module.w_t, module.w_d)
         optimizer.zero_grad(set_to_none=True)

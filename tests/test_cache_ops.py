@@ -236,6 +236,8 @@ def test_class_blocks_gather_and_sum_equal_indexing(layout):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 5, generator=g)
     assert torch.equal(blocks.gather(x), x[:, labels])
+    out = torch.randn(4, len(labels), generator=g)
+    assert torch.equal(blocks.add_gathered_(out.clone(), x), out + x[:, labels])
     e = torch.randn(4, len(labels), generator=g)
     expected = e @ F.one_hot(labels, 5).float()
     assert torch.allclose(blocks.sum(e), expected, atol=1e-6)
@@ -293,7 +295,7 @@ def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch):
     fast = DualAdapter(epochs=3, lr=1e-2, search=False)
     fast.fit(synthetic)
 
-    def reference_terms(self, f):
+    def reference_terms(self, f, w_plus=None):
         s = self.logit_scale
         return dual.DualTerms(
             pos_text=s * f @ self.positive_classifier(),

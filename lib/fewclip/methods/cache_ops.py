@@ -91,6 +91,15 @@ class ClassBlocks:
         by_block = x.index_select(1, self.block_class)[:, :, None]
         return by_block.expand(n, c, self.shots).reshape(n, c * self.shots)
 
+    def add_gathered_(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out += x[:, y]`` in place, out (N, M), x (N, C) (no (N, M) temporary when
+        blocked: a broadcast add on the (N, C, K) view)."""
+        if self.block_class is None:
+            return out.add_(x.index_select(1, self.labels))
+        by_block = x.index_select(1, self.block_class)[:, :, None]
+        out.view(out.shape[0], self.num_classes, self.shots).add_(by_block)
+        return out
+
     def sum(self, e: torch.Tensor) -> torch.Tensor:
         """e (N, M) -> (N, C), column c = sum of e's columns of class c."""
         if self.block_class is None:
@@ -265,8 +274,8 @@ class _ResidualAffinity(torch.autograd.Function):
         sq = rk.key_sq + 2 * dots + residual.pow(2).sum(-1)[rk.labels]
         norm = sq.clamp_min(0).sqrt_()
         inv = norm.clamp_min(1e-12).reciprocal_()  # as F.normalize's eps
-        # (f R^T)[:, y] + f F^T in one (N, M) allocation
-        out = rk.classes.gather(f @ residual.T).addmm_(f, rk.keys.T).mul_(inv)
+        # f F^T + (f R^T)[:, y] in one (N, M) allocation
+        out = rk.classes.add_gathered_(f @ rk.keys.T, f @ residual.T).mul_(inv)
         ctx.save_for_backward(f, residual, inv, out, norm > 1e-12)
         ctx.rk = rk
         return out

@@ -357,7 +357,7 @@ class DualCache(nn.Module):
         """(M, d) norm(F- + R_k-[y])."""
         return F.normalize(self.negative_keys + self.r_kn[self.labels], dim=-1)
 
-    def terms(self, f: torch.Tensor) -> DualTerms:
+    def terms(self, f: torch.Tensor, w_plus: torch.Tensor | None = None) -> DualTerms:
         """The beta-free parts; the affinities are f @ K+^T and f @ K-^T with K+ = norm(F +
         R_k[y]) and K- = norm(F- + R_k-[y]), computed without forming those (M, d) matrices
         (:class:`.cache_ops.ResidualKeys`; equal to float rounding)."""
@@ -371,7 +371,7 @@ class DualCache(nn.Module):
             )
             neg_affinity = negative.affinity(f, self.r_kn)
         return DualTerms(
-            pos_text=s * f @ self.positive_classifier(),
+            pos_text=s * f @ (self.positive_classifier() if w_plus is None else w_plus),
             pos_affinity=positive.affinity(f, self.r_k),
             neg_text=NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
             neg_affinity=neg_affinity,
@@ -398,9 +398,17 @@ class DualCache(nn.Module):
         neg = c.neg_text + alpha * c.neg_cache
         return lam * pos + (1 - lam) * neg
 
-    def forward(self, f: torch.Tensor, beta: float, alpha: float, lam: float) -> torch.Tensor:
-        """(N, d) normalised features -> (N, C) unified logits."""
-        return self.combine(self.components(self.terms(f), beta), alpha, lam)
+    def forward(
+        self,
+        f: torch.Tensor,
+        beta: float,
+        alpha: float,
+        lam: float,
+        w_plus: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(N, d) normalised features -> (N, C) unified logits. ``w_plus``: W+ when the
+        caller has computed it this step (the loss uses it too), else computed here."""
+        return self.combine(self.components(self.terms(f, w_plus), beta), alpha, lam)
 
     def rows(self) -> int:
         """Images per chunk at evaluation, so that an (rows, M) affinity stays bounded."""
@@ -582,9 +590,9 @@ class DualAdapter(FeatureMethod):
 
         def loss_fn(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             f = f.float()
-            loss = F.cross_entropy(module(f, beta, alpha, lam), y)
+            w_plus = module.positive_classifier()  # once per step: the logits and ARL share it
+            loss = F.cross_entropy(module(f, beta, alpha, lam, w_plus), y)
             if o.paths != "negative":
-                w_plus = module.positive_classifier()
                 loss = loss + o.arl_weight * adaptive_reranking_loss(
                     f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k
                 )
