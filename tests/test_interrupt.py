@@ -25,6 +25,13 @@ from procjobs import (
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a terminal delivers it. A test run started in
+    the background by a non-interactive shell inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler, so no Ctrl-C would ever arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(code: str, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
@@ -33,6 +40,7 @@ def start(code: str, *args: str, **kw) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a shell job has
+        preexec_fn=default_sigint,
         **kw,
     )
 
@@ -123,6 +131,7 @@ def test_sweep_ctrl_c_prints_one_line_and_exits_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     try:
         wait_for(lambda: len(pool_workers(proc.pid)) == 2, START_TIMEOUT_S, "2 workers")
