@@ -83,21 +83,23 @@ class ClassBlocks:
     def shots(self) -> int:
         return self.labels.numel() // self.num_classes
 
+    def _by_block(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C) -> (N, C, 1), column b = x[:, class of block b] (blocked caches only)."""
+        return x.index_select(1, self.block_class)[:, :, None]
+
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C) -> (N, M), column i = x[:, y_i]."""
         if self.block_class is None:
             return x.index_select(1, self.labels)
         n, c = x.shape[0], self.num_classes
-        by_block = x.index_select(1, self.block_class)[:, :, None]
-        return by_block.expand(n, c, self.shots).reshape(n, c * self.shots)
+        return self._by_block(x).expand(n, c, self.shots).reshape(n, c * self.shots)
 
     def add_gathered_(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``out += x[:, y]`` in place, out (N, M), x (N, C) (no (N, M) temporary when
         blocked: a broadcast add on the (N, C, K) view)."""
         if self.block_class is None:
             return out.add_(x.index_select(1, self.labels))
-        by_block = x.index_select(1, self.block_class)[:, :, None]
-        out.view(out.shape[0], self.num_classes, self.shots).add_(by_block)
+        out.view(out.shape[0], self.num_classes, self.shots).add_(self._by_block(x))
         return out
 
     def sum(self, e: torch.Tensor) -> torch.Tensor:
@@ -291,6 +293,6 @@ class _ResidualAffinity(torch.autograd.Function):
             grad_f = g @ rk.keys + g_class @ residual
         if ctx.needs_input_grad[1]:
             w = g.mul_(out).sum(0).mul_(inv).mul_(unclamped)  # (M,) inv^2 sum_n G out
-            w_class = w.new_zeros(rk.num_classes).index_add_(0, rk.labels, w)  # (C,)
+            w_class = rk.classes.sum(w[None])[0]  # (C,)
             grad_r = (g_class.T @ f).sub_(rk.class_sums(w)).sub_(residual * w_class[:, None])
         return grad_f, grad_r, None

@@ -255,6 +255,11 @@ def block_shape(n: int, c: int, num_alpha: int, num_lam: int, max_elements: int)
     return rows, alpha_chunk, lam_chunk
 
 
+#: Classes (or candidates) up to which a block's first-maximum test is done by comparisons
+#: on class-major logits instead of ``argmax`` over a short last axis (several times faster).
+FEW_CLASSES = 8
+
+
 def _count_block(
     comp: Components,
     combine: CombineFn,
@@ -262,11 +267,11 @@ def _count_block(
     alpha,
     lam,
     max_elements,
-    groups: torch.Tensor | None = None,
-    num_groups: int = 1,
+    groups: torch.Tensor,
+    num_groups: int,
 ):
-    """(G, A, L) correct counts per group of rows (``groups`` (N,) in [0, G); None: one
-    group), in blocks of at most max_elements logits (see block_shape)."""
+    """(G, A, L) correct counts per group of rows (``groups`` (N,) in [0, G)), in blocks of
+    at most max_elements logits (see block_shape)."""
     n, c = comp[0].shape
     num_lam = 1 if lam is None else lam.numel()
     rows, alpha_chunk, lam_chunk = block_shape(n, c, alpha.numel(), num_lam, max_elements)
@@ -275,7 +280,7 @@ def _count_block(
         part = comp if rows >= n else _like(comp, [t[r0 : r0 + rows] for t in comp])
         part_t = _like(part, [t.T.contiguous() for t in part]) if c <= FEW_CLASSES else None
         part_labels = labels[r0 : r0 + rows]
-        part_groups = None if groups is None else groups[r0 : r0 + rows]
+        part_groups = groups[r0 : r0 + rows]
         for a0 in range(0, alpha.numel(), alpha_chunk):
             for m0 in range(0, num_lam, lam_chunk):
                 m = None if lam is None else lam[m0 : m0 + lam_chunk]
@@ -286,16 +291,8 @@ def _count_block(
                 else:
                     correct = _block(combine, part, a, m).argmax(-1) == part_labels  # (a, l, rows)
                 target = counts[a0 : a0 + alpha_chunk, m0 : m0 + lam_chunk]
-                if part_groups is None:
-                    target[..., 0] += correct.sum(-1)
-                else:
-                    target.index_add_(2, part_groups, correct.long())
+                target.index_add_(2, part_groups, correct.long())
     return counts.permute(2, 0, 1)
-
-
-#: Classes (or candidates) up to which a block's first-maximum test is done by comparisons
-#: on class-major logits instead of ``argmax`` over a short last axis (several times faster).
-FEW_CLASSES = 8
 
 
 def _label_is_first_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -333,17 +330,15 @@ def count_correct(
     their candidate classes.
     """
     grouped = groups is not None
+    if not grouped:  # one group: every row counts towards the same (A, L)
+        groups = torch.zeros_like(labels)
     mask = candidate_mask(comp, combine, alpha, lam) if prune else None
     if mask is None:
         counts = _count_block(comp, combine, labels, alpha, lam, max_elements, groups, num_groups)
         return counts if grouped else counts[0]
     num_candidates = mask.sum(-1)
     label_ok = mask.gather(-1, labels[:, None])[:, 0]
-    sure_rows = label_ok & (num_candidates == 1)
-    if grouped:
-        sure = torch.bincount(groups[sure_rows], minlength=num_groups)
-    else:
-        sure = sure_rows.sum().view(1)
+    sure = torch.bincount(groups[label_ok & (num_candidates == 1)], minlength=num_groups)
     rows = (label_ok & (num_candidates > 1)).nonzero()[:, 0]
     num_lam = 1 if lam is None else lam.numel()
     counts = sure.view(-1, 1, 1).expand(-1, alpha.numel(), num_lam).clone()
@@ -352,14 +347,7 @@ def count_correct(
         comp = _like(comp, [c[rows].gather(-1, classes) for c in comp])
         position = (classes == labels[rows, None]).long().argmax(-1)  # the label's column
         counts += _count_block(
-            comp,
-            combine,
-            position,
-            alpha,
-            lam,
-            max_elements,
-            groups[rows] if grouped else None,
-            num_groups,
+            comp, combine, position, alpha, lam, max_elements, groups[rows], num_groups
         )
     return counts if grouped else counts[0]
 
@@ -432,8 +420,6 @@ def grid_search_chunked(
 def _counts_stacked(comps, combine, labels, alphas, lams, max_elements, prune) -> torch.Tensor:
     """(B, A, L) correct counts for B betas' components, stacked along the rows in one call
     (fewer, larger tensor operations; the counts are integers, so the same)."""
-    if len(comps) == 1:
-        return _counts_at(comps[0], combine, labels, alphas, lams, max_elements, prune)[None]
     stacked = _like(comps[0], [torch.cat(parts) for parts in zip(*comps, strict=True)])
     n = labels.numel()
     groups = torch.arange(len(comps), device=labels.device).repeat_interleave(n)

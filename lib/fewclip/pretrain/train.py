@@ -104,7 +104,7 @@ def augment(
     x = roi_align(images.float() / 255.0, boxes, output_size=size, sampling_ratio=2, aligned=True)
     grey = torch.rand(b, generator=generator) < grayscale_p
     if grey.any():
-        lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        lum = _luminance(x)
         x[grey] = lum[grey].expand(-1, 3, -1, -1)
     if color_jitter > 0:
         x = _jitter_colours(x, color_jitter, generator)
