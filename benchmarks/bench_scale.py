@@ -6,13 +6,15 @@ columns; no model is involved), fed through the real DualAdapter. For each (C, K
 - fit: seconds per training epoch, from the fastest of ``--rounds`` timed training steps
   (DualAdapter's loss, backward and AdamW step on a batch of 256) times the steps of an
   epoch, plus one validation pass on the C x 4 val images; the process's peak memory;
-- floor: the matrix products no implementation of the epoch can avoid, on the same
-  shapes, each timed right after a step (interleaved, fastest of the rounds, so that a
-  changing load affects both alike): per batch the two affinity products f @ F^T and
-  f @ F-^T with the frozen positive and negative keys, plus the same two products for the
-  validation. (The key-gradient products of earlier versions of this floor are not in it:
-  :class:`fewclip.methods.cache_ops.ResidualKeys` avoids them.) ``fit / floor`` is the
-  ratio the issue targets (<= 2 at C = 1,000, K = 16);
+- floor: every matrix product the epoch computes, on the same shapes, each timed right
+  after a step (interleaved, fastest of the rounds, so that a changing load affects both
+  alike): per batch the two affinity products f @ F^T and f @ F-^T with the frozen
+  positive and negative keys (N x d x M each) and nine (N, d) x (d, C)-sized ones (the
+  residual keys' and text classifiers' products and their gradients, ARL's distances),
+  plus the validation's. ``fit / floor`` is the ratio the issue targets (<= 2 at C =
+  1,000, K = 16). ``ratio-a`` is against the two affinity products alone, a lower bound
+  no implementation can beat. (The key-gradient products of an earlier version of this
+  floor are in neither: :class:`fewclip.methods.cache_ops.ResidualKeys` avoids them.)
 - search: the (beta, alpha, lam) grid search on val with the full alpha x lam grid and
   ``--betas`` of the 200 betas, extrapolated linearly to 200 (labelled), and its peak.
 
@@ -39,11 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fewclip.methods.base import FeatureData
-from fewclip.methods.dual_adapter import (
-    DualAdapter,
-    adaptive_reranking_loss,
-    consistency_loss,
-)
+from fewclip.methods.dual_adapter import DualAdapter
 
 DIM = 1024
 BATCH = 256
@@ -102,52 +100,60 @@ def timed(fn, repeat: int = 2) -> float:
     return (time.perf_counter() - start) / repeat
 
 
-def floor_products(m: int, rows: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(rows, dim, generator=g), torch.randn(m, dim, generator=g)
+#: The (N, d) x (d, C) products of one training step besides the two affinities: forward
+#: f @ R_k^T, f @ R_k-^T (the residual keys' share of the affinities), f @ W+, f @ W_n (the
+#: text logits) and f @ W+ again (ARL's nearest prototypes); backward the (C, N) x (N, d)
+#: gradients of R_k, R_k-, W+ and W_n.
+STEP_SMALL_FORWARD, STEP_SMALL_BACKWARD = 5, 4
+#: ... and of the validation: f @ R_k^T, f @ R_k-^T, f @ W+, f @ W_n per chunk.
+VAL_SMALL_FORWARD = 4
 
 
-def floor_step_seconds(f: torch.Tensor, keys: torch.Tensor) -> float:
-    """One training step's floor: the two affinity products f @ F^T and f @ F-^T."""
-    start = time.perf_counter()
-    f @ keys.T
-    f @ keys.T
-    return time.perf_counter() - start
+class Floor:
+    """Random operands of the floor's products, on the shapes of one step at (C, K)."""
 
+    def __init__(self, m: int, classes: int, rows: int, dim: int) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.f = torch.randn(rows, dim, generator=g)
+        self.keys = torch.randn(m, dim, generator=g)
+        self.classifier = torch.randn(dim, classes, generator=g)
+        self.grad = torch.randn(rows, classes, generator=g)
 
-def key_gradient_seconds(f: torch.Tensor, grad: torch.Tensor) -> float:
-    """The two key-gradient products G^T @ f of the written-out formula's backward."""
-    start = time.perf_counter()
-    grad.T @ f
-    grad.T @ f
-    return time.perf_counter() - start
+    def affinity_seconds(self, f: torch.Tensor | None = None) -> float:
+        """The two affinity products f @ F^T and f @ F-^T."""
+        f = self.f if f is None else f
+        start = time.perf_counter()
+        f @ self.keys.T
+        f @ self.keys.T
+        return time.perf_counter() - start
+
+    def small_seconds(self, forward: int, backward: int, f: torch.Tensor | None = None) -> float:
+        """``forward`` products f @ W (N, d) x (d, C) and ``backward`` G^T @ f (C, N) x (N, d)."""
+        f = self.f if f is None else f
+        grad = self.grad[: f.shape[0]]
+        start = time.perf_counter()
+        for _ in range(forward):
+            f @ self.classifier
+        for _ in range(backward):
+            grad.T @ f
+        return time.perf_counter() - start
 
 
 def make_step(data: FeatureData):
-    """A DualAdapter training step (its loss, backward, AdamW step) on batch k, and the
-    (training-free) fitted method, for the validation pass and the search."""
+    """A DualAdapter training step on batch k (the method's own loss and optimiser), and
+    the (training-free) fitted method, for the validation pass and the search."""
     fitted = DualAdapter(train=False, search=False)
     fitted.fit(data)
     module = fitted.module
     beta, alpha, lam = fitted.initial(data)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": module.positive_parameters(), "lr": 1e-4},
-            {"params": module.negative_parameters(), "lr": 5e-4},
-        ],
-        weight_decay=0.1,
-        eps=1e-3,
-    )
+    optimizer = fitted.optimizer(module, data)
+    loss_fn = fitted.training_loss(module, beta, alpha, lam)
     m = data.train_labels.numel()
     order = torch.randperm(m, generator=torch.Generator().manual_seed(0))
 
     def step(k: int) -> None:
         idx = order[(k * BATCH) % m :][:BATCH]
-        f, y = data.view(0)[idx], data.train_labels[idx]
-        w_plus = module.positive_classifier()
-        loss = F.cross_entropy(module(f, beta, alpha, lam, w_plus), y)
-        loss = loss + adaptive_reranking_loss(f, w_plus.T, y)
-        loss = loss + 8.0 * consistency_loss(w_plus, module.w_t, module.w_d)
+        loss = loss_fn(data.view(0)[idx], data.train_labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -160,45 +166,46 @@ def make_step(data: FeatureData):
 
 
 def epoch_and_floor(data: FeatureData, rounds: int) -> tuple[float, float, float, DualAdapter]:
-    """Seconds per epoch and its floor, timed interleaved: ``rounds`` times one training
-    step then the floor's two products on the same shapes, and one validation pass then
-    its floor (f_val @ F^T, f_val @ F-^T); the fastest of each (so that a load that
-    changes during the run affects both alike), times the steps of an epoch. Also the
-    floor plus the two key-gradient products (this benchmark's floor before
-    ResidualKeys made them unnecessary), for comparison with earlier figures."""
+    """Seconds per epoch, its floor and the affinity products alone, timed interleaved:
+    ``rounds`` times one training step then the floor's products on the same shapes; one
+    validation pass then its products. The fastest of each (so that a load that changes
+    during the run affects both alike), times the steps of an epoch.
+
+    The floor is every matrix product the epoch computes: per step the two affinities
+    (N, d) x (d, M) and the nine (N, d) x (d, C)-sized ones (:data:`STEP_SMALL_FORWARD`,
+    :data:`STEP_SMALL_BACKWARD`), per val chunk the two affinities and four small ones.
+    The affinity products alone are a lower bound no implementation can beat."""
     m, dim = data.train_features.shape
     step, validate, fitted = make_step(data)
-    f, keys = floor_products(m, min(BATCH, m), dim)
-    grad = torch.randn(f.shape[0], m, generator=torch.Generator().manual_seed(2))
+    floor = Floor(m, data.num_classes, min(BATCH, m), dim)
     step(0)  # warm-up
-    floor_step_seconds(f, keys)
-    key_gradient_seconds(f, grad)
-    steps, floors, grads = [], [], []
+    floor.affinity_seconds()
+    floor.small_seconds(1, 1)
+    steps, affinities, smalls = [], [], []
     for k in range(rounds):
         start = time.perf_counter()
         step(k + 1)
         steps.append(time.perf_counter() - start)
-        floors.append(floor_step_seconds(f, keys))
-        grads.append(key_gradient_seconds(f, grad))
+        affinities.append(floor.affinity_seconds())
+        smalls.append(floor.small_seconds(STEP_SMALL_FORWARD, STEP_SMALL_BACKWARD))
     start = time.perf_counter()
     validate()
     val = time.perf_counter() - start
-    val_f = data.val_features
-    start = time.perf_counter()
-    for chunk in val_f.split(4096):
-        chunk @ keys.T
-        chunk @ keys.T
-    val_floor = time.perf_counter() - start
+    val_affinity = val_small = 0.0
+    for chunk in data.val_features.split(fitted.module.rows()):
+        val_affinity += floor.affinity_seconds(chunk)
+        val_small += floor.small_seconds(VAL_SMALL_FORWARD, 0, chunk)
     per_epoch = math.ceil(m / BATCH)
-    floor = min(floors) * per_epoch + val_floor
-    return min(steps) * per_epoch + val, floor, floor + min(grads) * per_epoch, fitted
+    affinity = min(affinities) * per_epoch + val_affinity
+    products = affinity + min(smalls) * per_epoch + val_small
+    return min(steps) * per_epoch + val, products, affinity, fitted
 
 
 def bench_one(classes: int, shots: int, args) -> dict:
     data = synthetic(classes, shots, 4 * classes, args.dim)
     m = classes * shots
     peak_reset()
-    epoch, floor, floor_with_grad, method = epoch_and_floor(data, args.rounds)
+    epoch, floor, affinity, method = epoch_and_floor(data, args.rounds)
     fit_peak = peak_gb()
     search, used, search_peak = float("nan"), 0, float("nan")
     betas, alphas, lams = method.grids(data)
@@ -218,7 +225,8 @@ def bench_one(classes: int, shots: int, args) -> dict:
         "epoch_s": epoch,
         "floor_s": floor,
         "ratio": epoch / floor,
-        "ratio_with_grad": epoch / floor_with_grad,
+        "affinity_s": affinity,
+        "ratio_affinity": epoch / affinity,
         "fit_peak_gb": fit_peak,
         "search_s": search,
         "search_betas": used,
@@ -265,7 +273,8 @@ def main() -> None:
     )
     DualAdapter(epochs=1, search=False).fit(synthetic(10, 2, 40, args.dim))  # warm-up
     header = (
-        f"{'C':>5} {'K':>3} {'M':>6} {'epoch s':>8} {'floor s':>8} {'ratio':>6} {'ratio+':>6} "
+        f"{'C':>5} {'K':>3} {'M':>6} {'epoch s':>8} {'floor s':>8} {'ratio':>6} {'aff s':>7} "
+        f"{'ratio-a':>7} "
         f"{'fit GB':>7} {'search s*':>9} {'search GB':>9}"
     )
     print(header)
@@ -274,16 +283,17 @@ def main() -> None:
             r = bench_one(classes, shots, args)
             print(
                 f"{r['C']:>5} {r['K']:>3} {r['M']:>6} {r['epoch_s']:>8.2f} {r['floor_s']:>8.2f} "
-                f"{r['ratio']:>6.2f} {r['ratio_with_grad']:>6.2f} {r['fit_peak_gb']:>7.2f} "
+                f"{r['ratio']:>6.2f} {r['affinity_s']:>7.2f} {r['ratio_affinity']:>7.2f} "
+                f"{r['fit_peak_gb']:>7.2f} "
                 f"{r['search_s']:>9.1f} "
                 f"{r['search_peak_gb']:>9.2f}",
                 flush=True,
             )
     print(
         f"epoch s: the fastest of {args.rounds} training steps x the steps of an epoch + one "
-        "val pass; floor s: the same for the affinity products f @ F^T, f @ F-^T alone, each "
-        "timed right after its step; ratio+: against that floor plus the two key-gradient "
-        "products (the floor of earlier runs)"
+        "val pass; floor s: the same for every matrix product the epoch computes (the two "
+        "affinities and the (N, d) x (d, C)-sized ones), each timed right after its step; "
+        "aff s / ratio-a: the affinity products f @ F^T, f @ F-^T alone"
     )
     print(
         f"* search: {args.betas} of the 200 betas timed (x the full alpha x lam grid), "

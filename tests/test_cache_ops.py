@@ -220,30 +220,38 @@ def test_dual_affinities_equal_the_normalised_keys(synthetic):
 
 def cache_labels(layout: str, c: int = 5, k: int = 3, seed: int = 4) -> torch.Tensor:
     """blocked: each class's k entries together, classes in a scrambled order (CoOp's
-    sampler); shuffled: balanced, interleaved; unbalanced: two entries fewer."""
+    sampler); in_order: blocked, classes 0, 1, ...; shuffled: balanced, interleaved;
+    unbalanced: two entries fewer."""
     g = torch.Generator().manual_seed(seed)
     if layout == "blocked":
         return torch.randperm(c, generator=g).repeat_interleave(k)
+    if layout == "in_order":
+        return torch.arange(c).repeat_interleave(k)
     labels = torch.arange(c).repeat_interleave(k)[torch.randperm(c * k, generator=g)]
     return labels[:-2] if layout == "unbalanced" else labels
 
 
-@pytest.mark.parametrize("layout", ["blocked", "shuffled", "unbalanced"])
+LAYOUTS = ["blocked", "in_order", "shuffled", "unbalanced"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_class_blocks_gather_and_sum_equal_indexing(layout):
     labels = cache_labels(layout)
     blocks = ClassBlocks(labels, 5)
-    assert (blocks.block_class is not None) == (layout == "blocked")
+    assert (blocks.block_class is not None) == (layout in ("blocked", "in_order"))
+    assert blocks.in_order == (layout == "in_order")
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 5, generator=g)
     assert torch.equal(blocks.gather(x), x[:, labels])
     out = torch.randn(4, len(labels), generator=g)
     assert torch.equal(blocks.add_gathered_(out.clone(), x), out + x[:, labels])
+    assert torch.equal(blocks.mul_gathered_(out.clone(), x), out * x[:, labels])
     e = torch.randn(4, len(labels), generator=g)
     expected = e @ F.one_hot(labels, 5).float()
     assert torch.allclose(blocks.sum(e), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["blocked", "shuffled", "unbalanced"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_residual_keys_affinity_equals_normalising_the_adapted_keys(layout):
     g = torch.Generator().manual_seed(4)
     c, d = 5, 7
@@ -252,7 +260,7 @@ def test_residual_keys_affinity_equals_normalising_the_adapted_keys(layout):
     r = (0.5 * torch.randn(c, d, generator=g, dtype=torch.float64)).requires_grad_()
     f = torch.randn(9, d, generator=g, dtype=torch.float64, requires_grad=True)
     rk = ResidualKeys(keys, labels, c)
-    assert (rk.blocks is not None) == (layout == "blocked")
+    assert (rk.blocks is not None) == (layout in ("blocked", "in_order"))
     reference = f @ F.normalize(keys + r[labels], dim=-1).T
     assert torch.allclose(rk.affinity(f, r), reference, atol=1e-12)
     assert torch.autograd.gradcheck(lambda f, r: rk.affinity(f, r), (f, r))
@@ -285,6 +293,17 @@ def test_cache_term_forward_is_bit_identical_and_its_gradient_is_autograds(shift
     dense = torch.exp(-3.7 * ((1 - a) if shifted else a)) @ matrix
     (dense * weights).sum().backward()
     assert torch.allclose(grad, a.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_cache_term_backward_runs_once():
+    """The backward writes dA over the saved kernel: a second backward through the same
+    graph must fail loudly (autograd's version check), never return a wrong gradient."""
+    values = ValueProduct(values_cases()["onehot"])
+    a = torch.rand(4, values_cases()["onehot"].shape[0]).requires_grad_()
+    out = cache_term(a, 2.0, values).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
 
 
 def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch):

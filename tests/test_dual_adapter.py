@@ -17,6 +17,7 @@ from fewclip.methods.dual_adapter import (
     DualCache,
     adaptive_reranking_loss,
     consistency_loss,
+    consistency_target,
     pseudo_negative_keys,
     shot_slots,
     soft_labels,
@@ -232,6 +233,50 @@ def test_consistency_loss_hand_case():
     assert consistency_loss(w_t, w_t, SWAP).item() == pytest.approx(0.55)
     with pytest.raises(ValueError):
         consistency_loss(w_t, w_t, w_t, mode="rows")
+
+
+@pytest.mark.parametrize("mode", ["class", "official"])
+def test_consistency_loss_equals_two_cosine_similarities(mode):
+    """The shared-norm form equals the two F.cosine_similarity of the definition (value and
+    gradient), with the target computed inside or passed in."""
+    g = torch.Generator().manual_seed(3)
+    w_t, w_d = torch.randn(32, 20, generator=g), torch.randn(32, 20, generator=g)
+    w_plus = torch.randn(32, 20, generator=g, requires_grad=True)
+    dim = 0 if mode == "class" else 1
+    cos_t = F.cosine_similarity(w_plus, w_t, dim=dim, eps=1e-7)
+    cos_d = F.cosine_similarity(w_plus, w_d, dim=dim, eps=1e-7)
+    reference = (0.45 * (1 - cos_t) + 0.55 * (1 - cos_d)).mean()
+    (expected_grad,) = torch.autograd.grad(reference, w_plus)
+    target = consistency_target(w_t, w_d, mode)
+    for loss in (
+        consistency_loss(w_plus, w_t, w_d, mode=mode),
+        consistency_loss(w_plus, w_t, w_d, mode=mode, target=target),
+    ):
+        assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+        (grad,) = torch.autograd.grad(loss, w_plus)
+        assert torch.allclose(grad, expected_grad, atol=1e-7)
+
+
+def test_adaptive_reranking_loss_equals_the_cdist_definition():
+    """Nearest prototypes by the squared-distance formula and exact distances for those k:
+    the loss and the prototypes' gradient of the definition through torch.cdist (at a size
+    where cdist takes its matrix-product path), and no gradient for the features."""
+    g = torch.Generator().manual_seed(2)
+    f = F.normalize(torch.randn(64, 48, generator=g), dim=-1)
+    protos = (0.3 * torch.randn(40, 48, generator=g)).requires_grad_()
+    y = torch.randint(0, 40, (64,), generator=g)
+    d = torch.cdist(f, protos)
+    nearest_d, nearest = d.topk(3, dim=1, largest=False)
+    t_y = protos[y]
+    margins = (1.0 - (protos[nearest] * t_y[:, None]).sum(-1)) / 4.0
+    anchor = (f - t_y).norm(dim=-1, keepdim=True)
+    reference = torch.clamp(anchor + margins - nearest_d, min=0).mean()
+    (expected,) = torch.autograd.grad(reference, protos)
+    loss = adaptive_reranking_loss(f, protos, y)
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    (grad,) = torch.autograd.grad(loss, protos)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    assert expected.abs().sum() > 0
 
 
 # -- the method ----------------------------------------------------------------------------

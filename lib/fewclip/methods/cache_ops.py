@@ -78,6 +78,10 @@ class ClassBlocks:
                 (torch.sort(first).values == torch.arange(num_classes, device=first.device)).all()
             ):
                 self.block_class = first
+        # blocks already in class order (the usual case): no reordering at all
+        self.in_order = self.block_class is not None and bool(
+            (self.block_class == torch.arange(num_classes, device=labels.device)).all()
+        )
 
     @property
     def shots(self) -> int:
@@ -85,7 +89,13 @@ class ClassBlocks:
 
     def _by_block(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C) -> (N, C, 1), column b = x[:, class of block b] (blocked caches only)."""
-        return x.index_select(1, self.block_class)[:, :, None]
+        return (x if self.in_order else x.index_select(1, self.block_class))[:, :, None]
+
+    def in_class_order(self, per_block: torch.Tensor, dim: int) -> torch.Tensor:
+        """Per-block results along ``dim`` (block b) -> per class (class c), blocked only."""
+        if self.in_order:
+            return per_block
+        return torch.empty_like(per_block).index_copy_(dim, self.block_class, per_block)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C) -> (N, M), column i = x[:, y_i]."""
@@ -102,13 +112,21 @@ class ClassBlocks:
         out.view(out.shape[0], self.num_classes, self.shots).add_(self._by_block(x))
         return out
 
+    def mul_gathered_(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out *= x[:, y]`` in place, out (N, M), x (N, C) (no (N, M) temporary when
+        blocked)."""
+        if self.block_class is None:
+            return out.mul_(x.index_select(1, self.labels))
+        out.view(out.shape[0], self.num_classes, self.shots).mul_(self._by_block(x))
+        return out
+
     def sum(self, e: torch.Tensor) -> torch.Tensor:
         """e (N, M) -> (N, C), column c = sum of e's columns of class c."""
         if self.block_class is None:
             out = e.new_zeros(e.shape[0], self.num_classes)
             return out.index_add_(1, self.labels, e)
         sums = e.reshape(e.shape[0], self.num_classes, self.shots).sum(-1)
-        return torch.empty_like(sums).index_copy_(1, self.block_class, sums)
+        return self.in_class_order(sums, 1)
 
 
 class ValueProduct:
@@ -158,7 +176,7 @@ def cache_term(
 
     Without autograd the kernel is built and weighted in place. With autograd and a
     per-class-sum ``values`` it is one :class:`_CacheTerm` whose backward is
-    ``dA = (+-beta G)[:, y] * (E * w)`` (one gather and one in-place product over (N, M),
+    ``dA = (+-beta G)[:, y] * (E * w)`` (one in-place product over the saved (N, M) kernel,
     where autograd through the written-out expression makes five passes and allocates
     each); the forward values are bit-identical, the gradient equal to float rounding.
     """
@@ -183,8 +201,9 @@ class _CacheTerm(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (e,) = ctx.saved_tensors
         sign = ctx.beta if ctx.shifted else -ctx.beta  # d/dA of -beta (1 - A) or -beta A
-        grad_a = ctx.values.blocks.gather(grad * sign).mul_(e)  # sign applied on (N, C)
-        return grad_a, None, None, None
+        # dA = (sign G)[:, y] * E, written over E itself (the kernel is needed by nothing
+        # else; a second backward through it fails autograd's version check of saved tensors)
+        return ctx.values.blocks.mul_gathered_(e, grad * sign), None, None, None
 
 
 class BufferDerived:
@@ -246,7 +265,10 @@ class ResidualKeys:
         """(M,) F_i . R_{y_i}."""
         if self.blocks is None:
             return (self.keys * residual[self.labels]).sum(-1)
-        per_block = residual.index_select(0, self.classes.block_class).unsqueeze(-1)
+        if self.classes.in_order:
+            per_block = residual.unsqueeze(-1)
+        else:
+            per_block = residual.index_select(0, self.classes.block_class).unsqueeze(-1)
         return torch.bmm(self.blocks, per_block).flatten()
 
     def class_sums(self, w: torch.Tensor) -> torch.Tensor:
@@ -255,7 +277,7 @@ class ResidualKeys:
             out = self.keys.new_zeros(self.num_classes, self.keys.shape[1])
             return out.index_add_(0, self.labels, self.keys * w[:, None])
         sums = torch.bmm(w.view(self.num_classes, 1, -1), self.blocks).squeeze(1)
-        return torch.empty_like(sums).index_copy_(0, self.classes.block_class, sums)
+        return self.classes.in_class_order(sums, 0)
 
     def affinity(self, f: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """f (N, d) @ norm(F + R[y])^T -> (N, M); differentiable in f and R."""

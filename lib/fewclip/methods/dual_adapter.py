@@ -88,6 +88,7 @@ uses ImageNet's val (= its test set) for both, which a run-layer switch can repr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -105,11 +106,12 @@ from .cache_ops import (
     row_chunks,
 )
 from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
-from .training import fit_epochs
+from .training import adamw, fit_epochs
 
 Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
 
 TEXT_WEIGHTS = (0.45, 0.55)  # W+ = 0.45 * template + 0.55 * description
+COSINE_EPS = 1e-7  # the consistency cosines' norm floor
 NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP)
 LOGITS_CHUNK: int | None = None  # images per forward at evaluation; None: row_chunks(M)
 
@@ -238,14 +240,38 @@ def adaptive_reranking_loss(
     max(0, d(f, t_y) + (1 - t_y . t_j) / scale - d(f, t_j)), d Euclidean.
 
     features (B, d), prototypes (C, d) used as they are (W+ columns), labels (B,).
+    The k nearest are found from ``||f||^2 + ||t||^2 - 2 f . t`` (the formula
+    ``torch.cdist`` uses at these sizes; no gradient), and only their k distances are
+    computed, exactly, with autograd: ``torch.cdist`` on all C prototypes would also
+    differentiate the (B, C) matrix and compute the features' gradient, which they do not
+    need (two (B, C, d) products per step).
     """
     k = min(k, prototypes.shape[0])
-    distances = torch.cdist(features, prototypes)  # (B, C)
-    nearest_d, nearest = distances.topk(k, dim=1, largest=False)  # (B, k) ascending
+    with torch.no_grad():
+        squared = features.pow(2).sum(-1, keepdim=True) + prototypes.pow(2).sum(-1)
+        nearest = squared.sub_(2 * features @ prototypes.T).topk(k, dim=1, largest=False)[1]
+    near = prototypes[nearest]  # (B, k, d)
+    nearest_d = (features[:, None] - near).norm(dim=-1)  # (B, k)
     t_y = prototypes[labels]  # (B, d)
     anchor = (features - t_y).norm(dim=-1, keepdim=True)  # (B, 1)
-    margins = (1.0 - (prototypes[nearest] * t_y[:, None]).sum(-1)) / scale  # (B, k)
+    margins = (1.0 - (near * t_y[:, None]).sum(-1)) / scale  # (B, k)
     return torch.clamp(anchor + margins - nearest_d, min=0).mean()
+
+
+def consistency_target(
+    w_t: torch.Tensor,
+    w_d: torch.Tensor,
+    mode: str = "class",
+    weights: tuple[float, float] = TEXT_WEIGHTS,
+) -> torch.Tensor:
+    """(d, C) 0.45 W_t / ||W_t|| + 0.55 W_d / ||W_d||, each normalised along the axis of
+    ``mode`` (the frozen side of :func:`consistency_loss`, computed once per fit)."""
+    if mode not in ("class", "official"):
+        raise ValueError(f"consistency must be 'class' or 'official', not {mode!r}")
+    dim = 0 if mode == "class" else 1
+    return weights[0] * F.normalize(w_t, dim=dim, eps=COSINE_EPS) + weights[1] * F.normalize(
+        w_d, dim=dim, eps=COSINE_EPS
+    )
 
 
 def consistency_loss(
@@ -254,18 +280,25 @@ def consistency_loss(
     w_d: torch.Tensor,
     mode: str = "class",
     weights: tuple[float, float] = TEXT_WEIGHTS,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mean(0.45 * (1 - cos(W+, W_t)) + 0.55 * (1 - cos(W+, W_d))), all (d, C).
 
     mode "class": cosine per class column (C values); "official": along the class axis for
     each feature dimension (d values), as the official code computes it.
+
+    Both cosines share W+'s norm, so the loss is ``0.45 + 0.55 - mean(W+ . T / ||W+||)``
+    with T = :func:`consistency_target` (pass it as ``target`` to reuse it across steps):
+    one product and one norm where two ``F.cosine_similarity`` make a dozen passes; equal
+    to float rounding (norms clamped at 1e-7, as ``cosine_similarity``'s eps).
     """
-    if mode not in ("class", "official"):
+    if target is None:
+        target = consistency_target(w_t, w_d, mode, weights)
+    elif mode not in ("class", "official"):
         raise ValueError(f"consistency must be 'class' or 'official', not {mode!r}")
     dim = 0 if mode == "class" else 1
-    cos_t = F.cosine_similarity(w_plus, w_t, dim=dim, eps=1e-7)
-    cos_d = F.cosine_similarity(w_plus, w_d, dim=dim, eps=1e-7)
-    return (weights[0] * (1 - cos_t) + weights[1] * (1 - cos_d)).mean()
+    cosines = (w_plus * target).sum(dim) / w_plus.norm(dim=dim).clamp_min(COSINE_EPS)
+    return (weights[0] + weights[1] - cosines).mean()
 
 
 # -- the forward -------------------------------------------------------------------------
@@ -575,7 +608,9 @@ class DualAdapter(FeatureMethod):
         result.chosen.update(chosen)
         return result
 
-    def _train(self, data, module: DualCache, beta, alpha, lam, seed) -> FitResult:
+    def optimizer(self, module: DualCache, data: FeatureData) -> torch.optim.AdamW:
+        """AdamW over the residuals that train, in two groups (negative at
+        ``negative_lr_factor`` x lr); counts them for :meth:`trainable_parameters`."""
         o, d = self.options, dual_defaults(self.options.dataset)
         shots = int(torch.bincount(data.train_labels).max())
         eps = o.eps or (d.eps_low_shot if d.eps_low_shot and shots <= 2 else d.eps)
@@ -586,21 +621,12 @@ class DualAdapter(FeatureMethod):
         if o.paths != "positive":
             groups.append({"params": module.negative_parameters(), "lr": lr * o.negative_lr_factor})
         self._trainable = sum(p.numel() for g in groups for p in g["params"])
-        optimizer = torch.optim.AdamW(groups, weight_decay=o.weight_decay, eps=eps)
+        return adamw(groups, weight_decay=o.weight_decay, eps=eps)
 
-        def loss_fn(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            f = f.float()
-            w_plus = module.positive_classifier()  # once per step: the logits and ARL share it
-            loss = F.cross_entropy(module(f, beta, alpha, lam, w_plus), y)
-            if o.paths != "negative":
-                loss = loss + o.arl_weight * adaptive_reranking_loss(
-                    f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k
-                )
-                loss = loss + o.consistency_weight * consistency_loss(
-                    w_plus, module.w_t, module.w_d, mode=o.consistency
-                )
-            return loss
-
+    def _train(self, data, module: DualCache, beta, alpha, lam, seed) -> FitResult:
+        o, d = self.options, dual_defaults(self.options.dataset)
+        optimizer = self.optimizer(module, data)
+        loss_fn = self.training_loss(module, beta, alpha, lam)
         return fit_epochs(
             module,
             optimizer,
@@ -613,6 +639,30 @@ class DualAdapter(FeatureMethod):
             progress=o.progress,
             desc=self.name,
         )
+
+    def training_loss(
+        self, module: DualCache, beta: float, alpha: float, lam: float
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The loss of one training step, ``loss(f (B, d), y (B,)) -> scalar``: CE of the
+        unified logits at (beta, alpha, lam), plus ARL and the weighted consistency unless
+        ``paths="negative"``. W+ is computed once per step (the logits and ARL share it)."""
+        o = self.options
+        target = consistency_target(module.w_t, module.w_d, o.consistency)
+
+        def loss_fn(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            f = f.float()
+            w_plus = module.positive_classifier()
+            loss = F.cross_entropy(module(f, beta, alpha, lam, w_plus), y)
+            if o.paths != "negative":
+                loss = loss + o.arl_weight * adaptive_reranking_loss(
+                    f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k
+                )
+                loss = loss + o.consistency_weight * consistency_loss(
+                    w_plus, module.w_t, module.w_d, mode=o.consistency, target=target
+                )
+            return loss
+
+        return loss_fn
 
     def search(
         self, features: torch.Tensor, labels: torch.Tensor, data: FeatureData

@@ -42,7 +42,7 @@ from torch import nn
 from .base import FeatureData, FeatureMethod, FitResult, register_method
 from .cache_ops import ValueProducts, cache_term, chunked, row_chunks
 from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
-from .training import fit_epochs
+from .training import adamw, fit_epochs
 
 Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
 LOGITS_CHUNK: int | None = None  # images per forward at evaluation; None: row_chunks(M)
@@ -264,9 +264,7 @@ class TipAdapterF(TipAdapter):
         o = self.options
         module = self.module = self._build(data, learnable_keys=True)
         beta, alpha = self._inits(data)
-        optimizer = torch.optim.AdamW(
-            module.parameters(), lr=o.lr, eps=o.eps, weight_decay=o.weight_decay
-        )
+        optimizer = adamw(module.parameters(), lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
         result = fit_epochs(
             module,
             optimizer,
