@@ -51,7 +51,10 @@ value = 1
 GOOD = [
     "import sys\nfrom pathlib import Path\nprint(sys.executable)",
     "with open(Path(output_dir) / 'executions.txt', 'a') as f:\n"
-    "    f.write(f'{value} {backbone} {pretrained} {data_root}\\n')",
+    "    f.write(f'{value} {backbone} {pretrained} {data_root}\\n')\n"
+    "(Path(output_dir) / f'value-{value}.csv').write_text('saved')\n"
+    "with open(Path(output_dir).parent / (Path(output_dir).name + '.log'), 'a') as f:\n"
+    "    f.write('executed\\n')  # outside the folder the builder empties: counts builds",
     "%matplotlib inline\nimport matplotlib.pyplot as plt\n"
     "fig, ax = plt.subplots(figsize=(3, 2))\nax.plot([1, 3, 2])\nplt.show()",
     "import pandas as pd\npd.DataFrame({'method': ['a', 'b'], 'accuracy': [50.0, 60.0]})",
@@ -95,7 +98,13 @@ def fixture(tmp_path_factory):
 
 
 def executions(out: Path, name: str) -> list[str]:
+    """What the latest build of the report wrote (its files folder is emptied per build)."""
     return (out / f"{name}_files" / "executions.txt").read_text().splitlines()
+
+
+def builds(out: Path, name: str) -> int:
+    """How many times the report's notebook ran (a log beside its files folder)."""
+    return len((out / f"{name}_files.log").read_text().splitlines())
 
 
 def index_rows(out: Path) -> dict[str, dict]:
@@ -297,6 +306,26 @@ def test_failed_runs_are_counted_and_all_failed_fails(tmp_path):
     assert top.index("1 of 3 runs FAILED") < top.index("3 runs, 1 failed")  # first lines
 
 
+def test_an_output_dir_the_user_names_is_never_emptied(tmp_path):
+    """Only the builder's own ``<name>_files`` folder is emptied before a build."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("the user's")
+    cells = ["from pathlib import Path\n(Path(output_dir) / 'made.txt').write_text('x')"]
+    notebook = write_notebook(tmp_path / "own.ipynb", cells)
+    frame = build_reports(
+        [ReportSpec("own", str(notebook), {"output_dir": str(mine)})],
+        tmp_path / "out",
+        data_root=tmp_path / "data",
+        cache_dir=tmp_path / "cache",
+        results=tmp_path / "r.sqlite",
+        progress=False,
+        force=True,
+    )
+    assert frame["status"].tolist() == ["ok"]
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt", "made.txt"]
+
+
 def test_project_notebooks_get_paths_relative_to_the_root(tmp_path):
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
@@ -331,7 +360,7 @@ def test_rebuild_skips_finished_reports_and_force_reexecutes(fixture):
     after = load_manifest(out)
     for name in ("good", "good-value2"):
         assert after[name]["built_at"] == before[name]["built_at"]
-        assert len(executions(out, name)) == 1
+        assert builds(out, name) == 1
     assert after["bad"]["started_at"] >= before["bad"]["built_at"]
 
     good = ReportSpec("good", str(fixture["good"]), {"value": 7}, "Good report")
@@ -342,10 +371,15 @@ def test_rebuild_skips_finished_reports_and_force_reexecutes(fixture):
     }
     build = dict(out=out, overrides=quick, progress=False, **common)
     changed = build_reports([good], **build)  # another parameter value: executed
-    assert changed["skipped"].tolist() == [False] and len(executions(out, "good")) == 2
+    assert changed["skipped"].tolist() == [False] and builds(out, "good") == 2
+    # the previous build's files are gone: only what this build saved is published
+    saved = sorted(p.name for p in (out / "good_files").iterdir())
+    assert saved == ["executions.txt", "value-7.csv"]
+    assert len(executions(out, "good")) == 1  # the appended file started afresh
+    assert load_manifest(out)["good"]["files"] == [f"good_files/{n}" for n in saved]
     assert build_reports([good], **build)["skipped"].tolist() == [True]
     forced = build_reports([good], force=True, **build)
-    assert forced["skipped"].tolist() == [False] and len(executions(out, "good")) == 3
+    assert forced["skipped"].tolist() == [False] and builds(out, "good") == 3
     assert list(index_rows(out)) == ["good", "bad", "good-value2"]  # earlier reports stay listed
 
 

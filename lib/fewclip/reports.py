@@ -15,7 +15,10 @@ For a report named ``dual`` and ``--out reports``:
                              the top names the .ipynb beside it; --code shows them), a header
                              with the fewclip commit, the model and how many runs failed,
                              figures embedded as data URIs (one self-contained file)
-    reports/dual_files/      the notebook's ``output_dir`` (tables or figures it saves)
+    reports/dual_files/      the notebook's ``output_dir`` (tables or figures it saves);
+                             emptied before each build of the report, so that it holds
+                             only what the latest build saved (an ``output_dir`` given as
+                             a parameter is the user's folder and is left as it is)
     reports/index.html       every report: links (HTML, notebook, saved files), parameters,
                              status (ok, ok with failed runs, or failed with the error),
                              duration, build time
@@ -47,6 +50,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -287,6 +291,8 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
     error = None
     previous = os.environ.get(PUBLISHED_ROOT_VAR)
     try:
+        if files and job.get("files_owned") and files.is_dir():
+            shutil.rmtree(files)  # a previous build's files: none may outlive it
         if files:
             files.mkdir(parents=True, exist_ok=True)
         # the kernel inherits this: its banner then names no path of the build machine
@@ -416,8 +422,11 @@ def build_reports(
     jobs: list[dict[str, Any]] = []
     skipped = set()
     for spec in specs:
-        params = {**common, "output_dir": out / f"{spec.name}_files"}
+        own_files = out / f"{spec.name}_files"
+        params = {**common, "output_dir": own_files}
         params.update({**spec.parameters, **(overrides or {})})
+        # the builder's own folder is emptied before a build; a folder the user named is not
+        owned = Path(params["output_dir"]).expanduser().absolute() == own_files
         root = _root_of(spec.notebook)
         files_dir = None
         for key in PATH_PARAMETERS:
@@ -451,6 +460,7 @@ def build_reports(
                 **entry,
                 "source": _relative(Path(spec.notebook).absolute(), root),
                 "files_dir": files_dir,
+                "files_owned": owned,
                 "notebook": str(Path(spec.notebook).absolute()),
                 "ipynb": str(out / f"{spec.name}.ipynb"),
                 "html": str(out / f"{spec.name}.html"),
