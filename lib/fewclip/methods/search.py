@@ -370,9 +370,9 @@ def grid_search(
     """
     counts = None
     for b, beta in enumerate(betas):
-        c = _counts_at(components(beta), combine, labels, alphas, lams, max_elements, prune)
-        counts = c.new_zeros(len(betas), *c.shape) if counts is None else counts
-        counts[b] = c
+        c = _counts_stacked([components(beta)], combine, labels, alphas, lams, max_elements, prune)
+        counts = c.new_zeros(len(betas), *c.shape[1:]) if counts is None else counts
+        counts[b] = c[0]
     return _choose(counts, betas, alphas, lams, labels.numel())
 
 
@@ -435,15 +435,6 @@ def _counts_stacked(comps, combine, labels, alphas, lams, max_elements, prune) -
         prune=prune,
         groups=groups,
         num_groups=len(comps),
-    )
-
-
-def _counts_at(comp, combine, labels, alphas, lams, max_elements, prune) -> torch.Tensor:
-    """(A, L) correct counts at one beta (L = 1 without lam)."""
-    alpha_t = _grid_tensor(alphas, comp[0])
-    lam_t = None if lams is None else _grid_tensor(lams, comp[0])
-    return count_correct(
-        comp, combine, labels, alpha_t, lam_t, max_elements=max_elements, prune=prune
     )
 
 
