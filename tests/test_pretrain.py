@@ -125,6 +125,53 @@ def test_colour_jitter_and_blur_act_as_documented():
     assert torch.equal(v1, off)
 
 
+def test_edges_hand_case():
+    """White 8 x 8 with a red 4 x 4 square at rows / columns 2-5: a luminance step marks the
+    pixel left of / above it (column 1, row 1 beside the square) and the square's own far
+    side (column 5, row 5); the square's border ring touches the background."""
+    from fewclip.pretrain.train import _edges
+
+    x = torch.ones(1, 3, 8, 8)
+    x[:, 1:, 2:6, 2:6] = 0.0
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2:6, 2:6] = True
+    expected[3:5, 3:5] = False  # the square's inside touches no background, has no step
+    expected[2:6, 1] = True  # steps to the right neighbour
+    expected[1, 2:6] = True  # steps to the neighbour below
+    assert torch.equal(_edges(x)[0, 0], expected)
+    assert not _edges(torch.ones(1, 3, 8, 8)).any()  # a blank image has no edges
+
+
+def test_outline_and_sketch_act_as_documented():
+    """Outlines darken exactly the edges of the augmented image (one grey in [0, 0.25]); a
+    sketch is those edges black on white; both off draw what version 1 drew."""
+    from fewclip.pretrain.train import CLIP_MEAN, CLIP_STD, _edges
+
+    def unnormalise(x):
+        return x * CLIP_STD + CLIP_MEAN
+
+    square = torch.full((3, 3, 64, 64), 255, dtype=torch.uint8)
+    square[:, 1:, 16:48, 16:48] = 0  # red on white
+    keep = dict(scale_min=0.8, grayscale_p=0.0)
+
+    def draw(**kw):
+        return unnormalise(augment(square, 64, torch.Generator().manual_seed(0), **keep, **kw))
+
+    plain, lined, sketch = draw(), draw(outline_p=1.0), draw(sketch_p=1.0)
+    edges = _edges(plain)[:, 0]  # (3, 64, 64)
+    assert edges.sum() > 100
+    changed = (lined - plain).abs().amax(1) > 1e-4
+    assert torch.equal(changed, edges)  # exactly the edges change
+    on_edges = lined.permute(1, 0, 2, 3)[:, edges]  # (3, edge pixels)
+    assert on_edges.max() <= 0.25 + 1e-4
+    assert torch.allclose(on_edges, on_edges[:1].expand_as(on_edges), atol=1e-5)  # grey
+    assert torch.allclose(sketch, (~edges).float()[:, None].expand_as(sketch), atol=1e-5)
+    board = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    v1 = augment(board, 32, torch.Generator().manual_seed(3))
+    off = augment(board, 32, torch.Generator().manual_seed(3), outline_p=0.0, sketch_p=0.0)
+    assert torch.equal(v1, off)
+
+
 def test_pretrain_learns_resumes_and_round_trips(tmp_path):
     corpus = make_corpus(tmp_path)
     cfg = PretrainConfig(

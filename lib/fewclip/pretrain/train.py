@@ -56,6 +56,10 @@ class PretrainConfig:
     color_jitter: float = 0.0
     #: probability of a 3x3 box blur of an image (0 = off, the version-1 recipe)
     blur_p: float = 0.0
+    #: probability of dark outlines drawn along an image's shape and colour edges (0 = off)
+    outline_p: float = 0.0
+    #: probability of an image turned into a line drawing: its edges black on white (0 = off)
+    sketch_p: float = 0.0
     #: comma-separated corpus styles (only the corpus's TRAIN_STYLES are accepted)
     styles: str = ",".join(TRAIN_STYLES)
     #: "style": a style of the emoji, then an image of it; "image": any of its images (v1)
@@ -82,6 +86,8 @@ def augment(
     grayscale_p: float = 0.2,
     color_jitter: float = 0.0,
     blur_p: float = 0.0,
+    outline_p: float = 0.0,
+    sketch_p: float = 0.0,
 ) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> (B, 3, size, size) normalised float: random resized crop
     (area in [scale_min, 1], aspect in [3/4, 4/3]) resampled by ``roi_align``, random grey.
@@ -89,8 +95,13 @@ def augment(
     With ``color_jitter = s > 0`` each image then gets brightness ``x * b``, contrast
     ``m + c (x - m)`` (``m`` its mean luminance) and saturation ``l + a (x - l)`` (``l`` the
     pixel's luminance), factors ``b, c, a`` uniform in ``[1 - s, 1 + s]``, clamped to [0, 1];
-    with ``blur_p > 0`` that share of images is 3x3 box-blurred. Both draw from
-    ``generator`` only when on, so ``s = 0, blur_p = 0`` draws exactly what version 1 drew.
+    with ``blur_p > 0`` that share of images is 3x3 box-blurred. Two style changes
+    (version 3), generic drawing styles of icon sets: ``outline_p`` of the images get
+    dark outlines (pixels on an edge, where the luminance differs from a 4-neighbour's by
+    more than 0.2, or on the shape's border against the white background, set to a
+    darkness in [0, 0.25]); ``sketch_p`` become line drawings (the same edges black on
+    white). Each draws from ``generator`` only
+    when on, so ``s = 0`` and zero probabilities draw exactly what version 1 drew.
     """
     b, _, h, w = images.shape
     area = torch.empty(b).uniform_(scale_min, 1.0, generator=generator)
@@ -114,7 +125,35 @@ def augment(
             x[blur] = torch.nn.functional.avg_pool2d(
                 x[blur], 3, stride=1, padding=1, count_include_pad=False
             )
+    if outline_p > 0:
+        chosen = torch.rand(b, generator=generator) < outline_p
+        darkness = torch.empty(b, 1, 1, 1).uniform_(0.0, 0.25, generator=generator)
+        if chosen.any():
+            edges = _edges(x[chosen])
+            x[chosen] = torch.where(edges, darkness[chosen], x[chosen])
+    if sketch_p > 0:
+        chosen = torch.rand(b, generator=generator) < sketch_p
+        if chosen.any():
+            x[chosen] = (~_edges(x[chosen])).float().expand(-1, 3, -1, -1)
     return (x - CLIP_MEAN) / CLIP_STD
+
+
+#: Luminance step between 4-neighbours that counts as an edge (outline augmentation).
+EDGE_STEP = 0.2
+#: Luminance above which a pixel is background (the corpus composites on white).
+BACKGROUND_LUMINANCE = 0.97
+
+
+def _edges(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W) bool: a luminance step of more than
+    EDGE_STEP to the right or below neighbour, or a foreground pixel next to background."""
+    lum = _luminance(x)
+    step = torch.zeros_like(lum, dtype=torch.bool)
+    step[..., :, :-1] |= (lum[..., :, 1:] - lum[..., :, :-1]).abs() > EDGE_STEP
+    step[..., :-1, :] |= (lum[..., 1:, :] - lum[..., :-1, :]).abs() > EDGE_STEP
+    background = (lum > BACKGROUND_LUMINANCE).float()
+    near_background = torch.nn.functional.max_pool2d(background, 3, stride=1, padding=1) > 0
+    return step | (near_background & (background == 0))
 
 
 def _luminance(x: torch.Tensor) -> torch.Tensor:
@@ -253,6 +292,8 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
             cfg.grayscale_p,
             cfg.color_jitter,
             cfg.blur_p,
+            cfg.outline_p,
+            cfg.sketch_p,
         )
         image_f, text_f, scale = model(images, tokenizer(captions))
         loss = loss_fn(image_f, text_f, scale)
