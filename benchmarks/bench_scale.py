@@ -92,14 +92,6 @@ def synthetic(classes: int, shots: int, val: int, dim: int, seed: int = 0) -> Fe
     )
 
 
-def timed(fn, repeat: int = 2) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
-
-
 #: The (N, d) x (d, C) products of one training step besides the two affinities: forward
 #: f @ R_k^T, f @ R_k-^T (the residual keys' share of the affinities), f @ W+, f @ W_n (the
 #: text logits) and f @ W+ again (ARL's nearest prototypes); backward the (C, N) x (N, d)

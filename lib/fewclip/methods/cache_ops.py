@@ -87,9 +87,16 @@ class ClassBlocks:
     def shots(self) -> int:
         return self.labels.numel() // self.num_classes
 
+    def by_block(self, per_class: torch.Tensor, dim: int) -> torch.Tensor:
+        """Per-class values along ``dim`` (class c) -> per block (block b holds the class
+        of block b), blocked caches only; the inverse of :meth:`in_class_order`."""
+        if self.in_order:
+            return per_class
+        return per_class.index_select(dim, self.block_class)
+
     def _by_block(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C) -> (N, C, 1), column b = x[:, class of block b] (blocked caches only)."""
-        return (x if self.in_order else x.index_select(1, self.block_class))[:, :, None]
+        return self.by_block(x, 1)[:, :, None]
 
     def in_class_order(self, per_block: torch.Tensor, dim: int) -> torch.Tensor:
         """Per-block results along ``dim`` (block b) -> per class (class c), blocked only."""
@@ -265,10 +272,7 @@ class ResidualKeys:
         """(M,) F_i . R_{y_i}."""
         if self.blocks is None:
             return (self.keys * residual[self.labels]).sum(-1)
-        if self.classes.in_order:
-            per_block = residual.unsqueeze(-1)
-        else:
-            per_block = residual.index_select(0, self.classes.block_class).unsqueeze(-1)
+        per_block = self.classes.by_block(residual, 0).unsqueeze(-1)  # (C, d, 1)
         return torch.bmm(self.blocks, per_block).flatten()
 
     def class_sums(self, w: torch.Tensor) -> torch.Tensor:

@@ -258,6 +258,14 @@ def adaptive_reranking_loss(
     return torch.clamp(anchor + margins - nearest_d, min=0).mean()
 
 
+def _consistency_dim(mode: str) -> int:
+    """The axis the consistency cosines run along: 0 per class ("class"), 1 along the class
+    axis ("official")."""
+    if mode not in ("class", "official"):
+        raise ValueError(f"consistency must be 'class' or 'official', not {mode!r}")
+    return 0 if mode == "class" else 1
+
+
 def consistency_target(
     w_t: torch.Tensor,
     w_d: torch.Tensor,
@@ -266,9 +274,7 @@ def consistency_target(
 ) -> torch.Tensor:
     """(d, C) 0.45 W_t / ||W_t|| + 0.55 W_d / ||W_d||, each normalised along the axis of
     ``mode`` (the frozen side of :func:`consistency_loss`, computed once per fit)."""
-    if mode not in ("class", "official"):
-        raise ValueError(f"consistency must be 'class' or 'official', not {mode!r}")
-    dim = 0 if mode == "class" else 1
+    dim = _consistency_dim(mode)
     return weights[0] * F.normalize(w_t, dim=dim, eps=COSINE_EPS) + weights[1] * F.normalize(
         w_d, dim=dim, eps=COSINE_EPS
     )
@@ -292,11 +298,9 @@ def consistency_loss(
     one product and one norm where two ``F.cosine_similarity`` make a dozen passes; equal
     to float rounding (norms clamped at 1e-7, as ``cosine_similarity``'s eps).
     """
+    dim = _consistency_dim(mode)
     if target is None:
         target = consistency_target(w_t, w_d, mode, weights)
-    elif mode not in ("class", "official"):
-        raise ValueError(f"consistency must be 'class' or 'official', not {mode!r}")
-    dim = 0 if mode == "class" else 1
     cosines = (w_plus * target).sum(dim) / w_plus.norm(dim=dim).clamp_min(COSINE_EPS)
     return (weights[0] + weights[1] - cosines).mean()
 

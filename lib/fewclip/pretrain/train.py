@@ -100,8 +100,8 @@ def augment(
     dark outlines (pixels on an edge, where the luminance differs from a 4-neighbour's by
     more than 0.2, or on the shape's border against the white background, set to a
     darkness in [0, 0.25]); ``sketch_p`` become line drawings (the same edges black on
-    white). Each draws from ``generator`` only
-    when on, so ``s = 0`` and zero probabilities draw exactly what version 1 drew.
+    white). Each draws from ``generator`` only when on, so ``s = 0`` and zero
+    probabilities draw exactly what version 1 drew.
     """
     b, _, h, w = images.shape
     area = torch.empty(b).uniform_(scale_min, 1.0, generator=generator)
