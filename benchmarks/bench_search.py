@@ -17,10 +17,12 @@ searched three ways on the same val features:
 - nested loop, shared beta terms: the same loops with everything that depends on no
   hyper-parameter computed once and the beta-only components once per beta (no code of
   the official repository is this fast: it is the loop our vectorised search replaces);
-- vectorised: :func:`fewclip.methods.search.grid_search` with candidate pruning;
+- vectorised: :func:`fewclip.methods.search.grid_search` with candidate pruning and
+  alpha intervals (the default);
+- vectorised with pruning, every alpha evaluated (``intervals=False``);
 - vectorised without pruning.
 
-The last three must choose the same setting, and the official transcription must choose
+The last four must choose the same setting, and the official transcription must choose
 what the vectorised search chooses on the slice it runs (the script exits with status 1
 otherwise). The time of the components alone (shared by every variant) is reported
 separately.
@@ -156,6 +158,7 @@ def bench(
         loop, t_loop = timed(lambda: grid_search_loop(*args))
         fast, t_fast = timed(lambda: grid_search(*args))
         plain, t_plain = timed(lambda: grid_search(*args, prune=False))
+        every, t_every = timed(lambda: grid_search(*args, intervals=False))
         t_official = official_same = None
         grid = len(betas) * len(alphas) * len(lams)
         if official:
@@ -187,18 +190,28 @@ def bench(
         print(
             f"  official loop on its slice chooses what the vectorised search does: {official_same}"
         )
-    for label, seconds in (("vectorised, pruned:", t_fast), ("vectorised, no pruning:", t_plain)):
+    variants = (
+        ("vectorised, pruned, alpha intervals:", t_fast),
+        ("vectorised, pruned, every alpha:", t_every),
+        ("vectorised, no pruning:", t_plain),
+    )
+    for label, seconds in variants:
         search_only = (t_loop - t_components) / max(seconds - t_components, 1e-9)
         print(
-            f"{label:44s} {seconds:8.2f} s   ratio {t_loop / seconds:6.1f}x "
+            f"{label:40s} {seconds:8.2f} s   ratio {t_loop / seconds:6.1f}x "
             f"({search_only:.1f}x without the components)"
         )
-    for label, r in (("loop", loop), ("vectorised", fast), ("no pruning", plain)):
+    for label, r in (
+        ("loop", loop),
+        ("vectorised", fast),
+        ("every alpha", every),
+        ("no pruning", plain),
+    ):
         print(
             f"  {label:11s} beta={r.beta:.4f} alpha={r.alpha:.4f} lam={r.lam:.4f} "
             f"index={r.index} val acc={r.accuracy:.2f}"
         )
-    same = loop == fast == plain
+    same = loop == fast == every == plain
     print("same setting:", same)
     return same and official_same is not False
 

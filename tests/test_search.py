@@ -243,3 +243,56 @@ def test_first_maximum_by_comparisons_equals_argmax(classes):
     expected = logits.argmax(-2) == labels
     assert torch.equal(_label_is_first_max(logits, labels), expected)
     assert 0 < int(expected.sum()) < expected.numel() or classes == 1
+
+
+def near_tie_components(n=200, seed=0):
+    """Class 1 equals the label (class 0) in the text terms and within 1e-7 in the cache
+    terms: the label's lead over class 1 stays within float32 rounding of zero."""
+    g = torch.Generator().manual_seed(seed)
+    comp = [torch.randn(n, 3, generator=g) for _ in range(4)]
+    for k in (0, 2):
+        comp[k][:, 1] = comp[k][:, 0]
+    for k in (1, 3):
+        comp[k][:, 1] = comp[k][:, 0] + 1e-7 * torch.randn(n, generator=g)
+    return tuple(comp), torch.zeros(n, dtype=torch.long)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_intervals_count_exactly_what_every_alpha_counts(seed):
+    """The interval count equals the full evaluation of every (alpha, lam) on rows whose
+    lead is within rounding of zero; without its rounding margin it does not."""
+    from fewclip.methods.search import (
+        INTERVAL_ULPS,
+        _count_block,
+        _count_by_intervals,
+        rounding_margin,
+    )
+
+    comp, labels = near_tie_components(seed=seed)
+    alphas, lams = torch.tensor(linear_grid(0, 7, 40)), torch.tensor(linear_grid(0.6, 1.0, 20))
+    groups = torch.zeros_like(labels)
+    full = _count_block(comp, dual_combine, labels, alphas, lams, 1 << 22, groups, 1)
+    assert 0 < int(full.sum()) < full.numel() * labels.numel()
+
+    def by_intervals(ulps):
+        margin = rounding_margin(comp, alphas, lams, ulps=ulps)
+        return _count_by_intervals(comp, dual_combine, labels, alphas, lams, margin, groups, 1)
+
+    assert torch.equal(by_intervals(INTERVAL_ULPS), full)
+    assert not torch.equal(by_intervals(0), full)  # the float64 lines alone misjudge ties
+
+
+def test_intervals_switch_and_unsorted_alphas_give_the_same_counts():
+    components, labels = random_components(n=90, c=20, seed=8, signal=2.0)
+    comp = components(0.7)
+    lams = torch.tensor(linear_grid(0.3, 1.0, 7))
+    for alphas in (torch.tensor(linear_grid(0, 4, 9)), torch.tensor([2.0, 0.0, 3.5, 1.0])):
+        reference = count_correct(comp, dual_combine, labels, alphas, lams, prune=False)
+        for intervals in (True, False):
+            counts = count_correct(comp, dual_combine, labels, alphas, lams, intervals=intervals)
+            assert torch.equal(counts, reference)
+    alphas = torch.tensor(linear_grid(0, 4, 9))
+    without_lam = count_correct(comp, tip_combine, labels, alphas, None)
+    assert torch.equal(
+        without_lam, count_correct(comp, tip_combine, labels, alphas, None, prune=False)
+    )

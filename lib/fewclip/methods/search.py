@@ -40,6 +40,15 @@ tie-break. A sample whose label is no candidate is wrong at every setting, one w
 candidate is its label right at every setting; neither is combined. A runtime check at
 the box centre disables pruning when ``combine`` is not multilinear.
 
+Speed: alpha intervals (``intervals=True``, with pruning). For one sample and one lam the
+logits are affine in alpha, so the alphas where the label is the argmax form an interval
+(where its line tops every other class's line): per (sample, lam) the interval's ends are
+found from the candidates' lines, and the correct counts of all alphas follow from the
+ends, one pass over the classes instead of one per alpha. The lines are computed in
+float64 and the decision keeps a margin of float32 rounding: grid alphas within that
+margin of an end are evaluated by ``combine`` itself, in the grid's own float32
+arithmetic, so the counts are the same integers (:func:`_count_by_intervals`).
+
 Per-call overhead (small val sets, where it dominates): :func:`grid_search_chunked`
 stacks the rows of several betas into one :func:`count_correct` call (counts kept per
 beta with ``groups``), and blocks of at most :data:`FEW_CLASSES` candidate classes test
@@ -196,6 +205,22 @@ def _block(combine: CombineFn, comp: Components, alpha, lam) -> torch.Tensor:
     return logits.unsqueeze(1) if lam is None else logits
 
 
+def rounding_margin(
+    comp: Components, alpha: torch.Tensor, lam: torch.Tensor | None, ulps: float = 512
+):
+    """(N, 1) a bound on the float rounding of any logit ``combine`` computes on a row in
+    the grid's box: ``ulps`` units in the last place of ``size (1 + max|alpha|) (1 +
+    max|lam|)``, size the sum over the components of the row's largest magnitude (a bound
+    on every intermediate value). A combine of a few operations (the cache methods': at
+    most 7 per logit, each rounding by half a unit) errs by a few units; the default is
+    generous (pruning only needs a bound), :func:`_count_by_intervals` uses 16."""
+    a_max = float(alpha.abs().max())
+    m_max = 0.0 if lam is None else float(lam.abs().max())
+    size = sum(c.abs().amax(-1, keepdim=True) for c in comp)  # (N, 1)
+    info = torch.finfo(comp[0].dtype)
+    return ulps * info.eps * size * (1 + a_max) * (1 + m_max) + info.tiny
+
+
 def candidate_mask(
     comp: Components,
     combine: CombineFn,
@@ -214,12 +239,7 @@ def candidate_mask(
     """
     a_c, m_c = _corners(alpha), _corners(lam)
     corner = _block(combine, comp, a_c, m_c).flatten(0, 1)  # (2 or 4, N, C)
-    # A bound on every intermediate value of combine, times a generous rounding factor.
-    a_max = float(alpha.abs().max())
-    m_max = 0.0 if lam is None else float(lam.abs().max())
-    size = sum(c.abs().amax(-1, keepdim=True) for c in comp)  # (N, 1)
-    eps = torch.finfo(corner.dtype).eps
-    margin = 256 * eps * size * (1 + a_max) * (2 + 2 * m_max) + torch.finfo(corner.dtype).tiny
+    margin = rounding_margin(comp, alpha, lam)
     # Multilinearity check at the centre of the box: the mean of the corner values.
     m_centre = None if m_c is None else m_c.mean().view(1)
     centre = _block(combine, comp, a_c.mean().view(1), m_centre)[0, 0]
@@ -310,6 +330,113 @@ def _label_is_first_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return ~wrong
 
 
+def _ranges(lo: torch.Tensor, hi: torch.Tensor, grid: torch.Tensor, closed: bool):
+    """Index ranges [start, stop) of the ascending ``grid`` values in the interval from
+    ``lo`` to ``hi`` (open: lo < g < hi; closed: lo <= g <= hi)."""
+    start = torch.searchsorted(grid, lo.contiguous(), right=not closed)
+    stop = torch.searchsorted(grid, hi.contiguous(), right=closed)
+    return start, torch.maximum(start, stop)
+
+
+def _line_bounds(u: torch.Tensor, v: torch.Tensor, threshold: torch.Tensor):
+    """The alphas where u + alpha v > threshold for every class (last axis): (lo, hi), lo
+    >= hi where there are none. u, v, threshold broadcast to (..., K)."""
+    cut = (threshold - u) / v
+    inf = torch.full_like(cut, torch.inf)
+    lo = torch.where(v > 0, cut, -inf).amax(-1)
+    hi = torch.where(v < 0, cut, inf).amin(-1)
+    never = ((v == 0) & (u <= threshold)).any(-1)
+    return lo, torch.where(never, -torch.inf, hi)
+
+
+#: The rounding bound of :func:`_count_by_intervals` in units in the last place (see
+#: :func:`rounding_margin`): the label's lead over a class is decided where it exceeds
+#: 4 x this bound (twice the bound on the lead's own rounding).
+INTERVAL_ULPS = 16
+#: Most logits evaluated at once when :func:`_count_by_intervals` checks undecided points.
+POINT_BLOCK_ELEMENTS = 1 << 20
+
+
+def _count_by_intervals(
+    comp: Components,
+    combine: CombineFn,
+    labels: torch.Tensor,
+    alpha: torch.Tensor,
+    lam: torch.Tensor | None,
+    margin: torch.Tensor,
+    groups: torch.Tensor,
+    num_groups: int,
+) -> torch.Tensor:
+    """(G, A, L) correct counts, the same integers as :func:`_count_block`, without
+    evaluating every alpha.
+
+    For one row and one lam, ``combine`` is affine in alpha, so the label's lead over
+    class c is a line u_c + alpha v_c (its coefficients computed in float64 from
+    ``combine`` at alpha 0 and 1). The alphas where every lead exceeds ``4 * margin`` (a
+    bound on float32 rounding, see :func:`rounding_margin`) are right for certain, those
+    where some lead is below ``-4 * margin`` wrong for certain: two intervals, so each
+    row and lam costs one pass over its K classes instead of A. Only the grid alphas
+    between the two intervals (near a crossing, usually none) are evaluated, by
+    ``combine`` in the grid's float32 arithmetic, and tested as ``argmax`` does (first
+    maximum). ``alpha`` must be ascending.
+    """
+    num_alpha, num_lam = alpha.numel(), 1 if lam is None else lam.numel()
+    double = _like(comp, [c.double() for c in comp])
+    lam64 = None if lam is None else lam.double().view(-1, 1, 1)
+    zero, one = (torch.tensor(x, dtype=torch.float64, device=alpha.device) for x in (0, 1))
+    u = combine(double, zero, lam64)  # (L, R, K); without lam (R, K)
+    v = combine(double, one, lam64) - u
+    if lam is None:
+        u, v = u.unsqueeze(0), v.unsqueeze(0)
+    at_label = labels.view(1, -1, 1).expand(u.shape[0], -1, 1)
+    u = u.gather(-1, at_label) - u  # the label's lead over each class
+    v = v.gather(-1, at_label) - v
+    own = torch.zeros_like(u, dtype=torch.bool).scatter_(-1, at_label, True)
+    u = u.masked_fill(own, torch.inf)  # the label's own column constrains nothing
+    v = v.masked_fill(own, 0.0)
+    threshold = 4 * margin.double().view(1, -1, 1)  # (1, R, 1)
+    grid = alpha.double()
+    sure_lo, sure_hi = _line_bounds(u, v, threshold)
+    maybe_lo, maybe_hi = _line_bounds(u, v, -threshold)
+    start, stop = _ranges(sure_lo, sure_hi, grid, closed=False)  # (L, R) right for certain
+    first, last = _ranges(maybe_lo, maybe_hi, grid, closed=True)  # outside: wrong for certain
+    empty = start >= stop
+    start = torch.where(empty, first, torch.maximum(start, first))
+    stop = torch.where(empty, first, torch.minimum(stop, last))
+
+    # certain ranges, as +1 / -1 at their ends summed along alpha
+    lam_index = torch.arange(num_lam, device=alpha.device).view(-1, 1).expand_as(start)
+    row_group = groups.view(1, -1).expand_as(start)
+    edges = torch.zeros(num_groups, num_lam, num_alpha + 1, dtype=torch.long, device=alpha.device)
+    ones = torch.ones_like(start)
+    edges.index_put_((row_group, lam_index, start), ones, accumulate=True)
+    edges.index_put_((row_group, lam_index, stop), -ones, accumulate=True)
+    counts = edges.cumsum(-1)[..., :num_alpha].permute(0, 2, 1).contiguous()  # (G, A, L)
+
+    # undecided points: [first, start) and [stop, last), evaluated as the grid does
+    begins = torch.cat([first.flatten(), stop.flatten()])
+    lengths = torch.cat([(start - first).flatten(), (last - stop).flatten()])
+    entry = torch.arange(begins.numel(), device=alpha.device).repeat_interleave(lengths)
+    if entry.numel() == 0:
+        return counts
+    offset = torch.arange(entry.numel(), device=alpha.device) - (
+        lengths.cumsum(0) - lengths
+    ).repeat_interleave(lengths)
+    alpha_index = begins[entry] + offset
+    flat = entry % start.numel()  # back to the (L, R) entry
+    lam_of, row_of = flat // start.shape[1], flat % start.shape[1]
+    k = comp[0].shape[-1]
+    step = max(1, POINT_BLOCK_ELEMENTS // k)
+    for p0 in range(0, entry.numel(), step):
+        rows, a_i, m_i = (t[p0 : p0 + step] for t in (row_of, alpha_index, lam_of))
+        point_lam = None if lam is None else lam[m_i].view(-1, 1)
+        point_comp = _like(comp, [c.index_select(0, rows) for c in comp])
+        logits = combine(point_comp, alpha[a_i].view(-1, 1), point_lam)
+        right = (logits.argmax(-1) == labels[rows]).long()
+        counts.index_put_((groups[rows], a_i, m_i), right, accumulate=True)
+    return counts
+
+
 def count_correct(
     comp: Components,
     combine: CombineFn,
@@ -319,6 +446,7 @@ def count_correct(
     *,
     max_elements: int = MAX_BLOCK_ELEMENTS,
     prune: bool = True,
+    intervals: bool = True,
     groups: torch.Tensor | None = None,
     num_groups: int = 1,
 ) -> torch.Tensor:
@@ -327,7 +455,9 @@ def count_correct(
 
     With pruning, a sample whose label is no candidate is wrong everywhere, one whose only
     candidate is its label is right everywhere; only the other samples are combined, over
-    their candidate classes.
+    their candidate classes: by :func:`_count_by_intervals` (``intervals=True`` and an
+    ascending alpha grid), else at every (alpha, lam) by :func:`_count_block`. Without
+    pruning every setting is evaluated (the reference the tests compare with).
     """
     grouped = groups is not None
     if not grouped:  # one group: every row counts towards the same (A, L)
@@ -346,9 +476,15 @@ def count_correct(
         classes = candidate_classes(mask[rows])  # (R, K)
         comp = _like(comp, [c[rows].gather(-1, classes) for c in comp])
         position = (classes == labels[rows, None]).long().argmax(-1)  # the label's column
-        counts += _count_block(
-            comp, combine, position, alpha, lam, max_elements, groups[rows], num_groups
-        )
+        if intervals and bool((alpha[1:] >= alpha[:-1]).all()):
+            margin = rounding_margin(comp, alpha, lam, ulps=INTERVAL_ULPS)
+            counts += _count_by_intervals(
+                comp, combine, position, alpha, lam, margin, groups[rows], num_groups
+            )
+        else:
+            counts += _count_block(
+                comp, combine, position, alpha, lam, max_elements, groups[rows], num_groups
+            )
     return counts if grouped else counts[0]
 
 
@@ -362,6 +498,7 @@ def grid_search(
     *,
     max_elements: int = MAX_BLOCK_ELEMENTS,
     prune: bool = True,
+    intervals: bool = True,
 ) -> SearchResult:
     """The setting :func:`grid_search_loop` picks, computed in blocks (see the module doc).
 
@@ -370,7 +507,9 @@ def grid_search(
     """
     counts = None
     for b, beta in enumerate(betas):
-        c = _counts_stacked([components(beta)], combine, labels, alphas, lams, max_elements, prune)
+        c = _counts_stacked(
+            [components(beta)], combine, labels, alphas, lams, max_elements, prune, intervals
+        )
         counts = c.new_zeros(len(betas), *c.shape[1:]) if counts is None else counts
         counts[b] = c[0]
     return _choose(counts, betas, alphas, lams, labels.numel())
@@ -389,6 +528,7 @@ def grid_search_chunked(
     rows: int,
     max_elements: int = MAX_BLOCK_ELEMENTS,
     prune: bool = True,
+    intervals: bool = True,
 ) -> SearchResult:
     """:func:`grid_search` over ``features`` (N, d) in chunks of ``rows``: memory flat in N.
 
@@ -410,14 +550,18 @@ def grid_search_chunked(
                 first if b0 + i == 0 else components(chunk_terms, beta)
                 for i, beta in enumerate(batch)
             ]
-            c = _counts_stacked(comps, combine, chunk_labels, alphas, lams, max_elements, prune)
+            c = _counts_stacked(
+                comps, combine, chunk_labels, alphas, lams, max_elements, prune, intervals
+            )
             counts = c.new_zeros(len(betas), *c.shape[1:]) if counts is None else counts
             counts[b0 : b0 + len(batch)] += c
         del chunk_terms
     return _choose(counts, betas, alphas, lams, labels.numel())
 
 
-def _counts_stacked(comps, combine, labels, alphas, lams, max_elements, prune) -> torch.Tensor:
+def _counts_stacked(
+    comps, combine, labels, alphas, lams, max_elements, prune, intervals
+) -> torch.Tensor:
     """(B, A, L) correct counts for B betas' components, stacked along the rows in one call
     (fewer, larger tensor operations; the counts are integers, so the same)."""
     stacked = _like(comps[0], [torch.cat(parts) for parts in zip(*comps, strict=True)])
@@ -433,6 +577,7 @@ def _counts_stacked(comps, combine, labels, alphas, lams, max_elements, prune) -
         lam_t,
         max_elements=max_elements,
         prune=prune,
+        intervals=intervals,
         groups=groups,
         num_groups=len(comps),
     )
