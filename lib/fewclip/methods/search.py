@@ -63,7 +63,9 @@ sums each setting's integer counts over the chunks, so its choice is the unchunk
 
 Measured with ``benchmarks/bench_search.py`` (1 CPU thread, DualAdapter's full 160,000
 setting grid, C = 100, 400 val images): nested loop 27 s, vectorised 3 s, of which 1.5 s
-are the per-beta components that both pay; the same choice every time.
+are the per-beta components that both pay; the same choice every time. Alpha intervals
+against evaluating every alpha, side by side (C = 100, 400 val, slower machine): 5.2 s ->
+3.8 s.
 """
 
 from __future__ import annotations
