@@ -296,3 +296,28 @@ def test_intervals_switch_and_unsorted_alphas_give_the_same_counts():
     assert torch.equal(
         without_lam, count_correct(comp, tip_combine, labels, alphas, None, prune=False)
     )
+
+
+def test_intervals_with_non_finite_rows_count_as_the_grid_does():
+    """A NaN or inf in a row's components leaves that row to the exact evaluation."""
+    from fewclip.methods.search import (
+        INTERVAL_ULPS,
+        _count_block,
+        _count_by_intervals,
+        rounding_margin,
+    )
+
+    components, labels = random_components(n=40, c=5, seed=3)
+    comp = tuple(c.clone() for c in components(1.0))
+    comp[1][3, (labels[3] + 1) % 5] = float("nan")  # a wrong class wins wherever alpha > 0
+    comp[3][7, (labels[7] + 2) % 5] = float("inf")  # NaN at alpha = 0 (0 * inf), inf beyond
+    comp[0][11, (labels[11] + 3) % 5] = float("-inf")  # a class that never wins
+    alphas, lams = torch.tensor(linear_grid(0, 4, 9)), torch.tensor(linear_grid(0.3, 1.0, 7))
+    groups = torch.zeros_like(labels)
+    margin = rounding_margin(comp, alphas, lams, ulps=INTERVAL_ULPS)
+    logits = dual_combine(comp, alphas.view(-1, 1, 1, 1), lams.view(1, -1, 1, 1))
+    argmax_counts = (logits.argmax(-1) == labels).sum(-1)  # (A, L), the loop's test
+    intervals = _count_by_intervals(comp, dual_combine, labels, alphas, lams, margin, groups, 1)
+    assert torch.equal(intervals[0], argmax_counts)
+    block = _count_block(comp, dual_combine, labels, alphas, lams, 1 << 22, groups, 1)
+    assert torch.equal(block[0], argmax_counts)  # few classes, compared without argmax

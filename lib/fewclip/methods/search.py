@@ -298,16 +298,18 @@ def _count_block(
     num_lam = 1 if lam is None else lam.numel()
     rows, alpha_chunk, lam_chunk = block_shape(n, c, alpha.numel(), num_lam, max_elements)
     counts = torch.zeros(alpha.numel(), num_lam, num_groups, dtype=torch.long, device=labels.device)
+    # comparisons equal argmax on finite logits only (argmax takes a NaN as the maximum)
+    few = c <= FEW_CLASSES and all(bool(torch.isfinite(t).all()) for t in comp)
     for r0 in range(0, n, rows):
         part = comp if rows >= n else _like(comp, [t[r0 : r0 + rows] for t in comp])
-        part_t = _like(part, [t.T.contiguous() for t in part]) if c <= FEW_CLASSES else None
+        part_t = _like(part, [t.T.contiguous() for t in part]) if few else None
         part_labels = labels[r0 : r0 + rows]
         part_groups = groups[r0 : r0 + rows]
         for a0 in range(0, alpha.numel(), alpha_chunk):
             for m0 in range(0, num_lam, lam_chunk):
                 m = None if lam is None else lam[m0 : m0 + lam_chunk]
                 a = alpha[a0 : a0 + alpha_chunk]
-                if c <= FEW_CLASSES:  # class-major logits: first-maximum test by comparisons
+                if few:  # class-major logits: first-maximum test by comparisons
                     logits = _block(combine, part_t, a, m)  # (a, l, c, rows)
                     correct = _label_is_first_max(logits, part_labels)
                 else:
@@ -390,6 +392,8 @@ def _count_by_intervals(
     v = combine(double, one, lam64) - u
     if lam is None:
         u, v = u.unsqueeze(0), v.unsqueeze(0)
+    # rows with a non-finite value are left undecided at every alpha (evaluated as is)
+    finite = (torch.isfinite(u) & torch.isfinite(v)).all(-1) & torch.isfinite(margin).view(1, -1)
     at_label = labels.view(1, -1, 1).expand(u.shape[0], -1, 1)
     u = u.gather(-1, at_label) - u  # the label's lead over each class
     v = v.gather(-1, at_label) - v
@@ -402,7 +406,9 @@ def _count_by_intervals(
     maybe_lo, maybe_hi = _line_bounds(u, v, -threshold)
     start, stop = _ranges(sure_lo, sure_hi, grid, closed=False)  # (L, R) right for certain
     first, last = _ranges(maybe_lo, maybe_hi, grid, closed=True)  # outside: wrong for certain
-    empty = start >= stop
+    first = torch.where(finite, first, 0)
+    last = torch.where(finite, last, num_alpha)
+    empty = (start >= stop) | ~finite
     start = torch.where(empty, first, torch.maximum(start, first))
     stop = torch.where(empty, first, torch.minimum(stop, last))
 
