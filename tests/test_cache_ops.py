@@ -16,6 +16,7 @@ from fewclip.methods.cache_ops import (
     chunked,
     kernel,
     row_chunks,
+    stacked_cache_terms,
 )
 from fewclip.methods.dual_adapter import DualAdapter, DualCache
 from fewclip.methods.search import grid_search, linear_grid
@@ -295,6 +296,48 @@ def test_cache_term_forward_is_bit_identical_and_its_gradient_is_autograds(shift
     assert torch.allclose(grad, a.grad, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shifted", [True, False])
+@pytest.mark.parametrize("case", ["onehot", "soft", "zero_rows", "dense", "blocked"])
+def test_stacked_cache_terms_are_bit_identical_to_one_beta_at_a_time(shifted, case):
+    """Several betas in one (B, n, M) kernel: each beta's rows equal cache_term's, bit for
+    bit (betas that are not float32 numbers included)."""
+    values = ValueProduct(values_cases()[case])
+    g = torch.Generator().manual_seed(6)
+    a = torch.rand(7, values_cases()[case].shape[0], generator=g) * 2 - 1
+    betas = [0.0, 0.1, 1 / 3, 5.5, 13.1]
+    stacked = stacked_cache_terms(a, betas, values, shifted)
+    assert stacked.shape == (len(betas) * 7, values.num_classes)
+    for i, beta in enumerate(betas):
+        assert torch.equal(stacked[i * 7 : (i + 1) * 7], cache_term(a, beta, values, shifted))
+
+
+def test_stacked_components_equal_the_per_beta_components(synthetic):
+    """DualAdapter's and Tip-Adapter's stacked components are their per-beta components,
+    bit for bit, and the search with them picks the same setting."""
+    dual = trained_dual(synthetic)
+    tip = TipAdapter(search=False)
+    tip.fit(synthetic)
+    betas = [0.2, 1.7, 5.0]
+    with torch.no_grad():
+        for module in (dual.module, tip.module):
+            terms = module.terms(synthetic.val_features)
+            n = synthetic.val_features.shape[0]
+            stacked = module.stacked_components(terms, betas)
+            for i, beta in enumerate(betas):
+                one = module.components(terms, beta)
+                for part, whole in zip(one, stacked, strict=True):
+                    assert torch.equal(whole[i * n : (i + 1) * n], part)
+    found = dual.search(synthetic.val_features, synthetic.val_labels, synthetic)
+    module = dual.module
+    grids = dual.grids(synthetic)
+    with torch.no_grad():
+        terms = module.terms(synthetic.val_features)
+        reference = grid_search(
+            lambda b: module.components(terms, b), module.combine, synthetic.val_labels, *grids
+        )
+    assert found == reference
+
+
 def test_cache_term_backward_runs_once():
     """The backward writes dA over the saved kernel: a second backward through the same
     graph must fail loudly (autograd's version check), never return a wrong gradient."""
@@ -314,7 +357,7 @@ def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch):
     fast = DualAdapter(epochs=3, lr=1e-2, search=False)
     fast.fit(synthetic)
 
-    def reference_terms(self, f, w_plus=None):
+    def reference_terms(self, f, w_plus=None, pos_dots=None):
         s = self.logit_scale
         return dual.DualTerms(
             pos_text=s * f @ self.positive_classifier(),

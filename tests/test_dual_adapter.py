@@ -257,14 +257,15 @@ def test_consistency_loss_equals_two_cosine_similarities(mode):
         assert torch.allclose(grad, expected_grad, atol=1e-7)
 
 
-def test_adaptive_reranking_loss_equals_the_cdist_definition():
-    """Nearest prototypes by the squared-distance formula and exact distances for those k:
-    the loss and the prototypes' gradient of the definition through torch.cdist (at a size
-    where cdist takes its matrix-product path), and no gradient for the features."""
+@pytest.mark.parametrize("num_classes", [40, 100])  # margins dense / gathered (above 64)
+def test_adaptive_reranking_loss_equals_the_cdist_definition(num_classes):
+    """The written-out gradient: the loss and the prototypes' gradient of the definition
+    through torch.cdist (at a size where cdist takes its matrix-product path), with the
+    dots computed inside or passed in, and no gradient for the features."""
     g = torch.Generator().manual_seed(2)
     f = F.normalize(torch.randn(64, 48, generator=g), dim=-1)
-    protos = (0.3 * torch.randn(40, 48, generator=g)).requires_grad_()
-    y = torch.randint(0, 40, (64,), generator=g)
+    protos = (0.3 * torch.randn(num_classes, 48, generator=g)).requires_grad_()
+    y = torch.randint(0, num_classes, (64,), generator=g)
     d = torch.cdist(f, protos)
     nearest_d, nearest = d.topk(3, dim=1, largest=False)
     t_y = protos[y]
@@ -272,11 +273,35 @@ def test_adaptive_reranking_loss_equals_the_cdist_definition():
     anchor = (f - t_y).norm(dim=-1, keepdim=True)
     reference = torch.clamp(anchor + margins - nearest_d, min=0).mean()
     (expected,) = torch.autograd.grad(reference, protos)
-    loss = adaptive_reranking_loss(f, protos, y)
-    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
-    (grad,) = torch.autograd.grad(loss, protos)
-    assert torch.allclose(grad, expected, atol=1e-6)
+    for dots in (None, f @ protos.T):
+        loss = adaptive_reranking_loss(f, protos, y, dots=dots)
+        assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+        (grad,) = torch.autograd.grad(loss, protos)
+        assert torch.allclose(grad, expected, atol=1e-6)
     assert expected.abs().sum() > 0
+
+
+@pytest.mark.parametrize("num_classes", [6, 80])  # margins dense / gathered (above 64)
+def test_adaptive_reranking_loss_gradient_passes_gradcheck(num_classes, monkeypatch):
+    """Both inputs' gradients of the written-out backward against finite differences
+    (float64), with the label among a sample's nearest prototypes (both terms on one row)."""
+    from fewclip.methods import dual_adapter as dual
+
+    g = torch.Generator().manual_seed(4)
+    f = F.normalize(torch.randn(10, 5, generator=g, dtype=torch.float64), dim=-1)
+    protos = 0.8 * torch.randn(num_classes, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, num_classes, (10,), generator=g)
+    f.requires_grad_()
+    protos.requires_grad_()
+    loss = adaptive_reranking_loss(f, protos, y, scale=1.0, k=3)
+    assert loss.item() > 0  # some hinges are active
+    assert torch.autograd.gradcheck(
+        lambda a, b: adaptive_reranking_loss(a, b, y, scale=1.0, k=3), (f, protos)
+    )
+    monkeypatch.setattr(dual, "DENSE_MARGIN_CLASSES", 0)  # the gathered path on the same case
+    assert torch.autograd.gradcheck(
+        lambda a, b: adaptive_reranking_loss(a, b, y, scale=1.0, k=3), (f, protos)
+    )
 
 
 # -- the method ----------------------------------------------------------------------------

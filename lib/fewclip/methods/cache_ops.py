@@ -194,6 +194,25 @@ def cache_term(
     return _CacheTerm.apply(affinity, float(beta), values, shifted)
 
 
+def stacked_cache_terms(
+    affinity: torch.Tensor, betas, values: ValueProduct, shifted: bool = True
+) -> torch.Tensor:
+    """:func:`cache_term` at several betas at once, without autograd: (n, M) affinity ->
+    (B n, C), the rows of beta b at [b n, (b + 1) n).
+
+    One (B, n, M) kernel ``(1 - A) * -beta_b`` then exp, instead of B calls: the same
+    float32 operations on the same values (beta rounded to float32 as the scalar is), so
+    the rows are bit-identical to ``cache_term(affinity, beta_b, values)``. Dense values (a
+    matrix product, whose rounding may depend on its row count) go one beta at a time.
+    """
+    if not values.sparse:
+        return torch.cat([values(kernel(affinity, b, shifted), inplace=True) for b in betas])
+    betas = torch.as_tensor(list(betas), dtype=affinity.dtype, device=affinity.device)
+    base = torch.rsub(affinity, 1) if shifted else affinity
+    e = torch.mul(base, betas.neg().view(-1, 1, 1)).exp_()
+    return values(e.view(-1, affinity.shape[-1]), inplace=True)
+
+
 class _CacheTerm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, affinity, beta: float, values: ValueProduct, shifted: bool):

@@ -88,7 +88,7 @@ uses ImageNet's val (= its test set) for both, which a run-layer switch can repr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -104,6 +104,7 @@ from .cache_ops import (
     cache_term,
     chunked,
     row_chunks,
+    stacked_cache_terms,
 )
 from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
 from .training import adamw, fit_epochs
@@ -113,6 +114,9 @@ Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
 TEXT_WEIGHTS = (0.45, 0.55)  # W+ = 0.45 * template + 0.55 * description
 COSINE_EPS = 1e-7  # the consistency cosines' norm floor
 NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP)
+#: ARL's margins t_y . t_j from one (B, d) x (d, C) product up to this many classes, else
+#: from the k nearest prototypes gathered (B k d work instead of B C d)
+DENSE_MARGIN_CLASSES = 64
 LOGITS_CHUNK: int | None = None  # images per forward at evaluation; None: row_chunks(M)
 
 
@@ -235,27 +239,100 @@ def adaptive_reranking_loss(
     labels: torch.Tensor,
     scale: float = 4.0,
     k: int = 3,
+    dots: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ARL: mean over samples and their k nearest prototypes j of
     max(0, d(f, t_y) + (1 - t_y . t_j) / scale - d(f, t_j)), d Euclidean.
 
-    features (B, d), prototypes (C, d) used as they are (W+ columns), labels (B,).
-    The k nearest are found from ``||f||^2 + ||t||^2 - 2 f . t`` (the formula
-    ``torch.cdist`` uses at these sizes; no gradient), and only their k distances are
-    computed, exactly, with autograd: ``torch.cdist`` on all C prototypes would also
-    differentiate the (B, C) matrix and compute the features' gradient, which they do not
-    need (two (B, C, d) products per step).
+    features (B, d), prototypes (C, d) used as they are (W+ columns), labels (B,);
+    ``dots`` (B, C) ``features @ prototypes.T`` when the caller has it (DualAdapter's
+    positive text logits share it), else computed here.
+    As the official code (``torch.cdist``, then the k smallest), the distances to the
+    prototypes come from ``||f||^2 + ||t||^2 - 2 f . t`` (the formula cdist uses when B or
+    C exceeds 25), and d(f, t_y) is computed directly. The gradient is written out
+    (:class:`_RerankingLoss`) on (B, C) matrices: autograd through gathers, differences
+    and norms makes a dozen (B, k, d) passes and a scattered ``index_put`` per step (70%
+    of the loss's time at B = 240, C = 15); equal to the cdist definition's to float
+    rounding (``tests/test_dual_adapter.py``).
     """
+    if dots is None:
+        dots = features @ prototypes.T
     k = min(k, prototypes.shape[0])
-    with torch.no_grad():
+    return _RerankingLoss.apply(features, prototypes, dots, labels, k, scale)
+
+
+def _inverse(x: torch.Tensor) -> torch.Tensor:
+    """1 / x where x > 0, else 0 (the gradient of a norm at 0, as torch's norm backward)."""
+    return torch.where(x > 0, x.reciprocal(), torch.zeros_like(x))
+
+
+class _RerankingLoss(torch.autograd.Function):
+    """ARL over the k nearest prototypes n_bj (B, k), from dots = f P^T (B, C). With
+    w_bj = g / (B k) on the active terms (hinge > 0), a_b = sum_j w_bj / d(f_b, t_y), and
+    two (B, C) matrices holding S[b, n_bj] = w_bj / d(f_b, t_j) and Q[b, n_bj] = w_bj /
+    scale:
+
+    dL/d dots = S
+    dL/dP     = -colsum(S) * P - Q^T t_y, plus on each sample's label row -a_b (f_b - t_y)
+                - (Q P)_b
+    dL/df     = a (f - t_y) - rowsum(S) * f
+
+    (the rest flows through dots). Up to :data:`DENSE_MARGIN_CLASSES` classes the margins
+    t_y . t_j come from one (B, d) x (d, C) product and Q is a (B, C) matrix, so the
+    backward is products and scatters of (B, C) and (C, d) matrices; above, from the k
+    nearest prototypes gathered, and Q's rows are scattered with ``index_add``.
+    """
+
+    @staticmethod
+    def forward(ctx, features, prototypes, dots, labels, k: int, scale: float):
         squared = features.pow(2).sum(-1, keepdim=True) + prototypes.pow(2).sum(-1)
-        nearest = squared.sub_(2 * features @ prototypes.T).topk(k, dim=1, largest=False)[1]
-    near = prototypes[nearest]  # (B, k, d)
-    nearest_d = (features[:, None] - near).norm(dim=-1)  # (B, k)
-    t_y = prototypes[labels]  # (B, d)
-    anchor = (features - t_y).norm(dim=-1, keepdim=True)  # (B, 1)
-    margins = (1.0 - (near * t_y[:, None]).sum(-1)) / scale  # (B, k)
-    return torch.clamp(anchor + margins - nearest_d, min=0).mean()
+        squared = squared.sub_(2 * dots)  # (B, C) squared distances
+        nearest = squared.topk(k, dim=1, largest=False)[1]  # (B, k)
+        nearest_d = squared.gather(1, nearest).clamp_min_(0).sqrt_()  # (B, k)
+        t_y = prototypes.index_select(0, labels)  # (B, d)
+        to_label = features - t_y
+        anchor = to_label.norm(dim=-1, keepdim=True)  # (B, 1)
+        near = None  # the k nearest prototypes (B, k, d), gathered for many classes only
+        if prototypes.shape[0] <= DENSE_MARGIN_CLASSES:  # t_y . t_j for every class
+            label_dots = (t_y @ prototypes.T).gather(1, nearest)  # (B, k)
+        else:  # for the k nearest only (B k d work, not B C d)
+            b, dim = nearest.shape[0], prototypes.shape[1]
+            near = prototypes.index_select(0, nearest.flatten()).view(b, k, dim)
+            label_dots = (near * t_y[:, None]).sum(-1)
+        margins = torch.rsub(label_dots, 1).div_(scale)  # (B, k)
+        hinge = anchor + margins - nearest_d
+        ctx.save_for_backward(
+            features, prototypes, labels, nearest, t_y, to_label, nearest_d, anchor, near
+        )
+        ctx.active = hinge > 0
+        ctx.scale = scale
+        return torch.clamp(hinge, min=0).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        f, p, labels, nearest, t_y, to_label, nearest_d, anchor, near = ctx.saved_tensors
+        b, k = nearest.shape
+        w = ctx.active.to(f.dtype) * (grad / (b * k))  # (B, k)
+        a = w.sum(-1, keepdim=True) * _inverse(anchor)  # (B, 1)
+        s = f.new_zeros(b, p.shape[0]).scatter_add_(1, nearest, w * _inverse(nearest_d))
+        grad_f = grad_p = None
+        if ctx.needs_input_grad[0]:
+            grad_f = (a * to_label).sub_(s.sum(1, keepdim=True) * f)
+        if ctx.needs_input_grad[1]:
+            grad_p = s.sum(0)[:, None] * p
+            label_rows = a * to_label
+            if near is None:  # Q as a (B, C) matrix
+                q = f.new_zeros(b, p.shape[0]).scatter_add_(1, nearest, w / ctx.scale)
+                grad_p.add_(q.T @ t_y)
+                label_rows.add_(q @ p)
+            else:  # Q's k entries per row
+                q = w / ctx.scale
+                rows = (q[..., None] * t_y[:, None]).flatten(0, 1)  # (B k, d)
+                grad_p.index_add_(0, nearest.flatten(), rows)
+                label_rows.add_(torch.bmm(q[:, None], near)[:, 0])
+            grad_p.neg_().index_add_(0, labels, label_rows.neg_())
+        grad_dots = s if ctx.needs_input_grad[2] else None
+        return grad_f, grad_p, grad_dots, None, None, None
 
 
 def _consistency_dim(mode: str) -> int:
@@ -311,7 +388,7 @@ def consistency_loss(
 class DualTerms(NamedTuple):
     """The parts of the forward that depend on no hyper-parameter."""
 
-    pos_text: torch.Tensor  # (N, C) s * f @ W+
+    pos_text: torch.Tensor  # (N, C) s * (f @ W+)
     pos_affinity: torch.Tensor  # (N, M) f @ norm(F + R_k)^T
     neg_text: torch.Tensor  # (N, C) 0.15 s (1 - f @ norm(W_n + R_n))
     neg_affinity: torch.Tensor | None  # (N, M) f @ norm(F- + R_k-)^T; None: no F-
@@ -394,12 +471,19 @@ class DualCache(nn.Module):
         """(M, d) norm(F- + R_k-[y])."""
         return F.normalize(self.negative_keys + self.r_kn[self.labels], dim=-1)
 
-    def terms(self, f: torch.Tensor, w_plus: torch.Tensor | None = None) -> DualTerms:
+    def terms(
+        self,
+        f: torch.Tensor,
+        w_plus: torch.Tensor | None = None,
+        pos_dots: torch.Tensor | None = None,
+    ) -> DualTerms:
         """The beta-free parts; the affinities are f @ K+^T and f @ K-^T with K+ = norm(F +
         R_k[y]) and K- = norm(F- + R_k-[y]), computed without forming those (M, d) matrices
         (:class:`.cache_ops.ResidualKeys`; equal to float rounding)."""
         s = self.logit_scale
         c = self.r_k.shape[0]
+        if pos_dots is None:
+            pos_dots = f @ (self.positive_classifier() if w_plus is None else w_plus)
         positive = self._residual_keys.get("keys", self.keys, self.labels, num_classes=c)
         neg_affinity = None
         if self.negative_cache:
@@ -408,7 +492,7 @@ class DualCache(nn.Module):
             )
             neg_affinity = negative.affinity(f, self.r_kn)
         return DualTerms(
-            pos_text=s * f @ (self.positive_classifier() if w_plus is None else w_plus),
+            pos_text=s * pos_dots,
             pos_affinity=positive.affinity(f, self.r_k),
             neg_text=NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
             neg_affinity=neg_affinity,
@@ -426,6 +510,21 @@ class DualCache(nn.Module):
             neg_cache = cache_term(terms.neg_affinity, beta, values, shifted=False)
         return DualComponents(terms.pos_text, pos_cache, terms.neg_text, neg_cache)
 
+    def stacked_components(self, terms: DualTerms, betas: Sequence[float]) -> DualComponents:
+        """:meth:`components` at several betas, stacked along the rows (beta-major: (B N,
+        C)), without autograd; bit-identical rows (:func:`.cache_ops.stacked_cache_terms`)."""
+        b = len(betas)
+        soft = self._products.get("soft_values", self.soft_values)
+        pos_cache = stacked_cache_terms(terms.pos_affinity, betas, soft)
+        if terms.neg_affinity is None:
+            neg_cache = torch.zeros_like(pos_cache)
+        else:
+            values = self._products.get("values", self.values)
+            neg_cache = stacked_cache_terms(terms.neg_affinity, betas, values, shifted=False)
+        return DualComponents(
+            terms.pos_text.repeat(b, 1), pos_cache, terms.neg_text.repeat(b, 1), neg_cache
+        )
+
     @staticmethod
     def combine(
         c: DualComponents, alpha: torch.Tensor | float, lam: torch.Tensor | float
@@ -442,10 +541,13 @@ class DualCache(nn.Module):
         alpha: float,
         lam: float,
         w_plus: torch.Tensor | None = None,
+        pos_dots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(N, d) normalised features -> (N, C) unified logits. ``w_plus``: W+ when the
-        caller has computed it this step (the loss uses it too), else computed here."""
-        return self.combine(self.components(self.terms(f, w_plus), beta), alpha, lam)
+        """(N, d) normalised features -> (N, C) unified logits. ``w_plus`` (d, C) and
+        ``pos_dots`` (N, C) = f @ W+: when the caller has computed them this step (the
+        loss's ARL uses them too), else computed here."""
+        terms = self.terms(f, w_plus, pos_dots)
+        return self.combine(self.components(terms, beta), alpha, lam)
 
     def rows(self) -> int:
         """Images per chunk at evaluation, so that an (rows, M) affinity stays bounded."""
@@ -656,10 +758,11 @@ class DualAdapter(FeatureMethod):
         def loss_fn(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             f = f.float()
             w_plus = module.positive_classifier()
-            loss = F.cross_entropy(module(f, beta, alpha, lam, w_plus), y)
+            dots = f @ w_plus  # (B, C): the positive text logits / s and ARL's f . t
+            loss = F.cross_entropy(module(f, beta, alpha, lam, w_plus, dots), y)
             if o.paths != "negative":
                 loss = loss + o.arl_weight * adaptive_reranking_loss(
-                    f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k
+                    f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k, dots=dots
                 )
                 loss = loss + o.consistency_weight * consistency_loss(
                     w_plus, module.w_t, module.w_d, mode=o.consistency, target=target
@@ -686,6 +789,7 @@ class DualAdapter(FeatureMethod):
                 alphas,
                 lams,
                 rows=module.rows(),
+                stacked=module.stacked_components,
             )
 
     def _module(self) -> DualCache:

@@ -51,9 +51,12 @@ arithmetic, so the counts are the same integers (:func:`_count_by_intervals`).
 
 Per-call overhead (small val sets, where it dominates): :func:`grid_search_chunked`
 stacks the rows of several betas into one :func:`count_correct` call (counts kept per
-beta with ``groups``), and blocks of at most :data:`FEW_CLASSES` candidate classes test
-"the label is the first maximum" by comparisons on class-major logits rather than by
-``argmax`` over a short last axis; both give the same integer counts.
+beta with ``groups``; a method's ``stacked`` components build them in one kernel), and
+blocks of at most :data:`FEW_CLASSES` candidate classes test "the label is the first
+maximum" by comparisons on class-major logits rather than by ``argmax`` over a short last
+axis; rows are grouped by their number of candidates (each group padded to its own power
+of two) and the alpha intervals are computed in blocks of rows that stay in the CPU cache
+(:data:`LINE_BLOCK_ELEMENTS`). All give the same integer counts.
 
 Memory: a block holds at most ``max_elements`` logits, split over rows (samples) as well
 as over (alpha, lam), so that at ImageNet size a block still holds many settings
@@ -249,8 +252,15 @@ def candidate_mask(
         return None
     refs = corner.mean(0).topk(min(references, corner.shape[-1]), dim=-1).indices  # (N, r)
     ref_logits = corner.gather(-1, refs.expand(corner.shape[0], -1, -1))  # (n_corners, N, r)
-    beaten = corner[..., None] < ref_logits[:, :, None, :] - 4 * margin[..., None]
-    return ~beaten.all(0).any(-1)
+    limit = ref_logits.sub_(4 * margin)
+    # beaten by reference j: below its limit at every corner, i.e. the largest excess over
+    # the corners is negative (a NaN propagates and counts as not beaten, as a failed
+    # comparison would); per reference, so no (n_corners, N, C, r) tensor
+    beaten = None
+    for j in range(limit.shape[-1]):
+        below = torch.sub(corner, limit[..., j : j + 1]).amax(0) < 0
+        beaten = below if beaten is None else beaten.logical_or_(below)
+    return ~beaten
 
 
 def candidate_classes(mask: torch.Tensor, k: int | None = None) -> torch.Tensor:
@@ -345,12 +355,11 @@ def _ranges(lo: torch.Tensor, hi: torch.Tensor, grid: torch.Tensor, closed: bool
 def _line_bounds(u: torch.Tensor, v: torch.Tensor, threshold: torch.Tensor):
     """The alphas where u + alpha v > threshold for every class (last axis): (lo, hi), lo
     >= hi where there are none. u, v, threshold broadcast to (..., K)."""
-    cut = (threshold - u) / v
-    inf = torch.full_like(cut, torch.inf)
-    lo = torch.where(v > 0, cut, -inf).amax(-1)
-    hi = torch.where(v < 0, cut, inf).amin(-1)
+    cut = (threshold - u).div_(v)
+    lo = cut.masked_fill(v <= 0, -torch.inf).amax(-1)
+    hi = cut.masked_fill_(v >= 0, torch.inf).amin(-1)
     never = ((v == 0) & (u <= threshold)).any(-1)
-    return lo, torch.where(never, -torch.inf, hi)
+    return lo, hi.masked_fill_(never, -torch.inf)
 
 
 #: The rounding bound of :func:`_count_by_intervals` in units in the last place (see
@@ -359,6 +368,36 @@ def _line_bounds(u: torch.Tensor, v: torch.Tensor, threshold: torch.Tensor):
 INTERVAL_ULPS = 16
 #: Most logits evaluated at once when :func:`_count_by_intervals` checks undecided points.
 POINT_BLOCK_ELEMENTS = 1 << 20
+#: Most (lams x rows x classes) float64 line coefficients :func:`_alpha_ranges` holds at
+#: once (256 KB): its two dozen element-wise passes then stay in the CPU cache instead of
+#: streaming (and allocating) megabytes each (3x faster at DualAdapter's 20 lams x 2,000
+#: rows x 7 candidates).
+LINE_BLOCK_ELEMENTS = 1 << 15
+
+
+def _alpha_ranges(comp, combine, labels, grid, lam64, margin):
+    """For each (lam, row): the grid-index ranges [start, stop) where the label is right
+    for certain and [first, last) outside which it is wrong for certain, as (L, R) int64
+    tensors, and (L, R) bool ``finite`` (rows with a non-finite value: undecided)."""
+    double = _like(comp, [c.double() for c in comp])
+    zero, one = (torch.tensor(x, dtype=torch.float64, device=grid.device) for x in (0, 1))
+    u = combine(double, zero, lam64)  # (L, R, K); without lam (R, K)
+    v = combine(double, one, lam64).sub_(u)
+    if lam64 is None:
+        u, v = u.unsqueeze(0), v.unsqueeze(0)
+    finite = (torch.isfinite(u) & torch.isfinite(v)).all(-1) & torch.isfinite(margin).view(1, -1)
+    at_label = labels.view(1, -1, 1).expand(u.shape[0], -1, 1)
+    u = u.gather(-1, at_label) - u  # the label's lead over each class
+    v = v.gather(-1, at_label) - v
+    own = torch.zeros_like(u, dtype=torch.bool).scatter_(-1, at_label, True)
+    u.masked_fill_(own, torch.inf)  # the label's own column constrains nothing
+    v.masked_fill_(own, 0.0)
+    threshold = 4 * margin.double().view(1, -1, 1)  # (1, R, 1)
+    sure_lo, sure_hi = _line_bounds(u, v, threshold)
+    maybe_lo, maybe_hi = _line_bounds(u, v, -threshold)
+    start, stop = _ranges(sure_lo, sure_hi, grid, closed=False)  # right for certain
+    first, last = _ranges(maybe_lo, maybe_hi, grid, closed=True)  # outside: wrong for certain
+    return start, stop, first, last, finite
 
 
 def _count_by_intervals(
@@ -382,30 +421,26 @@ def _count_by_intervals(
     row and lam costs one pass over its K classes instead of A. Only the grid alphas
     between the two intervals (near a crossing, usually none) are evaluated, by
     ``combine`` in the grid's float32 arithmetic, and tested as ``argmax`` does (first
-    maximum). ``alpha`` must be ascending.
+    maximum). ``alpha`` must be ascending. The lines are computed in blocks of rows
+    (:data:`LINE_BLOCK_ELEMENTS`).
     """
     num_alpha, num_lam = alpha.numel(), 1 if lam is None else lam.numel()
-    double = _like(comp, [c.double() for c in comp])
+    n, k = comp[0].shape
     lam64 = None if lam is None else lam.double().view(-1, 1, 1)
-    zero, one = (torch.tensor(x, dtype=torch.float64, device=alpha.device) for x in (0, 1))
-    u = combine(double, zero, lam64)  # (L, R, K); without lam (R, K)
-    v = combine(double, one, lam64) - u
-    if lam is None:
-        u, v = u.unsqueeze(0), v.unsqueeze(0)
-    # rows with a non-finite value are left undecided at every alpha (evaluated as is)
-    finite = (torch.isfinite(u) & torch.isfinite(v)).all(-1) & torch.isfinite(margin).view(1, -1)
-    at_label = labels.view(1, -1, 1).expand(u.shape[0], -1, 1)
-    u = u.gather(-1, at_label) - u  # the label's lead over each class
-    v = v.gather(-1, at_label) - v
-    own = torch.zeros_like(u, dtype=torch.bool).scatter_(-1, at_label, True)
-    u = u.masked_fill(own, torch.inf)  # the label's own column constrains nothing
-    v = v.masked_fill(own, 0.0)
-    threshold = 4 * margin.double().view(1, -1, 1)  # (1, R, 1)
     grid = alpha.double()
-    sure_lo, sure_hi = _line_bounds(u, v, threshold)
-    maybe_lo, maybe_hi = _line_bounds(u, v, -threshold)
-    start, stop = _ranges(sure_lo, sure_hi, grid, closed=False)  # (L, R) right for certain
-    first, last = _ranges(maybe_lo, maybe_hi, grid, closed=True)  # outside: wrong for certain
+    rows = max(1, LINE_BLOCK_ELEMENTS // (num_lam * k))
+    parts = [
+        _alpha_ranges(
+            _like(comp, [c[r0 : r0 + rows] for c in comp]),
+            combine,
+            labels[r0 : r0 + rows],
+            grid,
+            lam64,
+            margin[r0 : r0 + rows],
+        )
+        for r0 in range(0, n, rows)
+    ]
+    start, stop, first, last, finite = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
     first = torch.where(finite, first, 0)
     last = torch.where(finite, last, num_alpha)
     empty = (start >= stop) | ~finite
@@ -433,15 +468,14 @@ def _count_by_intervals(
     alpha_index = begins[entry] + offset
     flat = entry % start.numel()  # back to the (L, R) entry
     lam_of, row_of = flat // start.shape[1], flat % start.shape[1]
-    k = comp[0].shape[-1]
     step = max(1, POINT_BLOCK_ELEMENTS // k)
     for p0 in range(0, entry.numel(), step):
-        rows, a_i, m_i = (t[p0 : p0 + step] for t in (row_of, alpha_index, lam_of))
+        r_i, a_i, m_i = (t[p0 : p0 + step] for t in (row_of, alpha_index, lam_of))
         point_lam = None if lam is None else lam[m_i].view(-1, 1)
-        point_comp = _like(comp, [c.index_select(0, rows) for c in comp])
+        point_comp = _like(comp, [c.index_select(0, r_i) for c in comp])
         logits = combine(point_comp, alpha[a_i].view(-1, 1), point_lam)
-        right = (logits.argmax(-1) == labels[rows]).long()
-        counts.index_put_((groups[rows], a_i, m_i), right, accumulate=True)
+        right = (logits.argmax(-1) == labels[r_i]).long()
+        counts.index_put_((groups[r_i], a_i, m_i), right, accumulate=True)
     return counts
 
 
@@ -480,18 +514,24 @@ def count_correct(
     rows = (label_ok & (num_candidates > 1)).nonzero()[:, 0]
     num_lam = 1 if lam is None else lam.numel()
     counts = sure.view(-1, 1, 1).expand(-1, alpha.numel(), num_lam).clone()
-    if rows.numel() > 0:
-        classes = candidate_classes(mask[rows])  # (R, K)
-        comp = _like(comp, [c[rows].gather(-1, classes) for c in comp])
-        position = (classes == labels[rows, None]).long().argmax(-1)  # the label's column
-        if intervals and bool((alpha[1:] >= alpha[:-1]).all()):
-            margin = rounding_margin(comp, alpha, lam, ulps=INTERVAL_ULPS)
+    by_intervals = intervals and bool((alpha[1:] >= alpha[:-1]).all())
+    # rows grouped by their number of candidates, rounded up to a power of two: each group
+    # is padded to its own width, not to the widest row's (half the work at DualAdapter's
+    # typical 2-7 candidates of 15)
+    width = num_candidates[rows].double().log2().ceil().long()  # 2^width >= candidates
+    for w in width.unique().tolist():
+        part = rows[width == w]
+        classes = candidate_classes(mask[part], min(2**w, mask.shape[-1]))  # (R, K)
+        part_comp = _like(comp, [c[part].gather(-1, classes) for c in comp])
+        position = (classes == labels[part, None]).long().argmax(-1)  # the label's column
+        if by_intervals:
+            margin = rounding_margin(part_comp, alpha, lam, ulps=INTERVAL_ULPS)
             counts += _count_by_intervals(
-                comp, combine, position, alpha, lam, margin, groups[rows], num_groups
+                part_comp, combine, position, alpha, lam, margin, groups[part], num_groups
             )
         else:
             counts += _count_block(
-                comp, combine, position, alpha, lam, max_elements, groups[rows], num_groups
+                part_comp, combine, position, alpha, lam, max_elements, groups[part], num_groups
             )
     return counts if grouped else counts[0]
 
@@ -516,7 +556,7 @@ def grid_search(
     counts = None
     for b, beta in enumerate(betas):
         c = _counts_stacked(
-            [components(beta)], combine, labels, alphas, lams, max_elements, prune, intervals
+            components(beta), 1, combine, labels, alphas, lams, max_elements, prune, intervals
         )
         counts = c.new_zeros(len(betas), *c.shape[1:]) if counts is None else counts
         counts[b] = c[0]
@@ -537,12 +577,16 @@ def grid_search_chunked(
     max_elements: int = MAX_BLOCK_ELEMENTS,
     prune: bool = True,
     intervals: bool = True,
+    stacked: Callable[[object, Sequence[float]], Components] | None = None,
 ) -> SearchResult:
     """:func:`grid_search` over ``features`` (N, d) in chunks of ``rows``: memory flat in N.
 
     ``terms(chunk)`` computes a chunk's beta-free parts once, ``components(terms, beta)``
     its (rows, C) tensors at each beta; each setting's correct count is the sum of the
-    chunks' counts (integers), so the choice is the unchunked one.
+    chunks' counts (integers), so the choice is the unchunked one. ``stacked(terms,
+    betas)``, where a method has it, returns the components of several betas at once,
+    stacked along the rows (beta-major), equal to those of ``components``: one call per
+    group of betas instead of one per beta.
     """
     counts = None
     for start in range(0, features.shape[0], rows):
@@ -554,12 +598,24 @@ def grid_search_chunked(
         per_call = max(1, min(len(betas), BETA_STACK_ELEMENTS // max(1, size)))
         for b0 in range(0, len(betas), per_call):
             batch = betas[b0 : b0 + per_call]
-            comps = [
-                first if b0 + i == 0 else components(chunk_terms, beta)
-                for i, beta in enumerate(batch)
-            ]
+            if stacked is not None:
+                comp = stacked(chunk_terms, batch)
+            else:
+                parts = [
+                    first if b0 + i == 0 else components(chunk_terms, beta)
+                    for i, beta in enumerate(batch)
+                ]
+                comp = _like(first, [torch.cat(p) for p in zip(*parts, strict=True)])
             c = _counts_stacked(
-                comps, combine, chunk_labels, alphas, lams, max_elements, prune, intervals
+                comp,
+                len(batch),
+                combine,
+                chunk_labels,
+                alphas,
+                lams,
+                max_elements,
+                prune,
+                intervals,
             )
             counts = c.new_zeros(len(betas), *c.shape[1:]) if counts is None else counts
             counts[b0 : b0 + len(batch)] += c
@@ -568,26 +624,25 @@ def grid_search_chunked(
 
 
 def _counts_stacked(
-    comps, combine, labels, alphas, lams, max_elements, prune, intervals
+    stacked, num_betas, combine, labels, alphas, lams, max_elements, prune, intervals
 ) -> torch.Tensor:
-    """(B, A, L) correct counts for B betas' components, stacked along the rows in one call
-    (fewer, larger tensor operations; the counts are integers, so the same)."""
-    stacked = _like(comps[0], [torch.cat(parts) for parts in zip(*comps, strict=True)])
+    """(B, A, L) correct counts for B betas' components stacked along the rows (beta-major)
+    in one call (fewer, larger tensor operations; the counts are integers, so the same)."""
     n = labels.numel()
-    groups = torch.arange(len(comps), device=labels.device).repeat_interleave(n)
+    groups = torch.arange(num_betas, device=labels.device).repeat_interleave(n)
     alpha_t = _grid_tensor(alphas, stacked[0])
     lam_t = None if lams is None else _grid_tensor(lams, stacked[0])
     return count_correct(
         stacked,
         combine,
-        labels.repeat(len(comps)),
+        labels.repeat(num_betas),
         alpha_t,
         lam_t,
         max_elements=max_elements,
         prune=prune,
         intervals=intervals,
         groups=groups,
-        num_groups=len(comps),
+        num_groups=num_betas,
     )
 
 

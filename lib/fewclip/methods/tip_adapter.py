@@ -32,6 +32,7 @@ of the best-epoch and the searched test accuracy; here the searched setting is t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import ValueProducts, cache_term, chunked, row_chunks
+from .cache_ops import ValueProducts, cache_term, chunked, row_chunks, stacked_cache_terms
 from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
 from .training import adamw, fit_epochs
 
@@ -131,6 +132,13 @@ class TipCache(nn.Module):
         cache_logits = cache_term(terms.affinity, beta, values)
         return TipComponents(terms.clip_logits, cache_logits)
 
+    def stacked_components(self, terms: TipTerms, betas: Sequence[float]) -> TipComponents:
+        """:meth:`components` at several betas, stacked along the rows (beta-major: (B N,
+        C)), without autograd; bit-identical rows (:func:`.cache_ops.stacked_cache_terms`)."""
+        values = self._products.get("values", self.values)
+        cache_logits = stacked_cache_terms(terms.affinity, betas, values)
+        return TipComponents(terms.clip_logits.repeat(len(betas), 1), cache_logits)
+
     @staticmethod
     def combine(
         c: TipComponents, alpha: torch.Tensor | float, lam: torch.Tensor | None = None
@@ -216,6 +224,7 @@ class TipAdapter(FeatureMethod):
                     betas,
                     alphas,
                     rows=module.rows(),
+                    stacked=module.stacked_components,
                 )
             beta, alpha = found.beta, found.alpha
             chosen["search_val_acc"] = found.accuracy
