@@ -8,13 +8,15 @@ columns; no model is involved), fed through the real DualAdapter. For each (C, K
   epoch, plus one validation pass on the C x 4 val images; the process's peak memory;
 - floor: every matrix product the epoch computes, on the same shapes, each timed right
   after a step (interleaved, fastest of the rounds, so that a changing load affects both
-  alike): per batch the two affinity products f @ F^T and f @ F-^T with the frozen
-  positive and negative keys (N x d x M each) and eight (N, d) x (d, C)-sized ones (the
-  residual keys' and text classifiers' products and their gradients; ARL shares f @ W+),
-  plus the validation's. ``fit / floor`` is the ratio the issue targets (<= 2 at C =
-  1,000, K = 16). ``ratio-a`` is against the two affinity products alone, a lower bound
-  no implementation can beat. (The key-gradient products of an earlier version of this
-  floor are in neither: :class:`fewclip.methods.cache_ops.ResidualKeys` avoids them.)
+  alike): per batch the affinity products, f @ F^T with the frozen keys (N x d x M) and
+  f @ S^T with the K shot sums (N x d x K; f @ F-^T follows from the two:
+  :class:`fewclip.methods.dual_adapter.NegativeKeyProducts`), and eight (N, d) x (d,
+  C)-sized ones (the residual keys' and text classifiers' products and their gradients;
+  ARL shares f @ W+), plus the validation's. ``fit / floor`` is the ratio the issue
+  targets (<= 2 at C = 1,000, K = 16). ``ratio-a`` is against the affinity products
+  alone, a lower bound no implementation can beat. (Earlier versions of this floor also
+  counted f @ F-^T, N x d x M, and before that the key-gradient products: the method
+  computes neither any more.)
 - search: the (beta, alpha, lam) grid search on val with the full alpha x lam grid and
   ``--betas`` of the 200 betas, extrapolated linearly to 200 (labelled), and its peak.
 
@@ -92,7 +94,7 @@ def synthetic(classes: int, shots: int, val: int, dim: int, seed: int = 0) -> Fe
     )
 
 
-#: The (N, d) x (d, C) products of one training step besides the two affinities: forward
+#: The (N, d) x (d, C) products of one training step besides the affinities': forward
 #: f @ R_k^T, f @ R_k-^T (the residual keys' share of the affinities), f @ W+, f @ W_n (the
 #: text logits; ARL shares f @ W+); backward the (C, N) x (N, d) gradients of R_k, R_k-,
 #: W+ and W_n. (Up to 64 classes ARL adds t_y @ W+ and two gradient products, but this
@@ -109,15 +111,16 @@ class Floor:
         g = torch.Generator().manual_seed(1)
         self.f = torch.randn(rows, dim, generator=g)
         self.keys = torch.randn(m, dim, generator=g)
+        self.slot_sums = torch.randn(m // classes, dim, generator=g)
         self.classifier = torch.randn(dim, classes, generator=g)
         self.grad = torch.randn(rows, classes, generator=g)
 
     def affinity_seconds(self, f: torch.Tensor | None = None) -> float:
-        """The two affinity products f @ F^T and f @ F-^T."""
+        """The affinity products f @ F^T and f @ S^T (S: the K shot sums)."""
         f = self.f if f is None else f
         start = time.perf_counter()
         f @ self.keys.T
-        f @ self.keys.T
+        f @ self.slot_sums.T
         return time.perf_counter() - start
 
     def small_seconds(self, forward: int, backward: int, f: torch.Tensor | None = None) -> float:
@@ -164,9 +167,10 @@ def epoch_and_floor(data: FeatureData, rounds: int) -> tuple[float, float, float
     validation pass then its products. The fastest of each (so that a load that changes
     during the run affects both alike), times the steps of an epoch.
 
-    The floor is every matrix product the epoch computes: per step the two affinities
-    (N, d) x (d, M) and the eight (N, d) x (d, C)-sized ones (:data:`STEP_SMALL_FORWARD`,
-    :data:`STEP_SMALL_BACKWARD`), per val chunk the two affinities and four small ones.
+    The floor is every matrix product the epoch computes: per step the affinities' (N, d)
+    x (d, M) and (N, d) x (d, K) and the eight (N, d) x (d, C)-sized ones
+    (:data:`STEP_SMALL_FORWARD`, :data:`STEP_SMALL_BACKWARD`), per val chunk the
+    affinities' two and four small ones.
     The affinity products alone are a lower bound no implementation can beat."""
     m, dim = data.train_features.shape
     step, validate, fitted = make_step(data)
@@ -284,9 +288,9 @@ def main() -> None:
             )
     print(
         f"epoch s: the fastest of {args.rounds} training steps x the steps of an epoch + one "
-        "val pass; floor s: the same for every matrix product the epoch computes (the two "
-        "affinities and the (N, d) x (d, C)-sized ones), each timed right after its step; "
-        "aff s / ratio-a: the affinity products f @ F^T, f @ F-^T alone"
+        "val pass; floor s: the same for every matrix product the epoch computes (the "
+        "affinities' and the (N, d) x (d, C)-sized ones), each timed right after its step; "
+        "aff s / ratio-a: the affinity products f @ F^T, f @ S^T alone"
     )
     print(
         f"* search: {args.betas} of the 200 betas timed (x the full alpha x lam grid), "

@@ -265,6 +265,13 @@ def test_residual_keys_affinity_equals_normalising_the_adapted_keys(layout):
     reference = f @ F.normalize(keys + r[labels], dim=-1).T
     assert torch.allclose(rk.affinity(f, r), reference, atol=1e-12)
     assert torch.autograd.gradcheck(lambda f, r: rk.affinity(f, r), (f, r))
+    # the caller's f @ F^T (DualCache shares it with the negative keys): the same values and
+    # gradients, built in the given tensor's memory
+    frozen = f.detach() @ keys.T
+    given = rk.affinity(f, r, frozen)
+    assert given.data_ptr() == frozen.data_ptr()
+    assert torch.allclose(given, reference, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda f, r: rk.affinity(f, r, f.detach() @ keys.T), (f, r))
     # float32: values and residual gradients within float rounding of autograd's
     rk32 = ResidualKeys(keys.float(), labels, c)
     r32 = r.detach().float().requires_grad_()

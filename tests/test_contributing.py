@@ -94,7 +94,7 @@ def test_project_files_are_there_and_agree():
         import tomli as tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["license"]["text"] == "MIT"
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     citation = (ROOT / "CITATION.cff").read_text()
     assert f"version: {project['version']}" in citation and "license: MIT" in citation

@@ -15,6 +15,7 @@ from fewclip.methods.dual_adapter import (
     DUAL_DEFAULTS,
     DualAdapter,
     DualCache,
+    NegativeKeyProducts,
     adaptive_reranking_loss,
     consistency_loss,
     consistency_target,
@@ -191,6 +192,37 @@ def test_pseudo_negative_cache_hand_case():
     unbalanced = pseudo_negative_keys(keys[keep], labels[keep], 3)
     assert torch.allclose(unbalanced[1], e[0])  # (0, k=1): only class 1's slot 1
     assert torch.allclose(unbalanced[4], F.normalize(e[0] + e[2], dim=0))
+
+
+@pytest.mark.parametrize("layout", ["blocked", "in_order", "shuffled", "unbalanced", "lone_slot"])
+def test_negative_key_products_equal_the_product_with_the_pseudo_negative_keys(layout):
+    """f @ F-^T from f @ F^T (NegativeKeyProducts) equals the product with the explicit
+    pseudo-negative keys, on every cache layout and where a slot has no other class (a
+    zero key); CLIP-like features (a shared direction, cosines near 0.5) at C = 200."""
+    g = torch.Generator().manual_seed(3)
+    c, k, d = 200, 4, 64
+    if layout == "in_order":
+        labels = torch.arange(c).repeat_interleave(k)
+    elif layout == "blocked":
+        labels = torch.randperm(c, generator=g).repeat_interleave(k)
+    else:
+        labels = torch.arange(c).repeat_interleave(k)[torch.randperm(c * k, generator=g)]
+        if layout == "unbalanced":
+            labels = labels[:-7]
+        if layout == "lone_slot":  # class 0 gets a fifth shot, a slot no other class has
+            labels = torch.cat([labels, torch.tensor([0])])
+    common = torch.randn(1, d, generator=g)
+    keys = F.normalize(torch.randn(labels.numel(), d, generator=g) + common, dim=-1)
+    f = F.normalize(torch.randn(9, d, generator=g) + common, dim=-1)
+    exact = f.double() @ pseudo_negative_keys(keys.double(), labels, c).T
+    products = NegativeKeyProducts(keys, labels, c)
+    got = products(f, f @ keys.T)
+    # as close to the float64 value as the float32 product with F- is (both about 5e-7)
+    assert (got - exact).abs().max() < 1e-6
+    assert (f @ pseudo_negative_keys(keys, labels, c).T - exact).abs().max() < 1e-6
+    assert products.shots == (k if layout in ("blocked", "in_order") else 0)  # the fast path
+    if layout == "lone_slot":
+        assert torch.equal(got[:, -1], torch.zeros(9))  # F- of the lone fifth shot is 0
 
 
 # -- losses --------------------------------------------------------------------------------
@@ -519,3 +551,33 @@ def test_version_two_is_simnl_settings_on_the_same_module(synthetic):
     assert not torch.equal(v1.module.soft_values, v2.module.soft_values)
     with pytest.raises(ValueError, match="version"):
         DualAdapter(version=3)
+
+
+def test_an_unknown_consistency_mode_is_refused_by_name():
+    with pytest.raises(ValueError, match="consistency must be 'class' or 'official', not 'rows'"):
+        DualAdapter(consistency="rows")
+
+
+def test_the_forward_computes_one_product_with_the_cache_keys(synthetic):
+    """f @ F-^T comes from f @ F^T (NegativeKeyProducts): one (N, d) x (d, M) product per
+    forward, not two (two before), with the affinities still those of the explicit keys."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    data = synthetic[0]
+    method = DualAdapter(epochs=1, search=False)
+    method.fit(data)
+    module = method.module
+    f = data.val_features
+    m = module.keys.shape[0]
+    shapes = []
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.bmm.default):
+                shapes.append(tuple(args[1].shape))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Products():
+        terms = module.terms(f)
+    assert sum(s[-1] == m for s in shapes) == 1, shapes
+    assert torch.allclose(terms.neg_affinity, f @ module.negative_keys_adapted().T, atol=1e-6)

@@ -302,9 +302,14 @@ class ResidualKeys:
         sums = torch.bmm(w.view(self.num_classes, 1, -1), self.blocks).squeeze(1)
         return self.classes.in_class_order(sums, 0)
 
-    def affinity(self, f: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """f (N, d) @ norm(F + R[y])^T -> (N, M); differentiable in f and R."""
-        return _ResidualAffinity.apply(f, residual, self)
+    def affinity(
+        self, f: torch.Tensor, residual: torch.Tensor, frozen: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """f (N, d) @ norm(F + R[y])^T -> (N, M); differentiable in f and R.
+
+        ``frozen`` (N, M): ``f @ F^T`` when the caller has it (it is overwritten: the
+        affinity is built in its memory); else computed here."""
+        return _ResidualAffinity.apply(f, residual, self, frozen)
 
 
 class _ResidualAffinity(torch.autograd.Function):
@@ -316,13 +321,14 @@ class _ResidualAffinity(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, f: torch.Tensor, residual: torch.Tensor, rk: ResidualKeys) -> torch.Tensor:
+    def forward(ctx, f, residual, rk: ResidualKeys, frozen: torch.Tensor | None):
         dots = rk.row_dots(residual)  # (M,)
         sq = rk.key_sq + 2 * dots + residual.pow(2).sum(-1)[rk.labels]
         norm = sq.clamp_min(0).sqrt_()
         inv = norm.clamp_min(1e-12).reciprocal_()  # as F.normalize's eps
-        # f F^T + (f R^T)[:, y] in one (N, M) allocation
-        out = rk.classes.add_gathered_(f @ rk.keys.T, f @ residual.T).mul_(inv)
+        # f F^T + (f R^T)[:, y] in one (N, M) allocation (the caller's f F^T, when given)
+        frozen = f @ rk.keys.T if frozen is None else frozen
+        out = rk.classes.add_gathered_(frozen, f @ residual.T).mul_(inv)
         ctx.save_for_backward(f, residual, inv, out, norm > 1e-12)
         ctx.rk = rk
         return out
@@ -340,4 +346,4 @@ class _ResidualAffinity(torch.autograd.Function):
             w = g.mul_(out).sum(0).mul_(inv).mul_(unclamped)  # (M,) inv^2 sum_n G out
             w_class = rk.classes.sum(w[None])[0]  # (C,)
             grad_r = (g_class.T @ f).sub_(rk.class_sums(w)).sub_(residual * w_class[:, None])
-        return grad_f, grad_r, None
+        return grad_f, grad_r, None, None
