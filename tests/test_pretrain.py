@@ -168,8 +168,35 @@ def test_outline_and_sketch_act_as_documented():
     assert torch.allclose(sketch, (~edges).float()[:, None].expand_as(sketch), atol=1e-5)
     board = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
     v1 = augment(board, 32, torch.Generator().manual_seed(3))
-    off = augment(board, 32, torch.Generator().manual_seed(3), outline_p=0.0, sketch_p=0.0)
+    off = augment(
+        board, 32, torch.Generator().manual_seed(3), outline_p=0.0, sketch_p=0.0, zoom_out_p=0.0
+    )
     assert torch.equal(v1, off)
+
+
+def test_zoom_out_shrinks_the_whole_image_onto_white():
+    """zoom_out_p = 1: every image is the whole input, shrunk to a square of side share in
+    [zoom_out_min, 1] (uniform: mean near 0.75 for 0.5), everything around it white."""
+    from fewclip.pretrain.train import CLIP_MEAN, CLIP_STD
+
+    black = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    out = augment(black, 32, gen, grayscale_p=0.0, zoom_out_p=1.0, zoom_out_min=0.5)
+    out = out * CLIP_STD + CLIP_MEAN
+    dark = out.mean(1) < 0.5  # (64, 32, 32)
+    rows, cols = dark.any(2), dark.any(1)
+    side_h, side_w = rows.sum(-1) / 32, cols.sum(-1) / 32
+    assert (side_h >= 0.5 - 2 / 32).all() and (side_h <= 1).all()
+    assert ((side_h - side_w).abs() <= 1 / 32 + 1e-6).all()  # a square, as the input
+    assert 0.65 < float(side_h.mean()) < 0.85
+    assert (side_h < 0.9).sum() > 20  # most images are shrunk, not cropped
+    box = (rows[:, :, None] & cols[:, None, :]).float()[:, None]
+    # white beyond the square's anti-aliased rim (one pixel)
+    rim = torch.nn.functional.max_pool2d(box, 3, stride=1, padding=1)[:, 0] > 0
+    assert torch.allclose(out.permute(1, 0, 2, 3)[:, ~rim], torch.tensor(1.0), atol=1e-4)
+    white = torch.full((4, 3, 32, 32), 255, dtype=torch.uint8)
+    blank = augment(white, 32, gen, grayscale_p=0.0, zoom_out_p=1.0) * CLIP_STD + CLIP_MEAN
+    assert torch.allclose(blank, torch.tensor(1.0), atol=1e-4)
 
 
 def test_pretrain_learns_resumes_and_round_trips(tmp_path):
