@@ -66,6 +66,12 @@ MONO_NAME_FLOOR = {
 }
 
 
+#: version 4 of the RN (zoom-out augmentation), zero-shot on the held-out colour style
+#: OpenMoji: over all 1,875 of its names 40.8% (the issue's target, 30%; version 3: 20.8%),
+#: on the 15-class subcategory task 35.2% (version 3: 25.9%); floors that version 3 fails.
+RN_OPENMOJI_FLOOR = {"emoji_openmoji_name": 30.0, "emoji_openmoji_subcategory": 30.0}
+
+
 def config(data_root: Path, cache: Path, **kw) -> RunConfig:
     return RunConfig(data_root=str(data_root), cache_dir=str(cache), progress=False, **kw)
 
@@ -125,3 +131,13 @@ def test_adapters_beat_zero_shot_on_a_hard_task(data_root, tmp_path_factory):
     for method in ("tip_adapter_f", "linear_probe"):
         accuracy = run(base.replace(method=method))["accuracy"]
         assert accuracy > zero_shot + 15, (method, accuracy, zero_shot)
+
+
+@pytest.mark.parametrize("dataset", sorted(RN_OPENMOJI_FLOOR))
+def test_the_default_rn_reads_the_held_out_colour_style(data_root, tmp_path_factory, dataset):
+    """OpenMoji (outlined colour glyphs, drawn smaller than any pretraining style's): the
+    default model's zero-shot above the floors version 3 fails."""
+    cache = tmp_path_factory.getbasetemp() / "embedded-cache"
+    cfg = config(data_root, cache, method="zero_shot", backbone="tiny-emoji-rn", shots=0)
+    record = run(cfg.replace(dataset=dataset))
+    assert record["accuracy"] > RN_OPENMOJI_FLOOR[dataset], record["accuracy"]
