@@ -99,6 +99,7 @@ from torch import nn
 from .base import FeatureData, FeatureMethod, FitResult, register_method
 from .cache_ops import (
     BufferDerived,
+    ClassBlocks,
     ResidualKeys,
     ValueProducts,
     cache_term,
@@ -256,11 +257,9 @@ class NegativeKeyProducts:
         n = n_others.clamp(min=1).to(keys.dtype)
         norm = (others / n[:, None]).norm(dim=-1).clamp_min(1e-12)
         self.scale = torch.where(n_others > 0, 1 / (n * norm), torch.zeros_like(norm))  # (M,)
-        m = labels.numel()
         # blocked (each class's K entries together): slot of entry (block b, position k) = k
-        k = m // num_classes if num_classes and m % num_classes == 0 else 0
-        blocked = k > 0 and bool((self.slots == torch.arange(m, device=labels.device) % k).all())
-        self.shots = k if blocked else 0
+        blocks = ClassBlocks(labels, num_classes)
+        self.shots = blocks.shots if blocks.block_class is not None else 0
 
     def __call__(self, f: torch.Tensor, f_keys: torch.Tensor) -> torch.Tensor:
         """f (N, d), f_keys (N, M) = f @ F^T -> (N, M) f @ F-^T (a new tensor)."""

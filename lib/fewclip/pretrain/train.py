@@ -163,13 +163,13 @@ def _zoom_out(
     place = torch.rand(2, b, generator=generator)
     if not chosen.any():
         return x
+    share, place = share[chosen], place[:, chosen]
     side_w, side_h = w / share, h / share
     x0 = -place[0] * (side_w - w)
     y0 = -place[1] * (side_h - h)
-    boxes = torch.stack([torch.arange(b, dtype=torch.float), x0, y0, x0 + side_w, y0 + side_h], 1)
+    index = torch.arange(share.numel(), dtype=torch.float)
+    boxes = torch.stack([index, x0, y0, x0 + side_w, y0 + side_h], 1)
     inverted = 1.0 - images[chosen].float() / 255.0
-    index = torch.arange(int(chosen.sum()), dtype=torch.float)
-    boxes = torch.cat([index[:, None], boxes[chosen, 1:]], dim=1)
     shrunk = roi_align(inverted, boxes, output_size=size, sampling_ratio=2, aligned=True)
     x[chosen] = 1.0 - shrunk
     return x
