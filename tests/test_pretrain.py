@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from fewclip.backbones import load_backbone
+from fewclip.backbones import load_backbone, open_clip
 from fewclip.pretrain.data import (
     CAPTION_TEMPLATES,
+    GROUP_TEMPLATES,
     TRAIN_STYLES,
     Emoji,
     build_caption,
@@ -21,7 +22,7 @@ from fewclip.pretrain.data import (
     read_corpus,
 )
 from fewclip.pretrain.evaluate import evaluate_backbone
-from fewclip.pretrain.train import PretrainConfig, augment, pretrain
+from fewclip.pretrain.train import PretrainConfig, augment, clip_loss, pretrain
 
 COLOURS = {
     "red circle": (220, 30, 30),
@@ -279,6 +280,49 @@ def test_caption_builder_templates_keywords_and_seed():
     assert {build_caption(bare, random.Random(i), 1.0) for i in range(50)} <= plain
 
 
+def test_group_captions_name_the_subcategory_or_category_and_nothing_else():
+    e = emoji_with_keywords()
+    groups = [build_caption(e, random.Random(i), 0.3, group_p=1.0) for i in range(300)]
+    levels = ("person fantasy", "people and body")
+    forms = {t.format(group=g) for t in GROUP_TEMPLATES for g in levels}
+    assert set(groups) == forms  # every form, both levels, spelled as the tasks' class names
+    assert not any(n in c for c in groups for n in ("father christmas", "santa", "festive"))
+    share_sub = sum("person fantasy" in c for c in groups) / len(groups)
+    assert share_sub == pytest.approx(2 / 3, abs=0.08)
+    mixed = [build_caption(e, random.Random(i), 0.3, group_p=0.25) for i in range(800)]
+    assert sum(c in forms for c in mixed) / len(mixed) == pytest.approx(0.25, abs=0.05)
+    # group_p = 0 draws nothing extra: the versions-1-4 recipes' captions, draw for draw
+    for kw in (0.0, 0.3):
+        rng, ref = random.Random(3), random.Random(3)
+        assert [build_caption(e, rng, kw, group_p=0.0) for _ in range(50)] == [
+            build_caption(e, ref, kw) for _ in range(50)
+        ]
+
+
+def test_clip_loss_takes_identical_captions_as_positives_of_each_other():
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    scale = torch.tensor(7.0)
+    distinct = ["a", "b", "c", "d", "e"]
+    assert clip_loss(image, text, scale, distinct) == open_clip.ClipLoss()(image, text, scale)
+    captions = ["x", "y", "x", "z", "x"]  # images 0, 2, 4 share a caption
+    logits = (scale * image @ text.T).tolist()
+    want = 0.0
+    for rows in (
+        logits,
+        [list(c) for c in zip(*logits, strict=True)],
+    ):  # images -> texts, texts -> images
+        for i, row in enumerate(rows):
+            log_z = float(torch.tensor(row).logsumexp(0))
+            pos = [j for j, c in enumerate(captions) if c == captions[i]]
+            want += -sum(row[j] - log_z for j in pos) / len(pos) / len(rows) / 2
+    assert float(clip_loss(image, text, scale, captions)) == pytest.approx(want, rel=1e-6)
+    assert float(clip_loss(image, text, scale, captions)) != pytest.approx(
+        float(open_clip.ClipLoss()(image, text, scale)), rel=1e-3
+    )
+
+
 def test_held_out_styles_and_names_never_reach_pretraining(tmp_path):
     corpus = make_corpus(tmp_path, styles=("google", "twitter", "openmoji", "fluent-flat"))
     with pytest.raises(ValueError, match="held out of pretraining"):
@@ -320,6 +364,9 @@ def test_style_sampling_balances_styles(tmp_path):
         share[sampling] = sum(p in google for p in picks) / len(picks)
     assert share["style"] == pytest.approx(0.5, abs=0.06)
     assert share["image"] == pytest.approx(1 / 6, abs=0.05)
+    grouped = build_training_set(corpus, sampling="style", keyword_p=0.3, group_p=1.0)
+    _, captions = grouped.sample_batch(4, random.Random(0))
+    assert set(captions) <= {t.format(group=g) for t in GROUP_TEMPLATES for g in ("sub", "c")}
 
 
 def test_warm_start_loads_the_checkpoint(tmp_path):

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fewclip.reports import (
     PAPER_REPORTS,
     PATH_PARAMETERS,
     ReportSpec,
+    _git_commit,
     build_reports,
     default_specs,
     kernel_python,
@@ -408,3 +410,24 @@ def _chromium():
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(60)
     return driver
+
+
+def test_the_commit_a_report_names_says_when_the_code_was_not_committed(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "lib" / "w.txt").write_text("weights v1")
+    (tmp_path / "reports" / "r.html").write_text("old report")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    monkeypatch.chdir(tmp_path)
+    assert _git_commit() == head
+    (tmp_path / "reports" / "r.html").write_text("rebuilt report")  # the build's own output
+    (tmp_path / "lib" / "new.py").write_text("untracked")
+    assert _git_commit() == head
+    (tmp_path / "lib" / "w.txt").write_text("weights v2")  # built from uncommitted weights
+    assert _git_commit() == f"{head}+uncommitted"

@@ -769,14 +769,28 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _git_commit() -> str | None:
+#: tracked paths whose uncommitted changes make a build differ from HEAD (code, notebooks,
+#: weights); the reports' own outputs are not among them
+BUILD_INPUTS = ("lib", "notebooks")
+
+
+def _git(*args: str) -> str | None:
     try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+        proc = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    """HEAD's short hash, with ``+uncommitted`` when tracked files under
+    :data:`BUILD_INPUTS` differ from it: the report was then built from code or weights
+    that no commit holds."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
+        return None
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", *BUILD_INPUTS)
+    return f"{head}+uncommitted" if changed else head
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..offline.corpus import EVAL_STYLES, TRAIN_STYLES
+from ..offline.emoji_tasks import readable_category, readable_subcategory
 
 __all__ = ["EVAL_STYLES", "TRAIN_STYLES", "build_caption", "build_training_set", "read_corpus"]
 
@@ -41,6 +42,15 @@ KEYWORD_TEMPLATES = (
     "an emoji of {name}, {kw}.",
     "{kw}",
     "a {cat} emoji of {name}.",
+)
+#: Forms of a group caption (with ``group_p``): the name templates without the name, ``{group}``
+#: the emoji's subcategory or category (as the few-shot tasks' class names spell them).
+GROUP_TEMPLATES = (
+    "{group}",
+    "an emoji of {group}.",
+    "a {group} emoji.",
+    "an icon of {group}.",
+    "a picture of {group}.",
 )
 #: The caption used for zero-shot evaluation of names.
 EVAL_TEMPLATE = "an emoji of {}."
@@ -104,16 +114,36 @@ def load_image_tensor(paths: list[Path], size: int = 64) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def group_name(e: Emoji, level: str) -> str:
+    """``e``'s subcategory (``level="subcategory"``) or category, spelled as the offline
+    tasks spell their classes: "person fantasy", "people and body"."""
+    if level == "subcategory":
+        return readable_subcategory(e.subcategory)
+    return readable_category(e.category)
+
+
 def build_caption(
-    e: Emoji, rng: random.Random, keyword_p: float = 0.0, max_keywords: int = 3
+    e: Emoji,
+    rng: random.Random,
+    keyword_p: float = 0.0,
+    max_keywords: int = 3,
+    group_p: float = 0.0,
 ) -> str:
     """One random caption of emoji ``e``.
 
-    With probability ``1 - keyword_p`` (or when ``e`` has no keywords): a random template of
+    With probability ``group_p`` (drawn first, and only when ``group_p > 0``, so earlier
+    recipes draw what they drew): a group caption, a template of :data:`GROUP_TEMPLATES` with
+    the subcategory (two times in three) or the category, no name; several emoji of a batch
+    may then share a caption (the loss counts them as positives of each other,
+    :func:`fewclip.pretrain.train.clip_loss`). Otherwise, with probability ``1 - keyword_p``
+    (or when ``e`` has no keywords): a random template of
     :data:`CAPTION_TEMPLATES` with the name or a short name (made readable) and the
     subcategory. Otherwise a template of :data:`KEYWORD_TEMPLATES` with one to
     ``max_keywords`` distinct keywords (joined by ", ") and the category in lower case.
     """
+    if group_p > 0 and rng.random() < group_p:
+        level = "subcategory" if rng.random() < 2 / 3 else "category"
+        return rng.choice(GROUP_TEMPLATES).format(group=group_name(e, level))
     names = [e.name] + [readable(s) for s in e.short_names]
     if keyword_p <= 0:  # the version-1 recipe's draws, in its order: template, then name
         template = rng.choice(CAPTION_TEMPLATES)
@@ -143,9 +173,10 @@ class TrainingSet:
     by_style: list[list[list[int]]] = field(default_factory=list)  # per emoji, per style
     sampling: str = "image"
     keyword_p: float = 0.0
+    group_p: float = 0.0
 
     def captions(self, emoji_index: int, rng: random.Random) -> str:
-        return build_caption(self.emoji[emoji_index], rng, self.keyword_p)
+        return build_caption(self.emoji[emoji_index], rng, self.keyword_p, group_p=self.group_p)
 
     def sample_batch(self, batch_size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         """``batch_size`` distinct emoji, one random image (style/variant) and caption each."""
@@ -162,6 +193,7 @@ def build_training_set(
     styles: tuple[str, ...] = TRAIN_STYLES,
     sampling: str = "image",
     keyword_p: float = 0.0,
+    group_p: float = 0.0,
 ) -> TrainingSet:
     """Every image of the given styles of every non-held-out emoji.
 
@@ -195,5 +227,5 @@ def build_training_set(
     owner_t = torch.tensor(owner)
     by_emoji = [torch.tensor([i for g in gs for i in g]) for gs in by_style]
     return TrainingSet(
-        kept, load_image_tensor(paths), owner_t, by_emoji, by_style, sampling, keyword_p
+        kept, load_image_tensor(paths), owner_t, by_emoji, by_style, sampling, keyword_p, group_p
     )

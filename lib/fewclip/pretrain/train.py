@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
@@ -71,6 +72,9 @@ class PretrainConfig:
     sampling: str = "style"
     #: probability of a caption with CLDR keywords (when the emoji has some)
     keyword_p: float = 0.3
+    #: probability of a group caption: the subcategory or category alone, no name (0 = off,
+    #: versions 1-4); identical captions of a batch are then positives of each other
+    group_p: float = 0.0
     #: a checkpoint (.safetensors) to start from instead of a random init ("" = random)
     init_from: str = ""
 
@@ -210,6 +214,32 @@ def _jitter_colours(x: torch.Tensor, strength: float, generator: torch.Generator
     return x.clamp(0.0, 1.0)
 
 
+def clip_loss(
+    image_f: torch.Tensor,
+    text_f: torch.Tensor,
+    scale: torch.Tensor,
+    captions: list[str],
+    distinct_loss: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss over a batch of (B, d) image and text features.
+
+    Image i's target is uniform over the texts whose caption equals caption i (and text i's
+    over those images), so two emoji captioned alike (a group caption, "a person role
+    emoji.") are not pushed apart. With all captions distinct that is CLIP's loss with
+    labels ``arange(B)``: ``distinct_loss`` (``open_clip.ClipLoss()``, the versions-1-4
+    recipes' loss) is then used as is.
+    """
+    if len(set(captions)) == len(captions):
+        loss_fn = distinct_loss or open_clip.ClipLoss()
+        return loss_fn(image_f, text_f, scale)
+    index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    ids = torch.tensor([index[c] for c in captions], device=image_f.device)
+    same = (ids[:, None] == ids[None, :]).to(image_f.dtype)
+    target = same / same.sum(1, keepdim=True)
+    logits = scale * image_f @ text_f.T
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """open_clip's rule: no weight decay on gains, biases, embeddings' scale and logit_scale."""
     decay, no_decay = [], []
@@ -288,7 +318,9 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
     arch_cfg = CONFIG_DIR / f"{cfg.arch}.json"
     (run_dir / "model_config.json").write_text(arch_cfg.read_text())
 
-    data = data or build_training_set(cfg.corpus, cfg.style_tuple, cfg.sampling, cfg.keyword_p)
+    data = data or build_training_set(
+        cfg.corpus, cfg.style_tuple, cfg.sampling, cfg.keyword_p, cfg.group_p
+    )
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(cfg.arch, pretrained=None)
     if cfg.init_from:
@@ -335,7 +367,7 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
             cfg.zoom_out_min,
         )
         image_f, text_f, scale = model(images, tokenizer(captions))
-        loss = loss_fn(image_f, text_f, scale)
+        loss = clip_loss(image_f, text_f, scale, captions, loss_fn)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
