@@ -83,7 +83,8 @@ def frame():
             same[rng.choice(right, 3, replace=False)] = False
             # "grows": 10 points better than base on d, equal on e (an interaction)
             grows = good if dataset == "d" else base
-            for name, bits in (("base", base), ("good", good), ("bad", bad), ("same", same)):
+            named = (("base", base), ("good", good), ("bad", bad), ("same", same))
+            for name, bits in (*named, ("copy", base.copy())):
                 rows.append(_record(name, seed, bits, dataset))
             rows.append(_record("grows", seed, grows, dataset))
     return pd.DataFrame(rows)
@@ -103,6 +104,8 @@ def test_known_answers_get_the_right_verdict(tmp_path, frame):
             _row("inter_no", "good", "base", direction="interaction_greater", datasets="d;e"),
             _row("missing", "nothing", "base"),
             _row("opts", "good", "base", a_opts='{"x": 1}'),
+            _row("copy", "copy", "base", direction="not_worse", margin=2),
+            _row("copy_pooled", "copy", "base", datasets="d;e"),
         ],
     )
     noisy = frame[frame["method"] == "base"].copy()  # another claim's runs, with label noise
@@ -121,6 +124,9 @@ def test_known_answers_get_the_right_verdict(tmp_path, frame):
         "inter_no": "inconclusive at this scale",
         "missing": "not run",
         "opts": "not run",  # a run with other options is another configuration
+        # identical on every image of every seed: "supported" (not_worse) before, untested now
+        "copy": "untested: A = B",
+        "copy_pooled": "untested: A = B",
     }
     assert table["verdict"].to_dict() == expected
     assert table.loc["s", "effect"] == pytest.approx(10.0)
@@ -129,7 +135,9 @@ def test_known_answers_get_the_right_verdict(tmp_path, frame):
     assert table.loc["inter", "effect"] == pytest.approx(10.0)
     assert "no finished runs for side A" in table.loc["missing", "detail"]
     line = claims.summary_line(table.reset_index())
-    assert line.startswith("10 claims: 4 supported, 2 contradicted, 2 inconclusive")
+    assert line.startswith("12 claims: 4 supported, 2 contradicted, 2 inconclusive")
+    assert "2 untested: A = B" in line
+    assert table.loc["copy", "detail"].startswith("A and B give the same result")
 
 
 def test_verdict_thresholds():

@@ -25,6 +25,11 @@ same test images; the interval combines a bootstrap over test images with the se
 - ``interaction_greater`` (two datasets ``hard;easy``): the effect is
   (A - B on hard) - (A - B on easy); verdict as ``greater``.
 
+A claim whose two sides give the same result on every test image of every seed gets
+**untested: A = B**, whatever its direction: the options compared change nothing at this
+scale (e.g. APEX's fixed ensemble weight when no evaluation class is far enough from the
+training classes for the weight to apply), so the comparison says nothing about the claim.
+
 Several datasets for a ``greater`` / ``not_worse`` claim: the effect is the mean of the
 per-dataset differences (:func:`fewclip.evidence.pool_cells`). A claim whose runs are
 missing or failed gets the verdict **not run** and the reason.
@@ -37,6 +42,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import evidence as ev
@@ -64,7 +70,8 @@ COLUMNS = (
     "note",
 )
 DIRECTIONS = ("greater", "not_worse", "interaction_greater")
-VERDICTS = ("supported", "contradicted", "inconclusive at this scale", "not run")
+UNTESTED = "untested: A = B"
+VERDICTS = ("supported", "contradicted", "inconclusive at this scale", UNTESTED, "not run")
 
 
 def load(path: str | None = None) -> pd.DataFrame:
@@ -242,13 +249,19 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
             row["detail"] = "the datasets have no seed in common"
             continue
         stats = ev.cell_summary(cell, "a", "b")
+        same = all(np.array_equal(c.values_a, c.values_b) and c.v_img < 1e-12 for c in wanted)
         row.update(
             effect=stats["diff"],
             ci_low=stats["ci_low"],
             ci_high=stats["ci_high"],
             n_seeds=stats["n_seeds"],
-            verdict=verdict(stats["ci_low"], stats["ci_high"], claim["direction"], claim["margin"]),
-            detail="; ".join(
+            verdict=UNTESTED
+            if same
+            else verdict(stats["ci_low"], stats["ci_high"], claim["direction"], claim["margin"]),
+            detail=(
+                "A and B give the same result on every test image of every seed; " if same else ""
+            )
+            + "; ".join(
                 f"{c.cell['dataset']}: A {c.values_a.mean():.1f} vs B {c.values_b.mean():.1f}"
                 for c in wanted
             )
