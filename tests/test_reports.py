@@ -25,6 +25,7 @@ from fewclip.reports import (
     PATH_PARAMETERS,
     ReportSpec,
     _git_commit,
+    _ledger_rows,
     build_reports,
     default_specs,
     kernel_python,
@@ -431,3 +432,16 @@ def test_the_commit_a_report_names_says_when_the_code_was_not_committed(tmp_path
     assert _git_commit() == head
     (tmp_path / "lib" / "w.txt").write_text("weights v2")  # built from uncommitted weights
     assert _git_commit() == f"{head}+uncommitted"
+
+
+def test_the_index_colours_each_verdict_by_a_css_class(tmp_path):
+    (tmp_path / "claims_files").mkdir()
+    verdicts = ["supported", "contradicted", "inconclusive at this scale", "untested: A = B"]
+    rows = "".join(f"c{i},{v},1.0,0.5,1.5\n" for i, v in enumerate([*verdicts, "not run"]))
+    (tmp_path / "claims_files" / "verdicts.csv").write_text(
+        "id,verdict,effect,ci_low,ci_high\n" + rows
+    )
+    ledger, line = _ledger_rows(tmp_path, {"status": "ok"})
+    css = [r["css"] for r in ledger]
+    assert css == ["supported", "contradicted", "inconclusive", "untested", "notrun"]
+    assert "1 untested: A = B" in line

@@ -638,13 +638,8 @@ def _ledger_rows(out: Path, entry: dict[str, Any] | None) -> tuple[list[dict], s
         if pd.notna(c.get("effect")):
             effect = f"{c['effect']:+.1f} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
         verdict = str(c.get("verdict", ""))
-        rows.append(
-            {
-                **c,
-                "effect": effect,
-                "css": verdict.split(" ")[0].replace("not", "notrun") if verdict else "",
-            }
-        )
+        css = verdict.split(" ")[0].rstrip(":").replace("not", "notrun") if verdict else ""
+        rows.append({**c, "effect": effect, "css": css})
     counts = table["verdict"].value_counts()
     line = f"{len(table)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
     return rows, line
@@ -669,7 +664,8 @@ code { font-size: .85em; }
 .error { white-space: pre-wrap; font-family: monospace; font-size: .85em; color: #b00020; }
 .partial { color: #8a4b00; font-weight: bold; }
 .supported { background: #d9f2d9; } .contradicted { background: #f8d7da; }
-.inconclusive { background: #fff3cd; } .notrun { color: #777; }
+.inconclusive { background: #fff3cd; } .untested { background: #e2e3e5; }
+.notrun { color: #777; }
 small { color: #666; }
 </style>
 </head>
