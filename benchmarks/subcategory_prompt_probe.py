@@ -22,19 +22,12 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fewclip.backbones import load_backbone
-from fewclip.offline.emoji_tasks import readable_subcategory
+from fewclip.features import FeatureCache, prompt_classifier
 from fewclip.offline.tasks import EMOJI_TEMPLATES, split_file
-from fewclip.pretrain.data import read_corpus
+from fewclip.pretrain.data import group_name, read_corpus
 from fewclip.pretrain.evaluate import _encode
-
-
-def accuracy(image: torch.Tensor, labels: torch.Tensor, texts: list[torch.Tensor]) -> float:
-    """(N, d) images, (N,) labels, per class (T_c, d) text features -> top-1 %."""
-    classes = F.normalize(torch.stack([t.mean(0) for t in texts]), dim=-1)
-    return round(((image @ classes.T).argmax(-1) == labels).float().mean().item() * 100, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,19 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     names = task["classnames"]
     members = {n: [] for n in names}
     for e in read_corpus(image_root):
-        sub = readable_subcategory(e.subcategory)
-        if sub in members:
-            members[sub].append(e.name)
-    encode = backbone.encode_text
-    results = {
-        "task prompts": accuracy(
-            image, labels, [encode([t.format(n) for t in EMOJI_TEMPLATES]) for n in names]
-        ),
-        "one template": accuracy(image, labels, [encode([f"a {n} emoji."]) for n in names]),
-        "mean of names": accuracy(
-            image, labels, [encode([f"an emoji of {m}." for m in members[n]]) for n in names]
-        ),
+        members.get(group_name(e, "subcategory"), []).append(e.name)
+    prompts = {
+        "task prompts": [[t.format(n) for t in EMOJI_TEMPLATES] for n in names],
+        "one template": [[f"a {n} emoji."] for n in names],
+        "mean of names": [[f"an emoji of {m}." for m in members[n]] for n in names],
     }
+    results = {}
+    for how, per_class in prompts.items():  # CLIP's prompt ensemble, as zero-shot builds it
+        classifier = prompt_classifier(backbone, per_class, FeatureCache(None))  # (d, C)
+        correct = (image @ classifier).argmax(-1) == labels
+        results[how] = round(correct.float().mean().item() * 100, 1)
     print(json.dumps({"task": args.task, "checkpoint": backbone.weights_file, **results}))
     return 0
 
