@@ -10,6 +10,8 @@ Writes one JSON object:
   :func:`fewclip.pretrain.evaluate.evaluate_backbone`;
 - ``tasks``: per offline few-shot task, zero-shot and Tip-Adapter-F accuracy with K shots
   (16, or the most the task supports), seed 1, the run API's defaults (val selection);
+  with ``--seeds 1,2,3`` also ``tip_adapter_f_seeds`` (one accuracy per seed, the first
+  is ``tip_adapter_f``) and ``tip_adapter_f_mean`` (zero-shot does not depend on the seed);
 - ``test_only``: zero-shot on the test-only tasks (names, ``emoji_dg_noto``);
 - ``domain_generalisation``: Tip-Adapter-F and zero-shot trained on ``emoji_dg_twitter``,
   tested on the held-out styles of the DG family (``metrics["transfer"]``);
@@ -84,6 +86,7 @@ def evaluate(
     tasks: tuple[str, ...] = tuple(FEW_SHOT),
     out: dict | None = None,
     save=lambda out: None,
+    seeds: tuple[int, ...] = (1,),
 ) -> dict:
     """The parts asked for, added to ``out``; ``save(out)`` is called after each result, so
     an interrupted evaluation keeps what it finished."""
@@ -111,7 +114,12 @@ def evaluate(
         cfg = base.replace(dataset=task, allow_fewer=task in ALLOW_FEWER)
         row = {"shots": shots, "zero_shot": _acc(run(cfg.replace(method="zero_shot", shots=0)))}
         if not quick:
-            row["tip_adapter_f"] = _acc(run(cfg.replace(method="tip_adapter_f", shots=shots)))
+            tip = cfg.replace(method="tip_adapter_f", shots=shots)
+            accs = [_acc(run(tip.replace(seed=s))) for s in seeds]
+            row["tip_adapter_f"] = accs[0]
+            if len(seeds) > 1:
+                row["tip_adapter_f_seeds"] = dict(zip(map(str, seeds), accs, strict=True))
+                row["tip_adapter_f_mean"] = round(sum(accs) / len(accs), 2)
         out["tasks"][task] = row
         save(out)
         print(f"{task}: {row} ({time.time() - t0:.0f} s)", file=sys.stderr)
@@ -171,7 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
     p.add_argument("--tasks", default=",".join(FEW_SHOT), help="few-shot tasks to run")
     p.add_argument("--out", required=True, help="JSON file (results are added to it)")
+    p.add_argument(
+        "--seeds", default="1", help="Tip-Adapter-F's seeds on the few-shot tasks, e.g. 1,2,3"
+    )
     args = p.parse_args(argv)
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x)
+    except ValueError:
+        p.error(f"--seeds takes comma-separated integers, not {args.seeds!r}")
+    if not seeds:
+        p.error("--seeds needs at least one seed")
     if not Path(args.checkpoint).is_file():
         p.error(f"no checkpoint at {args.checkpoint}")
     parts = tuple(x for x in args.parts.split(",") if x)
@@ -197,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         tuple(t for t in args.tasks.split(",") if t),
         existing,
         save,
+        seeds,
     )
     return 0
 

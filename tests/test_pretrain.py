@@ -289,6 +289,16 @@ def test_group_captions_name_the_subcategory_or_category_and_nothing_else():
     assert not any(n in c for c in groups for n in ("father christmas", "santa", "festive"))
     share_sub = sum("person fantasy" in c for c in groups) / len(groups)
     assert share_sub == pytest.approx(2 / 3, abs=0.08)
+    only_sub = [
+        build_caption(e, random.Random(i), 0.3, group_p=1.0, group_category_share=0.0)
+        for i in range(100)
+    ]
+    assert all("person fantasy" in c for c in only_sub)  # group_category_share=0
+    only_cat = [
+        build_caption(e, random.Random(i), 0.3, group_p=1.0, group_category_share=1.0)
+        for i in range(100)
+    ]
+    assert all("people and body" in c for c in only_cat)
     mixed = [build_caption(e, random.Random(i), 0.3, group_p=0.25) for i in range(800)]
     assert sum(c in forms for c in mixed) / len(mixed) == pytest.approx(0.25, abs=0.05)
     # group_p = 0 draws nothing extra: the versions-1-4 recipes' captions, draw for draw

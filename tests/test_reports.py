@@ -437,11 +437,23 @@ def test_the_commit_a_report_names_says_when_the_code_was_not_committed(tmp_path
 def test_the_index_colours_each_verdict_by_a_css_class(tmp_path):
     (tmp_path / "claims_files").mkdir()
     verdicts = ["supported", "contradicted", "inconclusive at this scale", "untested: A = B"]
-    rows = "".join(f"c{i},{v},1.0,0.5,1.5\n" for i, v in enumerate([*verdicts, "not run"]))
+    listed = [*verdicts, "not run", "contradicted"]  # counts not in the claims' order
+    rows = "".join(f"c{i},{v},1.0,0.5,1.5\n" for i, v in enumerate(listed))
     (tmp_path / "claims_files" / "verdicts.csv").write_text(
         "id,verdict,effect,ci_low,ci_high\n" + rows
     )
     ledger, line = _ledger_rows(tmp_path, {"status": "ok"})
     css = [r["css"] for r in ledger]
-    assert css == ["supported", "contradicted", "inconclusive", "untested", "notrun"]
-    assert "1 untested: A = B" in line
+    assert css == [
+        "supported",
+        "contradicted",
+        "inconclusive",
+        "untested",
+        "notrun",
+        "contradicted",
+    ]
+    # the claims report's summary line, verdicts in its fixed order (not by count)
+    assert line == (
+        "6 claims: 1 supported, 2 contradicted, 1 inconclusive at this scale, "
+        "1 untested: A = B, 1 not run"
+    )

@@ -640,9 +640,9 @@ def _ledger_rows(out: Path, entry: dict[str, Any] | None) -> tuple[list[dict], s
         verdict = str(c.get("verdict", ""))
         css = verdict.split(" ")[0].rstrip(":").replace("not", "notrun") if verdict else ""
         rows.append({**c, "effect": effect, "css": css})
-    counts = table["verdict"].value_counts()
-    line = f"{len(table)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
-    return rows, line
+    from .claims import summary_line  # the claims report's own line, in its verdict order
+
+    return rows, summary_line(table)
 
 
 def _has_files(out: Path, entry: dict[str, Any]) -> bool:

@@ -128,12 +128,14 @@ def build_caption(
     keyword_p: float = 0.0,
     max_keywords: int = 3,
     group_p: float = 0.0,
+    group_category_share: float = 1 / 3,
 ) -> str:
     """One random caption of emoji ``e``.
 
     With probability ``group_p`` (drawn first, and only when ``group_p > 0``, so earlier
     recipes draw what they drew): a group caption, a template of :data:`GROUP_TEMPLATES` with
-    the subcategory (two times in three) or the category, no name; several emoji of a batch
+    the category (a ``group_category_share`` of them, by default one in three; 0: the
+    subcategory only) or the subcategory, no name; several emoji of a batch
     may then share a caption (the loss counts them as positives of each other,
     :func:`fewclip.pretrain.train.clip_loss`). Otherwise, with probability ``1 - keyword_p``
     (or when ``e`` has no keywords): a random template of
@@ -142,7 +144,8 @@ def build_caption(
     ``max_keywords`` distinct keywords (joined by ", ") and the category in lower case.
     """
     if group_p > 0 and rng.random() < group_p:
-        level = "subcategory" if rng.random() < 2 / 3 else "category"
+        # drawn as "subcategory below 1 - share", so the 0.05 / 0.2 runs' draws are kept
+        level = "subcategory" if rng.random() < 1 - group_category_share else "category"
         return rng.choice(GROUP_TEMPLATES).format(group=group_name(e, level))
     names = [e.name] + [readable(s) for s in e.short_names]
     if keyword_p <= 0:  # the version-1 recipe's draws, in its order: template, then name
@@ -174,9 +177,16 @@ class TrainingSet:
     sampling: str = "image"
     keyword_p: float = 0.0
     group_p: float = 0.0
+    group_category_share: float = 1 / 3
 
     def captions(self, emoji_index: int, rng: random.Random) -> str:
-        return build_caption(self.emoji[emoji_index], rng, self.keyword_p, group_p=self.group_p)
+        return build_caption(
+            self.emoji[emoji_index],
+            rng,
+            self.keyword_p,
+            group_p=self.group_p,
+            group_category_share=self.group_category_share,
+        )
 
     def sample_batch(self, batch_size: int, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         """``batch_size`` distinct emoji, one random image (style/variant) and caption each."""
@@ -194,6 +204,7 @@ def build_training_set(
     sampling: str = "image",
     keyword_p: float = 0.0,
     group_p: float = 0.0,
+    group_category_share: float = 1 / 3,
 ) -> TrainingSet:
     """Every image of the given styles of every non-held-out emoji.
 
@@ -207,6 +218,8 @@ def build_training_set(
         )
     if sampling not in ("image", "style"):
         raise ValueError(f"sampling must be 'image' or 'style', not {sampling!r}")
+    if not 0 <= group_category_share <= 1:
+        raise ValueError(f"group_category_share must be in [0, 1], not {group_category_share}")
     corpus_dir = Path(corpus_dir)
     emoji = [e for e in read_corpus(corpus_dir) if not e.heldout]
     paths, owner, by_style = [], [], []
@@ -227,5 +240,13 @@ def build_training_set(
     owner_t = torch.tensor(owner)
     by_emoji = [torch.tensor([i for g in gs for i in g]) for gs in by_style]
     return TrainingSet(
-        kept, load_image_tensor(paths), owner_t, by_emoji, by_style, sampling, keyword_p, group_p
+        kept,
+        load_image_tensor(paths),
+        owner_t,
+        by_emoji,
+        by_style,
+        sampling,
+        keyword_p,
+        group_p,
+        group_category_share,
     )

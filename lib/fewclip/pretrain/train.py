@@ -75,6 +75,8 @@ class PretrainConfig:
     #: probability of a group caption: the subcategory or category alone, no name (0 = off,
     #: versions 1-4); identical captions of a batch are then positives of each other
     group_p: float = 0.0
+    #: the share of group captions that name the category (the rest: the subcategory)
+    group_category_share: float = 1 / 3
     #: a checkpoint (.safetensors) to start from instead of a random init ("" = random)
     init_from: str = ""
 
@@ -319,7 +321,12 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
     (run_dir / "model_config.json").write_text(arch_cfg.read_text())
 
     data = data or build_training_set(
-        cfg.corpus, cfg.style_tuple, cfg.sampling, cfg.keyword_p, cfg.group_p
+        cfg.corpus,
+        cfg.style_tuple,
+        cfg.sampling,
+        cfg.keyword_p,
+        cfg.group_p,
+        cfg.group_category_share,
     )
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(cfg.arch, pretrained=None)
