@@ -640,7 +640,9 @@ def _ledger_rows(out: Path, entry: dict[str, Any] | None) -> tuple[list[dict], s
         verdict = str(c.get("verdict", ""))
         css = verdict.split(" ")[0].rstrip(":").replace("not", "notrun") if verdict else ""
         rows.append({**c, "effect": effect, "css": css})
-    from .claims import summary_line  # the claims report's own line, in its verdict order
+    # the claims report's own line, in its verdict order; imported here, since fewclip.claims
+    # brings torch and open_clip, which the report builder's start-up does not need
+    from .claims import summary_line
 
     return rows, summary_line(table)
 
