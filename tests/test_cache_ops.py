@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from synthetic import make_feature_data
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fewclip.methods.cache_ops import (
     ClassBlocks,
+    KeptProduct,
     ResidualKeys,
     ValueProduct,
     ValueProducts,
@@ -272,6 +274,9 @@ def test_residual_keys_affinity_equals_normalising_the_adapted_keys(layout):
     assert given.data_ptr() == frozen.data_ptr()
     assert torch.allclose(given, reference, atol=1e-12)
     assert torch.autograd.gradcheck(lambda f, r: rk.affinity(f, r, f.detach() @ keys.T), (f, r))
+    # the caller's f @ R^T with its own autograd history (DualCache takes it from one product
+    # with all its narrow matrices): R's and f's gradients still complete
+    assert torch.autograd.gradcheck(lambda f, r: rk.affinity(f, r, None, f @ r.T), (f, r))
     # float32: values and residual gradients within float rounding of autograd's
     rk32 = ResidualKeys(keys.float(), labels, c)
     r32 = r.detach().float().requires_grad_()
@@ -356,15 +361,28 @@ def test_cache_term_backward_runs_once():
         out.backward()
 
 
-def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch):
-    """Training through ResidualKeys and cache_term ends where autograd through the paper's
-    formulas (normalised adapted keys, dense value products) ends, within 1e-5."""
+@pytest.mark.parametrize("stacked", [True, False])
+def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch, stacked):
+    """Training through ResidualKeys, cache_term, the written-out classifiers and (or
+    without) the stacked narrow products ends where autograd through the paper's formulas
+    (normalised adapted keys and classifiers, dense value products) ends, within 1e-5."""
     from fewclip.methods import dual_adapter as dual
 
+    if not stacked:
+        monkeypatch.setattr(dual, "STACKED_PRODUCT_CLASSES", 0)
     fast = DualAdapter(epochs=3, lr=1e-2, search=False)
     fast.fit(synthetic)
+    monkeypatch.undo()
 
-    def reference_terms(self, f, w_plus=None, pos_dots=None):
+    def reference_positive_classifier(self):
+        w_t = F.normalize(self.w_t + self.r_t.T, dim=0)
+        w_d = F.normalize(self.w_d + self.r_d.T, dim=0)
+        return dual.TEXT_WEIGHTS[0] * w_t + dual.TEXT_WEIGHTS[1] * w_d
+
+    def reference_negative_classifier(self):
+        return F.normalize(self.w_n + self.r_n.T, dim=0)
+
+    def reference_terms(self, f, narrow=None):
         s = self.logit_scale
         return dual.DualTerms(
             pos_text=s * f @ self.positive_classifier(),
@@ -381,6 +399,8 @@ def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch):
             torch.exp(-beta * terms.neg_affinity) @ self.values,
         )
 
+    monkeypatch.setattr(dual.DualCache, "positive_classifier", reference_positive_classifier)
+    monkeypatch.setattr(dual.DualCache, "negative_classifier", reference_negative_classifier)
     monkeypatch.setattr(dual.DualCache, "terms", reference_terms)
     monkeypatch.setattr(dual.DualCache, "components", reference_components)
     slow = DualAdapter(epochs=3, lr=1e-2, search=False)
@@ -391,3 +411,42 @@ def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch):
     for name in ("r_t", "r_d", "r_k", "r_n", "r_kn"):
         assert torch.allclose(getattr(fast.module, name), getattr(slow.module, name), atol=1e-5)
     assert torch.allclose(fast.logits(f), slow.logits(f), rtol=1e-5, atol=1e-4)
+
+
+def test_kept_product_is_reused_only_while_its_inputs_are_unchanged():
+    """The val features' product with the frozen keys is computed once per fit, not once
+    per epoch; an in-place edit of either tensor, another tensor or autograd recomputes."""
+    g = torch.Generator().manual_seed(8)
+    f, keys = torch.randn(6, 4, generator=g), torch.randn(5, 4, generator=g)
+    kept = KeptProduct()
+    calls = []
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            calls.append(func is torch.ops.aten.mm.default)
+            return func(*args, **(kwargs or {}))
+
+    def products(*args):
+        calls.clear()
+        with torch.no_grad(), Products():
+            out = kept(*args)
+        return out, sum(calls)
+
+    first, n_first = products(f, keys)
+    first.fill_(0)  # the caller builds in the returned memory: the kept product is untouched
+    again, n_again = products(f, keys)
+    assert (n_first, n_again) == (1, 0)
+    assert torch.equal(again, f @ keys.T)
+    f.mul_(2)  # edited in place: recomputed
+    edited, n_edited = products(f, keys)
+    assert n_edited == 1 and torch.equal(edited, f @ keys.T)
+    assert products(f.clone(), keys)[1] == 1  # equal values, another tensor
+    keys.add_(1)
+    assert products(f, keys)[1] == 1
+    with torch.enable_grad():
+        kept(f, keys)  # training: never kept
+    assert products(f, keys)[1] == 0  # the no-grad product kept before is still the one
+    small = KeptProduct(max_elements=10)
+    with torch.no_grad():
+        small(f, keys)
+    assert small._kept is None  # 30 entries > 10: not kept

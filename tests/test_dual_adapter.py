@@ -16,12 +16,14 @@ from fewclip.methods.dual_adapter import (
     DualAdapter,
     DualCache,
     NegativeKeyProducts,
+    adapted_classifier,
     adaptive_reranking_loss,
     consistency_loss,
     consistency_target,
     pseudo_negative_keys,
     shot_slots,
     soft_labels,
+    stacked_products,
 )
 from fewclip.methods.search import grid_search_loop, linear_grid
 
@@ -336,6 +338,87 @@ def test_adaptive_reranking_loss_gradient_passes_gradcheck(num_classes, monkeypa
     )
 
 
+def _classifier_inputs(dtype=torch.float64):
+    g = torch.Generator().manual_seed(6)
+    w = [torch.randn(7, 4, generator=g, dtype=dtype) for _ in range(2)]  # (d, C)
+    r = [(0.3 * torch.randn(4, 7, generator=g, dtype=dtype)).requires_grad_() for _ in range(2)]
+    return w, r
+
+
+def _normalised_sum(w, r, weights=None):
+    units = [F.normalize(a + b.T, dim=0) for a, b in zip(w, r, strict=True)]
+    if weights is None:
+        return units[0]
+    return weights[0] * units[0] + weights[1] * units[1]
+
+
+@pytest.mark.parametrize("weights", [None, (0.45, 0.55)])
+def test_adapted_classifier_equals_the_normalised_sum(weights):
+    """W+ and the negative classifier: the written-out formula's values bit for bit (float32)
+    and its gradient (float64, finite differences)."""
+    w, r = _classifier_inputs(torch.float32)
+    n = 1 if weights is None else 2
+    ours = adapted_classifier(w[:n], r[:n], weights)
+    assert torch.equal(ours, _normalised_sum(w[:n], r[:n], weights))
+    w, r = _classifier_inputs()
+    assert torch.autograd.gradcheck(
+        lambda *res: adapted_classifier(w[:n], res, weights), tuple(r[:n])
+    )
+
+
+def test_adapted_classifier_gradient_of_a_column_below_eps():
+    """A column with W + R^T = 0 is divided by eps (F.normalize's clamp): its gradient is
+    G / eps there, as autograd's through F.normalize, and the other columns' are unchanged."""
+    w, r = _classifier_inputs()
+    w[0][:, 1] = -r[0].detach()[1]  # column 1 of W_t + R_t^T is exactly zero
+    g = torch.randn(7, 4, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((adapted_classifier(w[:1], r[:1]) * g).sum(), r[0])
+    (expected,) = torch.autograd.grad((_normalised_sum(w[:1], r[:1]) * g).sum(), r[0])
+    assert torch.allclose(ours, expected, rtol=1e-12)
+    assert torch.allclose(ours[1], g[:, 1] / 1e-12)
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_stacked_products_equal_one_product_each(stack):
+    g = torch.Generator().manual_seed(7)
+    f = torch.randn(30, 16, generator=g)
+    matrices = [torch.randn(n, 16, generator=g) for n in (5, 5, 3)]
+    parts = stacked_products(f, matrices, stack)
+    assert [tuple(p.shape) for p in parts] == [(30, 5), (30, 5), (30, 3)]
+    for part, m in zip(parts, matrices, strict=True):
+        assert torch.allclose(part, f @ m.T, atol=1e-5)
+
+
+def test_a_training_step_makes_two_products_with_the_features(synthetic):
+    """Up to STACKED_PRODUCT_CLASSES classes a step's forward multiplies the features twice:
+    once with the cache keys and once with the stack of W+, the negative classifier, R_k,
+    R_k- and F-'s slot sums (five products before); its backward once more (their
+    gradient); ARL's margins come from the (C, C) products of W+."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    data = synthetic[0]
+    method = DualAdapter(epochs=1, search=False)
+    method.fit(data)
+    module, f, y = method.module, data.cache_keys, data.train_labels
+    c, k = data.num_classes, 8
+    shapes = []
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.mm.default:
+                shapes.append((tuple(args[0].shape), tuple(args[1].shape)))
+            return func(*args, **(kwargs or {}))
+
+    loss_fn = method.training_loss(module, *method.initial(data))
+    with Products():
+        loss_fn(f, y).backward()
+    n, d = f.shape
+    with_features = [s for s in shapes if s[0] == (n, d) or s[1] == (n, d)]
+    assert sorted(with_features) == sorted(
+        [((n, d), (d, 4 * c + k)), ((n, d), (d, n)), ((4 * c + k, n), (n, d))]
+    ), shapes
+
+
 # -- the method ----------------------------------------------------------------------------
 
 
@@ -500,7 +583,12 @@ def test_logits_in_chunks_equal_one_forward(synthetic, monkeypatch):
     method.fit(data)
     whole = method.module(test_f, 0.5, 1.0, 0.8)
     monkeypatch.setattr(module, "LOGITS_CHUNK", 7)
-    assert torch.allclose(method.logits(test_f, beta=0.5, alpha=1.0, lam=0.8), whole)
+    chunks = method.logits(test_f, beta=0.5, alpha=1.0, lam=0.8)
+    # equal to float rounding: a BLAS product's rounding may depend on its row count (here
+    # the stacked narrow products, 2.6e-7 of the largest logit); a chunk out of place or
+    # lost would be off by whole logits
+    scale = whole.abs().max().item()
+    assert (chunks - whole).abs().max().item() <= 1e-6 * scale
 
 
 # --------------------------------------------------------------------------- v2 = SimNL
@@ -567,7 +655,7 @@ def test_the_forward_computes_one_product_with_the_cache_keys(synthetic):
     method = DualAdapter(epochs=1, search=False)
     method.fit(data)
     module = method.module
-    f = data.val_features
+    f = data.val_features.clone()  # not the tensor whose product validation kept
     m = module.keys.shape[0]
     shapes = []
 

@@ -258,6 +258,39 @@ class ValueProducts(BufferDerived):
         super().__init__(ValueProduct)
 
 
+class KeptProduct:
+    """``f @ keys.T`` (N, M), kept for the last ``f`` seen without autograd while neither
+    tensor changes: the per-epoch validation multiplies the same val features with the same
+    frozen cache keys at every epoch (30 times in a DualAdapter fit).
+
+    Returns a new tensor each call (callers build in its memory). The kept product is
+    matched by identity and in-place version counter of both tensors, and a reference to
+    each is held, so their memory cannot be reused by another tensor meanwhile. Only
+    products of at most ``max_elements`` entries are kept (a few-shot val set; large val
+    sets are evaluated in chunks, new tensors each time).
+    """
+
+    def __init__(self, max_elements: int = 1 << 20) -> None:
+        self.max_elements = max_elements
+        self._kept: tuple | None = None  # (f, f version, keys, keys version, product)
+
+    def __call__(self, f: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or f.shape[0] * keys.shape[0] > self.max_elements:
+            return f.detach() @ keys.T
+        kept = self._kept
+        if (
+            kept is not None
+            and kept[0] is f
+            and kept[1] == f._version
+            and kept[2] is keys
+            and kept[3] == keys._version
+        ):
+            return kept[4].clone()
+        product = f @ keys.T
+        self._kept = (f, f._version, keys, keys._version, product)
+        return product.clone()
+
+
 class ResidualKeys:
     """Frozen cache keys F (M, d) with labels y (M,) and a per-class residual R (C, d):
     the affinity ``f @ norm(F + R[y])^T`` without ever forming the (M, d) matrix F + R[y].
@@ -309,47 +342,58 @@ class ResidualKeys:
         return self.classes.in_class_order(sums, 0)
 
     def affinity(
-        self, f: torch.Tensor, residual: torch.Tensor, frozen: torch.Tensor | None = None
+        self,
+        f: torch.Tensor,
+        residual: torch.Tensor,
+        frozen: torch.Tensor | None = None,
+        f_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """f (N, d) @ norm(F + R[y])^T -> (N, M); differentiable in f and R.
 
         ``frozen`` (N, M): ``f @ F^T`` when the caller has it (it is overwritten: the
-        affinity is built in its memory); else computed here."""
-        return _ResidualAffinity.apply(f, residual, self, frozen)
+        affinity is built in its memory); else computed here. ``f_residual`` (N, C):
+        ``f @ R^T`` when the caller has it (DualAdapter takes it from one product with all
+        its narrow matrices), carrying its own autograd history; else computed here."""
+        if f_residual is None:
+            f_residual = f @ residual.T
+        return _ResidualAffinity.apply(f, residual, f_residual, self, frozen)
 
 
 class _ResidualAffinity(torch.autograd.Function):
-    """out = (f @ F^T + (f @ R^T)[:, y]) * inv, inv_i = 1 / max(||F_i + R_{y_i}||, 1e-12).
+    """out = (f @ F^T + P[:, y]) * inv with P = f @ R^T (N, C) an input (autograd carries
+    its own product), inv_i = 1 / max(||F_i + R_{y_i}||, 1e-12).
 
     Backward for G = dL/d out (N, M), with G~ = G * inv and w_i = inv_i^2 sum_n G_ni out_ni:
-    dL/dR = (G~ summed over each class's columns)^T @ f - sum_{i in c} w_i (F_i + R_c);
-    dL/df = G~ @ F + (G~ summed per class) @ R (only when f needs it).
+    dL/dP = G~ summed over each class's columns (N, C);
+    dL/dR = - sum_{i in c} w_i (F_i + R_c) (the norms' part; P's part flows through P);
+    dL/df = G~ @ F (only when f needs it; P's part flows through P).
     """
 
     @staticmethod
-    def forward(ctx, f, residual, rk: ResidualKeys, frozen: torch.Tensor | None):
+    def forward(ctx, f, residual, f_residual, rk: ResidualKeys, frozen: torch.Tensor | None):
         dots = rk.row_dots(residual)  # (M,)
         sq = rk.key_sq + 2 * dots + residual.pow(2).sum(-1)[rk.labels]
         norm = sq.clamp_min(0).sqrt_()
         inv = norm.clamp_min(1e-12).reciprocal_()  # as F.normalize's eps
         # f F^T + (f R^T)[:, y] in one (N, M) allocation (the caller's f F^T, when given)
         frozen = f @ rk.keys.T if frozen is None else frozen
-        out = rk.classes.add_gathered_(frozen, f @ residual.T).mul_(inv)
-        ctx.save_for_backward(f, residual, inv, out, norm > 1e-12)
+        out = rk.classes.add_gathered_(frozen, f_residual).mul_(inv)
+        ctx.save_for_backward(residual, inv, out, norm > 1e-12)
         ctx.rk = rk
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        f, residual, inv, out, unclamped = ctx.saved_tensors
+        residual, inv, out, unclamped = ctx.saved_tensors
         rk: ResidualKeys = ctx.rk
         g = grad * inv  # (N, M), the one (N, M) allocation of the backward
-        g_class = rk.classes.sum(g)  # (N, C)
-        grad_f = grad_r = None
+        grad_f = grad_r = grad_p = None
+        if ctx.needs_input_grad[2]:
+            grad_p = rk.classes.sum(g)  # (N, C)
         if ctx.needs_input_grad[0]:
-            grad_f = g @ rk.keys + g_class @ residual
+            grad_f = g @ rk.keys
         if ctx.needs_input_grad[1]:
             w = g.mul_(out).sum(0).mul_(inv).mul_(unclamped)  # (M,) inv^2 sum_n G out
             w_class = rk.classes.sum(w[None])[0]  # (C,)
-            grad_r = (g_class.T @ f).sub_(rk.class_sums(w)).sub_(residual * w_class[:, None])
-        return grad_f, grad_r, None, None
+            grad_r = rk.class_sums(w).add_(residual * w_class[:, None]).neg_()
+        return grad_f, grad_r, grad_p, None, None

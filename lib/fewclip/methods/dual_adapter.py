@@ -100,6 +100,7 @@ from .base import FeatureData, FeatureMethod, FitResult, register_method
 from .cache_ops import (
     BufferDerived,
     ClassBlocks,
+    KeptProduct,
     ResidualKeys,
     ValueProducts,
     cache_term,
@@ -119,6 +120,10 @@ NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP
 #: from the k nearest prototypes gathered (B k d work instead of B C d)
 DENSE_MARGIN_CLASSES = 64
 LOGITS_CHUNK: int | None = None  # images per forward at evaluation; None: row_chunks(M)
+#: Up to this many classes f's products with the narrow matrices of a forward (W+, R_k,
+#: R_k-, the negative classifier and F-'s slot sums) are one product with their stack
+#: (:func:`stacked_products`); above, one product each
+STACKED_PRODUCT_CLASSES = 64
 
 
 @dataclass(frozen=True)
@@ -261,9 +266,13 @@ class NegativeKeyProducts:
         blocks = ClassBlocks(labels, num_classes)
         self.shots = blocks.shots if blocks.block_class is not None else 0
 
-    def __call__(self, f: torch.Tensor, f_keys: torch.Tensor) -> torch.Tensor:
-        """f (N, d), f_keys (N, M) = f @ F^T -> (N, M) f @ F-^T (a new tensor)."""
-        f_sums = f @ self.slot_sums.T  # (N, K) f . S_k
+    def __call__(
+        self, f: torch.Tensor, f_keys: torch.Tensor, f_sums: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """f (N, d), f_keys (N, M) = f @ F^T -> (N, M) f @ F-^T (a new tensor).
+        ``f_sums`` (N, K) = f @ S^T when the caller has it, else computed here."""
+        if f_sums is None:
+            f_sums = f @ self.slot_sums.T  # (N, K) f . S_k
         if self.shots:
             n, k = f.shape[0], self.shots
             out = torch.sub(f_sums[:, None, :], f_keys.view(n, -1, k)).view(n, -1)
@@ -320,9 +329,11 @@ class _RerankingLoss(torch.autograd.Function):
     dL/df     = a (f - t_y) - rowsum(S) * f
 
     (the rest flows through dots). Up to :data:`DENSE_MARGIN_CLASSES` classes the margins
-    t_y . t_j come from one (B, d) x (d, C) product and Q is a (B, C) matrix, so the
-    backward is products and scatters of (B, C) and (C, d) matrices; above, from the k
-    nearest prototypes gathered, and Q's rows are scattered with ``index_add``.
+    t_y . t_j are read from the (C, C) products P P^T, and Q enters only summed per label
+    class, Y^T Q (C, C) with Y the (B, C) one-hot labels: Q^T t_y = (Y^T Q)^T P and the
+    label rows' (Q P)_b summed per class are (Y^T Q) P, so the backward's products are
+    (C, C) x (C, d) instead of (C, B) x (B, d); above, the margins come from the k nearest
+    prototypes gathered, and Q's rows are scattered with ``index_add``.
     """
 
     @staticmethod
@@ -335,8 +346,10 @@ class _RerankingLoss(torch.autograd.Function):
         to_label = features - t_y
         anchor = to_label.norm(dim=-1, keepdim=True)  # (B, 1)
         near = None  # the k nearest prototypes (B, k, d), gathered for many classes only
-        if prototypes.shape[0] <= DENSE_MARGIN_CLASSES:  # t_y . t_j for every class
-            label_dots = (t_y @ prototypes.T).gather(1, nearest)  # (B, k)
+        if prototypes.shape[0] <= DENSE_MARGIN_CLASSES:  # t_c . t_j for every pair
+            c = prototypes.shape[0]
+            pairs = (prototypes @ prototypes.T).flatten()  # (C C,) t_c . t_j at c C + j
+            label_dots = pairs.take(labels[:, None] * c + nearest)  # (B, k) t_y . t_j
         else:  # for the k nearest only (B k d work, not B C d)
             b, dim = nearest.shape[0], prototypes.shape[1]
             near = prototypes.index_select(0, nearest.flatten()).view(b, k, dim)
@@ -363,10 +376,13 @@ class _RerankingLoss(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_p = s.sum(0)[:, None] * p
             label_rows = a * to_label
-            if near is None:  # Q as a (B, C) matrix
-                q = f.new_zeros(b, p.shape[0]).scatter_add_(1, nearest, w / ctx.scale)
-                grad_p.add_(q.T @ t_y)
-                label_rows.add_(q @ p)
+            if near is None:  # Q summed per label class: Y^T Q (C, C)
+                c = p.shape[0]
+                yq = f.new_zeros(c * c).index_add_(
+                    0, (labels[:, None] * c + nearest).flatten(), (w / ctx.scale).flatten()
+                )
+                yq = yq.view(c, c)
+                grad_p.add_((yq + yq.T) @ p)  # Q^T t_y = (Y^T Q)^T P, Y^T (Q P) = (Y^T Q) P
             else:  # Q's k entries per row
                 q = w / ctx.scale
                 rows = (q[..., None] * t_y[:, None]).flatten(0, 1)  # (B k, d)
@@ -425,6 +441,94 @@ def consistency_loss(
 
 
 # -- the forward -------------------------------------------------------------------------
+
+
+def adapted_classifier(
+    frozen: Sequence[torch.Tensor],
+    residuals: Sequence[torch.Tensor],
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """(d, C) sum_i a_i norm(W_i + R_i^T), each column normalised (``F.normalize(..., dim=0)``
+    with its eps 1e-12); W_i (d, C) frozen, R_i (C, d) residuals, a_i ``weights`` (None:
+    one term, no weight). The same float operations as the written-out expression (values
+    bit-identical), with the gradient written out (:class:`_AdaptedClassifier`)."""
+    pairs = [t for pair in zip(frozen, residuals, strict=True) for t in pair]
+    return _AdaptedClassifier.apply(None if weights is None else tuple(weights), *pairs)
+
+
+class _AdaptedClassifier(torch.autograd.Function):
+    """out = sum_i a_i u_i, u_i = x_i / max(||x_i||, eps) per column, x_i = W_i + R_i^T.
+
+    Backward for G (d, C): dL/dR_i = (a_i (G - u_i (u_i . G)) / ||x_i||)^T per column, and
+    a_i G / eps for a column whose norm is below eps (where F.normalize divides by eps).
+    One node instead of autograd's six per term (add, transpose, norm, clamp, expand,
+    divide) and the weights' products and sum: DualAdapter computes W+ and the negative
+    classifier at every training step.
+    """
+
+    @staticmethod
+    def forward(ctx, weights, *pairs):
+        units, norms, out = [], [], None
+        for i in range(0, len(pairs), 2):
+            x = pairs[i] + pairs[i + 1].T
+            norm = x.norm(2, 0, keepdim=True)  # (1, C)
+            unit = x / norm.clamp_min(1e-12).expand_as(x)
+            units.append(unit)
+            norms.append(norm)
+            term = unit if weights is None else weights[i // 2] * unit
+            out = term if out is None else out + term
+        ctx.save_for_backward(*units, *norms)
+        ctx.weights = weights
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        saved = ctx.saved_tensors
+        half = len(saved) // 2
+        grads: list[torch.Tensor | None] = [None]  # for weights
+        for i, (unit, norm) in enumerate(zip(saved[:half], saved[half:], strict=True)):
+            grads.append(None)  # the frozen W_i
+            if not ctx.needs_input_grad[2 + 2 * i]:
+                grads.append(None)
+                continue
+            g = grad if ctx.weights is None else ctx.weights[i] * grad
+            out = torch.sub(g, unit * (unit * g).sum(0, keepdim=True))
+            clamped = norm < 1e-12
+            if bool(clamped.any()):  # a column below eps: divided by eps, not normalised
+                out = torch.where(clamped, g / 1e-12, out / norm.masked_fill(clamped, 1.0))
+            else:
+                out = out.div_(norm)
+            grads.append(out.T)
+        return tuple(grads)
+
+
+def stacked_products(
+    f: torch.Tensor, matrices: Sequence[torch.Tensor], stack: bool = True
+) -> list[torch.Tensor]:
+    """``[f @ m.T for m in matrices]``, f (N, d), each m (n_i, d) -> (N, n_i).
+
+    ``stack``: one product with the matrices stacked ((N, d) x (d, sum n_i)), its column
+    blocks returned as views. On CPU a product with a few output columns runs far below
+    the machine's rate (one thread: 73 us for (240, 256) x (256, 15), 157 us for five such
+    matrices stacked), and autograd's backward of one product is one (sum n_i, N) x (N, d)
+    product instead of one per matrix. Stacking copies the matrices each call, which
+    costs more than it saves when they are large (C = 1,000, d = 1,024: 32 ms against
+    28 ms), hence the switch. Equal to the separate products to float rounding.
+    """
+    if not stack:
+        return [f @ m.T for m in matrices]
+    out = f @ torch.cat(list(matrices)).T
+    return list(out.split([m.shape[0] for m in matrices], dim=1))
+
+
+class NarrowProducts(NamedTuple):
+    """f's products with the narrow matrices of one forward (:meth:`DualCache.narrow_products`)."""
+
+    pos_dots: torch.Tensor  # (N, C) f @ W+
+    neg_dots: torch.Tensor  # (N, C) f @ norm(W_n + R_n^T)
+    residual: torch.Tensor  # (N, C) f @ R_k^T
+    negative_residual: torch.Tensor | None  # (N, C) f @ R_k-^T; None: no F-
+    slot_sums: torch.Tensor | None  # (N, K) f @ S^T (F-'s slot sums); None: no F-
 
 
 class DualTerms(NamedTuple):
@@ -492,19 +596,18 @@ class DualCache(nn.Module):
         self._products = ValueProducts()
         self._residual_keys = BufferDerived(ResidualKeys)
         self._negative_products = BufferDerived(NegativeKeyProducts)
+        self._key_products = KeptProduct()
         zeros = lambda: nn.Parameter(torch.zeros(num_classes, dim, device=keys.device))
         self.r_t, self.r_d, self.r_k = zeros(), zeros(), zeros()  # positive residuals
         self.r_n, self.r_kn = zeros(), zeros()  # negative residuals (R_n, R_k-)
 
     def positive_classifier(self) -> torch.Tensor:
         """W+ (d, C) = 0.45 norm(W_t + R_t^T) + 0.55 norm(W_d + R_d^T)."""
-        w_t = F.normalize(self.w_t + self.r_t.T, dim=0)
-        w_d = F.normalize(self.w_d + self.r_d.T, dim=0)
-        return TEXT_WEIGHTS[0] * w_t + TEXT_WEIGHTS[1] * w_d
+        return adapted_classifier((self.w_t, self.w_d), (self.r_t, self.r_d), TEXT_WEIGHTS)
 
     def negative_classifier(self) -> torch.Tensor:
         """(d, C) norm(W_n + R_n^T)."""
-        return F.normalize(self.w_n + self.r_n.T, dim=0)
+        return adapted_classifier((self.w_n,), (self.r_n,))
 
     def positive_keys(self) -> torch.Tensor:
         """(M, d) norm(F + R_k[y])."""
@@ -514,35 +617,51 @@ class DualCache(nn.Module):
         """(M, d) norm(F- + R_k-[y])."""
         return F.normalize(self.negative_keys + self.r_kn[self.labels], dim=-1)
 
-    def terms(
-        self,
-        f: torch.Tensor,
-        w_plus: torch.Tensor | None = None,
-        pos_dots: torch.Tensor | None = None,
-    ) -> DualTerms:
+    def narrow_products(
+        self, f: torch.Tensor, w_plus: torch.Tensor | None = None
+    ) -> NarrowProducts:
+        """f's products with the forward's narrow matrices: W+ (``w_plus`` when the caller
+        has computed it this step), norm(W_n + R_n^T), R_k and, with F-, R_k- and F-'s slot
+        sums; one product with their stack up to :data:`STACKED_PRODUCT_CLASSES` classes
+        (:func:`stacked_products`)."""
+        w_plus = self.positive_classifier() if w_plus is None else w_plus
+        matrices = [w_plus.T, self.negative_classifier().T, self.r_k]
+        if self.negative_cache:
+            products = self._negative_products.get(
+                "keys", self.keys, self.labels, num_classes=self.r_k.shape[0]
+            )
+            matrices += [self.r_kn, products.slot_sums]
+        stack = self.r_k.shape[0] <= STACKED_PRODUCT_CLASSES
+        parts = stacked_products(f, matrices, stack) + [None, None]
+        return NarrowProducts(*parts[:5])
+
+    def terms(self, f: torch.Tensor, narrow: NarrowProducts | None = None) -> DualTerms:
         """The beta-free parts; the affinities are f @ K+^T and f @ K-^T with K+ = norm(F +
         R_k[y]) and K- = norm(F- + R_k-[y]), computed without forming those (M, d) matrices
         (:class:`.cache_ops.ResidualKeys`; equal to float rounding). One (N, d) x (d, M)
         product, f @ F^T, serves both: f @ F-^T follows from it
-        (:class:`NegativeKeyProducts`)."""
+        (:class:`NegativeKeyProducts`). ``narrow``: :meth:`narrow_products` when the caller
+        has computed them this step (the loss's ARL uses f @ W+ too), else computed here."""
         s = self.logit_scale
         c = self.r_k.shape[0]
-        if pos_dots is None:
-            pos_dots = f @ (self.positive_classifier() if w_plus is None else w_plus)
+        if narrow is None:
+            narrow = self.narrow_products(f)
         positive = self._residual_keys.get("keys", self.keys, self.labels, num_classes=c)
         f_frozen = f.detach()  # the frozen products: the affinities' backward is written out
-        f_keys = f_frozen @ self.keys.T  # (N, M)
+        f_keys = self._key_products(f, self.keys)  # (N, M) f @ F^T, kept for val features
         neg_affinity = None
         if self.negative_cache:
             negative = self._residual_keys.get(
                 "negative_keys", self.negative_keys, self.labels, num_classes=c
             )
             products = self._negative_products.get("keys", self.keys, self.labels, num_classes=c)
-            neg_affinity = negative.affinity(f, self.r_kn, products(f_frozen, f_keys))
+            frozen = products(f_frozen, f_keys, narrow.slot_sums.detach())
+            neg_affinity = negative.affinity(f, self.r_kn, frozen, narrow.negative_residual)
         return DualTerms(
-            pos_text=s * pos_dots,
-            pos_affinity=positive.affinity(f, self.r_k, f_keys),  # overwrites f_keys
-            neg_text=NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
+            pos_text=s * narrow.pos_dots,
+            # overwrites f_keys
+            pos_affinity=positive.affinity(f, self.r_k, f_keys, narrow.residual),
+            neg_text=NEGATIVE_TEXT_SCALE * s * (1 - narrow.neg_dots),
             neg_affinity=neg_affinity,
         )
 
@@ -588,13 +707,12 @@ class DualCache(nn.Module):
         beta: float,
         alpha: float,
         lam: float,
-        w_plus: torch.Tensor | None = None,
-        pos_dots: torch.Tensor | None = None,
+        narrow: NarrowProducts | None = None,
     ) -> torch.Tensor:
-        """(N, d) normalised features -> (N, C) unified logits. ``w_plus`` (d, C) and
-        ``pos_dots`` (N, C) = f @ W+: when the caller has computed them this step (the
-        loss's ARL uses them too), else computed here."""
-        terms = self.terms(f, w_plus, pos_dots)
+        """(N, d) normalised features -> (N, C) unified logits. ``narrow``:
+        :meth:`narrow_products` when the caller has computed them this step (the loss's ARL
+        uses f @ W+ too), else computed here."""
+        terms = self.terms(f, narrow)
         return self.combine(self.components(terms, beta), alpha, lam)
 
     def rows(self) -> int:
@@ -805,11 +923,12 @@ class DualAdapter(FeatureMethod):
         def loss_fn(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             f = f.float()
             w_plus = module.positive_classifier()
-            dots = f @ w_plus  # (B, C): the positive text logits / s and ARL's f . t
-            loss = F.cross_entropy(module(f, beta, alpha, lam, w_plus, dots), y)
+            # pos_dots (B, C) = f @ W+: the positive text logits / s and ARL's f . t
+            narrow = module.narrow_products(f, w_plus)
+            loss = F.cross_entropy(module(f, beta, alpha, lam, narrow), y)
             if o.paths != "negative":
                 loss = loss + o.arl_weight * adaptive_reranking_loss(
-                    f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k, dots=dots
+                    f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k, dots=narrow.pos_dots
                 )
                 loss = loss + o.consistency_weight * consistency_loss(
                     w_plus, module.w_t, module.w_d, mode=o.consistency, target=target
