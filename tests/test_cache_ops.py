@@ -382,7 +382,7 @@ def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch, 
     def reference_negative_classifier(self):
         return F.normalize(self.w_n + self.r_n.T, dim=0)
 
-    def reference_terms(self, f, narrow=None):
+    def reference_terms(self, f, narrow=None, f_keys=None):
         s = self.logit_scale
         return dual.DualTerms(
             pos_text=s * f @ self.positive_classifier(),

@@ -419,6 +419,39 @@ def test_a_training_step_makes_two_products_with_the_features(synthetic):
     ), shapes
 
 
+def test_each_cached_view_is_multiplied_with_the_keys_once(synthetic, monkeypatch):
+    """Training on V cached views for E > V epochs computes each view's product with the
+    cache keys once (ViewsWithKeyProducts), not once per epoch, and ends where computing it
+    in every step ends (residuals within float rounding, the same val accuracies)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fewclip.methods import dual_adapter as dual
+
+    data = synthetic[0]
+    views, m = data.train_views.shape[0], data.cache_keys.shape[0]
+    products = []
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.mm.default and args[1].shape[-1] == m:
+                products.append(args[0].shape[0])
+            return func(*args, **(kwargs or {}))
+
+    with Products():
+        kept = DualAdapter(epochs=3 * views, search=False, lr=1e-2)
+        kept_fit = kept.fit(data)
+    # each view's product once, and the val features' once (KeptProduct)
+    assert sorted(products) == sorted([m] * views + [data.val_labels.numel()]), products
+    monkeypatch.setattr(dual.ViewsWithKeyProducts, "__call__", lambda self, e: self.views(e))
+    every = DualAdapter(epochs=3 * views, search=False, lr=1e-2)
+    history = [h["val_acc"] for h in every.fit(data).history]
+    assert [h["val_acc"] for h in kept_fit.history] == history
+    for name in ("r_t", "r_d", "r_k", "r_n", "r_kn"):
+        ours, reference = getattr(kept.module, name), getattr(every.module, name)
+        assert torch.allclose(ours, reference, atol=1e-6)
+    assert kept.module.r_k.abs().max() > 1e-3  # the residuals did train
+
+
 # -- the method ----------------------------------------------------------------------------
 
 

@@ -531,6 +531,50 @@ class NarrowProducts(NamedTuple):
     slot_sums: torch.Tensor | None  # (N, K) f @ S^T (F-'s slot sums); None: no F-
 
 
+class ViewsWithKeyProducts:
+    """The training rows of each epoch with their products with the frozen cache keys
+    appended: ``view_fn(epoch)`` -> [V | V @ F^T] (N, d + M), V = ``views(epoch)``.
+
+    Epoch e trains on cached view e % V (10 views, 30 epochs: each view three times), so
+    V @ F^T, the largest product of a training step ((240, 256) x (256, 240) at 16 shots of
+    15 classes: a fifth of the step), is computed once per view, not once per epoch; the
+    rows travel through the epoch's shuffling and batching with their features. Kept per
+    view (matched by memory address, in-place version counter, shape and strides, with a
+    reference held so that the address cannot be reused), at most :attr:`max_views` of
+    them and only while a view's rows hold at most ``max_elements`` numbers (a few-shot
+    cache; at ImageNet's 16,000 entries the rows would be 1 GB: the views are returned
+    as they are). A view encoded afresh each epoch (the re-encoding benchmark) is a new
+    tensor and gets its own product.
+    """
+
+    max_views = 32
+
+    def __init__(
+        self,
+        views: Callable[[int], torch.Tensor],
+        keys: torch.Tensor,
+        max_elements: int = 1 << 20,
+    ) -> None:
+        self.views = views
+        self.keys = keys
+        self.max_elements = max_elements
+        self._kept: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, epoch: int) -> torch.Tensor:
+        view = self.views(epoch)
+        if view.shape[0] * (view.shape[1] + self.keys.shape[0]) > self.max_elements:
+            return view
+        key = (view.data_ptr(), view._version, tuple(view.shape), view.stride(), view.dtype)
+        kept = self._kept.get(key)
+        if kept is None:
+            rows = view.float()
+            kept = (view, torch.cat([rows, rows @ self.keys.T], 1))
+            if len(self._kept) >= self.max_views:
+                self._kept.pop(next(iter(self._kept)))  # the oldest
+            self._kept[key] = kept
+        return kept[1]
+
+
 class DualTerms(NamedTuple):
     """The parts of the forward that depend on no hyper-parameter."""
 
@@ -635,20 +679,28 @@ class DualCache(nn.Module):
         parts = stacked_products(f, matrices, stack) + [None, None]
         return NarrowProducts(*parts[:5])
 
-    def terms(self, f: torch.Tensor, narrow: NarrowProducts | None = None) -> DualTerms:
+    def terms(
+        self,
+        f: torch.Tensor,
+        narrow: NarrowProducts | None = None,
+        f_keys: torch.Tensor | None = None,
+    ) -> DualTerms:
         """The beta-free parts; the affinities are f @ K+^T and f @ K-^T with K+ = norm(F +
         R_k[y]) and K- = norm(F- + R_k-[y]), computed without forming those (M, d) matrices
         (:class:`.cache_ops.ResidualKeys`; equal to float rounding). One (N, d) x (d, M)
         product, f @ F^T, serves both: f @ F-^T follows from it
         (:class:`NegativeKeyProducts`). ``narrow``: :meth:`narrow_products` when the caller
-        has computed them this step (the loss's ARL uses f @ W+ too), else computed here."""
+        has computed them this step (the loss's ARL uses f @ W+ too), else computed here.
+        ``f_keys`` (N, M): f @ F^T when the caller has it (:class:`ViewsWithKeyProducts`; it
+        is overwritten), else computed here."""
         s = self.logit_scale
         c = self.r_k.shape[0]
         if narrow is None:
             narrow = self.narrow_products(f)
         positive = self._residual_keys.get("keys", self.keys, self.labels, num_classes=c)
         f_frozen = f.detach()  # the frozen products: the affinities' backward is written out
-        f_keys = self._key_products(f, self.keys)  # (N, M) f @ F^T, kept for val features
+        if f_keys is None:  # (N, M) f @ F^T, kept for the val features
+            f_keys = self._key_products(f, self.keys)
         neg_affinity = None
         if self.negative_cache:
             negative = self._residual_keys.get(
@@ -708,11 +760,12 @@ class DualCache(nn.Module):
         alpha: float,
         lam: float,
         narrow: NarrowProducts | None = None,
+        f_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(N, d) normalised features -> (N, C) unified logits. ``narrow``:
         :meth:`narrow_products` when the caller has computed them this step (the loss's ARL
-        uses f @ W+ too), else computed here."""
-        terms = self.terms(f, narrow)
+        uses f @ W+ too), else computed here; ``f_keys``: see :meth:`terms`."""
+        terms = self.terms(f, narrow, f_keys)
         return self.combine(self.components(terms, beta), alpha, lam)
 
     def rows(self) -> int:
@@ -909,6 +962,7 @@ class DualAdapter(FeatureMethod):
             seed=seed,
             progress=o.progress,
             desc=self.name,
+            view_fn=ViewsWithKeyProducts(data.view, module.keys),
         )
 
     def training_loss(
@@ -916,16 +970,21 @@ class DualAdapter(FeatureMethod):
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The loss of one training step, ``loss(f (B, d), y (B,)) -> scalar``: CE of the
         unified logits at (beta, alpha, lam), plus ARL and the weighted consistency unless
-        ``paths="negative"``. W+ is computed once per step (the logits and ARL share it)."""
+        ``paths="negative"``. W+ is computed once per step (the logits and ARL share it).
+        ``f`` may also be (B, d + M), the rows of :class:`ViewsWithKeyProducts`: the features
+        with their products with the cache keys."""
         o = self.options
         target = consistency_target(module.w_t, module.w_d, o.consistency)
+        dim = module.keys.shape[1]
 
         def loss_fn(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            f = f.float()
+            f, f_keys = f.float(), None
+            if f.shape[1] > dim:  # [f | f @ F^T]: the affinities build in f_keys's memory
+                f, f_keys = f[:, :dim], f[:, dim:].contiguous()
             w_plus = module.positive_classifier()
             # pos_dots (B, C) = f @ W+: the positive text logits / s and ARL's f . t
             narrow = module.narrow_products(f, w_plus)
-            loss = F.cross_entropy(module(f, beta, alpha, lam, narrow), y)
+            loss = F.cross_entropy(module(f, beta, alpha, lam, narrow, f_keys), y)
             if o.paths != "negative":
                 loss = loss + o.arl_weight * adaptive_reranking_loss(
                     f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k, dots=narrow.pos_dots

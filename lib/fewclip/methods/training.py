@@ -97,6 +97,7 @@ def fit_epochs(
     desc: str = "train",
     keep_best: bool = True,
     drop_last: bool = False,
+    view_fn: Callable[[int], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``module``'s parameters; keep and restore the state with the best val accuracy
     (``keep_best=False``: keep the last epoch's state, as several official codes do).
@@ -104,6 +105,8 @@ def fit_epochs(
     ``loss_fn(features (B, d), labels (B,)) -> scalar``; ``logits_fn(features (N, d)) ->
     (N, C)`` is used for validation under ``torch.no_grad``. ``scheduler_fn(total_steps)``
     builds a per-iteration scheduler (default: cosine over all iterations).
+    ``view_fn(epoch)``: the rows an epoch trains on (default ``data.view``), batched with
+    the labels as they are (a method may append per-row columns its loss reads).
     """
     generator = torch.Generator().manual_seed(seed)
     num = data.train_labels.shape[0]
@@ -115,7 +118,7 @@ def fit_epochs(
     best_acc = -1.0
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         module.train()
-        features = data.view(epoch)
+        features = (view_fn or data.view)(epoch)
         order = torch.randperm(num, generator=generator).to(data.device)
         losses = []
         lr = optimizer.param_groups[0]["lr"]
