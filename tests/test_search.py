@@ -195,8 +195,14 @@ def test_result_reports_accuracy():
 
 @pytest.mark.parametrize("rows", [1, 7, 60, 1000])
 @pytest.mark.parametrize("prune", [True, False])
-def test_chunked_over_samples_equals_the_loop(rows, prune):
-    """Searching val in chunks (counts summed over chunks) picks the loop's setting."""
+@pytest.mark.parametrize("stack", [1, 2000, None])  # betas per count call: 1, 2 or all
+def test_chunked_over_samples_equals_the_loop(rows, prune, stack, monkeypatch):
+    """Searching val in chunks (counts summed over chunks) and betas in groups picks the
+    loop's setting."""
+    from fewclip.methods import search
+
+    if stack is not None:
+        monkeypatch.setattr(search, "BETA_STACK_ELEMENTS", stack)
     components, labels = random_components(n=60, seed=4)
     index = torch.arange(labels.numel())[:, None].float()  # "features": row indices
 
