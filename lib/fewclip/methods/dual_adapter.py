@@ -676,8 +676,8 @@ class DualCache(nn.Module):
             )
             matrices += [self.r_kn, products.slot_sums]
         stack = self.r_k.shape[0] <= STACKED_PRODUCT_CLASSES
-        parts = stacked_products(f, matrices, stack) + [None, None]
-        return NarrowProducts(*parts[:5])
+        parts = stacked_products(f, matrices, stack)
+        return NarrowProducts(*parts, *[None] * (len(NarrowProducts._fields) - len(parts)))
 
     def terms(
         self,
