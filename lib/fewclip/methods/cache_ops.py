@@ -232,23 +232,52 @@ class _CacheTerm(torch.autograd.Function):
         return ctx.values.blocks.mul_gathered_(e, grad * sign), None, None, None
 
 
+def tensor_key(t: torch.Tensor) -> tuple:
+    """What identifies a tensor's current values without reading them: its memory address,
+    in-place version counter, device, shape, strides and dtype."""
+    return (t.data_ptr(), t._version, t.device, tuple(t.shape), t.stride(), t.dtype)
+
+
 class BufferDerived:
     """Objects derived from a module's buffers (``build(*tensors, **extra)``), rebuilt when a
-    buffer changes: keyed by each tensor's storage, in-place version counter, device and
-    shape, so a module moved with ``.to`` or a buffer edited in place is seen."""
+    buffer changes: keyed by :func:`tensor_key` of each tensor, so a module moved with
+    ``.to`` or a buffer edited in place is seen."""
 
     def __init__(self, build: Callable) -> None:
         self._build = build
         self._cache: dict[str, tuple[tuple, object]] = {}
 
     def get(self, name: str, *tensors: torch.Tensor, **extra):
-        key = tuple((t.data_ptr(), t._version, t.device, tuple(t.shape)) for t in tensors)
-        key += tuple(sorted(extra.items()))
+        key = tuple(tensor_key(t) for t in tensors) + tuple(sorted(extra.items()))
         hit = self._cache.get(name)
         if hit is None or hit[0] != key:
             hit = (key, self._build(*tensors, **extra))
             self._cache[name] = hit
         return hit[1]
+
+
+class TensorMemo:
+    """Values computed from tensors, kept while those tensors are unchanged: matched by
+    :func:`tensor_key`, with a reference to the tensors held, so that their memory cannot be
+    reused by another tensor while the value is kept; at most ``capacity`` values (the
+    oldest is dropped)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._kept: dict[tuple, tuple[tuple[torch.Tensor, ...], object]] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, tensors: tuple[torch.Tensor, ...], build: Callable[[], object]):
+        key = tuple(tensor_key(t) for t in tensors)
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = (tensors, build())
+            if len(self._kept) >= self.capacity:
+                self._kept.pop(next(iter(self._kept)))  # the oldest
+            self._kept[key] = kept
+        return kept[1]
 
 
 class ValueProducts(BufferDerived):
@@ -260,35 +289,22 @@ class ValueProducts(BufferDerived):
 
 class KeptProduct:
     """``f @ keys.T`` (N, M), kept for the last ``f`` seen without autograd while neither
-    tensor changes: the per-epoch validation multiplies the same val features with the same
-    frozen cache keys at every epoch (30 times in a DualAdapter fit).
+    tensor changes (:class:`TensorMemo`): the per-epoch validation multiplies the same val
+    features with the same frozen cache keys at every epoch (30 times in a DualAdapter fit).
 
-    Returns a new tensor each call (callers build in its memory). The kept product is
-    matched by identity and in-place version counter of both tensors, and a reference to
-    each is held, so their memory cannot be reused by another tensor meanwhile. Only
-    products of at most ``max_elements`` entries are kept (a few-shot val set; large val
-    sets are evaluated in chunks, new tensors each time).
+    Returns a new tensor each call (callers build in its memory). Only products of at most
+    ``max_elements`` entries are kept (a few-shot val set; large val sets are evaluated in
+    chunks, new tensors each time).
     """
 
     def __init__(self, max_elements: int = 1 << 20) -> None:
         self.max_elements = max_elements
-        self._kept: tuple | None = None  # (f, f version, keys, keys version, product)
+        self.memo = TensorMemo(capacity=1)
 
     def __call__(self, f: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or f.shape[0] * keys.shape[0] > self.max_elements:
             return f.detach() @ keys.T
-        kept = self._kept
-        if (
-            kept is not None
-            and kept[0] is f
-            and kept[1] == f._version
-            and kept[2] is keys
-            and kept[3] == keys._version
-        ):
-            return kept[4].clone()
-        product = f @ keys.T
-        self._kept = (f, f._version, keys, keys._version, product)
-        return product.clone()
+        return self.memo.get((f, keys), lambda: f @ keys.T).clone()
 
 
 class ResidualKeys:

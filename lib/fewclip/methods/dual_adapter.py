@@ -102,6 +102,7 @@ from .cache_ops import (
     ClassBlocks,
     KeptProduct,
     ResidualKeys,
+    TensorMemo,
     ValueProducts,
     cache_term,
     chunked,
@@ -539,12 +540,11 @@ class ViewsWithKeyProducts:
     V @ F^T, the largest product of a training step ((240, 256) x (256, 240) at 16 shots of
     15 classes: a fifth of the step), is computed once per view, not once per epoch; the
     rows travel through the epoch's shuffling and batching with their features. Kept per
-    view (matched by memory address, in-place version counter, shape and strides, with a
-    reference held so that the address cannot be reused), at most :attr:`max_views` of
-    them and only while a view's rows hold at most ``max_elements`` numbers (a few-shot
-    cache; at ImageNet's 16,000 entries the rows would be 1 GB: the views are returned
-    as they are). A view encoded afresh each epoch (the re-encoding benchmark) is a new
-    tensor and gets its own product.
+    view (:class:`.cache_ops.TensorMemo`), at most :attr:`max_views` of them and only while
+    a view's rows hold at most ``max_elements`` numbers (a few-shot cache; at ImageNet's
+    16,000 entries the rows would be 1 GB: the views are returned as they are). A view
+    encoded afresh each epoch (the re-encoding benchmark) is a new tensor and gets its own
+    product.
     """
 
     max_views = 32
@@ -558,21 +558,16 @@ class ViewsWithKeyProducts:
         self.views = views
         self.keys = keys
         self.max_elements = max_elements
-        self._kept: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._memo = TensorMemo(capacity=self.max_views)
 
     def __call__(self, epoch: int) -> torch.Tensor:
         view = self.views(epoch)
         if view.shape[0] * (view.shape[1] + self.keys.shape[0]) > self.max_elements:
             return view
-        key = (view.data_ptr(), view._version, tuple(view.shape), view.stride(), view.dtype)
-        kept = self._kept.get(key)
-        if kept is None:
-            rows = view.float()
-            kept = (view, torch.cat([rows, rows @ self.keys.T], 1))
-            if len(self._kept) >= self.max_views:
-                self._kept.pop(next(iter(self._kept)))  # the oldest
-            self._kept[key] = kept
-        return kept[1]
+        return self._memo.get((view,), lambda: self._with_products(view.float()))
+
+    def _with_products(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([rows, rows @ self.keys.T], 1)
 
 
 class DualTerms(NamedTuple):
