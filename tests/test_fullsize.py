@@ -29,6 +29,8 @@ VIT_ONLY = {"apex"}
 #: One short fit each.
 FAST = {
     "zero_shot": {},
+    "ape": {"steps": (10, 4, 4)},
+    "gda": {},
     "linear_probe": {"refine_steps": 0},
     "clip_adapter": {"epochs": 1},
     "tip_adapter": {},

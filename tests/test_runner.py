@@ -15,6 +15,8 @@ from fewclip.sweep import grid, run_sweep
 
 FAST = {
     "zero_shot": {},
+    "ape": {"steps": (20, 5, 5)},
+    "gda": {},
     "linear_probe": {"refine_steps": 0},
     "clip_adapter": {"epochs": 2},
     "tip_adapter": {},
@@ -71,7 +73,7 @@ def test_every_method_runs_few_shot(root, method):
     assert difficulty["num_classes"] == 6 and difficulty["rtd"] > 0
     if method != "zero_shot":
         assert record["metrics"]["train_images"] == 12
-    expected_params = 0 if method in ("zero_shot", "tip_adapter") else 1
+    expected_params = 0 if method in ("zero_shot", "tip_adapter", "ape", "gda") else 1
     assert (record["trainable_params"] > 0) == bool(expected_params)
 
 

@@ -8,11 +8,13 @@ Feature-level (fit on cached features, :class:`~fewclip.methods.base.FeatureMeth
 """
 
 from . import (  # noqa: F401  (register the methods)
+    ape,
     apex,
     clip_adapter,
     cocoop,
     coop,
     dual_adapter,
+    gda,
     linear_probe,
     tip_adapter,
     tomm,
