@@ -32,6 +32,8 @@ def test_registry_lists_every_feature_method():
         "tip_adapter",
         "tip_adapter_f",
         "dual_adapter",
+        "gda",
+        "ape",
     }
     with pytest.raises(ValueError, match="unknown option"):
         get_method("clip_adapter", alhpa=0.3)
