@@ -9,7 +9,7 @@ DATA ?= data
 STAMP := $(VENV)/.fewclip-installed
 DEMO_WORKERS ?= 2  # notebooks built at a time by `make demo` (one torch thread each)
 
-.PHONY: demo test browser lab lint data reports clean-cache
+.PHONY: demo test browser lab lint data reports docs clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ reports: $(STAMP)
 ## test: the test suite (unit tests, end-to-end runs on the tiny models over the offline
 ## tasks, which it prepares first, notebook smoke runs, and a headless-browser check of a
 ## report, for which it installs Chromium first if it is missing)
-test: $(STAMP) browser
+test: $(STAMP) browser docs
 	$(PY) -m fewclip.offline prepare --data-root $(DATA)
 	FEWCLIP_DATA=$(abspath $(DATA)) $(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -61,6 +61,12 @@ lab: $(STAMP)
 	$(PY) -m ipykernel install --user --name fewclip --display-name "fewclip" >/dev/null
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
 	  $(LAB_ARGS) notebooks/explore.ipynb
+
+## docs: the documentation site in site/ (MkDocs, --strict: a broken link or a missing page
+##   fails), with the API reference from the docstrings, the model cards and the published
+##   reports and claims ledger; `make test` builds it too
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests benchmarks

@@ -10,7 +10,10 @@
    after their last EOT token.
 
     python benchmarks/bench_prompt_cache.py --quick
-    python benchmarks/bench_prompt_cache.py --arch tiny-emoji-vit --pretrained default
+    python benchmarks/bench_prompt_cache.py --arch tiny-emoji-vit --pretrained default --record
+
+``--record`` appends the figures to ``benchmarks/results/prompt_cache.csv`` (date, commit,
+machine), from which ``benchmarks/write_performance.py`` writes ``docs/performance.md``.
 
 Runs on the synthetic coloured-squares task (:mod:`fewclip.prompting.toy`); with a
 random-init backbone the accuracies only show that both paths train alike.
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-classes", type=int, default=50)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small settings, well under a minute")
+    parser.add_argument(
+        "--record", action="store_true", help="append the figures to benchmarks/results/"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.classes, args.shots, args.epochs, args.test_per_class = 4, 16, 20, 10
@@ -157,8 +163,36 @@ def main(argv: list[str] | None = None) -> None:
     backbone = load_backbone(args.arch, args.pretrained, device=args.device)
     print(f"backbone: {backbone.label} on {backbone.device} ({backbone.precision})")
     with tempfile.TemporaryDirectory() as tmp:
-        bench_cache(backbone, args, Path(tmp))
-    bench_steps(backbone, args)
+        cache_rows = bench_cache(backbone, args, Path(tmp))
+    step_rows = bench_steps(backbone, args)
+    if args.record:
+        record(backbone, args, cache_rows, step_rows)
+
+
+def record(backbone, args, cache_rows: list[dict], step_rows: list[dict]) -> None:
+    """Append the figures to benchmarks/results/prompt_cache.csv."""
+    from results_csv import append_rows
+
+    setting = f"CoOp, {args.classes} classes x {args.shots} shots, {args.epochs} epochs"
+    rows = [
+        {"setting": f"{setting}: {r['variant']}", "metric": m, "value": v}
+        for r in cache_rows
+        for m, v in (
+            ("fit", f"{r['fit_s']:.1f} s"),
+            ("speed-up", f"{r['speedup']:.1f}x"),
+            ("test accuracy", f"{r['test_acc']:.1f}%"),
+        )
+    ]
+    rows += [
+        {
+            "setting": f"{r['method']} step, {args.step_batch} images x {args.step_classes} "
+            f"classes, batched {r['batched']}, cut at EOT {r['truncate']}",
+            "metric": "step",
+            "value": f"{r['ms_per_step']:.0f} ms",
+        }
+        for r in step_rows
+    ]
+    print("appended to", append_rows("prompt_cache", rows, model=backbone.label))
 
 
 if __name__ == "__main__":

@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="quick offline end-to-end check on the tiny pretrained model")
-    p.add_argument("--data-root", default="data")
+    p.add_argument("--data-root", default=RunConfig().data_root)
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--dataset", default=RunConfig().dataset)
     p.add_argument("--backbone", default=RunConfig().backbone)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,16 @@ SELECTIONS = ("val", "test")
 VAL_SPLITS = ("few_shot", "full")  # as fewclip.data.fewshot.VAL_SPLITS
 # set by the report builder: banners then name no path of the build machine
 PUBLISHED_ROOT_VAR = "FEWCLIP_PUBLISHED_REPORT"
+
+#: Environment variable naming the default data root (else ``data``).
+DATA_ROOT_VAR = "FEWCLIP_DATA"
+
+
+def default_data_root() -> str:
+    """The data root used when none is given: ``$FEWCLIP_DATA`` if set and not empty, else
+    ``"data"`` (relative to the working directory, or to the project root in notebooks)."""
+    return os.environ.get(DATA_ROOT_VAR) or "data"
+
 
 #: Fields that do not change a result, left out of the run key.
 NON_RESULT_FIELDS = ("data_root", "cache_dir", "device", "num_workers", "progress")
@@ -40,6 +51,8 @@ class RunConfig:
     val: ``"few_shot"`` (default, CoOp's min(K, 4) val images per class: the realistic
         few-shot setting) or ``"full"`` (the whole val split, as the official Tip-Adapter
         and DualAdapter codes select outside ImageNet). Recorded in every record.
+    data_root: where the datasets are; by default ``$FEWCLIP_DATA``, else ``data``
+        (:func:`default_data_root`). Not part of the run key.
     label_noise: probability that each few-shot training label is replaced by a uniformly
         drawn other class (SimNL's noisy-label protocol; 0 = clean). Seeded by ``seed``,
         cached with the sample, usable with every method; val stays clean.
@@ -63,7 +76,7 @@ class RunConfig:
     allow_fewer: bool = False
     val: str = "few_shot"
     label_noise: float = 0.0
-    data_root: str = "data"
+    data_root: str = field(default_factory=default_data_root)
     cache_dir: str = "cache"
     device: str = "auto"
     num_workers: int = 0

@@ -66,7 +66,7 @@ from urllib.parse import quote
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import PUBLISHED_ROOT_VAR
+from .config import PUBLISHED_ROOT_VAR, default_data_root
 from .parallel import map_jobs
 
 #: Report name -> (notebook file in the notebooks folder, title).
@@ -826,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--notebooks", default="notebooks", help="folder of the named notebooks")
     parser.add_argument("--out", default="reports", help="where reports and index go")
-    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--data-root", default=default_data_root(), help="$FEWCLIP_DATA or data")
     parser.add_argument("--cache-dir", default="cache")
     parser.add_argument("--results", default="runs/results.sqlite", help="shared results store")
     parser.add_argument("--workers", type=int, default=1, help="notebooks at a time, locally")
