@@ -18,8 +18,8 @@ from fewclip.methods.tomm import (
     PatchTextGuidedTuning,
     symmetric_contrastive_loss,
 )
-from fewclip.patch_tokens import PatchTokenError, image_tokens, token_grid
 from fewclip.prompting.encoder_base import CachedImages, cache_images, encode_items
+from fewclip.prompting.patch_tokens import PatchTokenError, image_tokens, token_grid
 from fewclip.prompting.toy import coloured_squares
 from fewclip.prompting.visual_prompts import encode_image
 

@@ -1,4 +1,5 @@
-"""The interface every method shares, and the registry of methods by name.
+"""The interface of feature-level methods; the registry and :class:`FitResult` (defined in
+:mod:`fewclip.fitting`, below both method families) are re-exported from here.
 
 Feature-level methods (zero-shot, linear probe, CLIP-Adapter, Tip-Adapter(-F),
 DualAdapter) see only cached tensors, bundled in :class:`FeatureData`; they never touch the
@@ -19,9 +20,15 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..fitting import (  # noqa: F401  (FitResult and the registry re-exported from here)
+    METHODS,
+    FitResult,
+    check_method_options,
+    get_method,
+    register_method,
+)
 from ..images import CACHE_CROP_SCALE
 from ..metrics import accuracy  # noqa: F401  (re-exported: methods import it from here)
-from ..validation import check_options
 
 
 @dataclass
@@ -91,20 +98,6 @@ class FeatureData:
         return self.train_views[epoch % self.train_views.shape[0]]
 
 
-@dataclass
-class FitResult:
-    """What ``fit`` reports: chosen hyper-parameters, the selected epoch, the training curve."""
-
-    chosen: dict[str, Any] = field(default_factory=dict)
-    best_epoch: int | None = None
-    best_val_acc: float | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    #: training images actually used (readable ones; 0 for a method that uses none), set by
-    #: the run layer for feature methods; None: the sample's size
-    train_images: int | None = None
-
-
 class FeatureMethod(ABC):
     """A method trained on cached features. Subclasses define ``name`` and ``Options``."""
 
@@ -121,13 +114,7 @@ class FeatureMethod(ABC):
         pass
 
     def __init__(self, **options: Any) -> None:
-        fields = {f.name for f in dataclasses.fields(self.Options)}
-        unknown = set(options) - fields
-        if unknown:
-            raise ValueError(
-                f"{self.name}: unknown option(s) {sorted(unknown)}; valid: {sorted(fields)}"
-            )
-        self.options = self.Options(**check_options(self.name, self.Options, options))
+        self.options = self.Options(**check_method_options(self.name, self.Options, options))
 
     @abstractmethod
     def fit(self, data: FeatureData, seed: int = 0) -> FitResult:
@@ -158,23 +145,3 @@ class FeatureMethod(ABC):
 
     def options_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)
-
-
-METHODS: dict[str, type] = {}
-
-
-def register_method(cls: type) -> type:
-    """Class decorator: make a method available by its ``name``."""
-    if cls.name in METHODS:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str, **options: Any):
-    """Instantiate a registered method by name with its options, each checked against the
-    method's ``Options`` type and range first (:func:`fewclip.validation.check_options`)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    return cls(**check_options(name, cls.Options, options))

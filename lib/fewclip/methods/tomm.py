@@ -18,8 +18,8 @@ text and image representations; the two are trained together; protocol as CoCoOp
 
 Our design, with f = f(x) the frozen, normalised global image feature (d,), P = P(x) its
 T normalised patch tokens (T, d) projected into the joint space like f
-(:mod:`fewclip.patch_tokens`: ln_post + proj for a ViT, the attention pool's value and
-output projections for a ResNet), e_c a class embedding, v_1..v_M CoOp context vectors
+(:mod:`fewclip.prompting.patch_tokens`: ln_post + proj for a ViT, the attention pool's
+value and output projections for a ResNet), e_c a class embedding, v_1..v_M CoOp context vectors
 (M = 4, init "a photo of a"):
 
     CTP   pi_c(x) = W_2 ReLU(W_1 [f; e_c] + b_1) + b_2                ("mlp", default)

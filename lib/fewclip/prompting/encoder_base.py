@@ -10,7 +10,7 @@ images, and ``logits`` takes images and a class list::
 
 Evaluating on a class list other than the training one is base-to-new generalisation:
 the learned context is reused with the new class names. Encoder methods are registered in
-the same registry as feature methods (:func:`fewclip.methods.base.register_method`); the
+the same registry as feature methods (:func:`fewclip.fitting.register_method`); the
 run layer tells them apart with ``issubclass(cls, EncoderMethod)``.
 
 Text-side methods (CoOp, CoCoOp, TOMM) never change the image encoder, so image features
@@ -30,7 +30,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,9 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..data.base import Datum
+from ..fitting import FitResult, check_method_options
 from ..images import DASSL_CROP_SCALE, ImageDataset, train_transform
+from ..metrics import accuracy
 from .training import (
     Stepper,
     augmentation_seed,
@@ -50,14 +52,9 @@ from .training import (
     fit_loop,
 )
 
-if TYPE_CHECKING:  # imported lazily: fewclip.methods imports the methods built on this package
-    from ..methods.base import FitResult
-
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent (:func:`fewclip.methods.base.accuracy`)."""
-    from ..methods.base import accuracy
-
+    """Top-1 accuracy in percent (:func:`fewclip.metrics.accuracy`)."""
     return accuracy(logits, labels)
 
 
@@ -118,8 +115,8 @@ def encode_plain(
     backbone: Backbone, images: torch.Tensor, tokens: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frozen encoder: (B, 3, H, W) -> ((B, d) normalised features, (B, T, d) normalised
-    patch tokens or None; see :mod:`fewclip.patch_tokens`)."""
-    from ..patch_tokens import image_tokens  # lazily: it imports this package's modules
+    patch tokens or None; see :mod:`fewclip.prompting.patch_tokens`)."""
+    from .patch_tokens import image_tokens  # lazily: it imports open_clip (seconds)
 
     images = images.to(backbone.device)
     with backbone.autocast():
@@ -261,13 +258,7 @@ class EncoderMethod(ABC):
         pass
 
     def __init__(self, **options: Any) -> None:
-        fields = {f.name for f in dataclasses.fields(self.Options)}
-        unknown = set(options) - fields
-        if unknown:
-            raise ValueError(
-                f"{self.name}: unknown option(s) {sorted(unknown)}; valid: {sorted(fields)}"
-            )
-        self.options = self.Options(**options)
+        self.options = self.Options(**check_method_options(self.name, self.Options, options))
         self.learner: nn.Module | None = None
         self.train_classnames: tuple[str, ...] | None = None
 

@@ -26,14 +26,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:  # imported lazily: fewclip.methods imports the methods built on this package
-    from ..methods.base import FitResult
+from ..fitting import FitResult
 
 SELECTIONS = ("val", "last")
 TIES = ("last", "first")
@@ -151,8 +149,6 @@ def fit_loop(
     ``validate()`` returns the val accuracy in percent; ``record()`` (optional) returns
     extra values to keep in each epoch's ``history`` row. Restores the selected state
     (``ties``: which of equally good epochs, see the module docstring)."""
-    from ..methods.base import FitResult
-
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
     if ties not in TIES:

@@ -30,7 +30,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from .prompting.visual_prompts import VisualPromptError, encode_image
+from .visual_prompts import VisualPromptError, encode_image
 
 
 class PatchTokenError(VisualPromptError):
