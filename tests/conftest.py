@@ -23,7 +23,7 @@ def test_vit():
 @pytest.fixture(scope="session")
 def fullsize_checkpoint(tmp_path_factory):
     """``fullsize_checkpoint("RN50")``: a random-weight full-size open_clip checkpoint file,
-    written once per session (fp16 safetensors; the architecture's own random init, seed 0),
+    written once per test run (fp16 safetensors; the architecture's own random init, seed 0),
     as a user with downloaded weights would have one."""
     import open_clip
     import torch

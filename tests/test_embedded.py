@@ -67,11 +67,11 @@ MONO_NAME_FLOOR = {
 
 
 #: version 4 (zoom-out augmentation), zero-shot on the held-out colour style OpenMoji: over
-#: all 1,875 of its names RN 40.8% (the issue's target, 30%; version 3: 20.8%), ViT 35.7%
+#: all 1,875 of its names RN 40.8% (the target, 30%; version 3: 20.8%), ViT 35.7%
 #: (version 3: 18.8%); on the 15-class subcategory task ViT 41.3% (version 3: 31.4%);
 #: floors that version 3 fails. The RN's version 5 (subcategory-only group captions,
 #: ``--group-p 0.002 --group-category-share 0``) reads the subcategory task at 55.2%: its
-#: floor is the issue's target, 45%, which version 4 (35.2%) fails.
+#: floor is the target, 45%, which version 4 (35.2%) fails.
 OPENMOJI_FLOOR = {
     ("tiny-emoji-rn", "emoji_openmoji_name"): 30.0,
     ("tiny-emoji-rn", "emoji_openmoji_subcategory"): 45.0,

@@ -76,7 +76,7 @@ offline base-to-new tasks, never test; tiny-emoji-vit, 4 shots, seeds 1-2):
     global, lr x30, init 0,  10 ep  28.92  47.16  32.16   -0.00     1.50    15.38
 
 (accuracy in %, mean over 3 tasks x 2 seeds; alpha: the TFT weight of the kept epoch;
-hm_std: over tasks and seeds; 564 s on 2 shared cores.) Chosen: ``tft_lr_factor=10``,
+hm_std: over tasks and seeds.) Chosen: ``tft_lr_factor=10``,
 ``epochs=10``, ``tft_gate_init=0`` (the zero-shot start; 0.25 scored lower, and 1.0, only
 the class-conditioned feature from step 0, closest to the abstract's "instead of
 reserving the complete image representations", is 11 HM points below init 0 and below

@@ -15,8 +15,8 @@ Several icons matching one emoji: the first (sorted by name) wins, so the match 
 deterministic. Rendering (:class:`SvgRenderer`) uses ``resvg-py`` (the resvg library, pure
 Rust, no system fonts are consulted: emoji SVGs draw shapes, not text) at the corpus frame
 size, the icon's view box scaled to fill the frame, anti-aliased, then composited on white.
-resvg was chosen over cairosvg by measurement: 3-4x faster (2.8-8.4 vs 10-27 ms per 64 px
-icon on four sets), mean absolute difference between the two below 1.1 grey levels.
+resvg was chosen over cairosvg by measurement: several times faster on four icon sets
+(docs/design/speed.md), mean absolute difference between the two below 1.1 grey levels.
 """
 
 from __future__ import annotations
