@@ -5,7 +5,9 @@ between them work in the site.
 Each entry of :data:`OUTSIDE` maps a path in the repository to its path in the site; a
 Markdown link written for the repository (``../data/README.md`` from ``docs/data.md``) is
 rewritten to the page's path in the site, so the same file reads right on disk and in the
-site, and ``mkdocs build --strict`` still fails on a link that leads nowhere.
+site, and ``mkdocs build --strict`` still fails on a link that leads nowhere. A link to a
+source file that the site does not publish (``../lib/fewclip/sweep.py``) becomes its path
+in code style.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ OUTSIDE = {
 OUTSIDE_TREES = {"reports": "reports"}
 TREE_SUFFIXES = {".html", ".png", ".svg", ".css", ".js", ".csv", ".json", ".jpg"}
 
-LINK = re.compile(r"(\]\()([^)\s#]+)((?:#[^)\s]*)?\))")
+LINK = re.compile(r"\[([^\]]*)\]\(([^)\s#]+)((?:#[^)\s]*)?)\)")
 
 
 def _published() -> dict[str, str]:
@@ -59,7 +61,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     repo_path = repo_of.get(src, f"docs/{src}")
 
     def rewrite(match: re.Match) -> str:
-        target = match.group(2)
+        text, target, anchor = match.groups()
         if re.match(r"^[a-z]+:", target) or target.startswith("/"):
             return match.group(0)
         in_repo = posixpath.normpath(posixpath.join(posixpath.dirname(repo_path), target))
@@ -67,8 +69,10 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         if site is None and in_repo.startswith("docs/"):
             site = in_repo[len("docs/") :]
         if site is None:
-            return match.group(0)
+            if (ROOT / in_repo).exists():  # a source file: named, not linked, in the site
+                return text if f"`{in_repo}`" in text else f"{text} (`{in_repo}`)"
+            return match.group(0)  # leads nowhere: --strict fails on it
         new = posixpath.relpath(site, posixpath.dirname(src) or ".")
-        return f"{match.group(1)}{new}{match.group(3)}"
+        return f"[{text}]({new}{anchor})"
 
     return LINK.sub(rewrite, markdown)
