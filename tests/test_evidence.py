@@ -150,6 +150,46 @@ def test_paired_difference_pairs_only_common_seeds_and_broadcasts_zero_shot():
     assert z.iloc[0]["diff"] == pytest.approx(expected)
 
 
+def test_seed_means_average_seeds_never_configurations():
+    # seeds 1, 2 of ratio 0.2 get 60% and 80%; ratio 0.8 gets 0%; a copy of seed 1 counts once
+    rows = [record("m", 1, np.arange(10) < 6, {"ratio": 0.2})]
+    rows += [record("m", 2, np.arange(10) < 8, {"ratio": 0.2})]
+    rows += [record("m", s, np.zeros(10), {"ratio": 0.8}) for s in (1, 2)]
+    again = record("m", 1, np.arange(10) < 6, {"ratio": 0.2}, run_key="copy", created="2026-01-02")
+    failed = {**record("m", 3, np.ones(10), {"ratio": 0.2}), "status": "failed"}
+    frame = pd.DataFrame([*rows, again, failed])
+    means = ev.seed_means(frame, by=["label"])
+    assert list(means.columns) == [
+        "label",
+        "options.ratio",
+        "accuracy",
+        "accuracy_std",
+        "accuracy_count",
+    ]
+    by_ratio = means.set_index("options.ratio")
+    assert by_ratio.loc[0.2, "accuracy"] == pytest.approx(70.0)
+    assert by_ratio.loc[0.2, "accuracy_std"] == pytest.approx(math.sqrt(200))  # ddof 1
+    assert by_ratio.loc[0.2, "accuracy_count"] == 2
+    assert by_ratio.loc[0.8, "accuracy"] == 0.0
+    assert ev.seed_means(frame.iloc[:0], by=["label"]).empty
+
+
+def test_pivot_means_is_a_table_of_numbers_one_configuration_per_cell():
+    rows = [record("a", 1, np.arange(10) < 6), record("a", 2, np.arange(10) < 8)]
+    rows += [record("b", s, np.arange(10) < 3, {"ratio": 0.2}) for s in (1, 2)]
+    rows += [record("b", s, np.arange(10) < 5, {"ratio": 0.8}) for s in (1, 2)]
+    table = ev.pivot_means(pd.DataFrame(rows), "label", "dataset")
+    # b's two ratios are two rows (the option joins the index), a's seeds one mean
+    assert table.index.names == ["label", "options.ratio"]
+    assert table.loc[("a", ""), "d"] == 70.0
+    assert (table.loc[("b", 0.2), "d"], table.loc[("b", 0.8), "d"]) == (30.0, 50.0)
+    # from a seed_means frame: the same cells
+    means = ev.seed_means(pd.DataFrame(rows), by=["label", "dataset"])
+    again = ev.pivot_means(means, "label", "dataset")
+    assert sorted(again["d"]) == sorted(table["d"])
+    assert ev.pivot_means(pd.DataFrame(), "label", "dataset").empty
+
+
 def test_runs_differing_only_in_an_option_are_never_averaged():
     ones, zeros = np.ones(50), np.zeros(50)
     rows = [record("m", s, ones, {"ratio": 0.2}) for s in (1, 2)]

@@ -8,6 +8,15 @@ the grouping keys that keep different configurations apart.
     ev.group_columns(frame)          # the columns that identify a configuration
     ev.INTERVAL_METHOD               # the sentence to print under a table
 
+The tables, one configuration per row or cell, never two averaged:
+
+- with intervals: :func:`summarize` (numbers), :func:`compact` (its numbers as
+  ``mean +- std [low, high] n=S`` text), :func:`pivot` (that text as a wide table; two
+  configurations in one cell raise);
+- plain means over seeds, no interval: :func:`seed_means` (mean, std and count per
+  configuration), :func:`pivot_means` (a wide table of the means; the columns that tell
+  configurations apart join the index).
+
 ``frame`` is a sweep frame (:func:`fewclip.notebook.run_grid`) or a results-store frame
 (:meth:`fewclip.results.ResultStore.to_frame`); only finished runs count.
 
@@ -717,3 +726,58 @@ def pivot(
         )
     text = compact(summary, digits, "cell")
     return text.pivot(index=index, columns=columns, values="cell")
+
+
+# --------------------------------------------------------------------------- plain means
+
+
+def seed_means(
+    frame: pd.DataFrame, by: Sequence[str] = ("label",), values: Sequence[str] = ("accuracy",)
+) -> pd.DataFrame:
+    """One row per configuration: ``by``, the key columns that distinguish configurations
+    sharing a ``by`` value (:func:`group_columns`, e.g. ``options.alpha``), then per value
+    its plain mean over seeds, ``<value>_std`` and ``<value>_count``. No interval (for
+    those, :func:`summarize`). Finished runs only; never averages two configurations, and a
+    run stored twice counts once. A frame without ``config`` (no record behind its rows)
+    is grouped on ``by`` alone."""
+    rows = _finished(frame)
+    if not len(rows):
+        return pd.DataFrame(columns=[*by, *values])
+    by = list(by)
+    if "config" in rows:
+        rows = configurations(rows)
+        by = group_columns(rows, by)
+    agg = rows.groupby(by, dropna=False, sort=False)[list(values)].agg(["mean", "std", "count"])
+    agg.columns = [f"{v}_{s}" if s != "mean" else v for v, s in agg.columns]
+    return agg.reset_index()
+
+
+def pivot_means(
+    frame: pd.DataFrame,
+    index: str | Sequence[str],
+    columns: str | Sequence[str],
+    value: str = "accuracy",
+    digits: int = 2,
+) -> pd.DataFrame:
+    """A wide table of numbers: the mean over seeds of ``value`` per cell, rounded to
+    ``digits`` (an empty frame, not an error, when nothing finished). ``frame``: runs, or a
+    :func:`seed_means` frame.
+
+    Never averages two configurations into one cell: on runs, the key columns that tell
+    the configurations of a cell apart (:func:`group_columns`) join the index; on a
+    :func:`seed_means` frame, so do its extra columns where a cell holds several rows. For
+    a table with intervals, :func:`pivot` of a :func:`summarize` frame."""
+    if not len(frame) or value not in frame:
+        return pd.DataFrame()
+    index = [index] if isinstance(index, str) else list(index)
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    rows = _finished(frame)
+    if "config" in rows:
+        rows = configurations(rows)
+        extra = [c for c in group_columns(rows, index + columns) if c not in columns]
+        index = list(dict.fromkeys(index + extra))
+    elif rows.duplicated(index + columns).any():
+        stats = {c for c in rows.columns if c.endswith(("_std", "_count"))} | {value}
+        extra = [c for c in rows.columns if c not in stats and c not in index + columns]
+        index = index + [c for c in extra if rows[c].nunique(dropna=False) > 1]
+    return rows.pivot_table(index=index, columns=columns, values=value).round(digits)

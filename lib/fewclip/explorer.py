@@ -28,6 +28,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from . import evidence as ev
 from . import notebook as nb
 from . import plots
 
@@ -165,7 +166,7 @@ class Views:
             f"**{metric} (%) by shots, {protocol} on {ds}, mean over seeds. "
             f"Model: {self.tag(bb)}.**"
         )
-        return [fig, caption, nb.pivot(rows, "label", "shots")]
+        return [fig, caption, ev.pivot_means(rows, "label", "shots")]
 
     def per_class_frame(self, row: pd.Series, names: Sequence[str]) -> pd.DataFrame:
         """Per-class test accuracy of one record: every class (few-shot, ...) or the base and
