@@ -34,6 +34,10 @@ def test_registry_lists_every_feature_method():
         "dual_adapter",
         "gda",
         "ape",
+        "ape_t",
+        "taskres",
+        "clap",
+        "lp_pp",
     }
     with pytest.raises(ValueError, match="unknown option"):
         get_method("clip_adapter", alhpa=0.3)

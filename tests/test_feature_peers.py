@@ -236,3 +236,276 @@ def test_ape_is_deterministic_and_learns(synthetic):
     assert torch.equal(first.logits(test_f), second.logits(test_f))
     zero_shot, _ = _fit("zero_shot", data)
     assert accuracy(first.logits(test_f), test_y) > accuracy(zero_shot.logits(test_f), test_y) + 20
+
+
+# --------------------------------------------------------------------------- APE-T
+
+
+def test_ape_t_refines_keys_text_and_values_hand_computed():
+    from fewclip.methods.ape_t import CategoryResidual
+
+    keys = torch.eye(3)[:2]  # two entries, classes 0 and 1
+    text = torch.eye(3)[:, :2]
+    module = CategoryResidual(keys, torch.tensor([0, 1]), text, torch.tensor([2, 0]), 10.0)
+    with torch.no_grad():
+        module.residual.copy_(torch.tensor([[0.5, 0.1], [0.2, 0.3]]))  # (C, Q), Q = [2, 0]
+        module.value_weights.copy_(torch.tensor([[2.0], [3.0]]))
+    k, w, v = module.refined()
+    assert torch.equal(k, torch.tensor([[1.1, 0.0, 0.5], [0.3, 1.0, 0.2]]))
+    assert torch.equal(w, torch.tensor([[1.1, 0.3], [0.0, 1.0], [0.5, 0.2]]))
+    assert torch.equal(v, torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
+
+
+def test_ape_t_at_its_start_is_the_tip_adapter_forward(synthetic):
+    data, test_f, _ = synthetic
+    method, _ = _fit("ape_t", data, epochs=0, search=False, init_alpha=1.5)
+    beta = method.beta
+    keys, text = data.cache_keys, data.classifiers["positive"]
+    expected = data.logit_scale * test_f @ text + 1.5 * (
+        torch.exp(-beta * (1 - test_f @ keys.T)) @ data.cache_values
+    )
+    torch.testing.assert_close(method.logits(test_f), expected)
+
+
+def test_ape_t_learns_and_is_seeded(synthetic):
+    data, test_f, test_y = synthetic
+    first, result = _fit("ape_t", data, epochs=10, steps=(20, 10, 1))
+    second, _ = _fit("ape_t", data, epochs=10, steps=(20, 10, 1))
+    assert torch.equal(first.logits(test_f), second.logits(test_f))
+    assert result.chosen["training_feat_num"] == scaled_count(900, data.dim)
+    assert first.trainable_parameters() == 6 * scaled_count(900, data.dim) + 6 * 8
+    zero_shot, _ = _fit("zero_shot", data)
+    assert accuracy(first.logits(test_f), test_y) > accuracy(zero_shot.logits(test_f), test_y) + 10
+
+
+# --------------------------------------------------------------------------- TaskRes
+
+
+def test_taskres_hand_computed_and_zero_start():
+    from fewclip.methods.taskres import TaskResidual, taskres_defaults
+
+    module = TaskResidual(torch.eye(2), 10.0, alpha=0.5)
+    with torch.no_grad():
+        module.residual.copy_(torch.tensor([[0.0, 2.0], [0.0, 0.0]]))
+    # column 1: (0, 1) + 0.5 (2, 0) = (1, 1) -> (1, 1) / sqrt(2)
+    r = 1 / math.sqrt(2)
+    torch.testing.assert_close(module.classifier(), torch.tensor([[1.0, r], [0.0, r]]))
+    assert taskres_defaults("oxford_flowers", 16) == (2e-3, 1.0, 200)
+    assert taskres_defaults("imagenet", 4) == (2e-4, 0.5, 100)
+    data = _axes_data()
+    method, _ = _fit("taskres", data, epochs=0)
+    zero_shot, _ = _fit("zero_shot", data)
+    f = torch.randn(5, 2)
+    torch.testing.assert_close(method.logits(f), zero_shot.logits(f))
+
+
+def test_taskres_learns_keeps_the_last_epoch_and_is_seeded(synthetic):
+    data, test_f, test_y = synthetic
+    first, result = _fit("taskres", data, epochs=30, lr=0.05)
+    second, _ = _fit("taskres", data, epochs=30, lr=0.05)
+    assert torch.equal(first.logits(test_f), second.logits(test_f))
+    assert result.best_epoch == 29 and result.chosen["selection"] == "last"
+    zero_shot, _ = _fit("zero_shot", data)
+    assert accuracy(first.logits(test_f), test_y) > accuracy(zero_shot.logits(test_f), test_y) + 20
+    assert first.trainable_parameters() == data.dim * data.num_classes
+
+
+def test_taskres_base_from_a_tensor_file(synthetic, tmp_path):
+    data, test_f, _ = synthetic
+    path = tmp_path / "base.pt"
+    torch.save(data.classifiers["positive"] * 2, path)  # the same directions
+    method, _ = _fit("taskres", data, epochs=0, base=str(path))
+    zero_shot, _ = _fit("zero_shot", data)
+    torch.testing.assert_close(method.logits(test_f), zero_shot.logits(test_f))
+    with pytest.raises(ValueError, match="neither a cached classifier"):
+        _fit("taskres", data, epochs=0, base=str(tmp_path / "missing.pt"))
+
+
+# --------------------------------------------------------------------------- CLAP / ZS-LP
+
+
+def test_clap_class_adaptive_weights_hand_computed():
+    from fewclip.methods.clap import ZeroShotProbe, class_adaptive_weights
+
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    # class 0: mean of p_0 = 0.5 and 0.75; class 1: p_1 = 0.5
+    weights = class_adaptive_weights(logits, labels)
+    torch.testing.assert_close(weights, torch.tensor([0.625, 0.5]))
+    probe = ZeroShotProbe(torch.eye(2), 1.0)
+    with torch.no_grad():
+        probe.prototypes.add_(torch.tensor([[0.0, 2.0], [0.0, 0.0]]))
+    # mean_c lambda_c ||P_c - W_c||^2 = (0.625 * 4 + 0.5 * 0) / 2
+    torch.testing.assert_close(probe.penalty(weights), torch.tensor(1.25))
+
+
+def test_clap_starts_at_zero_shot_and_the_constraint_holds_it_closer(synthetic):
+    data, test_f, test_y = synthetic
+    start, _ = _fit("clap", data, epochs=0)
+    zero_shot, _ = _fit("zero_shot", data)
+    torch.testing.assert_close(start.logits(test_f), zero_shot.logits(test_f))
+    clap, result = _fit("clap", data, epochs=20)
+    zs_lp, _ = _fit("clap", data, epochs=20, constraint="none")
+    text = data.classifiers["positive"].T
+
+    def drift(m):
+        return float((m.module.prototypes.detach() - text).pow(2).sum())
+
+    assert drift(clap) < drift(zs_lp)
+    assert result.chosen["constraint"] == "l2" and 0 < result.chosen["lambda_mean"] < 1
+    for m in (clap, zs_lp):
+        assert accuracy(m.logits(test_f), test_y) > accuracy(zero_shot.logits(test_f), test_y) + 20
+    again, _ = _fit("clap", data, epochs=20)
+    assert torch.equal(again.logits(test_f), clap.logits(test_f))
+
+
+def test_clap_uses_no_validation_data(synthetic):
+    data, test_f, _ = synthetic
+    method, _ = _fit("clap", data, epochs=5)
+    shuffled = FeatureData(**{**data.__dict__, "val_labels": data.val_labels.flip(0)})
+    other, _ = _fit("clap", shuffled, epochs=5)
+    assert torch.equal(method.logits(test_f), other.logits(test_f))
+
+
+# --------------------------------------------------------------------------- LP++
+
+
+def test_lp_pp_step_sizes_match_the_official_formulas(synthetic):
+    import numpy as np
+    from scipy.linalg import eigh
+
+    from fewclip.methods.lp_pp import init_blend, lr_blend, lr_visual
+
+    data, _, _ = synthetic
+    x, y, w = data.view(0), data.train_labels, data.classifiers["positive"]
+    shots = 8
+    # calculate_lr_w, calculate_lr_alpha, calculate_init_alpha, transcribed
+    eig, _ = eigh((x.T @ x).cpu().numpy())
+    assert lr_visual(x) == pytest.approx(4 * x.shape[0] / max(eig), rel=1e-6)
+    temp = torch.sum(torch.pow(x @ w, 2), dim=0)
+    assert lr_blend(x, w) == pytest.approx(float(x.shape[0] / (max(temp) * 4)), rel=1e-6)
+    one_hot = F.one_hot(y, 6).float()
+    alpha_tilde = ((one_hot[..., None] * (x @ w)[:, None, :]) / one_hot.sum(0)[None, :, None]).sum(
+        0
+    )
+    alpha_init = 250 / shots * (alpha_tilde.double() * shots)
+    assert init_blend(x, y, w) == pytest.approx(float(torch.mean(alpha_init)), rel=1e-5)
+    assert np.isfinite(lr_visual(x))
+
+
+def test_lp_pp_hand_computed_start_and_alpha_steps():
+    from fewclip.methods.lp_pp import LinearProbePP
+
+    module = LinearProbePP(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.eye(2), 3.0)
+    with torch.no_grad():
+        module.linear.bias.zero_()
+    x = torch.tensor([[1.0, 0.0]])
+    torch.testing.assert_close(module(x), torch.tensor([[2.0 + 3.0, 0.0]]))
+    data = _axes_data()
+    # alpha steps only every alpha_every epochs: with 9 epochs and the default 10, none
+    method, result = _fit("lp_pp", data, epochs=9)
+    assert torch.all(method.module.alpha == result.chosen["alpha_init"])
+
+
+def test_lp_pp_alpha_gradient_accumulates_as_the_official_code(synthetic):
+    data, _, _ = synthetic
+    options = {"epochs": 2, "alpha_every": 1, "selection": "last"}
+    accumulated, _ = _fit("lp_pp", data, **options)
+    current, _ = _fit("lp_pp", data, **options, alpha_grad="current")
+    one, result = _fit("lp_pp", data, **{**options, "epochs": 1})
+    # after one epoch both are a_0 - lr_a g_0; the second step adds g_0 again when accumulating
+    g0 = (result.chosen["alpha_init"] - one.module.alpha) / result.chosen["lr_alpha"]
+    torch.testing.assert_close(
+        accumulated.module.alpha - current.module.alpha, -result.chosen["lr_alpha"] * g0
+    )
+    assert not torch.equal(accumulated.module.alpha, current.module.alpha)
+
+
+def test_lp_pp_learns_and_selects(synthetic):
+    data, test_f, test_y = synthetic
+    method, result = _fit("lp_pp", data, epochs=50)
+    again, _ = _fit("lp_pp", data, epochs=50)
+    assert torch.equal(method.logits(test_f), again.logits(test_f))
+    accs = [h["val_acc"] for h in result.history]
+    best = max(accs)
+    assert result.best_epoch == max(i for i, a in enumerate(accs) if a == best)  # ties: later
+    last, result = _fit("lp_pp", data, epochs=50, selection="last")
+    assert result.best_epoch == 49 and "val_acc" not in result.history[0]
+    zero_shot, _ = _fit("zero_shot", data)
+    assert accuracy(last.logits(test_f), test_y) > accuracy(zero_shot.logits(test_f), test_y) + 20
+
+
+# --------------------------------------------------------------------------- protocols
+
+PEERS = {
+    "gda": {},
+    "ape": {"steps": (10, 4, 2)},
+    "ape_t": {"epochs": 1, "steps": (10, 4, 1)},
+    "taskres": {"epochs": 1},
+    "clap": {"epochs": 1},
+    "lp_pp": {"epochs": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    from fewclip.prompting.toy import coloured_squares
+
+    data = tmp_path_factory.mktemp("peers")
+    coloured_squares(data / "squares", num_classes=4, per_class=12, seed=0)
+    coloured_squares(data / "squares_b", num_classes=2, per_class=12, seed=1, offset=4)
+    return data
+
+
+def _config(root, method, **kw):
+    from fewclip.config import RunConfig
+
+    base = dict(
+        method=method,
+        dataset="folder:squares",
+        backbone="fewclip-test-rn",
+        pretrained=None,
+        shots=2,
+        augment_views=2,
+        options=PEERS[method],
+        data_root=str(root),
+        cache_dir=str(root / "cache"),
+        progress=False,
+    )
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", sorted(PEERS))
+def test_every_peer_runs_under_every_protocol_or_refuses_in_one_sentence(squares, method):
+    from fewclip.runner import run, transfers_to_new_classes
+
+    record = run(
+        _config(squares, method, protocol="domain_generalisation", eval_datasets=["folder:squares"])
+    )
+    assert record["metrics"]["transfer"]["folder:squares"] == pytest.approx(record["accuracy"])
+    new_classes = [
+        ("base_to_new", {}),
+        ("cross_dataset", {"eval_datasets": ["folder:squares_b"]}),
+    ]
+    for protocol, extra in new_classes:
+        config = _config(squares, method, protocol=protocol, **extra)
+        if method == "gda":
+            assert transfers_to_new_classes(get_method(method))
+            record = run(config)
+            assert 0.0 <= record["accuracy"] <= 100.0
+        else:
+            with pytest.raises(ValueError, match="learns per-class parameters and cannot classify"):
+                run(config)
+
+
+def test_peers_run_from_the_command_line(squares, tmp_path, capsys):
+    from fewclip.cli import main
+
+    common = ["--backbone", "fewclip-test-rn", "--pretrained", "none", "--no-progress"]
+    common += ["--data-root", str(squares), "--cache-dir", str(squares / "cache")]
+    common += ["--results", str(tmp_path / "r.sqlite"), "--dataset", "folder:squares"]
+    assert main(["run", "--method", "gda", "--shots", "2", *common]) == 0
+    zs_lp = ["--option", "constraint=none", "--option", "epochs=1"]
+    assert main(["run", "--method", "clap", "--shots", "2", *zs_lp, *common]) == 0
+    assert main(["run", "--method", "clap", "--option", "constraint=l1", *common]) != 0
+    assert "constraint must be one of" in capsys.readouterr().err

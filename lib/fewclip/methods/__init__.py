@@ -9,13 +9,17 @@ Feature-level (fit on cached features, :class:`~fewclip.methods.base.FeatureMeth
 
 from . import (  # noqa: F401  (register the methods)
     ape,
+    ape_t,
     apex,
+    clap,
     clip_adapter,
     cocoop,
     coop,
     dual_adapter,
     gda,
     linear_probe,
+    lp_pp,
+    taskres,
     tip_adapter,
     tomm,
     zero_shot,
