@@ -7,13 +7,17 @@ Markdown link written for the repository (``../data/README.md`` from ``docs/data
 rewritten to the page's path in the site, so the same file reads right on disk and in the
 site, and ``mkdocs build --strict`` still fails on a link that leads nowhere. A link to a
 source file that the site does not publish (``../lib/fewclip/sweep.py``) becomes its path
-in code style.
+in code style. ``<!-- options NAME -->`` (or ``all``) in a page becomes the table of that
+method's options, types, defaults and their source comments, read from the source.
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import posixpath
 import re
+import tokenize
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -35,6 +39,105 @@ OUTSIDE_TREES = {"reports": "reports"}
 TREE_SUFFIXES = {".html", ".png", ".svg", ".css", ".js", ".csv", ".json", ".jpg"}
 
 LINK = re.compile(r"\[([^\]]*)\]\(([^)\s#]+)((?:#[^)\s]*)?)\)")
+
+
+OPTIONS = re.compile(r"<!-- options (\S+) -->")
+LIB = ROOT / "lib" / "fewclip"
+
+
+def _dataclass_fields(cls: ast.ClassDef, comments: dict[int, str]) -> list[tuple[str, ...]]:
+    """(name, type, default, comment) of each annotated field of a class body, in order."""
+    rows = []
+    for stmt in cls.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            default = ast.unparse(stmt.value) if stmt.value is not None else ""
+            note = comments.get(stmt.end_lineno, "")
+            rows.append((stmt.target.id, ast.unparse(stmt.annotation), default, note))
+    return rows
+
+
+def method_options() -> dict[str, dict]:
+    """Every registered method's options, read from the source without importing it:
+    ``name -> {"module", "class", "fields": [(name, type, default, comment), ...]}``.
+    Fields of base option classes (``TrainOptions``, ``TipAdapter.Options``) come first,
+    overridden defaults in place, as a dataclass orders them."""
+    classes: dict[str, tuple[ast.ClassDef, dict[int, str]]] = {}
+    methods = []
+    for path in sorted(LIB.rglob("*.py")):
+        source = path.read_text()
+        tree = ast.parse(source)
+        comments = {
+            t.start[0]: t.string.lstrip("#").strip()
+            for t in tokenize.generate_tokens(io.StringIO(source).readline)
+            if t.type == tokenize.COMMENT
+        }
+        module = "fewclip." + ".".join(path.relative_to(LIB).with_suffix("").parts)
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            classes[node.name] = (node, comments)
+            nested = {c.name: c for c in node.body if isinstance(c, ast.ClassDef)}
+            if "Options" in nested:
+                classes[f"{node.name}.Options"] = (nested["Options"], comments)
+            name = next(
+                (
+                    st.value.value
+                    for st in node.body
+                    if isinstance(st, ast.Assign)
+                    and [ast.unparse(t) for t in st.targets] == ["name"]
+                    and isinstance(st.value, ast.Constant)
+                ),
+                None,
+            )
+            if name and "Options" in nested and module.startswith("fewclip.methods."):
+                methods.append((name, module, node.name))
+
+    def fields(key: str, seen: frozenset = frozenset()) -> dict[str, tuple[str, ...]]:
+        if key not in classes or key in seen:
+            return {}
+        cls, comments = classes[key]
+        out: dict[str, tuple[str, ...]] = {}
+        for base in cls.bases:
+            out.update(fields(ast.unparse(base), seen | {key}))
+        for row in _dataclass_fields(cls, comments):
+            out[row[0]] = row
+        return out
+
+    return {
+        name: {"module": module, "class": cls, "fields": list(fields(f"{cls}.Options").values())}
+        for name, module, cls in sorted(methods)
+    }
+
+
+def options_table(name: str, found: dict[str, dict]) -> str:
+    if name not in found:
+        raise ValueError(f"<!-- options {name} -->: no method {name!r} in lib/fewclip/methods")
+    info = found[name]
+    lines = [
+        f"Options of `{name}` (`{info['module']}.{info['class']}.Options`; a default of "
+        "`None` takes the official value named in the comment):",
+        "",
+        "| option | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for field, kind, default, note in info["fields"]:
+        kind = "`" + kind.replace(" | ", "` or `") + "`"  # no pipe inside a table's code span
+        cells = [f"`{field}`", kind, f"`{default}`" if default else "", note]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _options(markdown: str) -> str:
+    if not OPTIONS.search(markdown):
+        return markdown
+    found = method_options()
+
+    def table(match: re.Match) -> str:
+        if match.group(1) != "all":
+            return options_table(match.group(1), found)
+        return "\n\n".join(f"### `{n}`\n\n" + options_table(n, found) for n in found)
+
+    return OPTIONS.sub(table, markdown)
 
 
 def _published() -> dict[str, str]:
@@ -75,4 +178,4 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         new = posixpath.relpath(site, posixpath.dirname(src) or ".")
         return f"[{text}]({new}{anchor})"
 
-    return LINK.sub(rewrite, markdown)
+    return LINK.sub(rewrite, _options(markdown))
