@@ -21,12 +21,26 @@ with its ``input_resolution`` entry) give QuickGELU; ``quick_gelu=True/False`` o
 The project registers its own architectures (JSON files in ``fewclip/model_configs``) with
 open_clip, so they are built by open_clip's factory like any other model; the project's
 pretrained weights live in ``fewclip/weights`` and are listed in :data:`PROJECT_WEIGHTS`.
+
+A backbone's own words (:class:`PromptWords`, ``Backbone.words``): the class-name template
+its pretraining captions used and the init phrase prompt learners start from. A checkpoint
+declares them in the JSON beside it, ``<checkpoint stem>.config.json``, under
+``"prompt_words"``::
+
+    {"prompt_words": {"template": "an emoji of {}.", "init": "an emoji of"}}
+
+(fewclip's tiny models do: they were pretrained on "an emoji of {name}." captions, see
+:mod:`fewclip.pretrain`). A checkpoint without it, an open_clip tag (OpenAI, LAION) and a
+random init speak OpenAI CLIP's words, ``"a photo of a {}."`` / ``"a photo of a"``;
+``load_backbone(..., prompt_words=...)`` overrides both. Prompt learners resolve their init
+option with :func:`init_phrase` (``"backbone"``: these words, ``"official"``: OpenAI's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import warnings
 import zipfile
@@ -423,6 +437,128 @@ def _identity(
     return base
 
 
+# --------------------------------------------------------------------------- prompt words
+
+
+@dataclass(frozen=True)
+class PromptWords:
+    """How a backbone was spoken to in pretraining.
+
+    template: the class-name template, ``{}`` standing for the class name ("a photo of a {}.").
+    init:     the init phrase of prompt learners, whose class prompts read
+              ``"{init} {class}."`` ("a photo of a").
+    source:   where the words come from (a config file, a default), for run notes.
+    """
+
+    template: str = "a photo of a {}."
+    init: str = "a photo of a"
+    source: str = "OpenAI CLIP's words (the default of a checkpoint that declares none)"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.template, str) or self.template.count("{}") != 1:
+            raise ValueError(
+                f"prompt_words template {self.template!r} ({self.source}) must contain '{{}}' "
+                "exactly once, where the class name goes, e.g. 'an emoji of {}.'"
+            )
+        if not isinstance(self.init, str) or not self.init.strip():
+            raise ValueError(
+                f"prompt_words init {self.init!r} ({self.source}) must be a non-empty phrase, "
+                "e.g. 'an emoji of'"
+            )
+
+    def prompts(self, classnames: Sequence[str]) -> list[str]:
+        """The template filled with each class name."""
+        return [self.template.format(name) for name in classnames]
+
+    def as_dict(self) -> dict[str, str]:
+        return {"template": self.template, "init": self.init}
+
+
+#: OpenAI CLIP's words, as the official prompt-learning codes speak to it (and LAION's
+#: open_clip weights, trained on web alt-texts, are spoken to alike).
+OPENAI_WORDS = PromptWords()
+#: Option value of a prompt learner's init phrase: the backbone's own words.
+BACKBONE_WORDS = "backbone"
+#: Option value of a prompt learner's init phrase: the official codes' ("a photo of a").
+OFFICIAL_WORDS = "official"
+
+
+def words_file(weights_file: str | os.PathLike) -> Path:
+    """The JSON beside a checkpoint that may declare its words: ``<stem>.config.json``."""
+    return Path(weights_file).with_suffix(".config.json")
+
+
+def read_prompt_words(weights_file: str | os.PathLike | None) -> PromptWords:
+    """A checkpoint's own words: ``"prompt_words"`` of the JSON beside it
+    (:func:`words_file`), else :data:`OPENAI_WORDS` (also for random init)."""
+    if weights_file is None:
+        return OPENAI_WORDS
+    config = words_file(weights_file)
+    if not config.is_file():
+        return OPENAI_WORDS
+    try:
+        entry = json.loads(config.read_text()).get("prompt_words")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(
+            f"{config} is not a JSON object ({e}); fix it or remove it (it is read for the "
+            "checkpoint's prompt_words)"
+        ) from None
+    if entry is None:
+        return OPENAI_WORDS
+    if not isinstance(entry, dict) or set(entry) - {"template", "init"}:
+        raise ValueError(
+            f"prompt_words in {config} must be an object with 'template' and 'init', e.g. "
+            '{"template": "an emoji of {}.", "init": "an emoji of"}'
+        )
+    inside = config.parent.resolve() == WEIGHTS_DIR.resolve()
+    return PromptWords(**entry, source=f"fewclip/weights/{config.name}" if inside else str(config))
+
+
+def as_prompt_words(words: PromptWords | dict | None, source: str) -> PromptWords | None:
+    """``load_backbone``'s ``prompt_words`` argument as :class:`PromptWords` (None stays None)."""
+    if words is None or isinstance(words, PromptWords):
+        return words
+    if not isinstance(words, dict) or set(words) - {"template", "init"}:
+        raise ValueError(
+            "prompt_words must be a PromptWords or a dict with 'template' and 'init', e.g. "
+            '{"template": "an emoji of {}.", "init": "an emoji of"}'
+        )
+    return PromptWords(**words, source=source)
+
+
+def init_phrase(words: PromptWords, init: str | None) -> str | None:
+    """What a prompt learner's init option means for a backbone whose words are ``words``.
+
+    ``"backbone"``: the backbone's init phrase (``words.init``); ``"official"``: the
+    official codes' "a photo of a" (OpenAI CLIP's); None: None (random context); any other
+    phrase: itself. Every prompt method resolves its init option through this function.
+    """
+    if init == BACKBONE_WORDS:
+        return words.init
+    if init == OFFICIAL_WORDS:
+        return OPENAI_WORDS.init
+    return init
+
+
+def phrase_template(words: PromptWords, init: str | None) -> str:
+    """The class-name template that goes with an init option: ``"{phrase} {}."`` for a
+    phrase (what a prompt learner initialised from it computes at step 0), the backbone's
+    own template for ``"backbone"`` and for None (random context)."""
+    if init in (None, BACKBONE_WORDS):
+        return words.template
+    return f"{init_phrase(words, init).replace('_', ' ')} {{}}."
+
+
+def words_note(method: str, words: PromptWords, init: str | None) -> str:
+    """One line for a run's notes: which init phrase a prompt method used, and why."""
+    phrase = init_phrase(words, init)
+    if phrase is None:
+        return f"{method}: random context (class template {words.template!r}, {words.source})"
+    if init == BACKBONE_WORDS:
+        return f"{method}: init phrase {phrase!r}, the backbone's own words ({words.source})"
+    return f"{method}: init phrase {phrase!r}, set by the options"
+
+
 # --------------------------------------------------------------------------- backbone
 
 
@@ -445,6 +581,7 @@ class Backbone:
     preprocess_cfg: dict = field(default_factory=dict)
     quick_gelu: bool = False  # the activation the model was built with (see decide_quick_gelu)
     activation_reason: str = ""
+    words: PromptWords = OPENAI_WORDS  # its own prompt words (see PromptWords)
 
     @property
     def logit_scale(self) -> float:
@@ -501,6 +638,7 @@ class Backbone:
             "device": str(self.device),
             "precision": self.precision,
             "activation": "QuickGELU" if self.quick_gelu else "GELU",
+            "prompt_words": self.words.as_dict(),
         }
 
 
@@ -532,8 +670,13 @@ def load_backbone(
     allow_download: bool = False,
     init_seed: int = 0,
     quick_gelu: bool | None = None,
+    prompt_words: PromptWords | dict | None = None,
 ) -> Backbone:
     """Build an open_clip model and its transforms; see the module docstring for ``pretrained``.
+
+    ``prompt_words`` (a :class:`PromptWords` or ``{"template": ..., "init": ...}``) sets the
+    backbone's own words; None reads them from the JSON beside the checkpoint
+    (:func:`read_prompt_words`), OpenAI CLIP's when it declares none.
 
     The model is built as open_clip builds it for the tag: QuickGELU where the weights were
     trained with it (``quick_gelu=None`` decides, see :func:`decide_quick_gelu`;
@@ -542,6 +685,9 @@ def load_backbone(
     parts of it (prompt learners) add their own parameters.
     """
     weights = resolve_weights(arch, pretrained, cache_dir=cache_dir, allow_download=allow_download)
+    words = as_prompt_words(prompt_words, "set by load_backbone(prompt_words=...)")
+    if words is None:
+        words = read_prompt_words(weights)
     dev = select_device(device)
     prec = select_precision(dev, precision)
     with _checkpoint_errors(weights, arch):
@@ -587,6 +733,7 @@ def load_backbone(
         preprocess_cfg=dict(model.visual.preprocess_cfg),
         quick_gelu=quick,
         activation_reason=reason,
+        words=words,
     )
 
 

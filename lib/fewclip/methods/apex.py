@@ -6,12 +6,16 @@ Model (trained end to end with the encoders frozen):
 
     z      = ViT with deep prompts P (J layers x 2 tokens, N(0, 0.02))      (B, d)
     u_c    = g([SOS, v_1, v_2, "of", "a", w_c, ".", EOT])                   (C, d)
-             the first 2 words of "a photo of a" are learnable (v_1, v_2)
+             the first 2 words of the init phrase are learnable (v_1, v_2): the
+             backbone's own words (``text_init="backbone"``), "a photo of a" for OpenAI
+             CLIP (the official phrase), "an emoji of" for fewclip's tiny emoji models;
+             ``text_init="official"``: "a photo of a" whatever the backbone
     t~_c   = A^T u_c + b               A (d, d) init identity, b (d,) init 0
     loss   = CE(s * norm(z) @ norm(t~)^T, y)          s: the model's own logit scale
 
 Adaptive ensemble at inference (no training). With t'_j the frozen-CLIP text feature of
-"a photo of a {class j}." for the C training classes and t'_e that of an evaluation class:
+"{init} {class j}." ("a photo of a {class j}." officially) for the C training classes and
+t'_e that of an evaluation class:
 
     d_avg(e) = 1 - mean_j cos(t'_e, t'_j)
     d_nn(e)  = 1 - max_j  cos(t'_e, t'_j)
@@ -67,7 +71,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone
+from ..backbones import (
+    BACKBONE_WORDS,
+    OPENAI_WORDS,
+    Backbone,
+    init_phrase,
+    phrase_template,
+    words_note,
+)
 from ..data.base import Datum
 from ..prompting.encoder_base import (
     EncoderMethod,
@@ -197,7 +208,7 @@ class APEX(EncoderMethod):
         augment: bool | None = None  # training crop + flip; None: True; cross_eval False
         protocol: str | None = None  # the run's protocol (set by the run layer)
         vision_length: int = 2
-        text_init: str = "a photo of a"
+        text_init: str = BACKBONE_WORDS  # "backbone", "official" or a phrase
         text_n_ctx: int = 2
         ensemble: str = "both"
         alpha: float | None = None  # fixed ensemble weight instead of the adaptive a_e
@@ -218,6 +229,7 @@ class APEX(EncoderMethod):
         self._alpha: dict[tuple[str, ...], torch.Tensor] = {}
         self._near: dict[tuple[str, ...], torch.Tensor] = {}
         self.frozen_train_text: torch.Tensor | None = None
+        self.words = OPENAI_WORDS  # the backbone's, set by prepare()
         #: variant name -> (N, C) logits of the last :meth:`evaluate` (``variants=True``)
         self.last_variants: dict[str, torch.Tensor] | None = None
 
@@ -250,7 +262,16 @@ class APEX(EncoderMethod):
     # ------------------------------------------------------------------ ensemble
 
     def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
-        return [f"{self.options.text_init} {name}." for name in classnames]
+        """The hand-made prompts of the init phrase, "{init} {class}." (frozen-CLIP t')."""
+        template = phrase_template(self.words, self.init_phrase)
+        return [template.format(name) for name in classnames]
+
+    @property
+    def init_phrase(self) -> str:
+        """The text prompt's init phrase for the backbone of the last :meth:`prepare`."""
+        if self.options.text_init in (None, ""):
+            raise ValueError("apex: text_init must be a phrase, 'backbone' or 'official'")
+        return init_phrase(self.words, self.options.text_init)
 
     def alpha(self, backbone: Backbone, classnames: Sequence[str]) -> torch.Tensor:
         """(E,) ensemble weights a_e of an evaluation class list (computed once per list).
@@ -392,12 +413,13 @@ class APEX(EncoderMethod):
             depth = min(depth, layers)  # cross_eval's J = 3 on a ViT with fewer layers
         self.train_classnames = tuple(classnames)
         self._alpha, self._near = {}, {}
+        self.words = backbone.words
         self.frozen_train_text = backbone.encode_text(self.prompt_texts(classnames))
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.learner = APEXLearner(
-                backbone, depth, o.vision_length, o.text_init, o.text_n_ctx, generator
+                backbone, depth, o.vision_length, self.init_phrase, o.text_n_ctx, generator
             )
         return generator
 
@@ -466,6 +488,7 @@ class APEX(EncoderMethod):
             ties=o.ties,
         )
         result.chosen.update({**settings, "depth": learner.visual.depth})
+        result.notes.append(words_note(self.name, self.words, o.text_init))
         result.notes.append(
             "apex: z_frozen from the untouched backbone (the official frozen copy carries "
             "random visual prompts); a_e computed once per class list"

@@ -9,8 +9,11 @@ every class depends on the image:
     loss      = CE(logits, y)
 
 Defaults follow the official config (vit_b16_c4_ep10_batch1_ctxv1): M = 4 initialised
-from "a photo of a", SGD lr 0.002 (momentum 0.9, weight decay 5e-4), cosine per epoch after
-1 constant warm-up epoch at 1e-5, batch 1, 10 epochs. Each step runs B x C prompts through
+from the backbone's own words (``init="backbone"``: "a photo of a" for OpenAI CLIP, the
+official phrase; "an emoji of" for fewclip's tiny emoji models; ``init="official"``: "a
+photo of a" whatever the backbone; :func:`fewclip.backbones.init_phrase`), SGD lr 0.002
+(momentum 0.9, weight decay 5e-4), cosine per epoch after 1 constant warm-up epoch at 1e-5,
+batch 1, 10 epochs. Each step runs B x C prompts through
 the text encoder as one batch (the official code loops over images). The image encoder
 is frozen, so image features are cached as for CoOp. Selection on val by default
 (``selection="last"``: the official behaviour). As in the official code, M counts the
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone
+from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.text_prompts import TextPromptLearner, TextTower
 from .base import register_method
@@ -68,7 +71,7 @@ class CoCoOp(FeaturePromptMethod):
     @dataclass
     class Options(FeaturePromptOptions):
         n_ctx: int | None = None  # None: every token of ``init``
-        init: str | None = "a photo of a"
+        init: str | None = BACKBONE_WORDS  # "backbone", "official", a phrase, None: random
         meta_reduction: int = 16
         batch_size: int = 1
         epochs: int | None = 10
@@ -78,10 +81,11 @@ class CoCoOp(FeaturePromptMethod):
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
         tower = TextTower(backbone.model)
+        self.words = backbone.words
         prompt = TextPromptLearner(
             tower,
             backbone.tokenizer,
-            init=o.init,
+            init=init_phrase(backbone.words, o.init),
             n_ctx=o.n_ctx,
             generator=generator,
             count=o.ctx_count,
@@ -89,6 +93,11 @@ class CoCoOp(FeaturePromptMethod):
         meta = MetaNet(backbone.embed_dim, tower.width, o.meta_reduction).to(backbone.device)
         self.learner = CoCoOpLearner(prompt, meta)
         self.logit_scale = backbone.logit_scale
+
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        result.notes.append(words_note(self.name, self.words, self.options.init))
+        return result
 
     def feature_logits(
         self, features: torch.Tensor, classnames: Sequence[str], tokens: torch.Tensor | None = None

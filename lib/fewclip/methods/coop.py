@@ -21,7 +21,11 @@ split (``selection="last"`` keeps the last epoch, as the official code does); wi
 default 10 cached views, augmentations repeat every 10 epochs (``views=None`` draws a
 fresh view per epoch, as the official code does).
 
-Init phrase, as the official ``PromptLearner``: M is the phrase's number of words
+Init phrase: ``init="backbone"`` starts from the backbone's own words (``Backbone.words``:
+"a photo of a" for OpenAI CLIP, "an emoji of" for fewclip's tiny emoji models),
+``init="official"`` from the official codes' "a photo of a" whatever the backbone, any
+other phrase from itself (:func:`fewclip.backbones.init_phrase`). As the official
+``PromptLearner``: M is the phrase's number of words
 (``len(init.split(" "))``), so a phrase with a multi-token word keeps its last tokens
 fixed (``ctx_count="tokens"`` makes every token learnable); CSC is ignored when a phrase
 is given (``csc_init="ignore"``, recorded in the run notes; ``csc_init="copy"`` gives each
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone
+from ..backbones import Backbone, init_phrase, words_note
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.text_prompts import (
     CLASS_TOKEN_POSITIONS,
@@ -68,7 +72,7 @@ class CoOp(FeaturePromptMethod):
     @dataclass
     class Options(FeaturePromptOptions):
         n_ctx: int | None = None  # None: 16 (random init) or every token of ``init``
-        init: str | None = None  # e.g. "a photo of a"
+        init: str | None = None  # None: random; "backbone", "official" or a phrase
         class_specific: bool = False
         batch_size: int = 32
         ctx_count: str = "words"  # init phrase: M = its words (official) or "tokens"
@@ -97,10 +101,11 @@ class CoOp(FeaturePromptMethod):
 
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
+        self.words = backbone.words
         self.learner = TextPromptLearner(
             TextTower(backbone.model),
             backbone.tokenizer,
-            init=o.init,
+            init=init_phrase(backbone.words, o.init),
             n_ctx=o.n_ctx,
             class_specific=self.class_specific,
             classnames=classnames,
@@ -112,6 +117,7 @@ class CoOp(FeaturePromptMethod):
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
+        result.notes.append(words_note(self.name, self.words, self.options.init))
         if self.options.class_specific and not self.class_specific:
             result.notes.append(
                 "coop: class_specific ignored because an init phrase is given (as the "

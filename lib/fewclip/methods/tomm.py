@@ -19,8 +19,10 @@ text and image representations; the two are trained together; protocol as CoCoOp
 Our design, with f = f(x) the frozen, normalised global image feature (d,), P = P(x) its
 T normalised patch tokens (T, d) projected into the joint space like f
 (:mod:`fewclip.prompting.patch_tokens`: ln_post + proj for a ViT, the attention pool's
-value and output projections for a ResNet), e_c a class embedding, v_1..v_M CoOp context vectors
-(M = 4, init "a photo of a"):
+value and output projections for a ResNet), e_c a class embedding, v_1..v_M CoOp context
+vectors (M = 4, init the backbone's own words: "a photo of a" for OpenAI CLIP, "an emoji
+of" for fewclip's tiny emoji models; ``init="official"``: "a photo of a" whatever the
+backbone):
 
     CTP   pi_c(x) = W_2 ReLU(W_1 [f; e_c] + b_1) + b_2                ("mlp", default)
               or  = W_o softmax((W_q e_c)(W_k P)^T / sqrt(a)) (W_v P)   ("attention")
@@ -45,8 +47,9 @@ look like class c; MaskCLIP's observation); tau starts at the model's logit scal
 learned (log-parametrised); values are the tokens themselves, so z_c stays in the joint
 space; alpha = 0 at init (``tft_gate_init``) gives zero-shot CLIP exactly at step 0.
 
-Other choices (each an option): e_c is the frozen-CLIP text feature of "a photo of a {c}."
-(``class_embedding="text"``; ``"tokens"``: the mean word embedding of the class name);
+Other choices (each an option): e_c is the frozen-CLIP text feature of "{init} {c}." (the
+backbone's own template with random context; ``class_embedding="text"``; ``"tokens"``:
+the mean word embedding of the class name);
 the CTP bias is added to all M context tokens of class c; hidden width d / 16 as CoCoOp's
 Meta-Net (``ctp_reduction``); the last CTP layer is zero-initialised (``ctp_zero_init``),
 so with alpha = 0 training starts exactly at zero-shot CLIP with the hand-made prompt; the
@@ -104,7 +107,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone
+from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, phrase_template, words_note
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.text_prompts import TextPromptLearner, TextTower
 from .base import register_method
@@ -284,7 +287,7 @@ class TOMM(FeaturePromptMethod):
         tft: str | bool = "patch"  # TFT_MODES; True: "patch", False: "off"
         image_bias: bool = False  # CoCoOp's Meta-Net bias (for the CoCoOp ablation)
         n_ctx: int | None = None  # None: every token of ``init``
-        init: str | None = "a photo of a"
+        init: str | None = BACKBONE_WORDS  # "backbone", "official", a phrase, None: random
         ctp_mode: str = "mlp"  # or "attention" (class embedding queries patch tokens)
         class_embedding: str = "text"  # or "tokens"
         ctp_reduction: int = 16
@@ -316,6 +319,11 @@ class TOMM(FeaturePromptMethod):
         o = self.options
         return (o.ctp and o.ctp_mode == "attention") or o.tft == "patch"
 
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        result.notes.append(words_note(self.name, self.words, self.options.init))
+        return result
+
     def epoch_record(self) -> dict[str, float]:
         """The TFT weight (alpha / gamma) after each epoch, kept in ``history``."""
         if self.learner is None or self.learner.tft is None:
@@ -338,8 +346,10 @@ class TOMM(FeaturePromptMethod):
         o = self.options
         tower = TextTower(backbone.model)
         d = backbone.embed_dim
+        self.words = backbone.words
+        init = init_phrase(backbone.words, o.init)
         prompt = TextPromptLearner(
-            tower, backbone.tokenizer, init=o.init, n_ctx=o.n_ctx, generator=generator
+            tower, backbone.tokenizer, init=init, n_ctx=o.n_ctx, generator=generator
         )
         image_bias = MetaNet(d, tower.width) if o.image_bias else None
         class_dim = d if o.class_embedding == "text" else tower.width
@@ -368,8 +378,8 @@ class TOMM(FeaturePromptMethod):
         if key not in self._class_embeddings:
             bb = self.backbone
             if self.options.class_embedding == "text":
-                prefix = self.options.init or "a photo of a"
-                emb = bb.encode_text([f"{prefix} {name}." for name in key])
+                template = phrase_template(self.words, self.options.init)
+                emb = bb.encode_text([template.format(name) for name in key])
             else:
                 tower = self._check_fitted().prompt.tower
                 ids = bb.tokenizer(list(key)).to(bb.device)

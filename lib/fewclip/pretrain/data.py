@@ -54,6 +54,9 @@ GROUP_TEMPLATES = (
 )
 #: The caption used for zero-shot evaluation of names.
 EVAL_TEMPLATE = "an emoji of {}."
+#: The checkpoint's own words (written beside it, see :class:`fewclip.backbones.PromptWords`):
+#: the evaluation caption and its words before the name, the init phrase of prompt learners.
+PROMPT_WORDS = {"template": EVAL_TEMPLATE, "init": EVAL_TEMPLATE.split(" {}")[0]}
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
 from ..backbones import CONFIG_DIR, open_clip, save_checkpoint  # configs registered
-from .data import TRAIN_STYLES, TrainingSet, build_training_set
+from .data import PROMPT_WORDS, TRAIN_STYLES, TrainingSet, build_training_set
 
 CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -316,7 +316,8 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"
     log_path = run_dir / "train_log.jsonl"
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    config = {**asdict(cfg), "prompt_words": PROMPT_WORDS}  # read by fewclip.backbones
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
     arch_cfg = CONFIG_DIR / f"{cfg.arch}.json"
     (run_dir / "model_config.json").write_text(arch_cfg.read_text())
 

@@ -1,0 +1,187 @@
+"""A backbone's own words: declared beside its weights, read by the prompt learners.
+
+At initialisation (before any step) every prompt method that starts at zero-shot CLIP gives
+zero-shot's logits with the same phrase (CoOp from a phrase, CoCoOp with its Meta-Net's
+output at zero, TOMM); APEX, whose visual prompts start random, is within a point of
+zero-shot's accuracy. On fewclip's tiny emoji models the backbone's words ("an emoji of")
+are what zero-shot speaks; OpenAI's "a photo of a" is far below it there.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import fewclip.offline.tasks  # noqa: F401  (registers the offline tasks)
+from fewclip.backbones import (
+    BACKBONE_WORDS,
+    OFFICIAL_WORDS,
+    OPENAI_WORDS,
+    PromptWords,
+    init_phrase,
+    load_backbone,
+    phrase_template,
+    read_prompt_words,
+    save_checkpoint,
+    words_file,
+)
+from fewclip.data.base import load_dataset
+from fewclip.methods.apex import APEX
+from fewclip.methods.base import accuracy
+from fewclip.methods.cocoop import CoCoOp
+from fewclip.methods.coop import CoOp
+from fewclip.methods.tomm import TOMM
+from fewclip.pretrain.data import EVAL_TEMPLATE
+from fewclip.prompting.encoder_base import batch_loader
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FEWCLIP_DATA", ROOT / "data"))
+TASK = "emoji_openmoji_subcategory"
+ARCHS = ["tiny-emoji-rn", "tiny-emoji-vit"]
+EMOJI_WORDS = {"template": "an emoji of {}.", "init": "an emoji of"}
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("arch", ["tiny-emoji-rn", "tiny-emoji-vit"])
+def test_tiny_models_declare_their_pretraining_caption(arch):
+    """The words beside the weights are the caption form the model was pretrained and
+    evaluated with (fewclip.pretrain.data.EVAL_TEMPLATE), and the init phrase is its words
+    before the name."""
+    words = read_prompt_words(Path(__file__).parents[1] / f"lib/fewclip/weights/{arch}.safetensors")
+    assert words.as_dict() == EMOJI_WORDS
+    assert words.template == EVAL_TEMPLATE
+    assert phrase_template(words, words.init) == words.template
+    assert words.source == f"fewclip/weights/{arch}.config.json"
+
+
+def test_default_words_are_openai_and_a_checkpoint_can_declare_its_own(tmp_path, test_rn):
+    assert OPENAI_WORDS.as_dict() == {"template": "a photo of a {}.", "init": "a photo of a"}
+    assert test_rn.words == OPENAI_WORDS  # random init
+    ckpt = save_checkpoint(test_rn.model, tmp_path / "mine.v2.safetensors")
+    assert words_file(ckpt) == tmp_path / "mine.v2.config.json"
+    plain = load_backbone("fewclip-test-rn", str(ckpt), device="cpu")
+    assert plain.words == OPENAI_WORDS  # no JSON beside it
+    words = {"template": "a sketch of a {}.", "init": "a sketch of a"}
+    words_file(ckpt).write_text(json.dumps({"prompt_words": words, "note": "mine"}))
+    own = load_backbone("fewclip-test-rn", str(ckpt), device="cpu")
+    assert own.words.as_dict() == words and own.words.source.endswith("mine.v2.config.json")
+    assert own.describe()["prompt_words"] == words
+    given = load_backbone("fewclip-test-rn", str(ckpt), device="cpu", prompt_words=EMOJI_WORDS)
+    assert given.words.as_dict() == EMOJI_WORDS  # the argument wins over the file
+
+
+def test_bad_words_are_one_clear_error(tmp_path, test_rn):
+    ckpt = save_checkpoint(test_rn.model, tmp_path / "bad.safetensors")
+    words_file(ckpt).write_text(json.dumps({"prompt_words": {"template": "an emoji of"}}))
+    with pytest.raises(ValueError, match=r"bad.config.json\) must contain '\{\}' exactly once"):
+        read_prompt_words(ckpt)
+    words_file(ckpt).write_text(json.dumps({"prompt_words": {"phrase": "an emoji of"}}))
+    with pytest.raises(ValueError, match="'template' and 'init'"):
+        read_prompt_words(ckpt)
+    words_file(ckpt).write_text("{not json")
+    with pytest.raises(ValueError, match="bad.config.json is not a JSON object"):
+        read_prompt_words(ckpt)
+    with pytest.raises(ValueError, match="non-empty phrase"):
+        PromptWords(init=" ")
+
+
+def test_init_option_values():
+    emoji = PromptWords(**EMOJI_WORDS)
+    assert init_phrase(emoji, BACKBONE_WORDS) == "an emoji of"
+    assert init_phrase(emoji, OFFICIAL_WORDS) == "a photo of a"
+    assert init_phrase(emoji, "a drawing of a") == "a drawing of a"
+    assert init_phrase(emoji, None) is None
+    assert phrase_template(emoji, BACKBONE_WORDS) == "an emoji of {}."
+    assert phrase_template(emoji, None) == "an emoji of {}."  # random context: the backbone's
+    assert phrase_template(emoji, OFFICIAL_WORDS) == "a photo of a {}."
+    assert phrase_template(emoji, "a_drawing_of_a") == "a drawing of a {}."
+    for method, option in ((CoCoOp, "init"), (TOMM, "init"), (APEX, "text_init")):
+        assert getattr(method().options, option) == BACKBONE_WORDS
+    assert CoOp().options.init is None  # CoOp's official default: random context
+
+
+# --------------------------------------------------------------------------- at initialisation
+
+
+@functools.cache
+def emoji(arch: str):
+    """A tiny model, the test images of the offline OpenMoji task (15 classes, 344 images),
+    their labels, the class names and the images' frozen features."""
+    dataset = load_dataset(TASK, DATA)
+    backbone = load_backbone(arch, device="cpu")
+    batches = [(x[ok], y[ok]) for x, y, _, ok in batch_loader(backbone, dataset.test)]
+    images = torch.cat([x for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    return backbone, images, labels, list(dataset.classnames), backbone.encode_images(images)
+
+
+def zero_shot_logits(backbone, features, names, template):
+    text = backbone.encode_text([template.format(n) for n in names])
+    return backbone.logit_scale * features @ text.T
+
+
+def zero_meta_net(method):
+    """CoCoOp with its Meta-Net's output at zero: pi(x) = 0 for every image."""
+    with torch.no_grad():
+        last = method.learner.meta_net[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+
+
+STARTS_AT_ZERO_SHOT = [
+    ("coop", lambda init: CoOp(init=init), None),
+    ("cocoop", lambda init: CoCoOp(init=init), zero_meta_net),
+    ("tomm", lambda init: TOMM(init=init), None),
+]
+
+
+@pytest.mark.parametrize(
+    "name, make, setup", STARTS_AT_ZERO_SHOT, ids=[m[0] for m in STARTS_AT_ZERO_SHOT]
+)
+@pytest.mark.parametrize("init", [BACKBONE_WORDS, OFFICIAL_WORDS])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompt_methods_start_at_zero_shot_with_their_phrase(arch, name, make, setup, init):
+    backbone, images, _, names, features = emoji(arch)
+    method = make(init)
+    method.prepare(backbone, names, seed=1)
+    if setup:
+        setup(method)
+    template = phrase_template(backbone.words, init)
+    expected = zero_shot_logits(backbone, features[:48], names, template)
+    torch.testing.assert_close(
+        method.logits(backbone, images[:48], names), expected, atol=2e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_backbone_words_are_what_zero_shot_speaks_and_official_ones_are_not(arch):
+    """The reason for the default: on the tiny emoji models "an emoji of {}." is zero-shot's
+    accuracy, "a photo of a {}." is far below it (chance: 6.7%)."""
+    backbone, _, labels, names, features = emoji(arch)
+    own = accuracy(zero_shot_logits(backbone, features, names, backbone.words.template), labels)
+    photo = accuracy(zero_shot_logits(backbone, features, names, "a photo of a {}."), labels)
+    assert own > 35.0 and photo < own - 10.0, (own, photo)
+
+
+def test_apex_starts_within_a_point_of_zero_shot():
+    """APEX's deep visual prompts start random (N(0, 0.02)); its text side starts at the
+    backbone's phrase, its adapter at the identity: accuracy at initialisation (mean of
+    three seeds) within a point of zero-shot's on the same images. (APEX needs a ViT.)"""
+    backbone, images, labels, names, features = emoji("tiny-emoji-vit")
+    zs = accuracy(zero_shot_logits(backbone, features, names, backbone.words.template), labels)
+    starts = []
+    for seed in range(3):
+        method = APEX()
+        method.prepare(backbone, names, seed=seed)
+        starts.append(accuracy(method.logits(backbone, images, names), labels))
+    assert abs(sum(starts) / len(starts) - zs) <= 1.0, (starts, zs)
+    official = APEX(text_init=OFFICIAL_WORDS)
+    official.prepare(backbone, names, seed=0)
+    assert accuracy(official.logits(backbone, images, names), labels) < zs - 10.0
