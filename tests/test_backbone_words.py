@@ -29,6 +29,7 @@ from fewclip.backbones import (
     read_prompt_words,
     save_checkpoint,
     words_file,
+    words_key,
 )
 from fewclip.data.base import load_dataset
 from fewclip.methods.apex import APEX
@@ -105,6 +106,20 @@ def test_init_option_values():
     for method, option in ((CoCoOp, "init"), (TOMM, "init"), (APEX, "text_init")):
         assert getattr(method().options, option) == BACKBONE_WORDS
     assert CoOp().options.init is None  # CoOp's official default: random context
+
+
+def test_runs_that_read_the_words_are_keyed_by_them():
+    """A run key includes the words when the method reads them and they are not OpenAI's,
+    so a result made with other words is never served (and OpenAI-weight keys stay)."""
+    assert words_key("tiny-emoji-vit", "default") == "|words:an emoji of {}.|an emoji of"
+    assert words_key("fewclip-test-rn", None) == ""
+    assert CoOp(init="backbone").uses_backbone_words and not CoOp().uses_backbone_words
+    assert not CoOp(init="a photo of a").uses_backbone_words
+    assert CoCoOp().uses_backbone_words and not CoCoOp(init=OFFICIAL_WORDS).uses_backbone_words
+    assert APEX().uses_backbone_words and not APEX(text_init="a photo of a").uses_backbone_words
+    assert TOMM().uses_backbone_words and not TOMM(init="a photo of a").uses_backbone_words
+    assert TOMM(init=None).uses_backbone_words  # e_c's template
+    assert not TOMM(init=None, ctp=False).uses_backbone_words
 
 
 # --------------------------------------------------------------------------- at initialisation

@@ -549,6 +549,16 @@ def phrase_template(words: PromptWords, init: str | None) -> str:
     return f"{init_phrase(words, init).replace('_', ' ')} {{}}."
 
 
+def words_key(arch: str, pretrained: str | os.PathLike | None) -> str:
+    """What a run key adds for a method that reads the backbone's words: ``""`` for OpenAI's
+    words (keys as before they were configurable), else ``"|words:<template>|<init>"``, so
+    a result made with other words is never served for these. Reads only the JSON."""
+    words = read_prompt_words(resolve_weights(arch, pretrained))
+    if words.as_dict() == OPENAI_WORDS.as_dict():
+        return ""
+    return f"|words:{words.template}|{words.init}"
+
+
 def words_note(method: str, words: PromptWords, init: str | None) -> str:
     """One line for a run's notes: which init phrase a prompt method used, and why."""
     phrase = init_phrase(words, init)

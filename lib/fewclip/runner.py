@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone, load_backbone, words_key
 from .backbones import weights_identity as backbone_identity
 from .config import RunConfig
 from .data import Dataset, load_dataset
@@ -163,6 +163,8 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
     targets = load_targets(config)
     check_protocol(config, method, dataset, targets)
     identity = weights_identity(config)
+    if getattr(method, "uses_backbone_words", False):  # a phrase from the backbone's config
+        identity += words_key(config.backbone, config.pretrained)
     fingerprint = "+".join([dataset.fingerprint()] + [t.fingerprint() for t in targets])
     # the image files' identity (size + mtime) too: a repaired or damaged file is a new run
     files = files_identity(run_items(config, dataset, targets))

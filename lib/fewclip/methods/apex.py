@@ -234,6 +234,11 @@ class APEX(EncoderMethod):
         self.last_variants: dict[str, torch.Tensor] | None = None
 
     @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the init phrase comes from the backbone (the run key then includes it)."""
+        return self.options.text_init == BACKBONE_WORDS
+
+    @property
     def config_name(self) -> str:
         """The official config whose defaults apply: "cross_eval" or "base"."""
         return "cross_eval" if self.options.protocol in CROSS_EVAL_PROTOCOLS else "base"

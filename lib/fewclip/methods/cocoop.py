@@ -78,6 +78,11 @@ class CoCoOp(FeaturePromptMethod):
         eval_chunk: int = 64  # images per text-encoder batch at inference
         ctx_count: str = "words"  # init phrase: M = its words (official) or "tokens"
 
+    @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the init phrase comes from the backbone (the run key then includes it)."""
+        return self.options.init == BACKBONE_WORDS
+
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
         tower = TextTower(backbone.model)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone, init_phrase, words_note
+from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.text_prompts import (
     CLASS_TOKEN_POSITIONS,
@@ -98,6 +98,11 @@ class CoOp(FeaturePromptMethod):
         """Whether the context is per class (CSC), after the official rule for init phrases."""
         o = self.options
         return o.class_specific and not (o.init and o.csc_init == "ignore")
+
+    @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the init phrase comes from the backbone (the run key then includes it)."""
+        return self.options.init == BACKBONE_WORDS
 
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options

@@ -315,6 +315,14 @@ class TOMM(FeaturePromptMethod):
             raise ValueError(f"tomm: unknown tft {o.tft!r}; choose one of {TFT_MODES}")
 
     @property
+    def uses_backbone_words(self) -> bool:
+        """Whether a phrase or template comes from the backbone (the run key then includes
+        it): the init phrase, or with random context e_c's template."""
+        o = self.options
+        text_embedding = o.init is None and o.ctp and o.class_embedding == "text"
+        return o.init == BACKBONE_WORDS or text_embedding
+
+    @property
     def needs_tokens(self) -> bool:
         o = self.options
         return (o.ctp and o.ctp_mode == "attention") or o.tft == "patch"
