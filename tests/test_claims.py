@@ -167,3 +167,170 @@ def test_bad_ledgers_are_refused(tmp_path):
         _ledger(tmp_path, [_row("x", "a", "b", direction="bigger")])
     with pytest.raises(ValueError, match="not JSON"):
         _ledger(tmp_path, [_row("x", "a", "b", a_opts="{oops")])
+
+
+def _row_with(cid, a, b, *, delta="", paper_effect="", **kw):
+    """A ledger row with the optional columns ``delta`` and ``paper_effect`` appended."""
+    return _row(cid, a, b, **kw) + f",{delta},{paper_effect}"
+
+
+def _ledger_with(tmp_path, rows):
+    path = tmp_path / "claims.csv"
+    path.write_text("\n".join([HEADER + ",delta,paper_effect", *rows]) + "\n")
+    return claims.load(str(path))
+
+
+def test_verdicts_near_their_thresholds():
+    # each verdict on both sides of its line, by a hair
+    assert claims.verdict(1e-9, 5, "greater") == "supported"
+    assert claims.verdict(-1e-9, 5, "greater") == "inconclusive at this scale"
+    assert claims.verdict(-5, -1e-9, "greater") == "contradicted"
+    assert claims.verdict(-5, 1e-9, "greater") == "inconclusive at this scale"
+    assert claims.verdict(-1.0 + 1e-9, 3, "not_worse", 1.0) == "supported"
+    assert claims.verdict(-1.0 - 1e-9, 3, "not_worse", 1.0) == "inconclusive at this scale"
+    # equivalence: the interval strictly inside (-delta, delta)
+    assert claims.verdict(-1.9, 1.9, "greater", delta=2.0) == claims.NO_EFFECT
+    assert claims.verdict(-2.1, 1.9, "greater", delta=2.0) == "inconclusive at this scale"
+    assert claims.verdict(-1.9, 2.0, "greater", delta=2.0) == "inconclusive at this scale"
+    # a decisive direction wins over equivalence (a small but real effect is supported)
+    assert claims.verdict(0.1, 1.9, "greater", delta=2.0) == "supported"
+    # without delta there is no equivalence verdict: -0.2 [-1.2, 0.8] stays inconclusive
+    assert claims.verdict(-1.2, 0.8, "greater") == "inconclusive at this scale"
+
+
+def test_the_paper_effect_places_the_interval():
+    assert claims.versus_paper(1.0, 3.0, 4.03) == "smaller than the paper's effect"
+    assert claims.versus_paper(1.0, 5.0, 4.03) == "consistent with the paper's effect"
+    assert claims.versus_paper(4.5, 9.0, 4.03) == "larger than the paper's effect"
+    assert claims.versus_paper(1.0, 3.0, float("nan")) == ""
+
+
+def test_p_value_agrees_with_the_interval():
+    from fewclip import evidence as ev
+
+    # the interval excludes the line exactly when p < 0.05, for a t and a normal quantile
+    for seed_std, seeds, v_img in ((2.0, 3, 0.3), (1.0, 5, 0.0), (0.0, 3, 1.0)):
+        se, df = ev.se_and_df(seed_std, seeds, v_img)
+        for effect in (0.5, 1.0, 2.0, 3.0, 5.0):
+            low, high, _ = ev.combine_interval(effect, seed_std, seeds, v_img)
+            p = claims.p_value(effect, se, df)
+            assert (p < 0.05) == (low > 0), (effect, low, p)
+    # hand-computed: se 1, normal, effect 1.96 -> p = 0.05
+    assert claims.p_value(1.959963985, 1.0, float("inf")) == pytest.approx(0.05, abs=1e-9)
+    # se from the two terms: sqrt(0.3 + 4/3); df = se^4 / ((4/3)^2 / 2)
+    se, df = ev.se_and_df(2.0, 3, 0.3)
+    assert se == pytest.approx((0.3 + 4 / 3) ** 0.5)
+    assert df == pytest.approx(se**4 / ((4 / 3) ** 2 / 2))
+    assert ev.se_and_df(float("nan"), 1, 0.25) == (0.5, float("inf"))
+
+
+def test_holm_by_hand():
+    # m = 4 tested (NaN ignored): sorted 0.01, 0.02, 0.03, 0.2 -> 0.04, 0.06, 0.06, 0.2
+    got = claims.holm([0.03, 0.01, float("nan"), 0.2, 0.02])
+    assert got[0] == pytest.approx(0.06) and got[1] == pytest.approx(0.04)
+    assert np.isnan(got[2]) and got[3] == pytest.approx(0.2) and got[4] == pytest.approx(0.06)
+    assert claims.holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def gate_frame():
+    """Zero-shot at 50%, a trained baseline ``weak`` at 40%, ``strong`` at 60%, ``method``
+    at 55% and ``tied`` within a point of ``strong``: 400 shared test images, three seeds."""
+    rng = np.random.default_rng(1)
+    truth = rng.permutation(400) / 400  # exact shares: truth < 0.4 is 40.0%
+    rows = [_record("zero_shot", 1, truth < 0.5)]
+    for seed in (1, 2, 3):
+        noise = rng.random(400) < 0.01
+        rows.append(_record("weak", seed, truth < 0.4))
+        rows.append(_record("strong", seed, truth < 0.6))
+        rows.append(_record("method", seed, truth < 0.55))
+        rows.append(_record("tied", seed, (truth < 0.6) ^ noise))
+    return pd.DataFrame(rows)
+
+
+def test_a_baseline_below_zero_shot_withholds_the_verdict(tmp_path, gate_frame):
+    ledger = _ledger_with(
+        tmp_path,
+        [
+            _row_with("weak", "method", "weak"),  # would be "supported": B is a failed baseline
+            _row_with("strong", "method", "strong"),  # B above zero-shot: a real contradiction
+            _row_with("zs", "method", "zero_shot"),  # zero-shot itself is never gated
+        ],
+    )
+    table = claims.evaluate(ledger, gate_frame, n_boot=200).set_index("id")
+    assert table.loc["weak", "verdict"] == claims.GATED
+    assert "d: B 40.0 below zero-shot 50.0 (accuracy)" in table.loc["weak", "detail"]
+    assert table.loc["strong", "verdict"] == "contradicted"
+    assert table.loc["zs", "verdict"] == "supported"
+    assert table.loc["zs", "test_images"] == 400
+    # the gate's zero-shot runs are among the runs the ledger asks for
+    base = RunConfig(data_root="/nowhere", progress=False)
+    runs = claims.configs(ledger.iloc[:1], base, seeds=[1, 2])  # the "weak" claim alone
+    gate = [c for c in runs if c.method == "zero_shot"]
+    assert len(gate) == 1 and gate[0].dataset == "d" and gate[0].shots == 16
+
+
+def test_equivalence_holm_and_paper_columns(tmp_path, gate_frame):
+    ledger = _ledger_with(
+        tmp_path,
+        [
+            _row_with("eq", "tied", "strong", delta=3),  # < 1 point apart: no effect as large as 3
+            _row_with("eq_wide", "tied", "strong", delta=0.2),  # bound too tight to decide
+            _row_with("paper", "method", "zero_shot", paper_effect=12),  # +5 against +12
+        ],
+    )
+    table = claims.evaluate(ledger, gate_frame, n_boot=200).set_index("id")
+    assert table.loc["eq", "verdict"] == claims.NO_EFFECT
+    assert table.loc["eq", "delta"] == 3.0 and table.loc["eq_wide", "delta"] == 0.2
+    assert table.loc["eq_wide", "verdict"] == "inconclusive at this scale"
+    assert table.loc["paper", "verdict"] == "supported"
+    assert table.loc["paper", "vs_paper"] == "smaller than the paper's effect"
+    assert table.loc["paper", "effect"] == pytest.approx(5.0)
+    assert table.loc["paper", "se"] > 0 and table.loc["paper", "n_seeds"] == 3
+    assert table.loc["paper", "coverage"] == pytest.approx(claims.coverage.stated(3))
+    # one paper, three tests: p_holm >= p, and a decisive verdict survives Holm here
+    assert (table["p_holm"] >= table["p"] - 1e-12).all()
+    assert table.loc["paper", "verdict_holm"] == "supported"
+
+
+def test_holm_turns_a_marginal_verdict_inconclusive():
+    table = pd.DataFrame(
+        {
+            "paper": ["p", "p", "p", "q"],
+            "p": [0.03, 0.04, 0.5, 0.03],
+            "verdict": ["supported", "contradicted", "inconclusive at this scale", "supported"],
+        }
+    )
+    out = claims._with_holm(table)
+    # within paper p: 0.03 * 3 = 0.09, 0.04 * 2 = 0.08 -> 0.09: both lose; q alone keeps it
+    assert out["verdict_holm"].tolist() == [
+        claims.HOLM_INCONCLUSIVE,
+        claims.HOLM_INCONCLUSIVE,
+        "inconclusive at this scale",
+        "supported",
+    ]
+
+
+def test_contradicted_interaction(tmp_path):
+    """(A - B on hard) - (A - B on easy) clearly negative: the larger gain is on the easy
+    task, so an interaction claim 'helps more on hard' is contradicted."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for dataset, gain in (("hard", 0.0), ("easy", 0.15)):
+        truth = rng.permutation(500) / 500
+        for seed in (1, 2, 3):
+            rows.append(_record("b", seed, truth < 0.4, dataset))
+            rows.append(_record("a", seed, truth < 0.4 + gain, dataset))
+    ledger = _ledger(
+        tmp_path, [_row("x", "a", "b", direction="interaction_greater", datasets="hard;easy")]
+    )
+    row = claims.evaluate(ledger, pd.DataFrame(rows), n_boot=200).iloc[0]
+    assert row["effect"] == pytest.approx(-15.0, abs=0.5)
+    assert row["verdict"] == "contradicted"
+
+
+def test_optional_columns_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="delta must be positive"):
+        _ledger_with(tmp_path, [_row_with("x", "a", "b", delta=-1)])
+    with pytest.raises(ValueError, match="paper_effect must be a number"):
+        _ledger_with(tmp_path, [_row_with("x", "a", "b", paper_effect="big")])

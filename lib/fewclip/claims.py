@@ -25,6 +25,30 @@ same test images; the interval combines a bootstrap over test images with the se
 - ``interaction_greater`` (two datasets ``hard;easy``): the effect is
   (A - B on hard) - (A - B on easy); verdict as ``greater``.
 
+- an equivalence bound ``delta`` (column ``delta``, points; the paper's own effect where
+  known, else a stated smallest effect of interest): **no effect as large as delta** when
+  the interval lies inside (-delta, delta) and no other verdict applies.
+
+``paper_effect`` (points, where the paper or ``data/paper_results.csv`` gives it) adds the
+column ``vs_paper``: **smaller than the paper's effect** when the interval's upper end is
+below it, **consistent with the paper's effect** when the interval holds it, **larger than
+the paper's effect** when its lower end is above it.
+
+Every tested row carries the interval's ``se`` and degrees of freedom ``df`` (Student-t,
+Welch-Satterthwaite: :func:`fewclip.evidence.se_and_df`), the two-sided ``p`` of the test
+against the direction's threshold (0, or -margin for ``not_worse``: p < 0.05 exactly when
+the interval excludes it), ``p_holm`` (Holm's step-down adjustment over the tested claims of
+the same paper) and ``verdict_holm``: a supported or contradicted verdict whose adjusted p is
+0.05 or more reads **inconclusive after Holm**. ``coverage`` is the share of simulated
+experiments in which the interval holds the true difference at that seed count
+(:mod:`fewclip.coverage`).
+
+**The zero-shot gate.** A trained baseline (side B, any method but ``zero_shot``) that
+scores below zero-shot on a task it trained on (accuracy; base-class accuracy for
+base-to-new) is a failed baseline, not evidence: the claim's verdict is **withheld:
+baseline below zero-shot**, and ``detail`` names the task and the two numbers.
+:func:`configs` adds the zero-shot runs the gate needs.
+
 A claim whose two sides give the same result on every test image of every seed gets
 **untested: A = B**, whatever its direction: the options compared change nothing at this
 scale (e.g. APEX's fixed ensemble weight when no evaluation class is far enough from the
@@ -45,6 +69,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import coverage
 from . import evidence as ev
 from .config import RunConfig
 from .notebook import resolve
@@ -69,9 +94,18 @@ COLUMNS = (
     "encoder",
     "note",
 )
+#: Columns a ledger may leave out (empty: not stated).
+OPTIONAL_COLUMNS = ("delta", "paper_effect")
 DIRECTIONS = ("greater", "not_worse", "interaction_greater")
 UNTESTED = "untested: A = B"
-VERDICTS = ("supported", "contradicted", "inconclusive at this scale", UNTESTED, "not run")
+NO_EFFECT = "no effect as large as delta"
+GATED = "withheld: baseline below zero-shot"
+HOLM_INCONCLUSIVE = "inconclusive after Holm"
+#: Verdicts of a comparison that ran (the first three: of its interval alone).
+TESTED = ("supported", "contradicted", "inconclusive at this scale", NO_EFFECT, GATED)
+VERDICTS = (*TESTED, UNTESTED, "not run")
+#: Family-wise level of the Holm adjustment (per paper).
+ALPHA = 0.05
 
 
 def load(path: str | None = None) -> pd.DataFrame:
@@ -93,8 +127,23 @@ def load(path: str | None = None) -> pd.DataFrame:
         raise ValueError(f"{path or CSV}: unknown direction(s) {bad}; use one of {DIRECTIONS}")
     frame["shots"] = frame["shots"].astype(int)
     frame["margin"] = [float(m or 0) for m in frame["margin"]]
+    for column in OPTIONAL_COLUMNS:
+        given = frame[column] if column in frame else [""] * len(frame)
+        frame[column] = [_number(v, column, i) for i, v in zip(frame["id"], given, strict=True)]
     frame["datasets"] = [[d for d in s.split(";") if d] for s in frame["datasets"]]
     return frame
+
+
+def _number(text: str, column: str, claim: str) -> float:
+    if text in ("", None):
+        return float("nan")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"claim {claim}: column {column} must be a number, got {text!r}") from None
+    if column == "delta" and not value > 0:
+        raise ValueError(f"claim {claim}: delta must be positive (points), got {value}")
+    return value
 
 
 def _json(text: str, column: str, claim: str) -> dict[str, Any]:
@@ -140,9 +189,13 @@ def configs(
     :func:`evaluate` as not run."""
     seen: dict[str, RunConfig] = {}
     for claim in ledger.to_dict("records"):
-        for side in ("a", "b"):
+        for side in ("a", "b", "zero_shot"):
             try:
-                runs = side_configs(claim, side, base, seeds, backbones)
+                runs = (
+                    gate_configs(claim, base, seeds, backbones)
+                    if side == "zero_shot"
+                    else side_configs(claim, side, base, seeds, backbones)
+                )
             except (TypeError, ValueError):
                 continue
             for cfg in runs:
@@ -150,16 +203,73 @@ def configs(
     return list(seen.values())
 
 
-def verdict(low: float, high: float, direction: str, margin: float = 0.0) -> str:
+def gate_configs(
+    claim: Mapping[str, Any], base: RunConfig, seeds: Sequence[int], backbones=None
+) -> list[RunConfig]:
+    """The zero-shot runs the gate compares a trained side B with (none when B is zero-shot)."""
+    if claim["b_method"] == "zero_shot":
+        return []
+    gate = dict(claim, b_method="zero_shot", b_options={})
+    return side_configs(gate, "b", base, seeds[:1], backbones)
+
+
+def threshold(direction: str, margin: float = 0.0) -> float:
+    """The effect a claim must exceed: 0, or -margin for ``not_worse``."""
+    return -margin if direction == "not_worse" else 0.0
+
+
+def verdict(
+    low: float, high: float, direction: str, margin: float = 0.0, delta: float = math.nan
+) -> str:
     """The verdict of an effect interval [low, high] (see the module docstring)."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return "not run"
-    threshold = -margin if direction == "not_worse" else 0.0
-    if low > threshold:
+    line = threshold(direction, margin)
+    if low > line:
         return "supported"
-    if high < threshold:
+    if high < line:
         return "contradicted"
+    if math.isfinite(delta) and -delta < low and high < delta:
+        return NO_EFFECT
     return "inconclusive at this scale"
+
+
+def versus_paper(low: float, high: float, paper_effect: float) -> str:
+    """Where the interval lies against the paper's own effect (points); '' if not given."""
+    if not (math.isfinite(paper_effect) and math.isfinite(low) and math.isfinite(high)):
+        return ""
+    if high < paper_effect:
+        return "smaller than the paper's effect"
+    if low > paper_effect:
+        return "larger than the paper's effect"
+    return "consistent with the paper's effect"
+
+
+def p_value(effect: float, se: float, df: float, line: float = 0.0) -> float:
+    """Two-sided p of ``effect`` against ``line`` with a Student-t (``df``; inf: normal):
+    below 1 - confidence exactly when the interval excludes ``line``."""
+    from scipy import stats
+
+    if not (math.isfinite(effect) and math.isfinite(se)):
+        return math.nan
+    if se == 0:
+        return 0.0 if effect != line else 1.0
+    t = abs(effect - line) / se
+    tail = stats.norm.sf(t) if not math.isfinite(df) else stats.t.sf(t, df)
+    return float(min(1.0, 2.0 * tail))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN stays NaN and does not count):
+    p_(i) * (m - i + 1) for the i-th smallest of m, made monotone, capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = [i for i in np.argsort(p, kind="stable") if math.isfinite(p[i])]
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
 
 
 def _matches(record: Mapping[str, Any], claim: Mapping[str, Any], side: str) -> bool:
@@ -193,8 +303,10 @@ _CONFIG_DEFAULTS = {
 
 def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BOOT) -> pd.DataFrame:
     """One row per claim: ``id``, ``paper``, ``claim``, ``comparison``, ``value``,
-    ``effect`` (A - B, points), ``ci_low``, ``ci_high``, ``n_seeds``, ``datasets``,
-    ``verdict`` and ``detail`` (per-dataset effects, or why the claim was not run).
+    ``effect`` (A - B, points), ``ci_low``, ``ci_high``, ``se``, ``df``, ``p``, ``p_holm``,
+    ``n_seeds``, ``coverage``, ``datasets``, ``test_images`` (per arm, summed over the
+    datasets), ``delta``, ``paper_effect``, ``vs_paper``, ``verdict``, ``verdict_holm`` and
+    ``detail`` (per-dataset effects, or why the claim was not run).
 
     ``frame``: a sweep or store frame holding the claims' runs; a side's runs are those
     whose configured method, options, protocol, shots, dataset and ``config`` fields are
@@ -213,9 +325,19 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
             "effect": float("nan"),
             "ci_low": float("nan"),
             "ci_high": float("nan"),
+            "se": float("nan"),
+            "df": float("nan"),
+            "p": float("nan"),
+            "p_holm": float("nan"),
             "n_seeds": 0,
+            "coverage": float("nan"),
             "datasets": ", ".join(claim["datasets"]),
+            "test_images": 0,
+            "delta": claim.get("delta", float("nan")),
+            "paper_effect": claim.get("paper_effect", float("nan")),
+            "vs_paper": "",
             "verdict": "not run",
+            "verdict_holm": "not run",
             "detail": "",
         }
         rows.append(row)
@@ -249,25 +371,80 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
             row["detail"] = "the datasets have no seed in common"
             continue
         stats = ev.cell_summary(cell, "a", "b")
+        d = cell.diff
+        se, df = ev.se_and_df(float(d.std(ddof=1)) if d.size > 1 else math.nan, d.size, cell.v_img)
+        line = threshold(claim["direction"], claim["margin"])
         same = all(np.array_equal(c.values_a, c.values_b) and c.v_img < 1e-12 for c in wanted)
+        low, high = stats["ci_low"], stats["ci_high"]
+        decided = verdict(low, high, claim["direction"], claim["margin"], row["delta"])
+        gated = _gate(claim, wanted, done)
         row.update(
             effect=stats["diff"],
-            ci_low=stats["ci_low"],
-            ci_high=stats["ci_high"],
+            ci_low=low,
+            ci_high=high,
+            se=se,
+            df=df,
+            p=math.nan if same else p_value(stats["diff"], se, df, line),
             n_seeds=stats["n_seeds"],
-            verdict=UNTESTED
-            if same
-            else verdict(stats["ci_low"], stats["ci_high"], claim["direction"], claim["margin"]),
+            coverage=coverage.stated(stats["n_seeds"]) or math.nan,
+            test_images=_test_images(sides["a"], claim),
+            vs_paper=versus_paper(low, high, row["paper_effect"]),
+            verdict=UNTESTED if same else (GATED if gated else decided),
             detail=(
                 "A and B give the same result on every test image of every seed; " if same else ""
             )
+            + (gated + "; " if gated and not same else "")
             + "; ".join(
                 f"{c.cell['dataset']}: A {c.values_a.mean():.1f} vs B {c.values_b.mean():.1f}"
                 for c in wanted
             )
             + f" ({stats['interval']})",
         )
-    return pd.DataFrame(rows)
+    return _with_holm(pd.DataFrame(rows))
+
+
+def _with_holm(table: pd.DataFrame) -> pd.DataFrame:
+    """``p_holm`` and ``verdict_holm``: Holm's adjustment over each paper's tested claims."""
+    table = table.copy()
+    for _, group in table.groupby("paper", sort=False):
+        table.loc[group.index, "p_holm"] = holm(group["p"].tolist())
+    table["verdict_holm"] = [
+        HOLM_INCONCLUSIVE
+        if v in ("supported", "contradicted") and not (math.isfinite(p) and p < ALPHA)
+        else v
+        for v, p in zip(table["verdict"], table["p_holm"], strict=True)
+    ]
+    return table
+
+
+def _gate(claim: Mapping[str, Any], cells: Sequence[ev.Cell], done: list) -> str:
+    """Why the claim is withheld (side B, trained, below zero-shot on a task), or ''."""
+    if claim["b_method"] == "zero_shot":
+        return ""
+    gate = dict(claim, b_method="zero_shot", b_options={})
+    value = "base_accuracy" if claim["protocol"] == "base_to_new" else "accuracy"
+    low = []
+    for dataset in claim["datasets"]:
+        zs = [r for r in done if _matches(r, gate, "b") and r["config"]["dataset"] == dataset]
+        trained = [r for r in done if _matches(r, claim, "b") and r["config"]["dataset"] == dataset]
+        zs_values = [ev.value_of(r, value) for r in zs]
+        b_values = [ev.value_of(r, value) for r in trained]
+        if not zs_values or not b_values:
+            continue
+        zero, baseline = float(np.nanmean(zs_values)), float(np.nanmean(b_values))
+        if baseline < zero:
+            low.append(f"{dataset}: B {baseline:.1f} below zero-shot {zero:.1f} ({value})")
+    return ("baseline below zero-shot: " + ", ".join(low)) if low else ""
+
+
+def _test_images(records: list, claim: Mapping[str, Any]) -> int:
+    """Test images per arm, summed over the claim's datasets (one seed's worth)."""
+    seen: dict[str, int] = {}
+    for r in records:
+        n = ev._test_images(r, claim["value"])
+        if n is not None:
+            seen.setdefault(r["config"]["dataset"], n)
+    return int(sum(seen.values()))
 
 
 def comparison(claim: Mapping[str, Any]) -> str:

@@ -337,16 +337,24 @@ def _binomial_var(values: np.ndarray, sizes: np.ndarray) -> float:
     return float(np.mean(sd) ** 2)
 
 
+def se_and_df(seed_std: float, seeds: int, v_img: float) -> tuple[float, float]:
+    """(se, df) of a seed-mean: se = sqrt(V_img + s^2 / S), df the Welch-Satterthwaite
+    degrees of freedom se^4 / ((s^2/S)^2 / (S - 1)) (inf when the seed term is absent)."""
+    seeds = int(seeds)
+    seed_var = seed_std**2 / seeds if seeds > 1 and math.isfinite(seed_std) else 0.0
+    v_img = v_img if math.isfinite(v_img) else 0.0
+    se = math.sqrt(v_img + seed_var)
+    df = se**4 / (seed_var**2 / (seeds - 1)) if seed_var > 0 else math.inf
+    return se, df
+
+
 def combine_interval(
     mean: float, seed_std: float, seeds: int, v_img: float, confidence: float = CONFIDENCE
 ) -> tuple[float, float, float]:
     """(low, high, se) of ``mean`` from the two variance terms (see the module docstring)."""
-    seed_var = seed_std**2 / seeds if seeds > 1 and math.isfinite(seed_std) else 0.0
-    v_img = v_img if math.isfinite(v_img) else 0.0
-    se = math.sqrt(v_img + seed_var)
+    se, df = se_and_df(seed_std, seeds, v_img)
     if se == 0:
         return mean, mean, 0.0
-    df = se**4 / (seed_var**2 / (seeds - 1)) if seed_var > 0 else math.inf
     q = _quantile(df, confidence)
     return mean - q * se, mean + q * se, se
 
