@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("prompt learning", {"prompting"}),
     ("methods", {"methods"}),
     ("runs", {"inputs", "protocols", "runner", "results", "sweep", "demo"}),
-    ("evidence", {"evidence", "notebook"}),
+    ("evidence", {"evidence", "coverage", "notebook"}),
     ("reports", {"claims", "paper", "plots", "compare", "explorer", "reports"}),
     ("interface", {"cli", "__main__"}),
 ]
