@@ -334,3 +334,34 @@ def test_optional_columns_are_checked(tmp_path):
         _ledger_with(tmp_path, [_row_with("x", "a", "b", delta=-1)])
     with pytest.raises(ValueError, match="paper_effect must be a number"):
         _ledger_with(tmp_path, [_row_with("x", "a", "b", paper_effect="big")])
+
+
+def test_a_contrast_tests_robustness_as_a_smaller_drop(tmp_path):
+    """(A - B at label noise 0.1) - (A - B at 0): A loses 2 points to noise, B loses 12, so
+    A's advantage grows by 10 under noise: supported as an interaction, even though A is
+    below B on clean labels (a level test would call that a loss)."""
+    perm = np.random.default_rng(4).permutation(500) / 500
+    rows = []
+    for noise, a_share, b_share in ((0.0, 0.50, 0.55), (0.1, 0.48, 0.43)):
+        for seed in (1, 2, 3):
+            for method, share in (("a", a_share), ("b", b_share)):
+                r = _record(method, seed, perm < share)
+                r["config"] = {**r["config"], "label_noise": noise}
+                r["run_key"] += f"-{noise}"
+                rows.append(r)
+    path = tmp_path / "claims.csv"
+    row = _row("robust", "a", "b", direction="interaction_greater")
+    path.write_text(HEADER + ",contrast\n" + row + ',"{""label_noise"": [0.1, 0.0]}"\n')
+    ledger = claims.load(str(path))
+    got = claims.evaluate(ledger, pd.DataFrame(rows), n_boot=200).iloc[0]
+    assert got["effect"] == pytest.approx(10.0, abs=1e-4)
+    assert got["verdict"] == "supported"
+    # the runs it asks for: both sides at both noise levels
+    base = RunConfig(data_root="/nowhere", progress=False)
+    runs = claims.configs(ledger, base, seeds=[1])
+    assert sorted((c.method, c.label_noise) for c in runs if c.method != "zero_shot") == [
+        ("a", 0.0), ("a", 0.1), ("b", 0.0), ("b", 0.1)
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="contrast must name one RunConfig field"):
+        path.write_text(HEADER + ",contrast\n" + row + ',"{""label_noise"": [0.1]}"\n')
+        claims.load(str(path))

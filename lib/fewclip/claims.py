@@ -23,7 +23,13 @@ same test images; the interval combines a bootstrap over test images with the se
 - ``not_worse`` (A matches or beats B): supported if low > -margin, contradicted if
   high < -margin, else inconclusive.
 - ``interaction_greater`` (two datasets ``hard;easy``): the effect is
-  (A - B on hard) - (A - B on easy); verdict as ``greater``.
+  (A - B on hard) - (A - B on easy); verdict as ``greater``. With a ``contrast`` (column
+  ``contrast``, JSON: one RunConfig field and two values, the condition where A's gain
+  should be larger first, e.g. ``{"label_noise": [0.1, 0.0]}``) the effect is
+  (A - B at the first value) - (A - B at the second), each the mean over the claim's
+  datasets: a robustness claim tested as a smaller drop. Both values are scored on the same
+  test images, which the interval treats as independent: with the two differences
+  positively correlated over images (the usual case) it is conservative.
 
 - an equivalence bound ``delta`` (column ``delta``, points; the paper's own effect where
   known, else a stated smallest effect of interest): **no effect as large as delta** when
@@ -95,7 +101,7 @@ COLUMNS = (
     "note",
 )
 #: Columns a ledger may leave out (empty: not stated).
-OPTIONAL_COLUMNS = ("delta", "paper_effect")
+OPTIONAL_COLUMNS = ("delta", "paper_effect", "contrast")
 DIRECTIONS = ("greater", "not_worse", "interaction_greater")
 UNTESTED = "untested: A = B"
 NO_EFFECT = "no effect as large as delta"
@@ -127,9 +133,11 @@ def load(path: str | None = None) -> pd.DataFrame:
         raise ValueError(f"{path or CSV}: unknown direction(s) {bad}; use one of {DIRECTIONS}")
     frame["shots"] = frame["shots"].astype(int)
     frame["margin"] = [float(m or 0) for m in frame["margin"]]
-    for column in OPTIONAL_COLUMNS:
+    for column in ("delta", "paper_effect"):
         given = frame[column] if column in frame else [""] * len(frame)
         frame[column] = [_number(v, column, i) for i, v in zip(frame["id"], given, strict=True)]
+    given = frame["contrast"] if "contrast" in frame else [""] * len(frame)
+    frame["contrast"] = [_contrast(v, i) for i, v in zip(frame["id"], given, strict=True)]
     frame["datasets"] = [[d for d in s.split(";") if d] for s in frame["datasets"]]
     return frame
 
@@ -143,6 +151,20 @@ def _number(text: str, column: str, claim: str) -> float:
         raise ValueError(f"claim {claim}: column {column} must be a number, got {text!r}") from None
     if column == "delta" and not value > 0:
         raise ValueError(f"claim {claim}: delta must be positive (points), got {value}")
+    return value
+
+
+def _contrast(text: str, claim: str) -> dict[str, list]:
+    value = _json(text, "contrast", claim)
+    if value and (
+        len(value) != 1
+        or not isinstance(next(iter(value.values())), list)
+        or len(next(iter(value.values()))) != 2
+    ):
+        raise ValueError(
+            f"claim {claim}: contrast must name one RunConfig field and two values, "
+            'e.g. {"label_noise": [0.1, 0.0]}'
+        )
     return value
 
 
@@ -163,6 +185,12 @@ def side_configs(
 
     ``backbones`` maps the ledger's ``encoder`` (``rn`` / ``vit``) to a backbone name; the
     default keeps ``base.backbone``. Raises TypeError for a config field RunConfig lacks."""
+    if claim.get("contrast"):
+        return [
+            cfg
+            for level in _levels(claim)
+            for cfg in side_configs(level, side, base, seeds, backbones)
+        ]
     backbone = (backbones or {}).get(claim["encoder"], base.backbone)
     out = []
     for dataset in claim["datasets"]:
@@ -341,32 +369,23 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
             "detail": "",
         }
         rows.append(row)
-        sides = {s: [dict(r, _side=s) for r in done if _matches(r, claim, s)] for s in ("a", "b")}
+        levels = _levels(claim)
+        sides = {
+            s: [r for level in levels for r in done if _matches(r, level, s)] for s in ("a", "b")
+        }
         if not sides["a"] or not sides["b"]:
             row["detail"] = _why_not_run(claim, sides, failed)
             continue
-        both = pd.DataFrame(sides["a"] + sides["b"])
-        try:
-            cells = ev.paired_cells(
-                both, {"_side": "a"}, {"_side": "b"}, on=["dataset"], value=claim["value"],
-                n_boot=n_boot,
-            )  # fmt: skip
-        except ValueError as e:
-            row["detail"] = str(e)
+        got = [_dataset_cells(level, done, n_boot) for level in levels]
+        errors = [g for g in got if isinstance(g, str)]
+        if errors:
+            row["detail"] = errors[0]
             continue
-        by_dataset = {c.cell["dataset"]: c for c in cells}
-        wanted = [by_dataset.get(d) for d in claim["datasets"]]
-        if any(c is None for c in wanted):
-            lacking = [d for d, c in zip(claim["datasets"], wanted, strict=True) if c is None]
-            row["detail"] = f"no paired runs on {', '.join(lacking)}"
+        wanted = [c for cells in got for c in cells]
+        cell = _effect_cell(claim, got)
+        if isinstance(cell, str):
+            row["detail"] = cell
             continue
-        if claim["direction"] == "interaction_greater":
-            if len(wanted) != 2:
-                row["detail"] = "an interaction claim needs exactly two datasets (hard;easy)"
-                continue
-            cell = ev.pool_cells(wanted, {"dataset": "hard - easy"}, weights=[1.0, -1.0])
-        else:
-            cell = wanted[0] if len(wanted) == 1 else ev.pool_cells(wanted, {"dataset": "mean"})
         if cell is None:
             row["detail"] = "the datasets have no seed in common"
             continue
@@ -401,6 +420,61 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
             + f" ({stats['interval']})",
         )
     return _with_holm(pd.DataFrame(rows))
+
+
+def _levels(claim: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The claim itself, or with a ``contrast`` one claim per contrasted value (first: the
+    condition where the effect should be larger), each with that value in its config."""
+    if not claim.get("contrast"):
+        return [dict(claim)]
+    ((field, values),) = claim["contrast"].items()
+    return [dict(claim, config={**claim["config"], field: v}, contrast={}) for v in values]
+
+
+def _dataset_cells(claim: Mapping[str, Any], done: list, n_boot: int) -> list[ev.Cell] | str:
+    """The paired cell of each of the claim's datasets, in its order (or why there is none)."""
+    sides = {s: [dict(r, _side=s) for r in done if _matches(r, claim, s)] for s in ("a", "b")}
+    if not sides["a"] or not sides["b"]:
+        return f"no finished runs at {claim['config']}"
+    both = pd.DataFrame(sides["a"] + sides["b"])
+    try:
+        cells = ev.paired_cells(
+            both, {"_side": "a"}, {"_side": "b"}, on=["dataset"], value=claim["value"],
+            n_boot=n_boot,
+        )  # fmt: skip
+    except ValueError as e:
+        return str(e)
+    by_dataset = {c.cell["dataset"]: c for c in cells}
+    wanted = [by_dataset.get(d) for d in claim["datasets"]]
+    if any(c is None for c in wanted):
+        lacking = [d for d, c in zip(claim["datasets"], wanted, strict=True) if c is None]
+        return f"no paired runs on {', '.join(lacking)}"
+    return wanted
+
+
+def _effect_cell(claim: Mapping[str, Any], levels: list[list[ev.Cell]]) -> ev.Cell | str | None:
+    """The cell whose A - B is the claim's effect: one dataset, the mean over datasets, or
+    an interaction: (A - B on hard) - (A - B on easy) over two datasets, or over the two
+    values of a ``contrast`` (each the mean over the claim's datasets)."""
+    if claim["direction"] != "interaction_greater":
+        (wanted,) = levels
+        return wanted[0] if len(wanted) == 1 else ev.pool_cells(wanted, {"dataset": "mean"})
+    if claim.get("contrast"):
+        if len(levels) != 2:
+            return "a contrast needs exactly two values (the harder condition first)"
+        pooled = [
+            cells[0] if len(cells) == 1 else ev.pool_cells(cells, {"dataset": "mean"})
+            for cells in levels
+        ]
+        if any(c is None for c in pooled):
+            return None
+        (field,) = claim["contrast"]
+        label = {"dataset": ", ".join(claim["datasets"]), field: "first - second"}
+        return ev.pool_cells(pooled, label, weights=[1.0, -1.0])
+    (wanted,) = levels
+    if len(wanted) != 2:
+        return "an interaction claim needs exactly two datasets (hard;easy) or a contrast"
+    return ev.pool_cells(wanted, {"dataset": "hard - easy"}, weights=[1.0, -1.0])
 
 
 def _with_holm(table: pd.DataFrame) -> pd.DataFrame:
