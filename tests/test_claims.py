@@ -365,3 +365,36 @@ def test_a_contrast_tests_robustness_as_a_smaller_drop(tmp_path):
     with pytest.raises(ValueError, match="contrast must name one RunConfig field"):
         path.write_text(HEADER + ",contrast\n" + row + ',"{""label_noise"": [0.1]}"\n')
         claims.load(str(path))
+
+
+def test_transfer_mean_pools_the_target_datasets(tmp_path):
+    """A domain-generalisation claim on the mean over target datasets: A beats B by 10
+    points on one target and 0 on the other, so by 5 on their mean."""
+    perm = np.random.default_rng(6).permutation(400) / 400
+    rows = []
+    for seed in (1, 2, 3):
+        for method, shares in (("a", (0.6, 0.5)), ("b", (0.5, 0.5))):
+            r = _record(method, seed, perm < 0.5)
+            detail = {}
+            for target, share in zip(("t1", "t2"), shares, strict=True):
+                bits = torch.as_tensor(perm < share)
+                labels = torch.zeros(bits.numel(), dtype=torch.long)
+                logits = torch.stack([bits.float(), 1 - bits.float()], 1)
+                detail[target] = {
+                    "correct": encode_correct(logits, labels),
+                    "test_labels": labels_digest(labels),
+                }
+            r["metrics"] = {
+                **r["metrics"],
+                "transfer": {"t1": shares[0] * 100, "t2": shares[1] * 100},
+                "transfer_detail": detail,
+            }
+            rows.append(r)
+    path = tmp_path / "claims.csv"
+    path.write_text(
+        "\n".join([HEADER, _row("dg", "a", "b").replace(",accuracy,", ",transfer_mean,")])
+    )
+    got = claims.evaluate(claims.load(str(path)), pd.DataFrame(rows), n_boot=200).iloc[0]
+    assert got["effect"] == pytest.approx(5.0, abs=1e-4)
+    assert got["verdict"] == "supported"
+    assert got["test_images"] == 800  # both targets' images

@@ -61,7 +61,8 @@ Per-image correctness comes from the record (``metrics["correct"]``, written by
 :func:`fewclip.metrics.encode_correct`; ``metrics["base"]`` / ``["new"]`` for base-to-new,
 ``metrics["transfer_detail"][target]`` for transfer). Values: ``"accuracy"``,
 ``"base_accuracy"``, ``"new_accuracy"``, ``"hm"`` (bootstrapped through the harmonic
-mean) and ``"transfer:<dataset>"``.
+mean), ``"transfer:<dataset>"`` and ``"transfer_mean"`` (the mean over the target datasets,
+each target's images resampled).
 """
 
 from __future__ import annotations
@@ -257,6 +258,10 @@ def _hm(accs: list[np.ndarray]) -> np.ndarray:
     return np.where(total > 0, 2 * b * n / np.where(total > 0, total, 1), 0.0)
 
 
+def _mean(accs: list[np.ndarray]) -> np.ndarray:
+    return sum(accs) / len(accs)
+
+
 def _bits(entry: Any) -> tuple[np.ndarray, str] | None:
     if isinstance(entry, Mapping) and isinstance(entry.get("correct"), str):
         return decode_correct(entry["correct"]), str(entry.get("test_labels", ""))
@@ -278,6 +283,11 @@ def parts_of(record: Mapping[str, Any], value: str = "accuracy") -> Parts | None
     elif value.startswith("transfer:"):
         detail = metrics.get("transfer_detail") or {}
         entries, combine = [detail.get(value.split(":", 1)[1])], _identity
+    elif value == "transfer_mean":
+        detail = metrics.get("transfer_detail") or {}
+        entries, combine = [detail[k] for k in sorted(detail)], _mean
+        if not entries:
+            return None
     elif value == "accuracy":
         entries, combine = [metrics], _identity
     else:
@@ -294,6 +304,9 @@ def value_of(record: Mapping[str, Any], value: str) -> float:
         transfer = (record.get("metrics") or {}).get("transfer") or {}
         got = transfer.get(value.split(":", 1)[1])
         return float("nan") if got is None else float(got)
+    if value == "transfer_mean":
+        transfer = (record.get("metrics") or {}).get("transfer") or {}
+        return float(np.mean(list(transfer.values()))) if transfer else float("nan")
     got = record.get(value)
     return float("nan") if got is None else float(got)
 
