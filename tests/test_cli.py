@@ -179,6 +179,7 @@ def test_version_and_run_help(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = capsys.readouterr().out
-    assert "methods: apex, clip_adapter" in text and "datasets: " in text and "eurosat" in text
+    assert "methods: ape, ape_t, apex, clap, clip_adapter" in text and "datasets: " in text
+    assert "eurosat" in text
     assert "(default: tiny-emoji-rn)" in text and "(default: 16)" in text
     assert "--no-progress" in text

@@ -467,7 +467,7 @@ def _config(root, method, **kw):
         pretrained=None,
         shots=2,
         augment_views=2,
-        options=PEERS[method],
+        options=PEERS.get(method, {}),
         data_root=str(root),
         cache_dir=str(root / "cache"),
         progress=False,
@@ -509,3 +509,85 @@ def test_peers_run_from_the_command_line(squares, tmp_path, capsys):
     assert main(["run", "--method", "clap", "--shots", "2", *zs_lp, *common]) == 0
     assert main(["run", "--method", "clap", "--option", "constraint=l1", *common]) != 0
     assert "constraint must be one of" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- val="none"
+
+NO_VAL = {
+    "zero_shot": {},
+    "clap": {"epochs": 2},
+    "taskres": {"epochs": 2},
+    "lp_pp": {"epochs": 3},
+    "coop": {"epochs": 1, "n_ctx": 2},
+}
+
+
+def test_no_val_methods_are_the_documented_fixed_settings():
+    from fewclip.runner import no_val_methods
+
+    assert no_val_methods() == sorted(NO_VAL)
+
+
+@pytest.mark.parametrize("method", sorted(NO_VAL))
+def test_val_none_runs_the_fixed_setting_and_no_val_tensor_reaches_the_method(
+    squares, method, monkeypatch
+):
+    import fewclip.protocols as protocols
+    from fewclip.methods import METHODS
+    from fewclip.runner import run
+
+    seen: list = []
+    real_feature_data = protocols.feature_data
+
+    def spy_feature_data(*args, **kw):
+        data, unreadable = real_feature_data(*args, **kw)
+        seen.append(("features", data.val_features.shape[0], data.val_labels.numel()))
+        return data, unreadable
+
+    monkeypatch.setattr(protocols, "feature_data", spy_feature_data)
+    real_fit = METHODS[method].fit
+
+    def spy_fit(self, *args, **kw):
+        if len(args) >= 3:  # an encoder method: fit(backbone, train, val, classnames, ...)
+            seen.append(("items", len(args[2]), 0))
+        return real_fit(self, *args, **kw)
+
+    monkeypatch.setattr(METHODS[method], "fit", spy_fit)
+    backbone = "fewclip-test-vit" if method == "coop" else "fewclip-test-rn"
+    kw = {"options": NO_VAL[method], "backbone": backbone}
+    record = run(_config(squares, method, val="none", **kw))
+    assert seen and all(n == 0 and m == 0 for _, n, m in seen)
+    assert record["config"]["val"] == "none" and record["metrics"]["val_images"] == 0
+    assert any("val='none'" in note for note in record["notes"])
+    fixed = METHODS[method].no_val_options
+    assert all(record["options"][k] == v for k, v in fixed.items())
+    if method != "zero_shot":
+        assert record["metrics"]["best_val_accuracy"] is None
+        assert all("val_acc" not in row for row in record["history"])
+
+
+def test_val_none_refuses_methods_that_need_validation_in_one_sentence(squares):
+    from fewclip.runner import check_config, run
+
+    for method in ("gda", "ape", "tip_adapter"):
+        with pytest.raises(ValueError, match="has no fixed setting for val='none'.*clap"):
+            check_config(_config(squares, method, val="none"))
+    with pytest.raises(ValueError, match="selection='val' selects on validation data"):
+        run(_config(squares, "taskres", val="none", options={"selection": "val"}))
+    from fewclip.config import RunConfig
+
+    with pytest.raises(ValueError, match="val='none' sees no validation data"):
+        RunConfig(val="none", selection="test")
+
+
+def test_val_none_keeps_the_train_sample_and_changes_the_run_key(squares):
+    from fewclip.data import load_dataset
+    from fewclip.data.fewshot import few_shot_split
+
+    dataset = load_dataset("folder:squares", squares)
+    with_val = few_shot_split(dataset, 2, 1, val="few_shot")
+    without = few_shot_split(dataset, 2, 1, val="none")
+    assert [d.impath for d in without.train] == [d.impath for d in with_val.train]
+    assert without.val == [] and with_val.val
+    a, b = _config(squares, "clap"), _config(squares, "clap", val="none")
+    assert a.run_key("w", "d") != b.run_key("w", "d")

@@ -19,7 +19,7 @@ from .validation import check_fields
 
 PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalisation")
 SELECTIONS = ("val", "test")
-VAL_SPLITS = ("few_shot", "full")  # as fewclip.data.fewshot.VAL_SPLITS
+VAL_SPLITS = ("few_shot", "full", "none")  # as fewclip.data.fewshot.VAL_SPLITS
 # set by the report builder: banners then name no path of the build machine
 PUBLISHED_ROOT_VAR = "FEWCLIP_PUBLISHED_REPORT"
 
@@ -50,7 +50,10 @@ class RunConfig:
         evaluated after training on ``dataset``.
     val: ``"few_shot"`` (default, CoOp's min(K, 4) val images per class: the realistic
         few-shot setting) or ``"full"`` (the whole val split, as the official Tip-Adapter
-        and DualAdapter codes select outside ImageNet). Recorded in every record.
+        and DualAdapter codes select outside ImageNet) or ``"none"`` (no validation data at
+        all: a method runs its documented fixed setting, its ``no_val_options``, and a
+        method that needs validation data refuses). Recorded in every record and part of
+        the run key.
     data_root: where the datasets are; by default ``$FEWCLIP_DATA``, else ``data``
         (:func:`default_data_root`). Not part of the run key.
     label_noise: probability that each few-shot training label is replaced by a uniformly
@@ -101,6 +104,11 @@ class RunConfig:
             raise ValueError(f"augment_views must be >= 1, got {self.augment_views}")
         if self.val not in VAL_SPLITS:
             raise ValueError(f"unknown val {self.val!r}; choose one of {VAL_SPLITS}")
+        if self.val == "none" and self.selection == "test":
+            raise ValueError(
+                "val='none' sees no validation data but selection='test' selects on the test "
+                "set; use one of them"
+            )
         if not 0.0 <= self.label_noise < 1.0:
             raise ValueError(f"label_noise must be a probability in [0, 1), got {self.label_noise}")
 

@@ -163,6 +163,11 @@ def fit_method(
             "selection='test': epochs and hyper-parameters chosen on the TEST set, as the "
             "official Tip-Adapter code does (not leak-free)"
         )
+    if config.val == "none":
+        notes.append(
+            "val='none': no validation data was seen; the method ran its fixed setting "
+            f"{getattr(method, 'no_val_options', None) or '(its defaults)'}"
+        )
     if isinstance(method, FeatureMethod):
         with timer("features"):
             data, unreadable = feature_data(

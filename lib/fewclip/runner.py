@@ -94,7 +94,34 @@ def make_method(config: RunConfig) -> FeatureMethod | EncoderMethod:
         options["protocol"] = config.protocol
     if "progress" in fields and "progress" not in options:
         options["progress"] = config.progress
+    if config.val == "none":
+        options = no_val_options(config.method, options)
     return get_method(config.method, **options)
+
+
+def no_val_methods() -> list[str]:
+    """The methods with a documented fixed setting that needs no validation data."""
+    return sorted(n for n, c in METHODS.items() if getattr(c, "no_val_options", None) is not None)
+
+
+def no_val_options(method: str, options: dict) -> dict:
+    """``options`` with the method's fixed, validation-free setting (its class attribute
+    ``no_val_options``) filled in, for ``RunConfig(val="none")``. A method without one, or
+    an option set against it, is refused in one sentence naming the alternative."""
+    fixed = getattr(METHODS[method], "no_val_options", None)
+    if fixed is None:
+        raise ValueError(
+            f"method {method!r} chooses its hyper-parameters or epoch on validation data and "
+            "has no fixed setting for val='none'; use val='few_shot' (or 'full'), or a method "
+            "with a fixed setting: " + ", ".join(no_val_methods())
+        )
+    for key, value in fixed.items():
+        if key in options and options[key] != value:
+            raise ValueError(
+                f"method {method!r} with {key}={options[key]!r} selects on validation data; "
+                f"val='none' runs it with {key}={value!r} (leave {key} unset)"
+            )
+    return {**options, **fixed}
 
 
 def check_config(config: RunConfig) -> FeatureMethod | EncoderMethod:

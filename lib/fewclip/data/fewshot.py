@@ -51,8 +51,9 @@ from .build import write_json_atomic
 
 #: Few-shot validation size per class: ``min(shots, VAL_SHOTS_CAP)``.
 VAL_SHOTS_CAP = 4
-#: ``val`` choices: CoOp's few-shot val (default) or the whole val split (official Tip/Dual).
-VAL_SPLITS = ("few_shot", "full")
+#: ``val`` choices: CoOp's few-shot val (default), the whole val split (official Tip/Dual),
+#: or none (the train sample of "few_shot", no val image: the no-validation protocol).
+VAL_SPLITS = ("few_shot", "full", "none")
 CACHE_FORMAT = 1
 
 
@@ -265,16 +266,18 @@ def few_shot_split(
     label_noise: float = 0.0,
 ) -> FewShotSplit:
     """The K-shot train sample and ``min(K, 4)``-shot val sample of ``dataset`` (``val="full"``:
-    the whole val split), with ``label_noise`` applied to the train labels (see module)."""
+    the whole val split; ``val="none"``: no val image, the same train sample), with
+    ``label_noise`` applied to the train labels (see module)."""
     if val not in VAL_SPLITS:
         raise ValueError(f"val must be one of {VAL_SPLITS}, got {val!r}")
     if not 0.0 <= label_noise < 1.0:
         raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
-    full_val = bool(dataset.extra.get("val_is_test")) or val == "full"
+    full_val = (bool(dataset.extra.get("val_is_test")) or val == "full") and val != "none"
     if shots == 0:
         return FewShotSplit([], [], shots, seed, val_split=val)
     if shots < 0:
-        split = FewShotSplit(list(dataset.train), list(dataset.val), shots, seed, val_split=val)
+        val_items = [] if val == "none" else list(dataset.val)
+        split = FewShotSplit(list(dataset.train), val_items, shots, seed, val_split=val)
         return split.with_label_noise(label_noise, dataset.classnames)
     if not dataset.train:
         raise DatasetError(
@@ -284,7 +287,7 @@ def few_shot_split(
     val_shots = min(shots, VAL_SHOTS_CAP)
     if not allow_fewer:
         _check_counts(dataset.train, shots, "train", dataset.name)
-        if not full_val:
+        if not full_val and val != "none":
             _check_counts(dataset.val, val_shots, "val", dataset.name)
     path = None
     if cache_dir is not None and str(cache_dir) != "":
@@ -296,7 +299,12 @@ def few_shot_split(
             return cached
     rng = random.Random(seed)
     train = sample_per_class(dataset.train, shots, rng)
-    val_items = list(dataset.val) if full_val else sample_per_class(dataset.val, val_shots, rng)
+    if val == "none":  # the same train sample as "few_shot" (drawn first), no val image
+        val_items = []
+    elif full_val:
+        val_items = list(dataset.val)
+    else:
+        val_items = sample_per_class(dataset.val, val_shots, rng)
     split = FewShotSplit(train, val_items, shots, seed, cache_path=path, val_split=val)
     split = split.with_label_noise(label_noise, dataset.classnames)
     if path is not None:

@@ -108,6 +108,9 @@ class FeatureMethod(ABC):
     #: The positive templates when ``RunConfig.templates`` is None: ``"default"`` (the
     #: dataset's, an ensemble where it has one) or ``"single"`` (CoOp's hand-made prompt).
     default_templates: ClassVar[str] = "default"
+    #: The options of the method's documented fixed setting, which uses no validation data
+    #: (``RunConfig(val="none")`` runs it with them); None: it needs validation data.
+    no_val_options: ClassVar[dict | None] = None
 
     @dataclass
     class Options:

@@ -35,6 +35,7 @@ The prototypes are a per-class table: CLAP cannot classify classes it was not tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,7 @@ class CLAP(FeatureMethod):
 
     name = "clap"
     default_templates = "single"  # the official prompts: CoOp's one per dataset
+    no_val_options: ClassVar[dict] = {}  # its settings are fixed; val is never read
 
     @dataclass
     class Options:

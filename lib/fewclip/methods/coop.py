@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ class CoOp(FeaturePromptMethod):
     """Learnable context vectors shared by all classes (or class-specific)."""
 
     name = "coop"
+    no_val_options: ClassVar[dict] = {"selection": "last"}  # fixed epochs, the last kept
 
     @dataclass
     class Options(FeaturePromptOptions):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,7 @@ class LPPlusPlus(FeatureMethod):
     """LP++: visual probe plus class-wise weighted text logits, derived step sizes."""
 
     name = "lp_pp"
+    no_val_options: ClassVar[dict] = {"selection": "last"}  # derived steps, final epoch
 
     @dataclass
     class Options:

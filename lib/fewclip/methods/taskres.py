@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,7 @@ class TaskRes(FeatureMethod):
 
     name = "taskres"
     default_templates = "single"  # the official base: CoOp's one prompt per dataset
+    no_val_options: ClassVar[dict] = {"selection": "last"}  # the official final model
 
     @dataclass
     class Options:

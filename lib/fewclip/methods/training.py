@@ -109,6 +109,8 @@ def fit_epochs(
     the labels as they are (a method may append per-row columns its loss reads).
     """
     generator = torch.Generator().manual_seed(seed)
+    has_val = data.val_labels.numel() > 0  # none under RunConfig(val="none"): keep the last
+    keep_best = keep_best and has_val
     num = data.train_labels.shape[0]
     steps_per_epoch = batches_per_epoch(num, batch_size, drop_last)
     total = epochs * steps_per_epoch
@@ -134,16 +136,17 @@ def fit_epochs(
             scheduler.step()
             losses.append(loss.item())
         module.eval()
-        with torch.no_grad():
-            val_acc = accuracy(logits_fn(data.val_features), data.val_labels)
-        result.history.append(
-            {"epoch": epoch, "loss": sum(losses) / len(losses), "val_acc": val_acc, "lr": lr}
-        )
+        row = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr}
+        val_acc = -1.0
+        if has_val:
+            with torch.no_grad():
+                val_acc = row["val_acc"] = accuracy(logits_fn(data.val_features), data.val_labels)
+        result.history.append(row)
         if val_acc > best_acc or not keep_best:
             best_acc = val_acc
             result.best_epoch = epoch
             best_state = _snapshot(module)
     module.load_state_dict(best_state)
     module.eval()
-    result.best_val_acc = best_acc
+    result.best_val_acc = best_acc if has_val else None
     return result

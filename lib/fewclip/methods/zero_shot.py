@@ -14,6 +14,7 @@ classifier arrives ready in ``FeatureData.classifiers``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -26,6 +27,7 @@ class ZeroShot(FeatureMethod):
 
     name = "zero_shot"
     uses_training_images = False
+    no_val_options: ClassVar[dict] = {}  # nothing is chosen on val
 
     @dataclass
     class Options:

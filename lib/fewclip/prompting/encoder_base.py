@@ -163,7 +163,13 @@ def encode_items(
     batch_size: int = 128,
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Items -> (features (N, d), tokens (N, T, d) or None, labels (N,), valid (N,))."""
+    """Items -> (features (N, d), tokens (N, T, d) or None, labels (N,), valid (N,)).
+    No items (``RunConfig(val="none")``'s val): empty tensors, (0, d) and (0, 0, d)."""
+    if not items:
+        empty = torch.zeros(0, backbone.embed_dim, device=backbone.device)
+        none = torch.zeros(0, dtype=torch.long, device=backbone.device)
+        toks = empty.new_zeros(0, 0, backbone.embed_dim) if tokens else None
+        return empty, toks, none, none.bool()
     feats, toks, labels, valid = [], [], [], []
     loader = batch_loader(
         backbone, items, augment_seed=augment_seed, batch_size=batch_size, num_workers=num_workers
@@ -478,7 +484,9 @@ class FeaturePromptMethod(EncoderMethod):
                 losses.append(step(loss))
             return losses
 
-        def validate() -> float:
+        def validate() -> float | None:
+            if features.val_labels.numel() == 0:  # RunConfig(val="none")
+                return None
             with backbone.autocast():
                 logits = self.feature_logits(features.val, classnames, features.val_tokens)
             return top1(logits.float(), features.val_labels)

@@ -138,7 +138,7 @@ def fit_loop(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     epochs: int,
     run_epoch: Callable[[int], list[float]],
-    validate: Callable[[], float],
+    validate: Callable[[], float | None],
     selection: str = "val",
     progress: bool = False,
     desc: str = "train",
@@ -146,7 +146,8 @@ def fit_loop(
     record: Callable[[], dict[str, float]] | None = None,
 ) -> FitResult:
     """Run ``epochs`` epochs; ``run_epoch(e)`` trains one epoch and returns its step losses,
-    ``validate()`` returns the val accuracy in percent; ``record()`` (optional) returns
+    ``validate()`` returns the val accuracy in percent (None: no val data, the last epoch
+    is kept, ``RunConfig(val="none")``); ``record()`` (optional) returns
     extra values to keep in each epoch's ``history`` row. Restores the selected state
     (``ties``: which of equally good epochs, see the module docstring)."""
     if selection not in SELECTIONS:
@@ -170,9 +171,15 @@ def fit_loop(
             val_acc = validate()
         loss = sum(losses) / max(1, len(losses))
         extra = record() if record is not None else {}
-        result.history.append({"epoch": epoch, "loss": loss, "val_acc": val_acc, "lr": lr, **extra})
-        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.1f}")
-        better = val_acc >= best_acc if ties == "last" else val_acc > best_acc
+        row = {"epoch": epoch, "loss": loss, "val_acc": val_acc, "lr": lr, **extra}
+        if val_acc is None:
+            del row["val_acc"]
+        result.history.append(row)
+        bar.set_postfix(loss=f"{loss:.3f}", val="-" if val_acc is None else f"{val_acc:.1f}")
+        if val_acc is None:
+            better = True
+        else:
+            better = val_acc >= best_acc if ties == "last" else val_acc > best_acc
         if selection == "last" or better:
             best_acc = val_acc
             result.best_epoch = epoch
