@@ -591,3 +591,24 @@ def test_val_none_keeps_the_train_sample_and_changes_the_run_key(squares):
     assert without.val == [] and with_val.val
     a, b = _config(squares, "clap"), _config(squares, "clap", val="none")
     assert a.run_key("w", "d") != b.run_key("w", "d")
+
+
+# --------------------------------------------------------------------------- paper numbers
+
+
+def test_paper_numbers_of_the_peers_name_their_source():
+    from fewclip import paper
+
+    gda = paper.load(paper="gda")
+    assert set(gda["method"]) == {"gda", "zero_shot"}
+    few = gda[(gda["method"] == "gda") & (gda["protocol"] == "few_shot")]
+    assert len(few) == 11 * 5 and (few["backbone"] == "RN50").all()
+    b2n = gda[gda["protocol"] == "base_to_new"].set_index(["dataset", "metric"])["value"]
+    assert b2n[("imagenet", "base")] == pytest.approx(75.95)
+    assert b2n[("imagenet", "hm")] == pytest.approx(2 * 75.95 * 69.79 / (75.95 + 69.79), abs=0.01)
+    assert gda["source"].str.contains("mrflogs/ICLR24").all()
+    for name in ("taskres", "lp_pp", "clap"):
+        assert paper.load(paper=name).empty and "publishes no numbers" in paper.missing(name)
+    assert len(paper.load(paper="ape", method="ape")) == len(
+        paper.load(paper="ape", method="ape_t")
+    )

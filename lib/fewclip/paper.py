@@ -51,6 +51,27 @@ MISSING = {
         "data/paper_results.csv (only the average gains over CoCoOp its abstract states): the "
         "stored copy of the paper exposes no tables"
     ),
+    "taskres": (
+        "TaskRes's (CVPR 2023) per-dataset numbers are not in data/paper_results.csv: the "
+        "official repository (geekyutao/TaskRes) publishes no numbers and no copy of the "
+        "paper's tables was available to this project"
+    ),
+    "lp_pp": (
+        "LP++'s (CVPR 2024) per-dataset numbers are not in data/paper_results.csv: the "
+        "official repository (FereshteShakeri/FewShot-CLIP-Strong-Baseline) publishes no "
+        "numbers and no copy of the paper's tables was available to this project"
+    ),
+    "clap": (
+        "CLAP's and ZS-LP's (CVPR 2024) per-dataset numbers are not in data/paper_results.csv: "
+        "the official repository (jusiro/CLAP) publishes no numbers and no copy of the "
+        "paper's tables was available to this project"
+    ),
+    "gda": (
+        "GDA's numbers come from its official repository's logs (mrflogs/ICLR24: exp.log for "
+        "the RN50 few-shot curves of Figure 1, logs/base2new.log for ViT-B/16 base-to-new); "
+        "its robustness (ImageNet variants) and other-backbone tables are not in "
+        "data/paper_results.csv"
+    ),
 }
 
 
