@@ -32,7 +32,7 @@ from fewclip.backbones import (
     words_key,
 )
 from fewclip.data.base import load_dataset
-from fewclip.methods.apex import APEX
+from fewclip.methods.apex import APEX, OFFICIAL_EPSILON, relative_epsilon
 from fewclip.methods.base import accuracy
 from fewclip.methods.cocoop import CoCoOp
 from fewclip.methods.coop import CoOp
@@ -116,7 +116,7 @@ def test_runs_that_read_the_words_are_keyed_by_them():
     assert CoOp(init="backbone").uses_backbone_words and not CoOp().uses_backbone_words
     assert not CoOp(init="a photo of a").uses_backbone_words
     assert CoCoOp().uses_backbone_words and not CoCoOp(init=OFFICIAL_WORDS).uses_backbone_words
-    assert APEX().uses_backbone_words and not APEX(text_init="a photo of a").uses_backbone_words
+    assert APEX().uses_backbone_words
     assert TOMM().uses_backbone_words and not TOMM(init="a photo of a").uses_backbone_words
     assert TOMM(init=None).uses_backbone_words  # e_c's template
     assert not TOMM(init=None, ctp=False).uses_backbone_words
@@ -200,3 +200,33 @@ def test_apex_starts_within_a_point_of_zero_shot():
     official = APEX(text_init=OFFICIAL_WORDS)
     official.prepare(backbone, names, seed=0)
     assert accuracy(official.logits(backbone, images, names), labels) < zs - 10.0
+
+
+# --------------------------------------------------------------------------- constants
+
+
+def test_apex_epsilon_is_relative_to_a_backbone_with_its_own_words():
+    """epsilon: 0.05 on OpenAI's words; else the 10% quantile of the training classes'
+    nearest-other-class cosine distances (by hand: distances 0.1, 0.1, 0.4 -> 0.1)."""
+    d = torch.tensor([0.1, 0.4])  # consecutive cosine distances of three unit vectors
+    theta = torch.arccos(1 - d)
+    train = torch.stack(
+        [
+            torch.tensor([1.0, 0.0]),
+            torch.stack([torch.cos(theta[0]), torch.sin(theta[0])]),
+            torch.stack([torch.cos(theta[0] + theta[1]), torch.sin(theta[0] + theta[1])]),
+        ]
+    )
+    # nearest other class: 0 -> 1 at 0.1, 1 -> 0 at 0.1, 2 -> 1 at 0.4
+    assert relative_epsilon(train, 0.0) == pytest.approx(0.1, abs=1e-5)
+    assert relative_epsilon(train, 1.0) == pytest.approx(0.4, abs=1e-5)
+    assert relative_epsilon(train[:1]) == OFFICIAL_EPSILON  # no other class
+    apex = APEX()
+    assert apex.resolve_epsilon(OPENAI_WORDS, train) == OFFICIAL_EPSILON
+    emoji = PromptWords(**EMOJI_WORDS)
+    assert apex.resolve_epsilon(emoji, train) == pytest.approx(relative_epsilon(train))
+    assert APEX(epsilon=0.05).resolve_epsilon(emoji, train) == 0.05
+    assert APEX(text_init="a photo of a").uses_backbone_words  # epsilon reads the words
+    assert not APEX(text_init="a photo of a", epsilon=0.05).uses_backbone_words
+    with pytest.raises(ValueError, match="epsilon must be a distance or 'backbone'"):
+        APEX(epsilon="relative")

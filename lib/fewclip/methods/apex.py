@@ -19,7 +19,7 @@ t'_e that of an evaluation class:
 
     d_avg(e) = 1 - mean_j cos(t'_e, t'_j)
     d_nn(e)  = 1 - max_j  cos(t'_e, t'_j)
-    a_e      = exp(-beta * d_avg(e) * [d_nn(e) > epsilon])        beta = 4, epsilon = 0.05
+    a_e      = exp(-beta * d_avg(e) * [d_nn(e) > epsilon])        beta = 4, epsilon = 0.05 *
     t_e      = a_e * (A^T u_e + b) + (1 - a_e) * u_e              blend, then normalise
     z        = mean_e(a_e) * z_prompted + (1 - mean_e(a_e)) * z_frozen
     logits   = s * norm(z) @ norm(t)^T
@@ -27,6 +27,14 @@ t'_e that of an evaluation class:
 A training class has d_nn = 0, so a = 1 and the adapted, prompted model is used as
 trained; a class far from every training class falls back towards the learned prompt
 without adapter and the prompt-free image encoder.
+
+* epsilon relative to the backbone (``epsilon="backbone"``, the default): 0.05 is a distance
+in OpenAI CLIP's text space; on a backbone that speaks OpenAI's words (OpenAI and open_clip
+weights, any checkpoint that declares no words of its own) it stays 0.05; on a backbone
+with its own words it is the ``EPSILON_QUANTILE`` (10%) quantile of the training classes'
+distances to their nearest other training class, d_nn of each training class among the
+others (computed from the training class names only). ``epsilon=0.05`` is the official
+constant on every backbone. Why 10%, and what it changes: ``docs/constants.md``.
 
 Fixes relative to the official code: ``z_frozen`` comes from the untouched backbone (the
 official frozen copy is built with the prompt design and so carries randomly initialised
@@ -75,6 +83,7 @@ from ..backbones import (
     BACKBONE_WORDS,
     OPENAI_WORDS,
     Backbone,
+    PromptWords,
     init_phrase,
     phrase_template,
     words_note,
@@ -100,6 +109,11 @@ from ..prompting.visual_prompts import DeepVisualPrompts, check_vit
 from .base import FitResult, accuracy, register_method
 
 ENSEMBLES = ("both", "text", "visual", "none")
+#: The official epsilon (a cosine distance in OpenAI CLIP's text space).
+OFFICIAL_EPSILON = 0.05
+#: On a backbone with its own words: epsilon is this quantile of the training classes'
+#: nearest-other-training-class cosine distances (docs/constants.md).
+EPSILON_QUANTILE = 0.1
 
 #: Defaults per optimiser: (lr, epochs, warm-up type, warm-up lr).
 OPTIMIZER_DEFAULTS = {
@@ -139,6 +153,18 @@ def ensemble_weights(
     if fixed is not None:
         return torch.where(far, torch.full_like(d_avg, float(fixed)), torch.ones_like(d_avg))
     return torch.exp(-beta * d_avg * far.float())
+
+
+def relative_epsilon(train_text: torch.Tensor, quantile: float = EPSILON_QUANTILE) -> float:
+    """epsilon relative to the backbone: the ``quantile`` of the training classes' cosine
+    distances to their nearest other training class. train_text (C, d) frozen text features;
+    with a single training class there is no such distance and the official 0.05 is kept."""
+    if train_text.shape[0] < 2:
+        return OFFICIAL_EPSILON
+    t = F.normalize(train_text.float(), dim=-1)
+    cos = (t @ t.T).fill_diagonal_(float("-inf"))
+    d_nn = (1.0 - cos.max(dim=1).values).clamp_min(0.0)
+    return float(torch.quantile(d_nn, quantile))
 
 
 def blend_logits(
@@ -215,7 +241,7 @@ class APEX(EncoderMethod):
         variants: bool = False  # also score every ensemble mode and variant_alphas
         variant_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
         beta: float = 4.0
-        epsilon: float = 0.05
+        epsilon: float | str = BACKBONE_WORDS  # "backbone" (module docstring) or a distance
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -230,13 +256,18 @@ class APEX(EncoderMethod):
         self._near: dict[tuple[str, ...], torch.Tensor] = {}
         self.frozen_train_text: torch.Tensor | None = None
         self.words = OPENAI_WORDS  # the backbone's, set by prepare()
+        #: epsilon as used (the option resolved for the backbone by prepare())
+        self.epsilon = o.epsilon if isinstance(o.epsilon, (int, float)) else OFFICIAL_EPSILON
+        if not isinstance(o.epsilon, (int, float)) and o.epsilon != BACKBONE_WORDS:
+            raise ValueError(f"apex: epsilon must be a distance or 'backbone', not {o.epsilon!r}")
         #: variant name -> (N, C) logits of the last :meth:`evaluate` (``variants=True``)
         self.last_variants: dict[str, torch.Tensor] | None = None
 
     @property
     def uses_backbone_words(self) -> bool:
         """Whether the init phrase comes from the backbone (the run key then includes it)."""
-        return self.options.text_init == BACKBONE_WORDS
+        o = self.options
+        return o.text_init == BACKBONE_WORDS or o.epsilon == BACKBONE_WORDS
 
     @property
     def config_name(self) -> str:
@@ -271,6 +302,16 @@ class APEX(EncoderMethod):
         template = phrase_template(self.words, self.init_phrase)
         return [template.format(name) for name in classnames]
 
+    def resolve_epsilon(self, words: PromptWords, train_text: torch.Tensor) -> float:
+        """The option ``epsilon`` for a backbone: a number as given; "backbone": 0.05 on
+        OpenAI's words, else :func:`relative_epsilon` of the training classes' text."""
+        epsilon = self.options.epsilon
+        if epsilon != BACKBONE_WORDS:
+            return float(epsilon)
+        if words.as_dict() == OPENAI_WORDS.as_dict():
+            return OFFICIAL_EPSILON
+        return relative_epsilon(train_text)
+
     @property
     def init_phrase(self) -> str:
         """The text prompt's init phrase for the backbone of the last :meth:`prepare`."""
@@ -290,7 +331,7 @@ class APEX(EncoderMethod):
                 raise RuntimeError("apex: call fit() before computing ensemble weights")
             frozen = backbone.encode_text(self.prompt_texts(key))
             self._alpha[key] = ensemble_weights(
-                self.frozen_train_text, frozen, o.beta, o.epsilon, fixed=o.alpha
+                self.frozen_train_text, frozen, o.beta, self.epsilon, fixed=o.alpha
             )
         return self._alpha[key]
 
@@ -303,11 +344,11 @@ class APEX(EncoderMethod):
         if key not in self._near:  # frozen text features of this class list
             self._near[key] = backbone.encode_text(self.prompt_texts(key))
         frozen, o = self._near[key], self.options
-        adaptive = ensemble_weights(self.frozen_train_text, frozen, o.beta, o.epsilon)
+        adaptive = ensemble_weights(self.frozen_train_text, frozen, o.beta, self.epsilon)
         out = {mode: (mode, adaptive) for mode in ENSEMBLES}
         for x in o.variant_alphas:
             fixed = ensemble_weights(
-                self.frozen_train_text, frozen, o.beta, o.epsilon, fixed=float(x)
+                self.frozen_train_text, frozen, o.beta, self.epsilon, fixed=float(x)
             )
             out[f"alpha={float(x):g}"] = ("both", fixed)
         return out
@@ -420,6 +461,7 @@ class APEX(EncoderMethod):
         self._alpha, self._near = {}, {}
         self.words = backbone.words
         self.frozen_train_text = backbone.encode_text(self.prompt_texts(classnames))
+        self.epsilon = self.resolve_epsilon(backbone.words, self.frozen_train_text)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -494,6 +536,7 @@ class APEX(EncoderMethod):
         )
         result.chosen.update({**settings, "depth": learner.visual.depth})
         result.notes.append(words_note(self.name, self.words, o.text_init))
+        result.notes.append(f"apex: epsilon {self.epsilon:.4g} (option {o.epsilon!r})")
         result.notes.append(
             "apex: z_frozen from the untouched backbone (the official frozen copy carries "
             "random visual prompts); a_e computed once per class list"

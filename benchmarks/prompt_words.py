@@ -1,0 +1,138 @@
+"""Prompt words: zero-shot per template, and each prompt method from OpenAI's phrase against
+the backbone's own words.
+
+    PYTHONPATH=lib FEWCLIP_DATA=data python benchmarks/prompt_words.py           # print
+    PYTHONPATH=lib FEWCLIP_DATA=data python benchmarks/prompt_words.py --record  # + CSV
+
+Base-to-new on ``emoji_openmoji_subcategory`` (4 shots, seed 1) with the embedded tiny
+models: zero-shot CLIP with the task's templates, with "an emoji of {}." (the tiny models'
+pretraining caption, their own words) and with "a photo of a {}." (OpenAI's, what the
+prompt methods started from before); then APEX (ViT only), TOMM, CoCoOp and CoOp with
+each method's default schedule, the init phrase being the only change ("a photo of a",
+i.e. ``init="official"``, against ``init="backbone"``; CoOp also from random context, its
+official default). Zero-shot is also scored on ``emoji_subcategory_b2n``.
+
+``--record`` appends base / new / HM per setting to ``benchmarks/results/prompt_words.csv``
+(through ``results_csv.py``: date, commit, machine, model); run
+``benchmarks/write_performance.py`` afterwards to publish it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_csv import append_rows  # noqa: E402
+
+from fewclip.backbones import OFFICIAL_WORDS, PROJECT_WEIGHTS, load_backbone  # noqa: E402
+from fewclip.config import RunConfig  # noqa: E402
+from fewclip.metrics import harmonic_mean  # noqa: E402
+from fewclip.runner import run  # noqa: E402
+
+TASK = "emoji_openmoji_subcategory"
+ZERO_SHOT_TASKS = (TASK, "emoji_subcategory_b2n")
+#: (method, options, what they set): the init phrase from OpenAI's "a photo of a" (the
+#: previous start, ``"official"``) against the backbone's own words; APEX also with the
+#: official epsilon = 0.05 (its default is relative to a backbone with its own words)
+METHODS = (
+    ("apex", {"text_init": OFFICIAL_WORDS, "epsilon": 0.05}, 'init "a photo of a", epsilon 0.05'),
+    ("apex", {"text_init": "backbone", "epsilon": 0.05}, "init {words}, epsilon 0.05"),
+    ("apex", {"text_init": "backbone"}, "init {words}, epsilon relative"),
+    ("tomm", {"init": OFFICIAL_WORDS}, 'init "a photo of a"'),
+    ("tomm", {"init": "backbone"}, "init {words}"),
+    ("cocoop", {"init": OFFICIAL_WORDS}, 'init "a photo of a"'),
+    ("cocoop", {"init": "backbone"}, "init {words}"),
+    ("coop", {"init": None}, "random context"),
+    ("coop", {"init": OFFICIAL_WORDS}, 'init "a photo of a"'),
+    ("coop", {"init": "backbone"}, "init {words}"),
+)
+
+
+def model_label(arch: str) -> str:
+    """``tiny-emoji-vit version 4``: the committed checkpoint's version (its eval JSON)."""
+    import json
+
+    evaluation = PROJECT_WEIGHTS[arch].path.with_suffix(".eval.json")
+    version = json.loads(evaluation.read_text()).get("version", "?")
+    return f"{arch} version {version}"
+
+
+def scores(record: dict) -> dict[str, float]:
+    m = record["metrics"]
+    base, new = m["base"]["accuracy"], m["new"]["accuracy"]
+    return {"base": base, "new": new, "hm": harmonic_mean(base, new)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", default="tiny-emoji-vit,tiny-emoji-rn")
+    parser.add_argument("--shots", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data-root", default=os.environ.get("FEWCLIP_DATA", "data"))
+    parser.add_argument("--cache-dir", default="cache")
+    parser.add_argument("--only", default="", help="run only settings containing this")
+    parser.add_argument("--record", action="store_true", help="append to the results CSV")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    common = {
+        "protocol": "base_to_new",
+        "shots": args.shots,
+        "seed": args.seed,
+        "data_root": args.data_root,
+        "cache_dir": args.cache_dir,
+        "progress": False,
+    }
+    lines = ["| model | setting | base | new | HM | s |", "|---|---|---|---|---|---|"]
+    for arch in args.backbones.split(","):
+        label = model_label(arch)
+        words = load_backbone(arch, device="cpu").words
+        settings: list[tuple[str, RunConfig]] = []
+        for task in ZERO_SHOT_TASKS:
+            for name, templates in (
+                ("the task's templates", None),
+                (f'"{words.template}"', [words.template]),
+                ('"a photo of a {}."', ["a photo of a {}."]),
+            ):
+                config = RunConfig(
+                    method="zero_shot", dataset=task, backbone=arch, templates=templates, **common
+                )
+                settings.append((f"{task}: zero-shot, {name}", config))
+        for method, options, shown in METHODS:
+            if method == "apex" and "vit" not in arch:
+                continue  # APEX's deep visual prompts need a ViT
+            shown = shown.format(words=f'"{words.init}" (the backbone\'s)')
+            config = RunConfig(
+                method=method, dataset=TASK, backbone=arch, options=options, **common
+            )
+            settings.append((f"{TASK}: {method}, {shown}", config))
+        for setting, config in settings:
+            if args.only and args.only not in setting:
+                continue
+            start = time.time()
+            result = scores(run(config))
+            seconds = time.time() - start
+            row = " | ".join(f"{result[k]:.1f}" for k in ("base", "new", "hm"))
+            lines.append(f"| {label} | {setting} | {row} | {seconds:.0f} |")
+            print(lines[-1], flush=True)
+            if args.record:
+                append_rows(
+                    "prompt_words",
+                    [
+                        {"setting": setting, "metric": k, "value": f"{v:.1f}"}
+                        for k, v in result.items()
+                    ],
+                    model=label,
+                    note=f"base-to-new, {args.shots} shots, seed {args.seed}, test accuracy (%)",
+                )
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
