@@ -10,9 +10,9 @@ columns; no model is involved), fed through the real DualAdapter. For each (C, K
   after a step (interleaved, fastest of the rounds, so that a changing load affects both
   alike): per batch the affinity products, f @ F^T with the frozen keys (N x d x M) and
   f @ S^T with the K shot sums (N x d x K; f @ F-^T follows from the two:
-  :class:`fewclip.methods.dual_adapter.NegativeKeyProducts`), and eight (N, d) x (d,
+  :class:`fewclip.methods.kernels.residual_keys.NegativeKeyProducts`), and eight (N, d) x (d,
   C)-sized ones (the residual keys' and text classifiers' products and their gradients;
-  ARL shares f @ W+), plus the validation's. ``fit / floor`` is the ratio the issue
+  ARL shares f @ W+), plus the validation's. ``fit / floor`` is the ratio the design
   targets (<= 2 at C = 1,000, K = 16). ``ratio-a`` is against the affinity products
   alone, a lower bound no implementation can beat. (Earlier versions of this floor also
   counted f @ F-^T, N x d x M, and before that the key-gradient products: the method

@@ -6,21 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from synthetic import make_feature_data
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from fewclip.methods.cache_ops import (
+from fewclip.methods.dual_adapter import DualAdapter, DualCache
+from fewclip.methods.kernels.cache import (
     ClassBlocks,
-    KeptProduct,
-    ResidualKeys,
     ValueProduct,
-    ValueProducts,
     cache_term,
     chunked,
     kernel,
     row_chunks,
     stacked_cache_terms,
 )
-from fewclip.methods.dual_adapter import DualAdapter, DualCache
+from fewclip.methods.kernels.residual_keys import ResidualKeys
 from fewclip.methods.search import grid_search, linear_grid
 from fewclip.methods.tip_adapter import TipAdapter, TipCache
 
@@ -79,16 +76,6 @@ def test_value_product_gradients_equal_the_dense_ones():
     assert rel_err(ours, a.grad) < 1e-6
 
 
-def test_value_products_follow_an_edited_buffer():
-    values = values_cases()["onehot"]
-    products = ValueProducts()
-    first = products.get("v", values)
-    assert products.get("v", values) is first
-    values[0] = 0.5 * values[0]  # in place: a new version
-    assert products.get("v", values) is not first
-    assert products.get("v", values).weight is not None
-
-
 def test_chunks_bound_the_rows():
     assert row_chunks(16_000, 1 << 25) == 2097
     assert row_chunks(10**9, 100) == 1
@@ -133,6 +120,7 @@ def test_dual_components_with_dense_values_fall_back(synthetic):
     module = trained_dual(synthetic).module
     g = torch.Generator().manual_seed(5)
     module.soft_values.copy_(torch.rand(module.soft_values.shape, generator=g))
+    module.kernels.soft_values = ValueProduct(module.soft_values)  # derived once: rebuilt
     with torch.no_grad():
         terms = module.terms(synthetic.val_features)
         comp = module.components(terms, 2.0)
@@ -268,10 +256,11 @@ def test_residual_keys_affinity_equals_normalising_the_adapted_keys(layout):
     assert torch.allclose(rk.affinity(f, r), reference, atol=1e-12)
     assert torch.autograd.gradcheck(lambda f, r: rk.affinity(f, r), (f, r))
     # the caller's f @ F^T (DualCache shares it with the negative keys): the same values and
-    # gradients, built in the given tensor's memory
+    # gradients, and the given tensor only read (no aliasing: its other readers see it intact)
     frozen = f.detach() @ keys.T
+    before = frozen.clone()
     given = rk.affinity(f, r, frozen)
-    assert given.data_ptr() == frozen.data_ptr()
+    assert torch.equal(frozen, before) and given.data_ptr() != frozen.data_ptr()
     assert torch.allclose(given, reference, atol=1e-12)
     assert torch.autograd.gradcheck(lambda f, r: rk.affinity(f, r, f.detach() @ keys.T), (f, r))
     # the caller's f @ R^T with its own autograd history (DualCache takes it from one product
@@ -363,90 +352,23 @@ def test_cache_term_backward_runs_once():
 
 @pytest.mark.parametrize("stacked", [True, False])
 def test_dual_training_matches_the_written_out_formulas(synthetic, monkeypatch, stacked):
-    """Training through ResidualKeys, cache_term, the written-out classifiers and (or
-    without) the stacked narrow products ends where autograd through the paper's formulas
-    (normalised adapted keys and classifiers, dense value products) ends, within 1e-5."""
-    from fewclip.methods import dual_adapter as dual
+    """Training through the kernels (ResidualKeys, cache_term, the written-out classifiers,
+    ARL and consistency, with or without the stacked narrow products) ends where the plain
+    formulas (``fast=False``: normalised adapted keys and classifiers, dense value
+    products, cdist ARL, two cosines) end, within 1e-5."""
+    from fewclip.methods.kernels import dual as kernels
 
     if not stacked:
-        monkeypatch.setattr(dual, "STACKED_PRODUCT_CLASSES", 0)
+        monkeypatch.setattr(kernels, "STACKED_PRODUCT_CLASSES", 0)
     fast = DualAdapter(epochs=3, lr=1e-2, search=False)
     fast.fit(synthetic)
+    assert fast.module.kernels.stack == stacked
     monkeypatch.undo()
-
-    def reference_positive_classifier(self):
-        w_t = F.normalize(self.w_t + self.r_t.T, dim=0)
-        w_d = F.normalize(self.w_d + self.r_d.T, dim=0)
-        return dual.TEXT_WEIGHTS[0] * w_t + dual.TEXT_WEIGHTS[1] * w_d
-
-    def reference_negative_classifier(self):
-        return F.normalize(self.w_n + self.r_n.T, dim=0)
-
-    def reference_terms(self, f, narrow=None, f_keys=None):
-        s = self.logit_scale
-        return dual.DualTerms(
-            pos_text=s * f @ self.positive_classifier(),
-            pos_affinity=f @ self.positive_keys().T,
-            neg_text=dual.NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
-            neg_affinity=f @ self.negative_keys_adapted().T,
-        )
-
-    def reference_components(self, terms, beta):
-        return dual.DualComponents(
-            terms.pos_text,
-            torch.exp(-beta * (1 - terms.pos_affinity)) @ self.soft_values,
-            terms.neg_text,
-            torch.exp(-beta * terms.neg_affinity) @ self.values,
-        )
-
-    monkeypatch.setattr(dual.DualCache, "positive_classifier", reference_positive_classifier)
-    monkeypatch.setattr(dual.DualCache, "negative_classifier", reference_negative_classifier)
-    monkeypatch.setattr(dual.DualCache, "terms", reference_terms)
-    monkeypatch.setattr(dual.DualCache, "components", reference_components)
-    slow = DualAdapter(epochs=3, lr=1e-2, search=False)
+    slow = DualAdapter(epochs=3, lr=1e-2, search=False, fast=False)
     slow.fit(synthetic)
-    monkeypatch.undo()
+    assert slow.module.kernels is None
     f = synthetic.val_features
     assert fast.module.r_k.abs().max() > 1e-3  # the residuals did train
     for name in ("r_t", "r_d", "r_k", "r_n", "r_kn"):
         assert torch.allclose(getattr(fast.module, name), getattr(slow.module, name), atol=1e-5)
     assert torch.allclose(fast.logits(f), slow.logits(f), rtol=1e-5, atol=1e-4)
-
-
-def test_kept_product_is_reused_only_while_its_inputs_are_unchanged():
-    """The val features' product with the frozen keys is computed once per fit, not once
-    per epoch; an in-place edit of either tensor, another tensor or autograd recomputes."""
-    g = torch.Generator().manual_seed(8)
-    f, keys = torch.randn(6, 4, generator=g), torch.randn(5, 4, generator=g)
-    kept = KeptProduct()
-    calls = []
-
-    class Products(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            calls.append(func is torch.ops.aten.mm.default)
-            return func(*args, **(kwargs or {}))
-
-    def products(*args):
-        calls.clear()
-        with torch.no_grad(), Products():
-            out = kept(*args)
-        return out, sum(calls)
-
-    first, n_first = products(f, keys)
-    first.fill_(0)  # the caller builds in the returned memory: the kept product is untouched
-    again, n_again = products(f, keys)
-    assert (n_first, n_again) == (1, 0)
-    assert torch.equal(again, f @ keys.T)
-    f.mul_(2)  # edited in place: recomputed
-    edited, n_edited = products(f, keys)
-    assert n_edited == 1 and torch.equal(edited, f @ keys.T)
-    assert products(f.clone(), keys)[1] == 1  # equal values, another tensor
-    keys.add_(1)
-    assert products(f, keys)[1] == 1
-    with torch.enable_grad():
-        kept(f, keys)  # training: never kept
-    assert products(f, keys)[1] == 0  # the no-grad product kept before is still the one
-    small = KeptProduct(max_elements=10)
-    with torch.no_grad():
-        small(f, keys)
-    assert len(small.memo) == 0  # 30 entries > 10: not kept

@@ -10,21 +10,22 @@ import torch
 import torch.nn.functional as F
 from synthetic import make_feature_data
 
+from fewclip.methods import cache_method
 from fewclip.methods.base import FeatureData, accuracy
 from fewclip.methods.dual_adapter import (
     DUAL_DEFAULTS,
     DualAdapter,
     DualCache,
-    NegativeKeyProducts,
-    adapted_classifier,
     adaptive_reranking_loss,
     consistency_loss,
     consistency_target,
     pseudo_negative_keys,
     shot_slots,
     soft_labels,
-    stacked_products,
 )
+from fewclip.methods.kernels import dual as kernels
+from fewclip.methods.kernels.dual import adapted_classifier, reranking_loss, stacked_products
+from fewclip.methods.kernels.residual_keys import NegativeKeyProducts
 from fewclip.methods.search import grid_search_loop, linear_grid
 
 E1, E2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
@@ -217,7 +218,7 @@ def test_negative_key_products_equal_the_product_with_the_pseudo_negative_keys(l
     keys = F.normalize(torch.randn(labels.numel(), d, generator=g) + common, dim=-1)
     f = F.normalize(torch.randn(9, d, generator=g) + common, dim=-1)
     exact = f.double() @ pseudo_negative_keys(keys.double(), labels, c).T
-    products = NegativeKeyProducts(keys, labels, c)
+    products = NegativeKeyProducts(keys, labels, c, shot_slots(labels, c))
     got = products(f, f @ keys.T)
     # as close to the float64 value as the float32 product with F- is (both about 5e-7)
     assert (got - exact).abs().max() < 1e-6
@@ -230,7 +231,9 @@ def test_negative_key_products_equal_the_product_with_the_pseudo_negative_keys(l
 # -- losses --------------------------------------------------------------------------------
 
 
-def test_adaptive_reranking_loss_hand_case():
+@pytest.mark.parametrize("adaptive_reranking_loss", [adaptive_reranking_loss, reranking_loss])
+def test_adaptive_reranking_loss_hand_case(adaptive_reranking_loss):
+    """The plain loss and the fast one (written-out gradient) on a hand case."""
     f = torch.tensor([[0.6, 0.8]])
     protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     y = torch.tensor([0])
@@ -284,7 +287,7 @@ def test_consistency_loss_equals_two_cosine_similarities(mode):
     target = consistency_target(w_t, w_d, mode)
     for loss in (
         consistency_loss(w_plus, w_t, w_d, mode=mode),
-        consistency_loss(w_plus, w_t, w_d, mode=mode, target=target),
+        kernels.consistency_loss(w_plus, target, dim, (0.45, 0.55)),
     ):
         assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
         (grad,) = torch.autograd.grad(loss, w_plus)
@@ -307,8 +310,10 @@ def test_adaptive_reranking_loss_equals_the_cdist_definition(num_classes):
     anchor = (f - t_y).norm(dim=-1, keepdim=True)
     reference = torch.clamp(anchor + margins - nearest_d, min=0).mean()
     (expected,) = torch.autograd.grad(reference, protos)
+    plain = adaptive_reranking_loss(f, protos, y)
+    assert torch.allclose(torch.autograd.grad(plain, protos)[0], expected, atol=1e-6)
     for dots in (None, f @ protos.T):
-        loss = adaptive_reranking_loss(f, protos, y, dots=dots)
+        loss = reranking_loss(f, protos, y, dots=dots)
         assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
         (grad,) = torch.autograd.grad(loss, protos)
         assert torch.allclose(grad, expected, atol=1e-6)
@@ -319,22 +324,20 @@ def test_adaptive_reranking_loss_equals_the_cdist_definition(num_classes):
 def test_adaptive_reranking_loss_gradient_passes_gradcheck(num_classes, monkeypatch):
     """Both inputs' gradients of the written-out backward against finite differences
     (float64), with the label among a sample's nearest prototypes (both terms on one row)."""
-    from fewclip.methods import dual_adapter as dual
-
     g = torch.Generator().manual_seed(4)
     f = F.normalize(torch.randn(10, 5, generator=g, dtype=torch.float64), dim=-1)
     protos = 0.8 * torch.randn(num_classes, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, num_classes, (10,), generator=g)
     f.requires_grad_()
     protos.requires_grad_()
-    loss = adaptive_reranking_loss(f, protos, y, scale=1.0, k=3)
+    loss = reranking_loss(f, protos, y, scale=1.0, k=3)
     assert loss.item() > 0  # some hinges are active
     assert torch.autograd.gradcheck(
-        lambda a, b: adaptive_reranking_loss(a, b, y, scale=1.0, k=3), (f, protos)
+        lambda a, b: reranking_loss(a, b, y, scale=1.0, k=3), (f, protos)
     )
-    monkeypatch.setattr(dual, "DENSE_MARGIN_CLASSES", 0)  # the gathered path on the same case
+    monkeypatch.setattr(kernels, "DENSE_MARGIN_CLASSES", 0)  # the gathered path on the same case
     assert torch.autograd.gradcheck(
-        lambda a, b: adaptive_reranking_loss(a, b, y, scale=1.0, k=3), (f, protos)
+        lambda a, b: reranking_loss(a, b, y, scale=1.0, k=3), (f, protos)
     )
 
 
@@ -419,39 +422,6 @@ def test_a_training_step_makes_two_products_with_the_features(synthetic):
     ), shapes
 
 
-def test_each_cached_view_is_multiplied_with_the_keys_once(synthetic, monkeypatch):
-    """Training on V cached views for E > V epochs computes each view's product with the
-    cache keys once (ViewsWithKeyProducts), not once per epoch, and ends where computing it
-    in every step ends (residuals within float rounding, the same val accuracies)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from fewclip.methods import dual_adapter as dual
-
-    data = synthetic[0]
-    views, m = data.train_views.shape[0], data.cache_keys.shape[0]
-    products = []
-
-    class Products(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.mm.default and args[1].shape[-1] == m:
-                products.append(args[0].shape[0])
-            return func(*args, **(kwargs or {}))
-
-    with Products():
-        kept = DualAdapter(epochs=3 * views, search=False, lr=1e-2)
-        kept_fit = kept.fit(data)
-    # each view's product once, and the val features' once (KeptProduct)
-    assert sorted(products) == sorted([m] * views + [data.val_labels.numel()]), products
-    monkeypatch.setattr(dual.ViewsWithKeyProducts, "__call__", lambda self, e: self.views(e))
-    every = DualAdapter(epochs=3 * views, search=False, lr=1e-2)
-    history = [h["val_acc"] for h in every.fit(data).history]
-    assert [h["val_acc"] for h in kept_fit.history] == history
-    for name in ("r_t", "r_d", "r_k", "r_n", "r_kn"):
-        ours, reference = getattr(kept.module, name), getattr(every.module, name)
-        assert torch.allclose(ours, reference, atol=1e-6)
-    assert kept.module.r_k.abs().max() > 1e-3  # the residuals did train
-
-
 # -- the method ----------------------------------------------------------------------------
 
 
@@ -474,8 +444,6 @@ def test_search_equals_the_official_loop(synthetic):
 
 def test_search_in_val_chunks_equals_the_official_loop(synthetic, monkeypatch):
     """Memory flat in val size: the search sees val 7 images at a time, same choice."""
-    import fewclip.methods.dual_adapter as dual
-
     data, _, _ = synthetic
     method = DualAdapter(train=False, beta_range=(0, 7, 25), alpha_range=(0, 7, 10))
     method.fit(data)
@@ -487,7 +455,7 @@ def test_search_in_val_chunks_equals_the_official_loop(synthetic, monkeypatch):
     seen = []
     original = module.terms
     monkeypatch.setattr(module, "terms", lambda f: seen.append(len(f)) or original(f))
-    monkeypatch.setattr(dual, "LOGITS_CHUNK", 7)
+    monkeypatch.setattr(cache_method, "LOGITS_CHUNK", 7)
     found = method.search(data.val_features, data.val_labels, data)
     assert (found.beta, found.alpha, found.lam) == (reference.beta, reference.alpha, reference.lam)
     assert (
@@ -609,13 +577,11 @@ def test_best_epoch_is_restored_and_snapshots_hold_residuals_only(synthetic):
 
 
 def test_logits_in_chunks_equal_one_forward(synthetic, monkeypatch):
-    import fewclip.methods.dual_adapter as module
-
     data, test_f, _ = synthetic
     method = DualAdapter(train=False, search=False)
     method.fit(data)
     whole = method.module(test_f, 0.5, 1.0, 0.8)
-    monkeypatch.setattr(module, "LOGITS_CHUNK", 7)
+    monkeypatch.setattr(cache_method, "LOGITS_CHUNK", 7)
     chunks = method.logits(test_f, beta=0.5, alpha=1.0, lam=0.8)
     # equal to float rounding: a BLAS product's rounding may depend on its row count (here
     # the stacked narrow products, 2.6e-7 of the largest logit); a chunk out of place or
@@ -702,3 +668,74 @@ def test_the_forward_computes_one_product_with_the_cache_keys(synthetic):
         terms = module.terms(f)
     assert sum(s[-1] == m for s in shapes) == 1, shapes
     assert torch.allclose(terms.neg_affinity, f @ module.negative_keys_adapted().T, atol=1e-6)
+
+
+# -- fast == plain, on every cache layout and under label noise ------------------------------
+
+
+def _layout_data(data: FeatureData, layout: str, noise: bool) -> FeatureData:
+    """The synthetic few-shot set re-listed: blocked (each class's shots together, classes
+    in a scrambled order), shuffled (interleaved), unbalanced (three entries fewer); with
+    ``noise``, a fifth of the labels replaced by another class (unequal class counts)."""
+    g = torch.Generator().manual_seed(11)
+    y, c = data.train_labels, data.num_classes
+    order = torch.argsort(y * 0 + torch.randperm(c, generator=g)[y], stable=True)
+    if layout != "blocked":
+        order = torch.randperm(y.numel(), generator=g)
+    if layout == "unbalanced":
+        order = order[:-3]
+    labels = y[order].clone()
+    if noise:
+        flip = torch.rand(labels.numel(), generator=g) < 0.2
+        labels[flip] = (
+            labels[flip] + torch.randint(1, c, (labels.numel(),), generator=g)[flip]
+        ) % c
+    return dataclasses.replace(
+        data,
+        train_features=data.train_features[order],
+        train_views=data.train_views[:, order],
+        train_labels=labels,
+    )
+
+
+@pytest.mark.parametrize("noise", [False, True])
+@pytest.mark.parametrize("layout", ["blocked", "shuffled", "unbalanced"])
+def test_fast_equals_plain(synthetic, layout, noise):
+    """Every kernel of the fast path against the plain formulas on one cache: the forward
+    (affinities through ResidualKeys and NegativeKeyProducts, per-class value sums, the
+    written-out classifiers, stacked narrow products), a training step's loss and
+    gradients (ARL's and the consistency's fast forms), and the search (pruning, alpha
+    intervals, stacked betas) against the exhaustive one."""
+    data = _layout_data(synthetic[0], layout, noise)
+    g = torch.Generator().manual_seed(2)
+    ranges = dict(beta_range=(0, 7, 12), alpha_range=(0, 7, 8), lam_range=(0.6, 1.0, 5))
+    fast, plain = DualAdapter(train=False, **ranges), DualAdapter(train=False, fast=False, **ranges)
+    fast.fit(data)
+    plain.fit(data)
+    assert fast.module.kernels.positive.blocks is not None or layout != "blocked" or noise
+    with torch.no_grad():
+        for name, p in fast.module.named_parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            getattr(plain.module, name).copy_(p)
+    f = data.val_features
+    for setting in ((0.5, 1.0, 0.8), (3.0, 2.5, 0.6), (0.0, 0.0, 1.0)):
+        ours, reference = fast.module(f, *setting), plain.module(f, *setting)
+        assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    batch, y = data.view(0)[:40], data.train_labels[:40]
+    grads = []
+    for method in (fast, plain):
+        method.module.zero_grad()
+        loss = method.training_loss(method.module, 2.0, 1.5, 0.75)(batch, y)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in method.module.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    for ours, reference in zip(grads[0][1], grads[1][1], strict=True):
+        assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-6)
+    found = fast.search(data.val_features, data.val_labels, data)
+    reference = plain.search(data.val_features, data.val_labels, data)
+    assert (found.beta, found.alpha, found.lam, found.correct) == (
+        reference.beta,
+        reference.alpha,
+        reference.lam,
+        reference.correct,
+    )

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import ClassBlocks, chunked, row_chunks
+from .kernels.cache import ClassBlocks, chunked, row_chunks
 from .search import count_correct, grid_scales, linear_grid
 
 REFERENCE_DIM = 1024  # RN50's d: the unit of the official channel counts

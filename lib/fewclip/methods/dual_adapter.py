@@ -82,49 +82,36 @@ Differences from the official code (zhangce01/DualAdapter), each deliberate:
   official code would stop with a KeyError) are read as beta [0, 15) in 100 steps and
   alpha [0, 10) / [0, 7) in 20 steps, lam the default [0.6, 1.0) in 20 steps.
 
+Fast path: ``fast=True`` (the default) sends the forward, the losses and the search to
+:mod:`.kernels.dual` (adapted keys and classifiers never formed, written-out gradients,
+per-class value sums, the interval search); ``fast=False`` runs the formulas as written
+here (:meth:`DualCache.forward`, :func:`adaptive_reranking_loss`,
+:func:`consistency_loss`, an exhaustive vectorised search). Both give the same values to
+float rounding and the same search choice (``tests/test_dual_adapter.py``).
+
 Selection sees only ``data.val_*``. The run layer decides what that is: the official code
 uses ImageNet's val (= its test set) for both, which a run-layer switch can reproduce.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import (
-    BufferDerived,
-    ClassBlocks,
-    KeptProduct,
-    ResidualKeys,
-    TensorMemo,
-    ValueProducts,
-    cache_term,
-    chunked,
-    row_chunks,
-    stacked_cache_terms,
-)
-from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
+from .base import FeatureData, FitResult, register_method
+from .cache_method import CacheMethod, CacheModule, Range
+from .kernels import dual as kernels
+from .kernels.dual import DualComponents, DualTerms
+from .search import linear_grid
 from .training import adamw, fit_epochs
 
-Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
-
 TEXT_WEIGHTS = (0.45, 0.55)  # W+ = 0.45 * template + 0.55 * description
-COSINE_EPS = 1e-7  # the consistency cosines' norm floor
+COSINE_EPS = kernels.COSINE_EPS  # the consistency cosines' norm floor
 NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP)
-#: ARL's margins t_y . t_j from one (B, d) x (d, C) product up to this many classes, else
-#: from the k nearest prototypes gathered (B k d work instead of B C d)
-DENSE_MARGIN_CLASSES = 64
-LOGITS_CHUNK: int | None = None  # images per forward at evaluation; None: row_chunks(M)
-#: Up to this many classes f's products with the narrow matrices of a forward (W+, R_k,
-#: R_k-, the negative classifier and F-'s slot sums) are one product with their stack
-#: (:func:`stacked_products`); above, one product each
-STACKED_PRODUCT_CLASSES = 64
 
 
 @dataclass(frozen=True)
@@ -237,161 +224,25 @@ def pseudo_negative_keys(
     return F.normalize(others / n_others.clamp(min=1)[:, None], dim=-1)
 
 
-class NegativeKeyProducts:
-    """``f @ F-^T`` (N, M) from ``f @ F^T``, without the (N, d) x (d, M) product.
-
-    F-_i = norm(mean_{j != c} F_{j,k}) = (S_k - F_i) * scale_i, with S_k (d,) the sum of
-    the k-th shots of all classes (:func:`pseudo_negative_keys`; entry i is the k-th shot
-    of class c), scale_i = (1 / n_i) / max(||(S_k - F_i) / n_i||, 1e-12) as
-    ``F.normalize``'s, and 0 where no other class has a k-th shot. Hence
-
-        f . F-_i = (f . S_k - f . F_i) * scale_i,
-
-    an (N, d) x (d, K) product and an element-wise pass instead of N d M multiply-adds
-    (half of the two affinity products of every DualAdapter step and evaluation). Equal to
-    ``f @ pseudo_negative_keys(...).T`` to float rounding (the rounding of F-_i is not
-    repeated; ``tests/test_dual_adapter.py``).
-    """
-
-    def __init__(self, keys: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
-        self.slots = shot_slots(labels, num_classes)
-        num_slots = int(self.slots.max()) + 1
-        self.slot_sums = keys.new_zeros(num_slots, keys.shape[1]).index_add_(0, self.slots, keys)
-        # each class has at most one entry per slot: the others are the slot's other entries
-        n_others = torch.bincount(self.slots, minlength=num_slots)[self.slots] - 1  # (M,)
-        others = self.slot_sums[self.slots] - keys
-        n = n_others.clamp(min=1).to(keys.dtype)
-        norm = (others / n[:, None]).norm(dim=-1).clamp_min(1e-12)
-        self.scale = torch.where(n_others > 0, 1 / (n * norm), torch.zeros_like(norm))  # (M,)
-        # blocked (each class's K entries together): slot of entry (block b, position k) = k
-        blocks = ClassBlocks(labels, num_classes)
-        self.shots = blocks.shots if blocks.block_class is not None else 0
-
-    def __call__(
-        self, f: torch.Tensor, f_keys: torch.Tensor, f_sums: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """f (N, d), f_keys (N, M) = f @ F^T -> (N, M) f @ F-^T (a new tensor).
-        ``f_sums`` (N, K) = f @ S^T when the caller has it, else computed here."""
-        if f_sums is None:
-            f_sums = f @ self.slot_sums.T  # (N, K) f . S_k
-        if self.shots:
-            n, k = f.shape[0], self.shots
-            out = torch.sub(f_sums[:, None, :], f_keys.view(n, -1, k)).view(n, -1)
-        else:
-            out = f_sums.index_select(1, self.slots).sub_(f_keys)
-        return out.mul_(self.scale)
-
-
-# -- losses ------------------------------------------------------------------------------
+# -- losses, as written in the paper and code --------------------------------------------
 
 
 def adaptive_reranking_loss(
-    features: torch.Tensor,
-    prototypes: torch.Tensor,
-    labels: torch.Tensor,
-    scale: float = 4.0,
-    k: int = 3,
-    dots: torch.Tensor | None = None,
+    features: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor, scale=4.0, k=3
 ) -> torch.Tensor:
     """ARL: mean over samples and their k nearest prototypes j of
     max(0, d(f, t_y) + (1 - t_y . t_j) / scale - d(f, t_j)), d Euclidean.
 
-    features (B, d), prototypes (C, d) used as they are (W+ columns), labels (B,);
-    ``dots`` (B, C) ``features @ prototypes.T`` when the caller has it (DualAdapter's
-    positive text logits share it), else computed here.
-    As the official code (``torch.cdist``, then the k smallest), the distances to the
-    prototypes come from ``||f||^2 + ||t||^2 - 2 f . t`` (the formula cdist uses when B or
-    C exceeds 25), and d(f, t_y) is computed directly. The gradient is written out
-    (:class:`_RerankingLoss`) on (B, C) matrices: autograd through gathers, differences
-    and norms makes a dozen (B, k, d) passes and a scattered ``index_put`` per step (70%
-    of the loss's time at B = 240, C = 15); equal to the cdist definition's to float
-    rounding (``tests/test_dual_adapter.py``).
+    features (B, d), prototypes (C, d) used as they are (W+ columns), labels (B,). As the
+    official code: ``torch.cdist``, then the k smallest; d(f, t_y) computed directly.
+    The fast path is :func:`.kernels.dual.reranking_loss`.
     """
-    if dots is None:
-        dots = features @ prototypes.T
-    k = min(k, prototypes.shape[0])
-    return _RerankingLoss.apply(features, prototypes, dots, labels, k, scale)
-
-
-def _inverse(x: torch.Tensor) -> torch.Tensor:
-    """1 / x where x > 0, else 0 (the gradient of a norm at 0, as torch's norm backward)."""
-    return torch.where(x > 0, x.reciprocal(), torch.zeros_like(x))
-
-
-class _RerankingLoss(torch.autograd.Function):
-    """ARL over the k nearest prototypes n_bj (B, k), from dots = f P^T (B, C). With
-    w_bj = g / (B k) on the active terms (hinge > 0), a_b = sum_j w_bj / d(f_b, t_y), and
-    two (B, C) matrices holding S[b, n_bj] = w_bj / d(f_b, t_j) and Q[b, n_bj] = w_bj /
-    scale:
-
-    dL/d dots = S
-    dL/dP     = -colsum(S) * P - Q^T t_y, plus on each sample's label row -a_b (f_b - t_y)
-                - (Q P)_b
-    dL/df     = a (f - t_y) - rowsum(S) * f
-
-    (the rest flows through dots). Up to :data:`DENSE_MARGIN_CLASSES` classes the margins
-    t_y . t_j are read from the (C, C) products P P^T, and Q enters only summed per label
-    class, Y^T Q (C, C) with Y the (B, C) one-hot labels: Q^T t_y = (Y^T Q)^T P and the
-    label rows' (Q P)_b summed per class are (Y^T Q) P, so the backward's products are
-    (C, C) x (C, d) instead of (C, B) x (B, d); above, the margins come from the k nearest
-    prototypes gathered, and Q's rows are scattered with ``index_add``.
-    """
-
-    @staticmethod
-    def forward(ctx, features, prototypes, dots, labels, k: int, scale: float):
-        squared = features.pow(2).sum(-1, keepdim=True) + prototypes.pow(2).sum(-1)
-        squared = squared.sub_(2 * dots)  # (B, C) squared distances
-        nearest = squared.topk(k, dim=1, largest=False)[1]  # (B, k)
-        nearest_d = squared.gather(1, nearest).clamp_min_(0).sqrt_()  # (B, k)
-        t_y = prototypes.index_select(0, labels)  # (B, d)
-        to_label = features - t_y
-        anchor = to_label.norm(dim=-1, keepdim=True)  # (B, 1)
-        near = None  # the k nearest prototypes (B, k, d), gathered for many classes only
-        if prototypes.shape[0] <= DENSE_MARGIN_CLASSES:  # t_c . t_j for every pair
-            c = prototypes.shape[0]
-            pairs = (prototypes @ prototypes.T).flatten()  # (C C,) t_c . t_j at c C + j
-            label_dots = pairs.take(labels[:, None] * c + nearest)  # (B, k) t_y . t_j
-        else:  # for the k nearest only (B k d work, not B C d)
-            b, dim = nearest.shape[0], prototypes.shape[1]
-            near = prototypes.index_select(0, nearest.flatten()).view(b, k, dim)
-            label_dots = (near * t_y[:, None]).sum(-1)
-        margins = torch.rsub(label_dots, 1).div_(scale)  # (B, k)
-        hinge = anchor + margins - nearest_d
-        ctx.save_for_backward(
-            features, prototypes, labels, nearest, t_y, to_label, nearest_d, anchor, near
-        )
-        ctx.active = hinge > 0
-        ctx.scale = scale
-        return torch.clamp(hinge, min=0).mean()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        f, p, labels, nearest, t_y, to_label, nearest_d, anchor, near = ctx.saved_tensors
-        b, k = nearest.shape
-        w = ctx.active.to(f.dtype) * (grad / (b * k))  # (B, k)
-        a = w.sum(-1, keepdim=True) * _inverse(anchor)  # (B, 1)
-        s = f.new_zeros(b, p.shape[0]).scatter_add_(1, nearest, w * _inverse(nearest_d))
-        grad_f = grad_p = None
-        if ctx.needs_input_grad[0]:
-            grad_f = (a * to_label).sub_(s.sum(1, keepdim=True) * f)
-        if ctx.needs_input_grad[1]:
-            grad_p = s.sum(0)[:, None] * p
-            label_rows = a * to_label
-            if near is None:  # Q summed per label class: Y^T Q (C, C)
-                c = p.shape[0]
-                yq = f.new_zeros(c * c).index_add_(
-                    0, (labels[:, None] * c + nearest).flatten(), (w / ctx.scale).flatten()
-                )
-                yq = yq.view(c, c)
-                grad_p.add_((yq + yq.T) @ p)  # Q^T t_y = (Y^T Q)^T P, Y^T (Q P) = (Y^T Q) P
-            else:  # Q's k entries per row
-                q = w / ctx.scale
-                rows = (q[..., None] * t_y[:, None]).flatten(0, 1)  # (B k, d)
-                grad_p.index_add_(0, nearest.flatten(), rows)
-                label_rows.add_(torch.bmm(q[:, None], near)[:, 0])
-            grad_p.neg_().index_add_(0, labels, label_rows.neg_())
-        grad_dots = s if ctx.needs_input_grad[2] else None
-        return grad_f, grad_p, grad_dots, None, None, None
+    distances = torch.cdist(features, prototypes)  # (B, C)
+    nearest_d, nearest = distances.topk(min(k, prototypes.shape[0]), dim=1, largest=False)
+    t_y = prototypes[labels]  # (B, d)
+    margins = (1.0 - (prototypes[nearest] * t_y[:, None]).sum(-1)) / scale  # (B, k)
+    anchor = (features - t_y).norm(dim=-1, keepdim=True)  # (B, 1)
+    return torch.clamp(anchor + margins - nearest_d, min=0).mean()
 
 
 def _consistency_dim(mode: str) -> int:
@@ -402,194 +253,41 @@ def _consistency_dim(mode: str) -> int:
     return 0 if mode == "class" else 1
 
 
-def consistency_target(
-    w_t: torch.Tensor,
-    w_d: torch.Tensor,
-    mode: str = "class",
-    weights: tuple[float, float] = TEXT_WEIGHTS,
-) -> torch.Tensor:
-    """(d, C) 0.45 W_t / ||W_t|| + 0.55 W_d / ||W_d||, each normalised along the axis of
-    ``mode`` (the frozen side of :func:`consistency_loss`, computed once per fit)."""
-    dim = _consistency_dim(mode)
-    return weights[0] * F.normalize(w_t, dim=dim, eps=COSINE_EPS) + weights[1] * F.normalize(
-        w_d, dim=dim, eps=COSINE_EPS
-    )
-
-
 def consistency_loss(
     w_plus: torch.Tensor,
     w_t: torch.Tensor,
     w_d: torch.Tensor,
     mode: str = "class",
     weights: tuple[float, float] = TEXT_WEIGHTS,
-    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mean(0.45 * (1 - cos(W+, W_t)) + 0.55 * (1 - cos(W+, W_d))), all (d, C).
 
     mode "class": cosine per class column (C values); "official": along the class axis for
-    each feature dimension (d values), as the official code computes it.
-
-    Both cosines share W+'s norm, so the loss is ``0.45 + 0.55 - mean(W+ . T / ||W+||)``
-    with T = :func:`consistency_target` (pass it as ``target`` to reuse it across steps):
-    one product and one norm where two ``F.cosine_similarity`` make a dozen passes; equal
-    to float rounding (norms clamped at 1e-7, as ``cosine_similarity``'s eps).
+    each feature dimension (d values), as the official code computes it. The fast path is
+    :func:`.kernels.dual.consistency_loss` (one product with a target computed once).
     """
     dim = _consistency_dim(mode)
-    if target is None:
-        target = consistency_target(w_t, w_d, mode, weights)
-    cosines = (w_plus * target).sum(dim) / w_plus.norm(dim=dim).clamp_min(COSINE_EPS)
-    return (weights[0] + weights[1] - cosines).mean()
+    cos_t = F.cosine_similarity(w_plus, w_t, dim=dim, eps=COSINE_EPS)
+    cos_d = F.cosine_similarity(w_plus, w_d, dim=dim, eps=COSINE_EPS)
+    return (weights[0] * (1 - cos_t) + weights[1] * (1 - cos_d)).mean()
+
+
+def consistency_target(
+    w_t: torch.Tensor, w_d: torch.Tensor, mode: str = "class", weights=TEXT_WEIGHTS
+) -> torch.Tensor:
+    """(d, C) the frozen side of the fast consistency loss (:mod:`.kernels.dual`)."""
+    return kernels.consistency_target(w_t, w_d, _consistency_dim(mode), weights)
 
 
 # -- the forward -------------------------------------------------------------------------
 
 
-def adapted_classifier(
-    frozen: Sequence[torch.Tensor],
-    residuals: Sequence[torch.Tensor],
-    weights: Sequence[float] | None = None,
-) -> torch.Tensor:
-    """(d, C) sum_i a_i norm(W_i + R_i^T), each column normalised (``F.normalize(..., dim=0)``
-    with its eps 1e-12); W_i (d, C) frozen, R_i (C, d) residuals, a_i ``weights`` (None:
-    one term, no weight). The same float operations as the written-out expression (values
-    bit-identical), with the gradient written out (:class:`_AdaptedClassifier`)."""
-    pairs = [t for pair in zip(frozen, residuals, strict=True) for t in pair]
-    return _AdaptedClassifier.apply(None if weights is None else tuple(weights), *pairs)
+class DualCache(CacheModule):
+    """Frozen inputs (buffers) and the five residuals of DualAdapter; the forward.
 
-
-class _AdaptedClassifier(torch.autograd.Function):
-    """out = sum_i a_i u_i, u_i = x_i / max(||x_i||, eps) per column, x_i = W_i + R_i^T.
-
-    Backward for G (d, C): dL/dR_i = (a_i (G - u_i (u_i . G)) / ||x_i||)^T per column, and
-    a_i G / eps for a column whose norm is below eps (where F.normalize divides by eps).
-    One node instead of autograd's six per term (add, transpose, norm, clamp, expand,
-    divide) and the weights' products and sum: DualAdapter computes W+ and the negative
-    classifier at every training step.
+    Built on its inputs' device; with ``fast`` its kernels (:class:`.kernels.dual.DualKernels`)
+    derive what they need from the frozen inputs here, once.
     """
-
-    @staticmethod
-    def forward(ctx, weights, *pairs):
-        units, norms, out = [], [], None
-        for i in range(0, len(pairs), 2):
-            x = pairs[i] + pairs[i + 1].T
-            norm = x.norm(2, 0, keepdim=True)  # (1, C)
-            unit = x / norm.clamp_min(1e-12).expand_as(x)
-            units.append(unit)
-            norms.append(norm)
-            term = unit if weights is None else weights[i // 2] * unit
-            out = term if out is None else out + term
-        ctx.save_for_backward(*units, *norms)
-        ctx.weights = weights
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        saved = ctx.saved_tensors
-        half = len(saved) // 2
-        grads: list[torch.Tensor | None] = [None]  # for weights
-        for i, (unit, norm) in enumerate(zip(saved[:half], saved[half:], strict=True)):
-            grads.append(None)  # the frozen W_i
-            if not ctx.needs_input_grad[2 + 2 * i]:
-                grads.append(None)
-                continue
-            g = grad if ctx.weights is None else ctx.weights[i] * grad
-            out = torch.sub(g, unit * (unit * g).sum(0, keepdim=True))
-            clamped = norm < 1e-12
-            if bool(clamped.any()):  # a column below eps: divided by eps, not normalised
-                out = torch.where(clamped, g / 1e-12, out / norm.masked_fill(clamped, 1.0))
-            else:
-                out = out.div_(norm)
-            grads.append(out.T)
-        return tuple(grads)
-
-
-def stacked_products(
-    f: torch.Tensor, matrices: Sequence[torch.Tensor], stack: bool = True
-) -> list[torch.Tensor]:
-    """``[f @ m.T for m in matrices]``, f (N, d), each m (n_i, d) -> (N, n_i).
-
-    ``stack``: one product with the matrices stacked ((N, d) x (d, sum n_i)), its column
-    blocks returned as views. On CPU a product with a few output columns runs far below
-    the machine's rate (one thread: 73 us for (240, 256) x (256, 15), 157 us for five such
-    matrices stacked), and autograd's backward of one product is one (sum n_i, N) x (N, d)
-    product instead of one per matrix. Stacking copies the matrices each call, which
-    costs more than it saves when they are large (C = 1,000, d = 1,024: 32 ms against
-    28 ms), hence the switch. Equal to the separate products to float rounding.
-    """
-    if not stack:
-        return [f @ m.T for m in matrices]
-    out = f @ torch.cat(list(matrices)).T
-    return list(out.split([m.shape[0] for m in matrices], dim=1))
-
-
-class NarrowProducts(NamedTuple):
-    """f's products with the narrow matrices of one forward (:meth:`DualCache.narrow_products`)."""
-
-    pos_dots: torch.Tensor  # (N, C) f @ W+
-    neg_dots: torch.Tensor  # (N, C) f @ norm(W_n + R_n^T)
-    residual: torch.Tensor  # (N, C) f @ R_k^T
-    negative_residual: torch.Tensor | None  # (N, C) f @ R_k-^T; None: no F-
-    slot_sums: torch.Tensor | None  # (N, K) f @ S^T (F-'s slot sums); None: no F-
-
-
-class ViewsWithKeyProducts:
-    """The training rows of each epoch with their products with the frozen cache keys
-    appended: ``view_fn(epoch)`` -> [V | V @ F^T] (N, d + M), V = ``views(epoch)``.
-
-    Epoch e trains on cached view e % V (10 views, 30 epochs: each view three times), so
-    V @ F^T, the largest product of a training step ((240, 256) x (256, 240) at 16 shots of
-    15 classes: a fifth of the step), is computed once per view, not once per epoch; the
-    rows travel through the epoch's shuffling and batching with their features. Kept per
-    view (:class:`.cache_ops.TensorMemo`), at most :attr:`max_views` of them and only while
-    a view's rows hold at most ``max_elements`` numbers (a few-shot cache; at ImageNet's
-    16,000 entries the rows would be 1 GB: the views are returned as they are). A view
-    encoded afresh each epoch (the re-encoding benchmark) is a new tensor and gets its own
-    product.
-    """
-
-    max_views = 32
-
-    def __init__(
-        self,
-        views: Callable[[int], torch.Tensor],
-        keys: torch.Tensor,
-        max_elements: int = 1 << 20,
-    ) -> None:
-        self.views = views
-        self.keys = keys
-        self.max_elements = max_elements
-        self._memo = TensorMemo(capacity=self.max_views)
-
-    def __call__(self, epoch: int) -> torch.Tensor:
-        view = self.views(epoch)
-        if view.shape[0] * (view.shape[1] + self.keys.shape[0]) > self.max_elements:
-            return view
-        return self._memo.get((view,), lambda: self._with_products(view.float()))
-
-    def _with_products(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.cat([rows, rows @ self.keys.T], 1)
-
-
-class DualTerms(NamedTuple):
-    """The parts of the forward that depend on no hyper-parameter."""
-
-    pos_text: torch.Tensor  # (N, C) s * (f @ W+)
-    pos_affinity: torch.Tensor  # (N, M) f @ norm(F + R_k)^T
-    neg_text: torch.Tensor  # (N, C) 0.15 s (1 - f @ norm(W_n + R_n))
-    neg_affinity: torch.Tensor | None  # (N, M) f @ norm(F- + R_k-)^T; None: no F-
-
-
-class DualComponents(NamedTuple):
-    """The forward at one beta, before (alpha, lam) blend it (see :mod:`.search`)."""
-
-    pos_text: torch.Tensor  # (N, C)
-    pos_cache: torch.Tensor  # (N, C) exp(-beta (1 - f @ K+^T)) @ L~
-    neg_text: torch.Tensor  # (N, C)
-    neg_cache: torch.Tensor  # (N, C) exp(-beta f @ K-^T) @ L (zeros without F-)
-
-
-class DualCache(nn.Module):
-    """Frozen inputs (buffers) and the five residuals of DualAdapter; one forward."""
 
     def __init__(
         self,
@@ -604,13 +302,13 @@ class DualCache(nn.Module):
         negative_cache: bool = True,
         soft_temperature: float = 0.1,
         soft_shots: int | None = None,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         dim, num_classes = w_t.shape
         keys = keys.detach().clone().float()
-        # (d, C) classifiers laid out class by class, as the (C, d) residuals are: W + R^T,
-        # its normalisation over d and the consistency loss then read memory in order (on
-        # the (d, C) layout W + R^T strides across rows: 10x slower at C = 1,000)
+        # (d, C) classifiers laid out class by class, as the (C, d) residuals are (W + R^T
+        # and its normalisation over d then read memory in order)
         w_t, w_d, w_n = (t.detach().float().T.contiguous().T for t in (w_t, w_d, w_n))
         values = F.one_hot(labels, num_classes).float()
         soft_values = (
@@ -631,113 +329,82 @@ class DualCache(nn.Module):
         for name, tensor in buffers.items():
             self.register_buffer(name, tensor, persistent=False)
         self.logit_scale = float(logit_scale)
+        self.negative_text_scale, self.text_weights = NEGATIVE_TEXT_SCALE, TEXT_WEIGHTS
         self.negative_cache = negative_cache
-        self._products = ValueProducts()
-        self._residual_keys = BufferDerived(ResidualKeys)
-        self._negative_products = BufferDerived(NegativeKeyProducts)
-        self._key_products = KeptProduct()
+        self.fast = fast
+        self.kernels = None
+        if fast:
+            slots = shot_slots(self.labels, num_classes)
+            self.kernels = kernels.DualKernels(
+                keys, negative_keys, self.labels, slots, values, soft_values, negative_cache
+            )
         zeros = lambda: nn.Parameter(torch.zeros(num_classes, dim, device=keys.device))
         self.r_t, self.r_d, self.r_k = zeros(), zeros(), zeros()  # positive residuals
         self.r_n, self.r_kn = zeros(), zeros()  # negative residuals (R_n, R_k-)
 
     def positive_classifier(self) -> torch.Tensor:
         """W+ (d, C) = 0.45 norm(W_t + R_t^T) + 0.55 norm(W_d + R_d^T)."""
-        return adapted_classifier((self.w_t, self.w_d), (self.r_t, self.r_d), TEXT_WEIGHTS)
+        if self.fast:
+            pairs = (self.w_t, self.w_d), (self.r_t, self.r_d)
+            return kernels.adapted_classifier(*pairs, TEXT_WEIGHTS)
+        w_t = F.normalize(self.w_t + self.r_t.T, dim=0)
+        w_d = F.normalize(self.w_d + self.r_d.T, dim=0)
+        return TEXT_WEIGHTS[0] * w_t + TEXT_WEIGHTS[1] * w_d
 
     def negative_classifier(self) -> torch.Tensor:
-        """(d, C) norm(W_n + R_n^T)."""
-        return adapted_classifier((self.w_n,), (self.r_n,))
+        """W- (d, C) = norm(W_n + R_n^T)."""
+        if self.fast:
+            return kernels.adapted_classifier((self.w_n,), (self.r_n,))
+        return F.normalize(self.w_n + self.r_n.T, dim=0)
 
     def positive_keys(self) -> torch.Tensor:
-        """(M, d) norm(F + R_k[y])."""
+        """K+ (M, d) = norm(F + R_k[y])."""
         return F.normalize(self.keys + self.r_k[self.labels], dim=-1)
 
     def negative_keys_adapted(self) -> torch.Tensor:
-        """(M, d) norm(F- + R_k-[y])."""
+        """K- (M, d) = norm(F- + R_k-[y])."""
         return F.normalize(self.negative_keys + self.r_kn[self.labels], dim=-1)
 
-    def narrow_products(
-        self, f: torch.Tensor, w_plus: torch.Tensor | None = None
-    ) -> NarrowProducts:
-        """f's products with the forward's narrow matrices: W+ (``w_plus`` when the caller
-        has computed it this step), norm(W_n + R_n^T), R_k and, with F-, R_k- and F-'s slot
-        sums; one product with their stack up to :data:`STACKED_PRODUCT_CLASSES` classes
-        (:func:`stacked_products`)."""
-        w_plus = self.positive_classifier() if w_plus is None else w_plus
-        matrices = [w_plus.T, self.negative_classifier().T, self.r_k]
-        if self.negative_cache:
-            products = self._negative_products.get(
-                "keys", self.keys, self.labels, num_classes=self.r_k.shape[0]
-            )
-            matrices += [self.r_kn, products.slot_sums]
-        stack = self.r_k.shape[0] <= STACKED_PRODUCT_CLASSES
-        parts = stacked_products(f, matrices, stack)
-        return NarrowProducts(*parts, *[None] * (len(NarrowProducts._fields) - len(parts)))
-
-    def terms(
-        self,
-        f: torch.Tensor,
-        narrow: NarrowProducts | None = None,
-        f_keys: torch.Tensor | None = None,
-    ) -> DualTerms:
-        """The beta-free parts; the affinities are f @ K+^T and f @ K-^T with K+ = norm(F +
-        R_k[y]) and K- = norm(F- + R_k-[y]), computed without forming those (M, d) matrices
-        (:class:`.cache_ops.ResidualKeys`; equal to float rounding). One (N, d) x (d, M)
-        product, f @ F^T, serves both: f @ F-^T follows from it
-        (:class:`NegativeKeyProducts`). ``narrow``: :meth:`narrow_products` when the caller
-        has computed them this step (the loss's ARL uses f @ W+ too), else computed here.
-        ``f_keys`` (N, M): f @ F^T when the caller has it (:class:`ViewsWithKeyProducts`; it
-        is overwritten), else computed here."""
+    def forward(self, f: torch.Tensor, beta: float, alpha: float, lam: float) -> torch.Tensor:
+        """(N, d) normalised features -> (N, C) unified logits, the module doc's equations."""
+        if self.fast:
+            return self.combine(self.components(self.terms(f), beta), alpha, lam)
         s = self.logit_scale
-        c = self.r_k.shape[0]
-        if narrow is None:
-            narrow = self.narrow_products(f)
-        positive = self._residual_keys.get("keys", self.keys, self.labels, num_classes=c)
-        f_frozen = f.detach()  # the frozen products: the affinities' backward is written out
-        if f_keys is None:  # (N, M) f @ F^T, kept for the val features
-            f_keys = self._key_products(f, self.keys)
-        neg_affinity = None
+        K_pos, K_neg = self.positive_keys(), self.negative_keys_adapted()
+        W_plus, W_neg = self.positive_classifier(), self.negative_classifier()
+        pos = s * f @ W_plus + alpha * torch.exp(-beta * (1 - f @ K_pos.T)) @ self.soft_values
+        neg = NEGATIVE_TEXT_SCALE * s * (1 - f @ W_neg)
         if self.negative_cache:
-            negative = self._residual_keys.get(
-                "negative_keys", self.negative_keys, self.labels, num_classes=c
-            )
-            products = self._negative_products.get("keys", self.keys, self.labels, num_classes=c)
-            frozen = products(f_frozen, f_keys, narrow.slot_sums.detach())
-            neg_affinity = negative.affinity(f, self.r_kn, frozen, narrow.negative_residual)
+            neg = neg + alpha * torch.exp(-beta * (f @ K_neg.T)) @ self.values
+        return lam * pos + (1 - lam) * neg
+
+    # -- the forward in two stages, for the search (:mod:`.search`) -----------------------
+    def terms(self, f: torch.Tensor) -> DualTerms:
+        """The beta-free parts: s f @ W+, f @ K+^T, 0.15 s (1 - f @ W-), f @ K-^T."""
+        if self.fast:
+            return self.kernels.terms(self, f)
+        s = self.logit_scale
+        neg_affinity = f @ self.negative_keys_adapted().T if self.negative_cache else None
         return DualTerms(
-            pos_text=s * narrow.pos_dots,
-            # overwrites f_keys
-            pos_affinity=positive.affinity(f, self.r_k, f_keys, narrow.residual),
-            neg_text=NEGATIVE_TEXT_SCALE * s * (1 - narrow.neg_dots),
+            pos_text=s * f @ self.positive_classifier(),
+            pos_affinity=f @ self.positive_keys().T,
+            neg_text=NEGATIVE_TEXT_SCALE * s * (1 - f @ self.negative_classifier()),
             neg_affinity=neg_affinity,
         )
 
     def components(self, terms: DualTerms, beta: float) -> DualComponents:
-        """The cache terms at one beta; L~ and L applied as per-class sums (N M work, not
-        2 N M C: :class:`.cache_ops.ValueProduct`)."""
-        soft = self._products.get("soft_values", self.soft_values)
-        pos_cache = cache_term(terms.pos_affinity, beta, soft)
-        if terms.neg_affinity is None:
-            neg_cache = torch.zeros_like(terms.neg_text)
-        else:
-            values = self._products.get("values", self.values)
-            neg_cache = cache_term(terms.neg_affinity, beta, values, shifted=False)
+        """The cache terms at one beta: exp(-beta (1 - f @ K+^T)) @ L~, exp(-beta f @ K-^T) @ L."""
+        if self.fast:
+            return self.kernels.components(terms, beta)
+        pos_cache = torch.exp(-beta * (1 - terms.pos_affinity)) @ self.soft_values
+        neg_cache = torch.zeros_like(pos_cache)
+        if terms.neg_affinity is not None:
+            neg_cache = torch.exp(-beta * terms.neg_affinity) @ self.values
         return DualComponents(terms.pos_text, pos_cache, terms.neg_text, neg_cache)
 
-    def stacked_components(self, terms: DualTerms, betas: Sequence[float]) -> DualComponents:
-        """:meth:`components` at several betas, stacked along the rows (beta-major: (B N,
-        C)), without autograd; bit-identical rows (:func:`.cache_ops.stacked_cache_terms`)."""
-        b = len(betas)
-        soft = self._products.get("soft_values", self.soft_values)
-        pos_cache = stacked_cache_terms(terms.pos_affinity, betas, soft)
-        if terms.neg_affinity is None:
-            neg_cache = torch.zeros_like(pos_cache)
-        else:
-            values = self._products.get("values", self.values)
-            neg_cache = stacked_cache_terms(terms.neg_affinity, betas, values, shifted=False)
-        return DualComponents(
-            terms.pos_text.repeat(b, 1), pos_cache, terms.neg_text.repeat(b, 1), neg_cache
-        )
+    def stacked_components(self, terms: DualTerms, betas) -> DualComponents:
+        """:meth:`components` at several betas stacked along the rows (fast path)."""
+        return self.kernels.stacked_components(terms, betas)
 
     @staticmethod
     def combine(
@@ -748,29 +415,6 @@ class DualCache(nn.Module):
         neg = c.neg_text + alpha * c.neg_cache
         return lam * pos + (1 - lam) * neg
 
-    def forward(
-        self,
-        f: torch.Tensor,
-        beta: float,
-        alpha: float,
-        lam: float,
-        narrow: NarrowProducts | None = None,
-        f_keys: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(N, d) normalised features -> (N, C) unified logits. ``narrow``:
-        :meth:`narrow_products` when the caller has computed them this step (the loss's ARL
-        uses f @ W+ too), else computed here; ``f_keys``: see :meth:`terms`."""
-        terms = self.terms(f, narrow, f_keys)
-        return self.combine(self.components(terms, beta), alpha, lam)
-
-    def rows(self) -> int:
-        """Images per chunk at evaluation, so that an (rows, M) affinity stays bounded."""
-        return LOGITS_CHUNK or row_chunks(self.keys.shape[0])
-
-    def chunked(self, f: torch.Tensor, beta: float, alpha: float, lam: float) -> torch.Tensor:
-        """The forward over f (N, d) in chunks of :meth:`rows` (memory flat in N)."""
-        return chunked(lambda x: self(x.float(), beta, alpha, lam), f, self.rows())
-
     def positive_parameters(self) -> list[nn.Parameter]:
         return [self.r_t, self.r_d, self.r_k]
 
@@ -779,7 +423,7 @@ class DualCache(nn.Module):
 
 
 @register_method
-class DualAdapter(FeatureMethod):
+class DualAdapter(CacheMethod):
     """DualAdapter: positive and negative paths, each textual + cache; see the module doc."""
 
     name = "dual_adapter"
@@ -814,10 +458,10 @@ class DualAdapter(FeatureMethod):
         arl_weight: float = 1.0
         arl_scale: float = 4.0
         arl_k: int = 3
+        fast: bool = True  # False: the plain formulas (forward, losses, exhaustive search)
         progress: bool = False
 
-    module: DualCache | None = None
-    chosen: dict | None = None
+    setting = ("beta", "alpha", "lam")
     _trainable: int = 0
 
     def __init__(self, **options) -> None:
@@ -841,9 +485,6 @@ class DualAdapter(FeatureMethod):
         return temperature, shots
 
     # -- settings --------------------------------------------------------------------------
-    def _scales(self, data: FeatureData) -> tuple[float, float]:
-        return grid_scales(data.logit_scale, self.options.beta_scale, self.options.alpha_scale)
-
     def initial(self, data: FeatureData) -> tuple[float, float, float]:
         """(beta, alpha, lam) used while training; beta and alpha rescaled."""
         o, d = self.options, dual_defaults(self.options.dataset)
@@ -890,18 +531,20 @@ class DualAdapter(FeatureMethod):
         notes: list[str] = []
         w_t, w_d, w_n = self._classifiers(data, notes)
         temperature, soft_shots = self.soft_label_settings(data)
+        device = data.device
         module = self.module = DualCache(
-            data.cache_keys,
-            data.train_labels,
-            w_t,
-            w_d,
-            w_n,
+            data.cache_keys.to(device),
+            data.train_labels.to(device),
+            w_t.to(device),
+            w_d.to(device),
+            w_n.to(device),
             data.logit_scale,
             soft=o.soft_labels,
             negative_cache=o.negative_cache,
             soft_temperature=temperature,
             soft_shots=soft_shots,
-        ).to(data.device)
+            fast=o.fast,
+        )
         beta, alpha, lam = self.initial(data)
         result = FitResult(notes=notes)
         self._trainable = 0
@@ -957,81 +600,37 @@ class DualAdapter(FeatureMethod):
             seed=seed,
             progress=o.progress,
             desc=self.name,
-            view_fn=ViewsWithKeyProducts(data.view, module.keys),
         )
 
     def training_loss(
         self, module: DualCache, beta: float, alpha: float, lam: float
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The loss of one training step, ``loss(f (B, d), y (B,)) -> scalar``: CE of the
-        unified logits at (beta, alpha, lam), plus ARL and the weighted consistency unless
-        ``paths="negative"``. W+ is computed once per step (the logits and ARL share it).
-        ``f`` may also be (B, d + M), the rows of :class:`ViewsWithKeyProducts`: the features
-        with their products with the cache keys."""
+    ) -> Callable[..., torch.Tensor]:
+        """The loss of one training step, ``loss(f (B, d), [f_keys (B, M),] y (B,)) ->
+        scalar``: CE of the unified logits at (beta, alpha, lam), plus ARL and the weighted
+        consistency unless ``paths="negative"``. ``f_keys``: f @ F^T (fast path)."""
         o = self.options
-        target = consistency_target(module.w_t, module.w_d, o.consistency)
-        dim = module.keys.shape[1]
+        dim = _consistency_dim(o.consistency)
+        if not module.fast:
 
-        def loss_fn(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            f, f_keys = f.float(), None
-            if f.shape[1] > dim:  # [f | f @ F^T]: the affinities build in f_keys's memory
-                f, f_keys = f[:, :dim], f[:, dim:].contiguous()
-            w_plus = module.positive_classifier()
-            # pos_dots (B, C) = f @ W+: the positive text logits / s and ARL's f . t
-            narrow = module.narrow_products(f, w_plus)
-            loss = F.cross_entropy(module(f, beta, alpha, lam, narrow, f_keys), y)
-            if o.paths != "negative":
-                loss = loss + o.arl_weight * adaptive_reranking_loss(
-                    f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k, dots=narrow.pos_dots
-                )
-                loss = loss + o.consistency_weight * consistency_loss(
-                    w_plus, module.w_t, module.w_d, mode=o.consistency, target=target
-                )
-            return loss
+            def plain_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                f = f.float()
+                loss = F.cross_entropy(module(f, beta, alpha, lam), y)
+                if o.paths != "negative":
+                    w_plus = module.positive_classifier()
+                    loss = loss + o.arl_weight * adaptive_reranking_loss(
+                        f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k
+                    )
+                    loss = loss + o.consistency_weight * consistency_loss(
+                        w_plus, module.w_t, module.w_d, mode=o.consistency
+                    )
+                return loss
 
-        return loss_fn
-
-    def search(
-        self, features: torch.Tensor, labels: torch.Tensor, data: FeatureData
-    ) -> SearchResult:
-        """The (beta, alpha, lam) grid search on (features, labels), vectorised, in chunks
-        of features (the affinities are (rows, M): memory flat in the val size)."""
-        module = self._module()
-        betas, alphas, lams = self.grids(data)
-        with torch.no_grad():
-            return grid_search_chunked(
-                lambda f: module.terms(f.float()),
-                module.components,
-                module.combine,
-                features,
-                labels,
-                betas,
-                alphas,
-                lams,
-                rows=module.rows(),
-                stacked=module.stacked_components,
-            )
-
-    def _module(self) -> DualCache:
-        if self.module is None:
-            raise RuntimeError(f"{self.name}: call fit() before logits()")
-        return self.module
-
-    def logits(
-        self,
-        features: torch.Tensor,
-        *,
-        beta: float | None = None,
-        alpha: float | None = None,
-        lam: float | None = None,
-    ) -> torch.Tensor:
-        """(B, d) -> (B, C) at the chosen (beta, alpha, lam), or at the values given."""
-        module, c = self._module(), self.chosen
-        beta = c["beta"] if beta is None else beta
-        alpha = c["alpha"] if alpha is None else alpha
-        lam = c["lam"] if lam is None else lam
-        with torch.no_grad():  # in chunks: the affinities are (B, M)
-            return module.chunked(features, beta, alpha, lam)
+            return plain_loss
+        target = kernels.consistency_target(module.w_t, module.w_d, dim, TEXT_WEIGHTS)
+        weights = (o.arl_weight, o.consistency_weight) if o.paths != "negative" else None
+        return lambda f, y: module.kernels.loss(
+            module, f, y, (beta, alpha, lam), weights, (o.arl_scale, o.arl_k), target, dim
+        )
 
     def trainable_parameters(self) -> int:
         """Residual entries that train: 5 C d for the full method, 0 training-free."""

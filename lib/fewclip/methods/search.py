@@ -64,11 +64,7 @@ as over (alpha, lam), so that at ImageNet size a block still holds many settings
 val (the methods' (rows, M) affinities stay bounded, memory is flat in the val size) and
 sums each setting's integer counts over the chunks, so its choice is the unchunked one.
 
-Measured with ``benchmarks/bench_search.py`` (1 CPU thread, DualAdapter's full 160,000
-setting grid, C = 100, 400 val images): nested loop 27 s, vectorised 3 s, of which 1.5 s
-are the per-beta components that both pay; the same choice every time. Alpha intervals
-against evaluating every alpha, side by side (C = 100, 400 val, slower machine): 5.2 s ->
-3.8 s.
+Measurements (``benchmarks/bench_search.py``) are in ``docs/design/dual_adapter_kernels.md``.
 """
 
 from __future__ import annotations
@@ -86,8 +82,7 @@ CombineFn = Callable[[Components, torch.Tensor, "torch.Tensor | None"], torch.Te
 #: The most logits one (alpha, lam, rows, classes) block holds: 2^22 floats = 16 MB.
 MAX_BLOCK_ELEMENTS = 1 << 22
 #: Most (betas x rows x classes) stacked into one count call by grid_search_chunked (2^18:
-#: DualAdapter's search at C = 100, 400 val images 333 -> 197 ms against 2^16, at C = 15,
-#: 60 val images 30.5 -> 29.5 ms; 2^20 slower again)
+#: faster than 2^16 and 2^20 on DualAdapter's search, docs/design/dual_adapter_kernels.md)
 BETA_STACK_ELEMENTS = 1 << 18
 REFERENCE_SCALE = 100.0  # CLIP's logit scale: the unit of the official grids and constants
 

@@ -40,13 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FeatureData, FeatureMethod, FitResult, register_method
-from .cache_ops import ValueProducts, cache_term, chunked, row_chunks, stacked_cache_terms
-from .search import SearchResult, grid_scales, grid_search_chunked, linear_grid
+from .base import FeatureData, FitResult, register_method
+from .cache_method import CacheMethod, CacheModule, Range
+from .kernels.cache import ValueProduct, cache_term, stacked_cache_terms
+from .search import SearchResult, linear_grid
 from .training import adamw, fit_epochs
-
-Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
-LOGITS_CHUNK: int | None = None  # images per forward at evaluation; None: row_chunks(M)
 
 
 @dataclass(frozen=True)
@@ -95,10 +93,11 @@ class TipComponents(NamedTuple):
     cache_logits: torch.Tensor  # (N, C) exp(-beta * (1 - A)) @ L
 
 
-class TipCache(nn.Module):
+class TipCache(CacheModule):
     """The Tip-Adapter forward; the keys are a parameter for Tip-Adapter-F.
 
-    keys (M, d), values (M, C), classifier W (d, C), logit_scale s.
+    keys (M, d), values (M, C), classifier W (d, C), logit_scale s; built on the inputs'
+    device (the value product is derived from the frozen values once, here).
     """
 
     def __init__(
@@ -119,7 +118,7 @@ class TipCache(nn.Module):
         self.register_buffer("values", values.detach().clone().float(), persistent=False)
         self.register_buffer("classifier", classifier.detach().clone().float(), persistent=False)
         self.logit_scale = float(logit_scale)
-        self._products = ValueProducts()
+        self.value_product = ValueProduct(self.values)  # L as per-class sums, built once
 
     def terms(self, f: torch.Tensor) -> TipTerms:
         """f (N, d) -> s * f @ W (N, C) and affinities f @ F^T (N, M)."""
@@ -127,16 +126,14 @@ class TipCache(nn.Module):
 
     def components(self, terms: TipTerms, beta: float) -> TipComponents:
         """exp(-beta * (1 - A)) @ L at one beta, L applied as a per-class sum (N M work,
-        not 2 N M C: :class:`.cache_ops.ValueProduct`)."""
-        values = self._products.get("values", self.values)
-        cache_logits = cache_term(terms.affinity, beta, values)
+        not 2 N M C: :class:`.kernels.cache.ValueProduct`)."""
+        cache_logits = cache_term(terms.affinity, beta, self.value_product)
         return TipComponents(terms.clip_logits, cache_logits)
 
     def stacked_components(self, terms: TipTerms, betas: Sequence[float]) -> TipComponents:
         """:meth:`components` at several betas, stacked along the rows (beta-major: (B N,
-        C)), without autograd; bit-identical rows (:func:`.cache_ops.stacked_cache_terms`)."""
-        values = self._products.get("values", self.values)
-        cache_logits = stacked_cache_terms(terms.affinity, betas, values)
+        C)), without autograd; bit-identical rows (:func:`.kernels.cache.stacked_cache_terms`)."""
+        cache_logits = stacked_cache_terms(terms.affinity, betas, self.value_product)
         return TipComponents(terms.clip_logits.repeat(len(betas), 1), cache_logits)
 
     @staticmethod
@@ -150,17 +147,9 @@ class TipCache(nn.Module):
         """(N, d) normalised features -> (N, C) logits (Eq. 6)."""
         return self.combine(self.components(self.terms(f), beta), alpha)
 
-    def rows(self) -> int:
-        """Images per chunk at evaluation, so that an (rows, M) affinity stays bounded."""
-        return LOGITS_CHUNK or row_chunks(self.keys.shape[0])
-
-    def chunked(self, f: torch.Tensor, beta: float, alpha: float) -> torch.Tensor:
-        """The forward over f (N, d) in chunks of :meth:`rows` (memory flat in N)."""
-        return chunked(lambda x: self(x.float(), beta, alpha), f, self.rows())
-
 
 @register_method
-class TipAdapter(FeatureMethod):
+class TipAdapter(CacheMethod):
     """Training-free Tip-Adapter: cache from the few-shot set, (beta, alpha) searched on val."""
 
     name = "tip_adapter"
@@ -176,13 +165,9 @@ class TipAdapter(FeatureMethod):
         beta_scale: float | None = None  # beta grid and init x this; None: s / 100
         alpha_scale: float = 1.0  # alpha grid and init x this
 
-    module: TipCache | None = None
-    chosen: dict | None = None
+    setting = ("beta", "alpha")
 
     # -- shared by Tip-Adapter and Tip-Adapter-F ------------------------------------------
-    def _scales(self, data: FeatureData) -> tuple[float, float]:
-        return grid_scales(data.logit_scale, self.options.beta_scale, self.options.alpha_scale)
-
     def _inits(self, data: FeatureData) -> tuple[float, float]:
         o, d = self.options, tip_defaults(self.options.dataset)
         rb, ra = self._scales(data)
@@ -199,33 +184,21 @@ class TipAdapter(FeatureMethod):
         return linear_grid(*beta_range, scale=rb), linear_grid(*alpha_range, scale=ra)
 
     def _build(self, data: FeatureData, learnable_keys: bool) -> TipCache:
+        device = data.device
         return TipCache(
-            data.cache_keys,
-            data.cache_values,
-            data.classifiers["positive"],
+            data.cache_keys.to(device),
+            data.cache_values.to(device),
+            data.classifiers["positive"].to(device),
             data.logit_scale,
             learnable_keys=learnable_keys,
-        ).to(data.device)
+        )
 
     def _search(self, data: FeatureData, result: FitResult) -> FitResult:
-        module = self._module()
         beta, alpha = self._inits(data)
         rb, ra = self._scales(data)
         chosen = {"init_beta": beta, "init_alpha": alpha, "beta_scale": rb, "alpha_scale": ra}
         if self.options.search:
-            betas, alphas = self.grids(data)
-            with torch.no_grad():  # in chunks of val: the affinities are (rows, M)
-                found: SearchResult = grid_search_chunked(
-                    lambda f: module.terms(f.float()),
-                    module.components,
-                    module.combine,
-                    data.val_features,
-                    data.val_labels,
-                    betas,
-                    alphas,
-                    rows=module.rows(),
-                    stacked=module.stacked_components,
-                )
+            found: SearchResult = self.search(data.val_features, data.val_labels, data)
             beta, alpha = found.beta, found.alpha
             chosen["search_val_acc"] = found.accuracy
         chosen.update(beta=beta, alpha=alpha)
@@ -233,25 +206,10 @@ class TipAdapter(FeatureMethod):
         result.chosen.update(chosen)
         return result
 
-    def _module(self) -> TipCache:
-        if self.module is None:
-            raise RuntimeError(f"{self.name}: call fit() before logits()")
-        return self.module
-
     # -- interface -------------------------------------------------------------------------
     def fit(self, data: FeatureData, seed: int = 0) -> FitResult:
         self.module = self._build(data, learnable_keys=False)
         return self._search(data, FitResult())
-
-    def logits(
-        self, features: torch.Tensor, *, beta: float | None = None, alpha: float | None = None
-    ) -> torch.Tensor:
-        """(B, d) -> (B, C) at the chosen (beta, alpha), or at the values given."""
-        module = self._module()
-        beta = self.chosen["beta"] if beta is None else beta
-        alpha = self.chosen["alpha"] if alpha is None else alpha
-        with torch.no_grad():  # in chunks: the affinities are (B, M)
-            return module.chunked(features, beta, alpha)
 
 
 @register_method

@@ -31,8 +31,7 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 def adamw(params, **options) -> torch.optim.AdamW:
     """``torch.optim.AdamW(params, **options)``, with torch's fused kernel where the
     parameters allow it (float32 on CPU or CUDA): one pass over each parameter instead of
-    a dozen element-wise calls (4x faster on DualAdapter's 5 x 1,000 x 1,024 residuals on
-    one CPU thread). The update is the same formula; values agree with the for-loop
+    a dozen element-wise calls. The update is the same formula; values agree with the for-loop
     implementation to float rounding (1 ulp after 30 steps, ``tests/test_training.py``).
     """
     groups = list(params)
@@ -97,7 +96,6 @@ def fit_epochs(
     desc: str = "train",
     keep_best: bool = True,
     drop_last: bool = False,
-    view_fn: Callable[[int], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``module``'s parameters; keep and restore the state with the best val accuracy
     (``keep_best=False``: keep the last epoch's state, as several official codes do).
@@ -105,8 +103,6 @@ def fit_epochs(
     ``loss_fn(features (B, d), labels (B,)) -> scalar``; ``logits_fn(features (N, d)) ->
     (N, C)`` is used for validation under ``torch.no_grad``. ``scheduler_fn(total_steps)``
     builds a per-iteration scheduler (default: cosine over all iterations).
-    ``view_fn(epoch)``: the rows an epoch trains on (default ``data.view``), batched with
-    the labels as they are (a method may append per-row columns its loss reads).
     """
     generator = torch.Generator().manual_seed(seed)
     has_val = data.val_labels.numel() > 0  # none under RunConfig(val="none"): keep the last
@@ -120,14 +116,13 @@ def fit_epochs(
     best_acc = -1.0
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         module.train()
-        features = (view_fn or data.view)(epoch)
+        features = data.view(epoch)
         order = torch.randperm(num, generator=generator).to(data.device)
         losses = []
         lr = optimizer.param_groups[0]["lr"]
         for step in range(steps_per_epoch):
             idx = order[step * batch_size : (step + 1) * batch_size]
-            # index_select: 6x faster than advanced indexing (7 us against 39 us for a
-            # (240, 256) batch on one CPU thread), the same rows
+            # index_select: several times faster than advanced indexing, the same rows
             batch = features.index_select(0, idx), data.train_labels.index_select(0, idx)
             loss = loss_fn(*batch)
             optimizer.zero_grad(set_to_none=True)
