@@ -9,11 +9,11 @@ searched three ways on the same val features:
   zhangce01/DualAdapter): at every (beta, alpha, lam) it reruns the whole forward, here the
   library's plain path (``DualCache`` with ``fast=False``: residuals added to keys and
   classifiers, all renormalised, the affinities ``val @ K^T`` of both caches, both
-  exponentials and value products and both text logits), then blends and scores. It is timed on the first
-  ``--official-settings`` settings of the grid (``--imagenet-official-settings`` for the
-  ImageNet-like case, where one setting takes seconds) and extrapolated linearly to the
-  whole grid
-  (labelled as such); it runs in fp32 on the CPU (the official code: fp16 on a GPU);
+  exponentials and value products and both text logits), then blends and scores. It is
+  timed on the first ``--official-settings`` settings of the grid
+  (``--imagenet-official-settings`` for the ImageNet-like case, where one setting takes
+  seconds) and extrapolated linearly to the whole grid (labelled as such); it runs in
+  fp32 on the CPU (the official code: fp16 on a GPU);
 - nested loop, shared beta terms: the same loops with everything that depends on no
   hyper-parameter computed once and the beta-only components once per beta (no code of
   the official repository is this fast: it is the loop our vectorised search replaces);

@@ -39,7 +39,7 @@ from torch import nn
 
 from .ape import APE, scaled_count, select_channels
 from .base import FeatureData, FitResult, register_method
-from .cache_ops import chunked, row_chunks
+from .kernels.cache import chunked, row_chunks
 from .search import grid_scales, grid_search_chunked, linear_grid
 from .training import adamw, fit_epochs
 
