@@ -31,66 +31,38 @@ One beta and one alpha serve both paths, as in the official code.
 Loss: CE(logit, y) + ARL + 8 * consistency (:func:`adaptive_reranking_loss`,
 :func:`consistency_loss`). Training: AdamW in two groups (positive residuals lr 1e-4,
 negative 5x), weight decay 0.1, eps 1e-3, cosine per iteration, batch 256, one augmented
-view per epoch, epochs and overrides per dataset (:data:`DUAL_DEFAULTS`: e.g. DTD 20 and
-FGVCAircraft lr 5e-4 as their configs say, Food101 eps 1e-2 at 1-2 shots); the best epoch
-by val accuracy at the initial (beta, alpha, lam) is kept. Then (beta, alpha, lam) are
-searched on val (beta [0, s0) 200 steps, alpha [0, s1) 40 steps, lam [0.6, 1.0) 20 steps,
-per-dataset ranges from the official configs) with the vectorised
-:func:`.search.grid_search`, which returns the official nested loop's choice. The beta
-and alpha grids and initial values are for s = 100: beta's are multiplied by
-``beta_scale`` (default s / 100), alpha's by ``alpha_scale`` (default 1); see
-:func:`.search.grid_scales`.
+view per epoch, per-dataset epochs and overrides (:data:`DUAL_DEFAULTS`); the best epoch by
+val accuracy at the initial (beta, alpha, lam) is kept. Then (beta, alpha, lam) are searched
+on val (beta [0, s0) 200 steps, alpha [0, s1) 40, lam [0.6, 1.0) 20; per-dataset ranges)
+with :func:`.search.grid_search_chunked`, which returns the official nested loop's choice.
+Beta's grid and initial value are for s = 100, scaled by ``beta_scale`` (default s / 100),
+alpha's by ``alpha_scale`` (default 1; :func:`.search.grid_scales`).
 
-Ablations by options alone: ``paths="positive"`` (lam = 1) or ``"negative"`` (lam = 0),
-``soft_labels=False`` (L~ = L), ``negative_cache=False`` (negative path = negative text
-only), ``train=False`` (training-free: residuals stay zero), ``search_lam=False`` (lam
-fixed at ``init_lam``); ``logits(x, lam=...)`` sweeps lam after fitting.
-
-Versions (option ``version``): 1 (default) is DualAdapter as above; 2 is SimNL
-("Enhancing Vision-Language Few-Shot Adaptation with Negative Learning", WACV 2025, the
-same arXiv id's v2, zhangce01/SimNL), whose code differs from DualAdapter's only in the soft
-labels: temperature 1 instead of 0.1 (L~ nearly uniform within a class, so close to L), and
-entries grouped by their label with the run's K as divisor and multiplier
-(:func:`soft_labels` with ``shots=K``), which differs from v1 only when label noise makes
-the classes' counts unequal. SimNL's noisy-label experiment is ``RunConfig.label_noise``
-(usable with either version and every method).
+Ablations: ``paths="positive"`` (lam = 1) / ``"negative"`` (lam = 0), ``soft_labels=False``
+(L~ = L), ``negative_cache=False``, ``train=False`` (residuals stay zero),
+``search_lam=False`` (lam = ``init_lam``); ``logits(x, lam=...)`` sweeps lam after fitting.
+``version=2`` is SimNL (WACV 2025, zhangce01/SimNL): soft-label temperature 1 and groups
+of the run's K (:func:`soft_labels` with ``shots=K``); its noisy-label experiment is
+``RunConfig.label_noise``.
 
 Differences from the official code (zhangce01/DualAdapter), each deliberate:
-- consistency is the cosine per class (``consistency="official"``: along the class axis
-  for each feature dimension, as the official ``CosineSimilarity(dim=1)`` on (d, C));
-- the few-shot set may be unbalanced (CoOp keeps all items of a class with fewer than K);
-  shot slots, soft labels and F- are defined per class, and F-_i averages over the other
-  classes that have a k-th shot (the official reshape assumes exactly K per class);
-- R_k, R_k- and the shot slots of F- are indexed by each entry's label; the official code
-  indexes them by position (blocks of K entries, the order of sampling). Both agree on a
-  clean sample; under label noise (SimNL's ImageNet-N) the official blocks are the *clean*
-  classes, information a noisy-label learner should not have, so we use the given labels;
-- F- averages over all other classes; the official code takes the C - 1 classes least
-  similar to c (by mean key), which is the same unless another class's mean key is more
-  similar to c's than c's own;
-- float32 throughout (the official code casts keys, classifiers and residuals to half, so
-  AdamW's moments are fp16 too; ``benchmarks/bench_precision.py`` measures the effect of
-  that for Tip-Adapter-F's keys);
-- a missing description classifier falls back to W_t with a note in the run record;
-- with ``paths="negative"`` only R_n and R_k- train and ARL / consistency (which concern
-  W+) are left out; ``trainable_parameters`` counts only the residuals that train
-  (5 C d for the full method);
-- the text weights are the code's 0.45 / 0.55 (the configs' ``w_training`` and
-  ``w_training_free`` are read by no released code; there is no training-free script, so
-  ``train=False`` is the spec's "all residuals zero");
-- the stale official configs of StanfordCars and UCF101 (no ``search_scale2``; the
-  official code would stop with a KeyError) are read as beta [0, 15) in 100 steps and
-  alpha [0, 10) / [0, 7) in 20 steps, lam the default [0.6, 1.0) in 20 steps.
+- consistency per class (``consistency="official"``: along the class axis);
+- unbalanced few-shot sets: slots, soft labels and F- per class (the official reshape
+  assumes K per class); R_k, R_k- and F-'s slots follow each entry's label, not its
+  position (under label noise the official blocks are the clean classes);
+- F- averages all other classes (official: the C - 1 least similar, the same unless another
+  class's mean key is closer to c's than c's own);
+- float32 throughout (official: half; ``benchmarks/bench_precision.py``);
+- no description classifier: W_d = W_t, noted in the run record;
+- ``paths="negative"`` trains only R_n, R_k- and drops ARL / consistency;
+- text weights 0.45 / 0.55 as the code (the configs' ``w_training*`` are read by no code);
+- StanfordCars' and UCF101's stale configs read as beta [0, 15) in 100 steps, alpha
+  [0, 10) / [0, 7) in 20, lam [0.6, 1.0) in 20.
 
-Fast path: ``fast=True`` (the default) sends the forward, the losses and the search to
-:mod:`.kernels.dual` (adapted keys and classifiers never formed, written-out gradients,
-per-class value sums, the interval search); ``fast=False`` runs the formulas as written
-here (:meth:`DualCache.forward`, :func:`adaptive_reranking_loss`,
-:func:`consistency_loss`, an exhaustive vectorised search). Both give the same values to
-float rounding and the same search choice (``tests/test_dual_adapter.py``).
-
-Selection sees only ``data.val_*``. The run layer decides what that is: the official code
-uses ImageNet's val (= its test set) for both, which a run-layer switch can reproduce.
+``fast=True`` (default) sends the forward, the losses and the search to
+:mod:`.kernels.dual` and the interval search; ``fast=False`` runs the formulas as written
+here. Same values to float rounding, same search choice (``tests/test_dual_adapter.py::
+test_fast_equals_plain``). Selection sees only ``data.val_*`` (which split: the run layer).
 """
 
 from __future__ import annotations
@@ -104,30 +76,17 @@ from torch import nn
 
 from .base import FeatureData, FitResult, register_method
 from .cache_method import CacheMethod, CacheModule, Range
+from .dual_configs import DUAL_DEFAULTS, DUAL_GENERIC, DualDefaults, dual_defaults
 from .kernels import dual as kernels
 from .kernels.dual import DualComponents, DualTerms
 from .search import linear_grid
 from .training import adamw, fit_epochs
 
+__all__ = ["DUAL_DEFAULTS", "DUAL_GENERIC", "DualAdapter", "DualCache", "DualDefaults"]
+
 TEXT_WEIGHTS = (0.45, 0.55)  # W+ = 0.45 * template + 0.55 * description
 COSINE_EPS = kernels.COSINE_EPS  # the consistency cosines' norm floor
 NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP)
-
-
-@dataclass(frozen=True)
-class DualDefaults:
-    """One dataset's official settings (configs/<dataset>.yaml), beta/alpha for s = 100."""
-
-    epochs: int
-    beta: Range
-    alpha: Range
-    init_beta: float
-    init_alpha: float
-    lam: Range = (0.6, 1.0, 20)
-    init_lam: float = 0.75
-    lr: float = 1e-4
-    eps: float = 1e-3
-    eps_low_shot: float | None = None  # eps for 1 and 2 shots, where the config says so
 
 
 #: What ``version`` changes: v1 = DualAdapter (arXiv 2403.12964 v1, zhangce01/DualAdapter),
@@ -136,27 +95,6 @@ class DualDefaults:
 #: ``generate_soft_label`` groups the entries by label with the run's K, see
 #: :func:`soft_labels`).
 VERSIONS: dict[int, dict[str, float]] = {1: {"soft_temperature": 0.1}, 2: {"soft_temperature": 1.0}}
-
-DUAL_DEFAULTS: dict[str, DualDefaults] = {
-    "imagenet": DualDefaults(20, (0, 4, 200), (0, 4, 40), 2, 1.2, lam=(0.6, 0.9, 20)),
-    "caltech101": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 5),
-    "dtd": DualDefaults(20, (0, 7, 200), (0, 7, 40), 1, 3),
-    "eurosat": DualDefaults(200, (0, 20, 200), (0, 5, 20), 6, 1.5, lam=(0.3, 0.9, 10)),
-    "fgvc_aircraft": DualDefaults(30, (0, 20, 200), (0, 10, 40), 3, 8, lr=5e-4),
-    "food101": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 0.8, eps_low_shot=1e-2),
-    "oxford_flowers": DualDefaults(60, (0, 7, 200), (0, 7, 40), 1, 3),
-    "oxford_pets": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 2),
-    "stanford_cars": DualDefaults(30, (0, 15, 100), (0, 10, 20), 2, 1, eps=5e-3),
-    "sun397": DualDefaults(30, (0, 10, 200), (0, 7, 40), 5, 3),
-    "ucf101": DualDefaults(30, (0, 15, 100), (0, 7, 20), 1, 1, eps=2e-3),
-}
-# Datasets without an official config (e.g. the offline tasks): the most common row.
-DUAL_GENERIC = DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 3)
-
-
-def dual_defaults(dataset: str | None) -> DualDefaults:
-    return DUAL_DEFAULTS.get(dataset or "", DUAL_GENERIC)
-
 
 # -- inputs built once from the few-shot set ---------------------------------------------
 

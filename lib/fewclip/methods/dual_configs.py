@@ -1,0 +1,48 @@
+"""DualAdapter's official per-dataset settings (zhangce01/DualAdapter ``configs/<dataset>.yaml``).
+
+Beta and alpha ranges and initial values are for CLIP's logit scale s = 100 (the method
+rescales them, :func:`fewclip.methods.search.grid_scales`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
+
+
+@dataclass(frozen=True)
+class DualDefaults:
+    """One dataset's official settings (configs/<dataset>.yaml), beta/alpha for s = 100."""
+
+    epochs: int
+    beta: Range
+    alpha: Range
+    init_beta: float
+    init_alpha: float
+    lam: Range = (0.6, 1.0, 20)
+    init_lam: float = 0.75
+    lr: float = 1e-4
+    eps: float = 1e-3
+    eps_low_shot: float | None = None  # eps for 1 and 2 shots, where the config says so
+
+
+DUAL_DEFAULTS: dict[str, DualDefaults] = {
+    "imagenet": DualDefaults(20, (0, 4, 200), (0, 4, 40), 2, 1.2, lam=(0.6, 0.9, 20)),
+    "caltech101": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 5),
+    "dtd": DualDefaults(20, (0, 7, 200), (0, 7, 40), 1, 3),
+    "eurosat": DualDefaults(200, (0, 20, 200), (0, 5, 20), 6, 1.5, lam=(0.3, 0.9, 10)),
+    "fgvc_aircraft": DualDefaults(30, (0, 20, 200), (0, 10, 40), 3, 8, lr=5e-4),
+    "food101": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 0.8, eps_low_shot=1e-2),
+    "oxford_flowers": DualDefaults(60, (0, 7, 200), (0, 7, 40), 1, 3),
+    "oxford_pets": DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 2),
+    "stanford_cars": DualDefaults(30, (0, 15, 100), (0, 10, 20), 2, 1, eps=5e-3),
+    "sun397": DualDefaults(30, (0, 10, 200), (0, 7, 40), 5, 3),
+    "ucf101": DualDefaults(30, (0, 15, 100), (0, 7, 20), 1, 1, eps=2e-3),
+}
+# Datasets without an official config (e.g. the offline tasks): the most common row.
+DUAL_GENERIC = DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 3)
+
+
+def dual_defaults(dataset: str | None) -> DualDefaults:
+    return DUAL_DEFAULTS.get(dataset or "", DUAL_GENERIC)
