@@ -71,8 +71,11 @@ def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str
 
 
 def top_level(module: str) -> str:
-    """``fewclip.methods.base`` -> ``methods``; ``fewclip`` -> ``""``."""
+    """``fewclip.methods.base`` -> ``methods``; ``fewclip`` -> ``""``; every ``__main__``
+    (an entry point) -> ``__main__``."""
     parts = module.split(".")
+    if parts[-1] == "__main__":
+        return "__main__"
     return parts[1] if len(parts) > 1 else ""
 
 
@@ -172,6 +175,8 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
     assert cycles(wrong) == [["fewclip.methods.base", "fewclip.prompting.x"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+    entry = {"fewclip.reports.__main__": {"fewclip.cli"}, "fewclip.cli": {"fewclip.reports"}}
+    assert upward_imports(entry) == []
 
 
 def test_the_reader_resolves_relative_and_lazy_imports(tmp_path):

@@ -19,22 +19,21 @@ import nbformat
 import pytest
 from bs4 import BeautifulSoup
 
+from fewclip.cli import cmd_reports as main
 from fewclip.reports import (
     NOTEBOOKS,
     PAPER_REPORTS,
     PATH_PARAMETERS,
     ReportSpec,
-    _git_commit,
-    _ledger_rows,
     build_reports,
     default_specs,
     kernel_python,
     load_manifest,
     load_specs,
-    main,
     notebook_hash,
     report_grid,
 )
+from fewclip.reports.index import _git_commit, _ledger_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,13 +18,23 @@ import argparse
 import dataclasses
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from . import __version__
-from .config import SELECTIONS, VAL_SPLITS, RunConfig
+from .config import SELECTIONS, VAL_SPLITS, RunConfig, default_data_root
 
 #: Exit code of a user mistake (bad name, missing file, bad option); argparse uses 2.
 USER_ERROR = 1
+
+
+def _parse_value(text: str):
+    """A value given on the command line: JSON where it parses (numbers, booleans, lists),
+    else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -34,10 +44,7 @@ def _parse_options(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ValueError(f"--option expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = _parse_value(value)
     return out
 
 
@@ -263,6 +270,92 @@ def _given(filters: dict) -> str:
     return ", ".join(f"{k} in {v}" for k, v in given.items()) or "(no filter)"
 
 
+def reports_parser() -> argparse.ArgumentParser:
+    """The arguments of ``fewclip reports`` (``python -m fewclip.reports``)."""
+    from . import reports
+
+    parser = argparse.ArgumentParser(
+        prog="fewclip reports",
+        description=reports.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "names",
+        nargs="*",
+        help=f"reports to build, of {list(reports.NOTEBOOKS)} "
+        f"(default: {' '.join(reports.PAPER_REPORTS)})",
+    )
+    parser.add_argument("--spec", help="JSON list of report specs, instead of names")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a parameter for every report; VALUE is parsed as JSON where it can be",
+    )
+    parser.add_argument("--notebooks", default="notebooks", help="folder of the named notebooks")
+    parser.add_argument("--out", default="reports", help="where reports and index go")
+    parser.add_argument("--data-root", default=default_data_root(), help="$FEWCLIP_DATA or data")
+    parser.add_argument("--cache-dir", default="cache")
+    parser.add_argument("--results", default="runs/results.sqlite", help="shared results store")
+    parser.add_argument("--workers", type=int, default=1, help="notebooks at a time, locally")
+    parser.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786)")
+    parser.add_argument("--force", action="store_true", help="execute even if up to date")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    parser.add_argument("--timeout", type=float, help="seconds per cell (default: none)")
+    parser.add_argument("--code", action="store_true", help="show the code cells in the HTML")
+    parser.add_argument(
+        "--no-code", action="store_true", help="hide the code cells (the default; kept for scripts)"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def cmd_reports(argv: list[str] | None = None) -> int:
+    """``fewclip reports`` / ``python -m fewclip.reports``: build the reports and their
+    index (:func:`fewclip.reports.build_reports`); returns 1 if a report failed."""
+    from . import reports
+
+    parser = reports_parser()
+    args = parser.parse_args(argv)
+    if args.spec and args.names:
+        parser.error("give report names or --spec, not both")
+    try:
+        specs = (
+            reports.load_specs(args.spec)
+            if args.spec
+            else reports.default_specs(args.names or reports.PAPER_REPORTS, args.notebooks)
+        )
+    except (ValueError, OSError, TypeError, KeyError) as e:
+        parser.error(str(e))
+    frame = reports.build_reports(
+        specs,
+        args.out,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        results=args.results,
+        overrides={k: _parse_value(v) for k, v in args.parameter},
+        workers=args.workers,
+        scheduler=args.scheduler,
+        force=args.force,
+        kernel=args.kernel,
+        timeout=args.timeout,
+        code=args.code and not args.no_code,
+        progress=not args.no_progress,
+    )
+    failed = frame[frame["status"] != "ok"]
+    reused = int(frame["skipped"].sum())
+    print(
+        f"{len(frame)} reports: {len(frame) - len(failed)} ok ({reused} up to date), "
+        f"{len(failed)} failed -> {Path(args.out) / reports.INDEX}"
+    )
+    for row in failed.itertuples():
+        print(textwrap.indent(f"{row.name}: {row.error}", "  "), file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fewclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -354,9 +447,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[str]) -> int:
     if args.verb == "reports":
-        from .reports import main as reports_main
-
-        return reports_main(rest)
+        return cmd_reports(rest)
     if args.verb == "sweep":
         from .sweep import main as sweep_main
 

@@ -1,64 +1,19 @@
-"""Batch report builds: execute notebooks with papermill, render them to HTML, index them.
-
-    python -m fewclip.reports                        # the ledger + four paper reports, defaults
-    python -m fewclip.reports dual explore           # some reports, by name
-    python -m fewclip.reports -p shots '[1, 16]'     # a parameter for every report (JSON or text)
-    python -m fewclip.reports -p backbone fewclip-test-rn -p pretrained none   # quick check
-    python -m fewclip.reports --spec sweep.json      # your own list of reports
-    python -m fewclip.reports --workers 2            # two notebooks at a time, local processes
-    python -m fewclip.reports --scheduler tcp://host:8786   # on a Dask (or dask-jobqueue) cluster
-
-For a report named ``dual`` and ``--out reports``:
-
-    reports/dual.ipynb       the executed notebook (up to the failing cell if one fails)
-    reports/dual.html        its HTML: nbconvert's lab template, code cells hidden (a note at
-                             the top names the .ipynb beside it; --code shows them), a header
-                             with the fewclip commit, the model and how many runs failed,
-                             figures embedded as data URIs (one self-contained file)
-    reports/dual_files/      the notebook's ``output_dir`` (tables or figures it saves);
-                             emptied before each build of the report, so that it holds
-                             only what the latest build saved (an ``output_dir`` given as
-                             a parameter is the user's folder and is left as it is)
-    reports/index.html       every report: links (HTML, notebook, saved files), parameters,
-                             status (ok, ok with failed runs, or failed with the error),
-                             duration, build time
-    reports/manifest.json    what the index is made from, and what a rebuild checks
-
-Every notebook gets ``data_root``, ``cache_dir``, ``results`` (one results store shared by
-all reports) and ``output_dir`` (relative to the project root for the project's own
-notebooks, else absolute), then the spec's own parameters, then the ``-p`` overrides. A
-notebook whose runs all fail fails (``fewclip.notebook.run_grid`` raises); one with some
-failed runs says how many at the top of its HTML, and the index shows the count.
-
-Two levels of reuse: the notebooks go through the run API with the shared
-store, so a run already there is not repeated; and a report whose last build succeeded
-with the same parameters and the same notebook (a hash of its cells) is not executed
-again unless ``--force``. A failing notebook gives a failed entry (and its notebook and
-HTML up to the failing cell); the others go on; the exit status is 1 if any failed.
-
-``--workers`` / ``--scheduler`` spread *notebooks* over local processes or a Dask cluster
-(whose workers need fewclip installed and these paths visible). The notebooks' own
-``workers`` / ``scheduler`` parameters, for the runs inside one notebook, are separate:
-pass them as ``-p workers 4`` or ``-p scheduler tcp://host:8786``.
-"""
+"""Executing the report notebooks with papermill and rendering them to HTML (see
+:mod:`fewclip.reports`)."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import textwrap
 import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -66,8 +21,16 @@ from urllib.parse import quote
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import PUBLISHED_ROOT_VAR, default_data_root
-from .parallel import map_jobs
+from ..config import PUBLISHED_ROOT_VAR
+from ..parallel import map_jobs
+from .index import (
+    PATH_PARAMETERS,
+    _git_commit,
+    _now,
+    _show,
+    load_manifest,
+    write_index,
+)
 
 #: Report name -> (notebook file in the notebooks folder, title).
 NOTEBOOKS = {
@@ -82,12 +45,6 @@ NOTEBOOKS = {
 #: The default build: the claims ledger first, then one report per paper, each notebook
 #: with its own defaults.
 PAPER_REPORTS = ("claims", "clip_adapter", "dual", "difficulty", "mutual")
-
-#: Parameters the builder always passes, made absolute.
-PATH_PARAMETERS = ("data_root", "cache_dir", "results", "output_dir")
-
-MANIFEST = "manifest.json"
-INDEX = "index.html"
 
 
 @dataclass
@@ -172,7 +129,7 @@ def run_counts(ipynb: str | os.PathLike) -> dict[str, int]:
     :func:`fewclip.notebook.run_grid` tags with output metadata (0 and 0 when none)."""
     import nbformat
 
-    from .notebook import RUNS_METADATA
+    from ..notebook import RUNS_METADATA
 
     nb = nbformat.read(ipynb, as_version=4)
     runs = failed = 0
@@ -469,7 +426,7 @@ def build_reports(
             }
         )
     for store in {_absolute(e) for e in entries.values()} - {None}:
-        from .results import ResultStore
+        from ..results import ResultStore
 
         Path(store).parent.mkdir(parents=True, exist_ok=True)
         ResultStore(store)  # create the table once, before the notebooks race to
@@ -525,7 +482,7 @@ def kernel_python(kernel: str) -> str | None:
 
 def _root_of(notebook: str | os.PathLike) -> Path | None:
     """The project root holding ``notebook`` (None for a notebook outside any project)."""
-    from .notebook import project_root
+    from ..notebook import project_root
 
     folder = Path(notebook).absolute().parent
     try:
@@ -568,186 +525,12 @@ def _failure(error: str) -> dict[str, Any]:
     return {"status": "failed", "error": error, "started_at": now, "built_at": now}
 
 
-# -- manifest and index ----------------------------------------------------------------------
-
-
-def load_manifest(out: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Report name -> entry of the last build (parameters, hash, status, times, files)."""
-    path = Path(out) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def write_index(
-    out: str | os.PathLike, manifest: dict[str, dict[str, Any]], order: Sequence[str] = ()
-) -> None:
-    """Write ``manifest.json`` and ``index.html``: the reports in ``order``, then the others."""
-    import jinja2
-
-    import fewclip
-
-    out = Path(out)
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-    names = [n for n in order if n in manifest]
-    names += sorted(n for n in manifest if n not in names and _has_files(out, manifest[n]))
-    entries = [manifest[n] for n in names]
-    shown = [{k: _show(v, k) for k, v in e.get("parameters", {}).items()} for e in entries]
-    common = dict(shown[0]) if shown else {}
-    for params in shown[1:]:
-        common = {k: v for k, v in common.items() if params.get(k) == v}
-    common.pop("output_dir", None)
-    rows = []
-    for e, params in zip(entries, shown, strict=True):
-        rows.append(
-            {
-                **e,
-                "html": quote(e["html"]) if e.get("html") else None,
-                "ipynb": quote(e["ipynb"]) if e.get("ipynb") else None,
-                "params": [(k, v) for k, v in params.items() if k not in common],
-                "files": [(quote(f), f) for f in e.get("files") or []],
-                "duration": _duration(e.get("duration_s")),
-                "built": (e.get("built_at") or "")[:16].replace("T", " "),
-            }
-        )
-    counts = {s: sum(e.get("status") == s for e in entries) for s in ("ok", "failed", "pending")}
-    ledger, ledger_line = _ledger_rows(out, manifest.get("claims"))
-    page = jinja2.Template(_INDEX_TEMPLATE, autoescape=True).render(
-        ledger=ledger,
-        ledger_line=ledger_line,
-        ledger_href=quote((manifest.get("claims") or {}).get("html") or "claims.html"),
-        rows=rows,
-        common=list(common.items()),
-        counts=counts,
-        written=_now()[:16].replace("T", " "),
-        version=fewclip.__version__,
-        commit=_git_commit(),
-    )
-    _write_atomic(out / INDEX, page)
-
-
-def _ledger_rows(out: Path, entry: dict[str, Any] | None) -> tuple[list[dict], str]:
-    """The claims report's verdicts (``claims_files/verdicts.csv``) for the index's top."""
-    if not entry or entry.get("status") != "ok":
-        return [], ""
-    path = out / "claims_files" / "verdicts.csv"
-    if not path.is_file():
-        return [], ""
-    table = pd.read_csv(path)
-    rows = []
-    for c in table.to_dict("records"):
-        effect = "-"
-        if pd.notna(c.get("effect")):
-            effect = f"{c['effect']:+.1f} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
-        verdict = str(c.get("verdict", ""))
-        css = verdict.split(" ")[0].rstrip(":").replace("not", "notrun") if verdict else ""
-        rows.append({**c, "effect": effect, "css": css})
-    # the claims report's own line, in its verdict order; imported here, since fewclip.claims
-    # brings torch and open_clip, which the report builder's start-up does not need
-    from .claims import summary_line
-
-    return rows, summary_line(table)
-
-
-def _has_files(out: Path, entry: dict[str, Any]) -> bool:
-    return any(entry.get(k) and (out / entry[k]).exists() for k in ("html", "ipynb"))
-
-
-_INDEX_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>fewclip reports</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 90em; padding: 0 1em; }
-table { border-collapse: collapse; width: 100%; }
-th, td { border-bottom: 1px solid #ddd; padding: .4em .6em; text-align: left;
-         vertical-align: top; }
-code { font-size: .85em; }
-.ok { color: #176f2c; } .failed { color: #b00020; } .pending { color: #8a6d00; }
-.error { white-space: pre-wrap; font-family: monospace; font-size: .85em; color: #b00020; }
-.partial { color: #8a4b00; font-weight: bold; }
-.supported { background: #d9f2d9; } .contradicted { background: #f8d7da; }
-.inconclusive { background: #fff3cd; } .untested { background: #e2e3e5; }
-.notrun { color: #777; }
-small { color: #666; }
-</style>
-</head>
-<body>
-<h1>fewclip reports</h1>
-<p>{{ counts.ok }} ok, {{ counts.failed }} failed{% if counts.pending %},
-{{ counts.pending }} pending{% endif %}. Index written {{ written }} by fewclip {{ version }}
-{%- if commit %} at commit <code>{{ commit }}</code>{% endif %}.</p>
-{% if ledger %}<h2 id="ledger">Claims ledger</h2>
-<p>{{ ledger_line }}. Effect: A - B in accuracy points, paired over seeds, few-shot samples
-and test images, with its 95% interval (bootstrap over test images combined with the seed
-spread); details in the <a href="{{ ledger_href }}">claims report</a>. Verdicts are about
-the model and offline tasks named there, not the papers' benchmarks.</p>
-<table>
-<thead><tr><th>Claim</th><th>Comparison</th><th>Effect [95% interval]</th><th>Seeds</th>
-<th>Verdict</th></tr></thead>
-<tbody>
-{% for c in ledger %}<tr data-claim="{{ c.id }}"><td>{{ c.claim }}<br><small>{{ c.id }}</small></td>
-<td><small>{{ c.comparison }}</small></td><td>{{ c.effect }}</td><td>{{ c.n_seeds }}</td>
-<td class="{{ c.css }}">{{ c.verdict }}</td></tr>
-{% endfor %}</tbody>
-</table>
-<h2>Reports</h2>{% endif %}
-{% if common %}<p>Parameters of every report:
-{% for k, v in common %}<code>{{ k }}={{ v }}</code>{{ ", " if not loop.last }}{% endfor %}.
-Paths are relative to the folder the build ran in.</p>{% endif %}
-<table>
-<thead><tr><th>Report</th><th>Notebook (executed)</th><th>Parameters</th><th>Status</th>
-<th>Duration</th><th>Built</th></tr></thead>
-<tbody>
-{% for r in rows %}<tr data-report="{{ r.name }}" data-status="{{ r.status }}">
-<td>{% if r.html %}<a href="{{ r.html }}">{{ r.title }}</a>{% else %}{{ r.title }}{% endif %}
-<br><small>{{ r.name }}</small></td>
-<td>{% if r.ipynb %}<a href="{{ r.ipynb }}">{{ r.notebook }}</a>{% else %}{{ r.notebook }}
-{%- endif %}{% for href, f in r.files %}<br><a href="{{ href }}"><small>{{ f }}</small></a>
-{%- endfor %}</td>
-<td>{% for k, v in r.params %}<code>{{ k }}={{ v }}</code><br>{% endfor %}</td>
-<td class="{{ r.status }}">{{ r.status }}
-{%- if r.failed_runs %}<div class="partial" data-failed-runs="{{ r.failed_runs }}">
-{{ r.failed_runs }} of {{ r.runs }} runs failed</div>{% endif %}
-{%- if r.error %}<div class="error">{{ r.error }}</div>{% endif %}</td>
-<td>{{ r.duration }}</td>
-<td>{{ r.built }}{% if r.commit %}<br><small>{{ r.commit }}</small>{% endif %}</td>
-</tr>
-{% endfor %}</tbody>
-</table>
-</body>
-</html>
-"""
-
-
 # -- small helpers ---------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _clip(text: str, limit: int = 500) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes} min {seconds:02d} s"
-
-
-def _show(value: Any, key: str = "") -> str:
-    """A parameter as the index shows it: paths relative to here when below it."""
-    if key in PATH_PARAMETERS and isinstance(value, str) and value:
-        try:
-            return str(Path(value).relative_to(Path.cwd()))
-        except ValueError:
-            return value
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _slug(value: Any) -> str:
@@ -759,124 +542,3 @@ def _listing(folder: Path, out: Path, limit: int = 30) -> list[str]:
     if not folder.is_dir() or not folder.is_relative_to(out):
         return []
     return sorted(str(p.relative_to(out)) for p in folder.rglob("*") if p.is_file())[:limit]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-#: tracked paths whose uncommitted changes make a build differ from HEAD (code, notebooks,
-#: weights); the reports' own outputs are not among them
-BUILD_INPUTS = ("lib", "notebooks")
-
-
-def _git(*args: str) -> str | None:
-    try:
-        proc = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _git_commit() -> str | None:
-    """HEAD's short hash, with ``+uncommitted`` when tracked files under
-    :data:`BUILD_INPUTS` differ from it: the report was then built from code or weights
-    that no commit holds."""
-    head = _git("rev-parse", "--short", "HEAD")
-    if not head:
-        return None
-    changed = _git("status", "--porcelain", "--untracked-files=no", "--", *BUILD_INPUTS)
-    return f"{head}+uncommitted" if changed else head
-
-
-# -- command line ----------------------------------------------------------------------------
-
-
-def _parse_value(text: str) -> Any:
-    """A ``-p`` value: JSON where it parses (numbers, booleans, lists), else the text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``fewclip reports`` / ``python -m fewclip.reports``; returns 1 if a report failed."""
-    parser = argparse.ArgumentParser(
-        prog="fewclip reports",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "names",
-        nargs="*",
-        help=f"reports to build, of {list(NOTEBOOKS)} (default: {' '.join(PAPER_REPORTS)})",
-    )
-    parser.add_argument("--spec", help="JSON list of report specs, instead of names")
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("KEY", "VALUE"),
-        help="a parameter for every report; VALUE is parsed as JSON where it can be",
-    )
-    parser.add_argument("--notebooks", default="notebooks", help="folder of the named notebooks")
-    parser.add_argument("--out", default="reports", help="where reports and index go")
-    parser.add_argument("--data-root", default=default_data_root(), help="$FEWCLIP_DATA or data")
-    parser.add_argument("--cache-dir", default="cache")
-    parser.add_argument("--results", default="runs/results.sqlite", help="shared results store")
-    parser.add_argument("--workers", type=int, default=1, help="notebooks at a time, locally")
-    parser.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786)")
-    parser.add_argument("--force", action="store_true", help="execute even if up to date")
-    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
-    parser.add_argument("--timeout", type=float, help="seconds per cell (default: none)")
-    parser.add_argument("--code", action="store_true", help="show the code cells in the HTML")
-    parser.add_argument(
-        "--no-code", action="store_true", help="hide the code cells (the default; kept for scripts)"
-    )
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.spec and args.names:
-        parser.error("give report names or --spec, not both")
-    try:
-        specs = (
-            load_specs(args.spec)
-            if args.spec
-            else default_specs(args.names or PAPER_REPORTS, args.notebooks)
-        )
-    except (ValueError, OSError, TypeError, KeyError) as e:
-        parser.error(str(e))
-    frame = build_reports(
-        specs,
-        args.out,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        results=args.results,
-        overrides={k: _parse_value(v) for k, v in args.parameter},
-        workers=args.workers,
-        scheduler=args.scheduler,
-        force=args.force,
-        kernel=args.kernel,
-        timeout=args.timeout,
-        code=args.code and not args.no_code,
-        progress=not args.no_progress,
-    )
-    failed = frame[frame["status"] != "ok"]
-    reused = int(frame["skipped"].sum())
-    print(
-        f"{len(frame)} reports: {len(frame) - len(failed)} ok ({reused} up to date), "
-        f"{len(failed)} failed -> {Path(args.out) / INDEX}"
-    )
-    for row in failed.itertuples():
-        print(textwrap.indent(f"{row.name}: {row.error}", "  "), file=sys.stderr)
-    return 1 if len(failed) else 0
-
-
-if __name__ == "__main__":
-    from fewclip.reports import main as _main  # the package's module, so workers can import it
-
-    sys.exit(_main())
