@@ -69,6 +69,9 @@ def library_versions() -> dict[str, str]:
         "open_clip": open_clip.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),
+        # results can differ between CPU instruction sets (float kernels), never between runs
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
     }
 
 
