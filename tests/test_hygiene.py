@@ -54,12 +54,6 @@ TIMING = re.compile(
     r"(?:ms|us|µs|ns|secs?|seconds?|mins?|minutes?|hours?|h\b|s\b(?!\s*[(*@]))"
 )
 
-#: Files whose timing notes are being moved to docs/design/ by the rewrite of DualAdapter's
-#: kernels and training loop (the owners of those files); remove an entry once it is clean.
-TIMING_PENDING: set[str] = set()
-#: The same rewrite, for one process word in a benchmark's docstring.
-WORDS_PENDING: set[str] = set()
-
 
 def tracked_text_files() -> list[Path]:
     try:
@@ -142,8 +136,6 @@ def test_no_file_speaks_of_how_the_work_was_organised():
     failures = []
     for path in tracked_text_files():
         rel = path.relative_to(ROOT).as_posix()
-        if rel in WORDS_PENDING:
-            continue
         text = path.read_text(encoding="utf-8", errors="replace")
         failures += [f"{rel}:{n}: {line}" for n, line in process_words(text)]
     assert not failures, "words about the work, not the project:\n" + "\n".join(failures)
@@ -153,15 +145,8 @@ def test_no_docstring_or_comment_in_the_library_quotes_a_timing():
     failures = []
     for path in sorted((ROOT / "lib" / "fewclip").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if rel in TIMING_PENDING:
-            continue
         failures += [f"{rel}:{n}: {line}" for n, line in timings_in_docs(path.read_text())]
     assert not failures, (
         "timings belong in docs/performance.md or docs/design/, not in docstrings:\n"
         + "\n".join(failures)
     )
-
-
-def test_the_pending_lists_name_existing_files():
-    for rel in TIMING_PENDING | WORDS_PENDING:
-        assert (ROOT / rel).is_file(), f"{rel} is gone: remove it from the pending list"
