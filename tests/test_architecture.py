@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"", "validation", "metrics", "parallel", "config"}),
     ("data", {"data", "offline", "images"}),
     ("models and features", {"backbones", "features", "pretrain"}),
-    ("fitting", {"fitting"}),
+    ("fitting", {"fitting", "training"}),
     ("prompt learning", {"prompting"}),
     ("methods", {"methods"}),
     ("runs", {"inputs", "protocols", "runner", "results", "sweep", "demo"}),

@@ -34,7 +34,6 @@ is what base-to-new evaluation needs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..images import DASSL_CROP_SCALE
+from ..training import dassl_lr_factor
 from .base import FeatureData, FeatureMethod, FitResult, register_method
 from .training import batches_per_epoch, fit_epochs
 
@@ -104,10 +104,9 @@ def dassl_epoch_factor(epoch: int, epochs: int, warmup_epochs: int, warmup_facto
     schedule (``CosineAnnealingLR(T_max=epochs)``, stepped once per epoch) wrapped in a
     constant warm-up with ``WARMUP_RECOUNT=True`` (Dassl's default): the warm-up epochs get
     ``warmup_factor``; the cosine starts counting only after them, so epoch e >= W gets
-    (1 + cos(pi (e - W) / epochs)) / 2 (E = 4, W = 1: 1e-5/lr, 1, 0.854, 0.5)."""
-    if epoch < warmup_epochs:
-        return warmup_factor
-    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max(1, epochs)))
+    (1 + cos(pi (e - W) / epochs)) / 2 (E = 4, W = 1: 1e-5/lr, 1, 0.854, 0.5): the one
+    Dassl schedule, :func:`fewclip.training.dassl_lr_factor`, with base lr 1."""
+    return dassl_lr_factor(epoch, max(1, epochs), 1.0, warmup_epochs, "constant", warmup_factor)
 
 
 @register_method

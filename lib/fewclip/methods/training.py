@@ -1,13 +1,14 @@
-"""One training loop for every feature-level method that learns by gradient descent.
+"""The feature-level variant of the one training loop (:func:`fewclip.training.train_epochs`).
 
 Epoch ``e`` trains on augmented view ``e % V`` of the cached few-shot features (the
 feature-cache equivalent of re-encoding augmented images every epoch), in mini-batches
-shuffled by a seeded generator. ``drop_last=True`` drops the last partial batch as Dassl's
-train loader does (only when there is at least one full batch, as Dassl's
-``drop_last=is_train and len(data) >= batch_size``). After each epoch the validation
-accuracy is measured and the best state is kept (first best on ties); at the end that state
-is restored. ``history`` holds per epoch the mean loss, the val accuracy and the learning
-rate of the first parameter group during that epoch.
+shuffled by a seeded generator; the schedule steps per iteration. ``drop_last=True`` drops
+the last partial batch as Dassl's train loader does (only when there is at least one full
+batch, as Dassl's ``drop_last=is_train and len(data) >= batch_size``). After each epoch
+the validation accuracy is measured and the best state is kept (first best on ties); at
+the end that state is restored (no val data, ``RunConfig(val="none")``: the last).
+``history`` holds per epoch the mean loss, the val accuracy and the learning rate of the
+first parameter group during that epoch.
 
 Which data is "validation" is decided by the caller: the run layer passes the few-shot
 val split by default, or the test split when an official-behaviour switch asks for it.
@@ -15,14 +16,14 @@ val split by default, or the test split when an official-behaviour switch asks f
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .base import FeatureData, FitResult, accuracy
+from ..metrics import accuracy
+from ..training import train_epochs
+from .base import FeatureData, FitResult
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -31,8 +32,8 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 def adamw(params, **options) -> torch.optim.AdamW:
     """``torch.optim.AdamW(params, **options)``, with torch's fused kernel where the
     parameters allow it (float32 on CPU or CUDA): one pass over each parameter instead of
-    a dozen element-wise calls. The update is the same formula; values agree with the for-loop
-    implementation to float rounding (1 ulp after 30 steps, ``tests/test_training.py``).
+    a dozen element-wise calls. The update is the same formula; values agree with the
+    for-loop implementation to float rounding (1 ulp after 30 steps, ``tests/test_training.py``).
     """
     groups = list(params)
     tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
@@ -71,16 +72,6 @@ def batches_per_epoch(num: int, batch_size: int, drop_last: bool = False) -> int
     return (num + batch_size - 1) // batch_size
 
 
-def _snapshot(module: nn.Module) -> dict:
-    """A copy of ``module``'s state: its tensors cloned (what ``copy.deepcopy`` of the
-    state dict gives, without its per-object bookkeeping); anything else (extra state)
-    deep-copied."""
-    return {
-        k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-        for k, v in module.state_dict().items()
-    }
-
-
 def fit_epochs(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -105,21 +96,15 @@ def fit_epochs(
     builds a per-iteration scheduler (default: cosine over all iterations).
     """
     generator = torch.Generator().manual_seed(seed)
-    has_val = data.val_labels.numel() > 0  # none under RunConfig(val="none"): keep the last
-    keep_best = keep_best and has_val
     num = data.train_labels.shape[0]
     steps_per_epoch = batches_per_epoch(num, batch_size, drop_last)
     total = epochs * steps_per_epoch
     scheduler = (scheduler_fn or (lambda t: cosine_scheduler(optimizer, t)))(total)
-    result = FitResult()
-    best_state = _snapshot(module)
-    best_acc = -1.0
-    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        module.train()
+
+    def run_epoch(epoch: int) -> list[float]:
         features = data.view(epoch)
         order = torch.randperm(num, generator=generator).to(data.device)
         losses = []
-        lr = optimizer.param_groups[0]["lr"]
         for step in range(steps_per_epoch):
             idx = order[step * batch_size : (step + 1) * batch_size]
             # index_select: several times faster than advanced indexing, the same rows
@@ -130,18 +115,22 @@ def fit_epochs(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-        module.eval()
-        row = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lr}
-        val_acc = -1.0
-        if has_val:
-            with torch.no_grad():
-                val_acc = row["val_acc"] = accuracy(logits_fn(data.val_features), data.val_labels)
-        result.history.append(row)
-        if val_acc > best_acc or not keep_best:
-            best_acc = val_acc
-            result.best_epoch = epoch
-            best_state = _snapshot(module)
-    module.load_state_dict(best_state)
-    module.eval()
-    result.best_val_acc = best_acc if has_val else None
-    return result
+        return losses
+
+    def validate() -> float | None:
+        if data.val_labels.numel() == 0:  # RunConfig(val="none"): the last epoch is kept
+            return None
+        return accuracy(logits_fn(data.val_features), data.val_labels)
+
+    return train_epochs(
+        module,
+        scheduler,
+        epochs,
+        run_epoch,
+        validate,
+        keep="best" if keep_best else "last",
+        ties="first",
+        step="iteration",
+        progress=progress,
+        desc=desc,
+    )

@@ -1,11 +1,8 @@
-"""The training loop of the encoder-level methods, with Dassl's optimiser and schedule.
+"""The encoder-level variant of the one training loop (:func:`fewclip.training.train_epochs`),
+with Dassl's optimiser and schedule.
 
-Dassl (the CoOp / CoCoOp / APEX code base) steps the learning rate once per epoch:
-``W`` warm-up epochs at a fixed rate (``constant``: ``warmup_lr``; ``linear``: ``warmup_lr``
-in epoch 0, then ``lr * e / W``), after which epoch ``e`` runs at the cosine rate of step
-``e - W`` over ``epochs`` steps:
-
-    lr(e) = lr * (1 + cos(pi * (e - W) / epochs)) / 2                     for e >= W
+Dassl (the CoOp / CoCoOp / APEX code base) steps the learning rate once per epoch
+(:func:`fewclip.training.dassl_lr_factor`: warm-up, then cosine).
 
 Every epoch shuffles the training set with a seeded generator and, like Dassl's train
 loader, drops the last incomplete batch when there is at least one full batch. After each
@@ -23,15 +20,13 @@ closer to the official last-epoch choice.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..fitting import FitResult
+from ..training import dassl_lr_factor, train_epochs
 
 SELECTIONS = ("val", "last")
 TIES = ("last", "first")
@@ -40,24 +35,6 @@ TIES = ("last", "first")
 def augmentation_seed(seed: int, epoch: int) -> int:
     """Seed of the augmentations of epoch (or cached view) ``epoch`` for a run seed."""
     return seed * 100_003 + epoch
-
-
-def dassl_lr_factor(
-    epoch: int,
-    epochs: int,
-    base_lr: float,
-    warmup_epochs: int = 0,
-    warmup_type: str = "constant",
-    warmup_lr: float = 1e-5,
-) -> float:
-    """Multiplier of ``base_lr`` in a given epoch (see the module docstring)."""
-    if epoch < warmup_epochs:
-        if warmup_type == "constant" or epoch == 0:
-            return warmup_lr / base_lr
-        if warmup_type == "linear":
-            return epoch / warmup_epochs
-        raise ValueError(f"unknown warm-up type {warmup_type!r}; choose constant or linear")
-    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
 
 
 def epoch_scheduler(
@@ -129,10 +106,6 @@ class Stepper:
         return float(loss.detach())
 
 
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 def fit_loop(
     module: nn.Module,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -149,43 +122,24 @@ def fit_loop(
     ``validate()`` returns the val accuracy in percent (None: no val data, the last epoch
     is kept, ``RunConfig(val="none")``); ``record()`` (optional) returns
     extra values to keep in each epoch's ``history`` row. Restores the selected state
-    (``ties``: which of equally good epochs, see the module docstring)."""
+    (``ties``: which of equally good epochs, see the module docstring). The schedule
+    steps once per epoch (:func:`fewclip.training.train_epochs`, ``step="epoch"``)."""
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
     if ties not in TIES:
         raise ValueError(f"unknown ties rule {ties!r}; choose one of {TIES}")
-    result = FitResult()
-    best_state = _snapshot(module)
-    best_acc = -1.0
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for epoch in bar:
-        module.train()
-        lr = scheduler.get_last_lr()[0]
-        losses = run_epoch(epoch)
-        with warnings.catch_warnings():
-            # fp16 loss scaling may skip the very first optimiser step; that is expected
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            scheduler.step()
-        module.eval()
-        with torch.no_grad():
-            val_acc = validate()
-        loss = sum(losses) / max(1, len(losses))
-        extra = record() if record is not None else {}
-        row = {"epoch": epoch, "loss": loss, "val_acc": val_acc, "lr": lr, **extra}
-        if val_acc is None:
-            del row["val_acc"]
-        result.history.append(row)
-        bar.set_postfix(loss=f"{loss:.3f}", val="-" if val_acc is None else f"{val_acc:.1f}")
-        if val_acc is None:
-            better = True
-        else:
-            better = val_acc >= best_acc if ties == "last" else val_acc > best_acc
-        if selection == "last" or better:
-            best_acc = val_acc
-            result.best_epoch = epoch
-            best_state = _snapshot(module)
-    module.load_state_dict(best_state)
-    module.eval()
-    result.best_val_acc = best_acc
+    result = train_epochs(
+        module,
+        scheduler,
+        epochs,
+        run_epoch,
+        validate,
+        keep="best" if selection == "val" else "last",
+        ties=ties,
+        step="epoch",
+        record=record,
+        progress=progress,
+        desc=desc,
+    )
     result.chosen["selection"] = selection
     return result
