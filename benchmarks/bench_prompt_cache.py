@@ -1,9 +1,10 @@
 """Benchmark: what caching buys the text-side prompt learners.
 
-1. CoOp trained on cached image features (V augmented views, encoded once) versus
-   re-encoding freshly augmented images at every step (the official code's way), same
-   epochs, data and seed; also the cache with one view per epoch, which is the same
-   computation as re-encoding. Prints wall time, the time ratio and test accuracy.
+1. The text-side prompt learners (CoOp, KgCoOp, ProGrad, ProDA: ``--methods``) trained on
+   cached image features (V augmented views, encoded once) versus re-encoding freshly
+   augmented images at every step (the official codes' way), same epochs, data and seed;
+   also the cache with one view per epoch, which is the same computation as re-encoding.
+   Prints wall time, the cached-vs-re-encoding ratio and test accuracy per method.
 2. Per-step cost (forward + backward) of image-conditioned prompts (CoCoOp, TOMM's CTP):
    B images x C classes through the text encoder as one batch, versus one text-encoder
    call per image (the official CoCoOp loop), each with and without cutting the prompts
@@ -30,18 +31,26 @@ import torch
 import torch.nn.functional as F
 
 from fewclip.backbones import load_backbone
-from fewclip.methods.coop import CoOp
+from fewclip.methods import get_method
 from fewclip.methods.tomm import TOMM
 from fewclip.prompting.toy import COLOURS, coloured_squares
 
+#: Text-side methods whose image encoder is frozen, and their options in this benchmark.
+CACHED_METHODS = {
+    "coop": {"init": "a photo of a"},
+    "kgcoop": {},
+    "prograd": {},
+    "proda": {"n_prompts": 8},
+}
 
-def bench_cache(backbone, args, root: Path) -> list[dict]:
+
+def bench_cache(backbone, args, root: Path, name: str = "coop") -> list[dict]:
     classes = min(args.classes, len(COLOURS))
     train, names = coloured_squares(root / "train", classes, args.shots, seed=0)
     val, _ = coloured_squares(root / "val", classes, min(args.shots, 4), seed=1)
     test, _ = coloured_squares(root / "test", classes, args.test_per_class, seed=2)
     common = dict(
-        init="a photo of a",
+        **CACHED_METHODS[name],
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -55,14 +64,16 @@ def bench_cache(backbone, args, root: Path) -> list[dict]:
     ]
     rows = []
     for label, extra in variants:
-        method = CoOp(**common, **extra)
+        method = get_method(name, **common, **extra)
         start = time.perf_counter()
         method.fit(backbone, train, val, names, seed=1, num_workers=args.workers)
         seconds = time.perf_counter() - start
         acc = method.accuracy(backbone, test, names)
-        rows.append({"variant": label, "fit_s": seconds, "test_acc": acc})
+        rows.append({"method": name, "variant": label, "fit_s": seconds, "test_acc": acc})
     reference = rows[-1]["fit_s"]
-    print(f"\nCoOp, {classes} classes x {args.shots} shots, {args.epochs} epochs, {backbone.arch}")
+    print(
+        f"\n{name}, {classes} classes x {args.shots} shots, {args.epochs} epochs, {backbone.arch}"
+    )
     print(f"{'variant':<28}{'fit [s]':>10}{'speed-up':>10}{'test acc':>10}")
     for row in rows:
         row["speedup"] = reference / row["fit_s"]
@@ -149,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=list(CACHED_METHODS))
     parser.add_argument("--step-batch", type=int, default=4)
     parser.add_argument("--step-classes", type=int, default=50)
     parser.add_argument("--reps", type=int, default=5)
@@ -157,13 +169,20 @@ def main(argv: list[str] | None = None) -> None:
         "--record", action="store_true", help="append the figures to benchmarks/results/"
     )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.methods) - set(CACHED_METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {sorted(CACHED_METHODS)}")
     if args.quick:
         args.classes, args.shots, args.epochs, args.test_per_class = 4, 16, 20, 10
         args.views, args.step_classes, args.reps = 4, 20, 3
     backbone = load_backbone(args.arch, args.pretrained, device=args.device)
     print(f"backbone: {backbone.label} on {backbone.device} ({backbone.precision})")
     with tempfile.TemporaryDirectory() as tmp:
-        cache_rows = bench_cache(backbone, args, Path(tmp))
+        cache_rows = [
+            row
+            for name in args.methods
+            for row in bench_cache(backbone, args, Path(tmp) / name, name)
+        ]
     step_rows = bench_steps(backbone, args)
     if args.record:
         record(backbone, args, cache_rows, step_rows)
@@ -173,9 +192,9 @@ def record(backbone, args, cache_rows: list[dict], step_rows: list[dict]) -> Non
     """Append the figures to benchmarks/results/prompt_cache.csv."""
     from results_csv import append_rows
 
-    setting = f"CoOp, {args.classes} classes x {args.shots} shots, {args.epochs} epochs"
+    setting = f"{args.classes} classes x {args.shots} shots, {args.epochs} epochs"
     rows = [
-        {"setting": f"{setting}: {r['variant']}", "metric": m, "value": v}
+        {"setting": f"{r['method']}, {setting}: {r['variant']}", "metric": m, "value": v}
         for r in cache_rows
         for m, v in (
             ("fit", f"{r['fit_s']:.1f} s"),

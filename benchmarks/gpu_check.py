@@ -47,6 +47,9 @@ FAST = {
     "cocoop": {"epochs": 1, "batch_size": 4},
     "apex": {"epochs": 1},
     "tomm": {"epochs": 1, "batch_size": 4},
+    "kgcoop": {"epochs": 1, "batch_size": 4},
+    "prograd": {"epochs": 1, "n_ctx": 4},
+    "proda": {"epochs": 1, "n_prompts": 4, "n_ctx": 2},
 }
 
 

@@ -44,6 +44,9 @@ FAST = {
     "cocoop": {"epochs": 1, "batch_size": 2},
     "apex": {"epochs": 1},
     "tomm": {"epochs": 1, "batch_size": 2},
+    "kgcoop": {"epochs": 1, "batch_size": 2},
+    "prograd": {"epochs": 1, "n_ctx": 4},
+    "proda": {"epochs": 1, "n_prompts": 4, "n_ctx": 2},
 }
 EUROSAT = ("AnnualCrop", "Forest", "SeaLake")
 DTD = ("banded", "zigzagged")

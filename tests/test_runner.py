@@ -30,6 +30,9 @@ FAST = {
     "cocoop": {"epochs": 1, "batch_size": 8},
     "apex": {"epochs": 1},
     "tomm": {"epochs": 1, "batch_size": 8},
+    "kgcoop": {"epochs": 1, "batch_size": 8},
+    "prograd": {"epochs": 1, "n_ctx": 4},
+    "proda": {"epochs": 1, "n_prompts": 4, "n_ctx": 2},
 }
 
 

@@ -4,7 +4,7 @@ Feature-level (fit on cached features, :class:`~fewclip.methods.base.FeatureMeth
 ``zero_shot``, ``linear_probe``, ``clip_adapter``, ``tip_adapter``, ``tip_adapter_f``,
 ``dual_adapter``. Encoder-level (learn inputs of the frozen encoders,
 :class:`~fewclip.prompting.encoder_base.EncoderMethod`): ``coop``, ``cocoop``, ``apex``,
-``tomm``. Importing this package registers them all.
+``tomm``, ``kgcoop``, ``prograd``, ``proda``. Importing this package registers them all.
 """
 
 from . import (  # noqa: F401  (register the methods)
@@ -17,8 +17,11 @@ from . import (  # noqa: F401  (register the methods)
     coop,
     dual_adapter,
     gda,
+    kgcoop,
     linear_probe,
     lp_pp,
+    proda,
+    prograd,
     taskres,
     tip_adapter,
     tomm,
