@@ -48,7 +48,7 @@ FAST = {
     "apex": {"epochs": 1},
     "tomm": {"epochs": 1, "batch_size": 4},
     "kgcoop": {"epochs": 1, "batch_size": 4},
-    "prograd": {"epochs": 1, "n_ctx": 4},
+    "prograd": {"epochs": 1, "n_ctx": 8},
     "proda": {"epochs": 1, "n_prompts": 4, "n_ctx": 2},
 }
 

@@ -397,3 +397,16 @@ def test_proda_learns_and_is_deterministic(backbone, task):
     start = c.learner.ctx.detach().clone()
     fit(c, backbone, task)
     assert (c.learner.ctx - start).flatten(1).norm(dim=1).min() > 0
+
+
+@pytest.mark.parametrize("cls", [KgCoOp, ProGrad, ProDA])
+def test_mixed_precision_on_cpu(cls, task):
+    """bf16 autocast (what a GPU run does in fp16): finite losses and float32 logits; ProGrad
+    takes both gradients under autocast."""
+    bf16 = load_backbone("fewclip-test-vit", None, device="cpu", precision="amp_bf16")
+    extra = {"n_prompts": 2, "n_ctx": 4} if cls is ProDA else {}
+    method = cls(epochs=2, batch_size=8, **extra)
+    result = method.fit(bf16, task["train"], task["val"], task["names"], seed=0)
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    logits = method.logits(bf16, task["test"][:3], task["names"])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
