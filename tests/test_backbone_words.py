@@ -36,6 +36,9 @@ from fewclip.methods.apex import APEX, OFFICIAL_EPSILON, relative_epsilon
 from fewclip.methods.base import accuracy
 from fewclip.methods.cocoop import CoCoOp
 from fewclip.methods.coop import CoOp
+from fewclip.methods.kgcoop import KgCoOp
+from fewclip.methods.proda import ProDA
+from fewclip.methods.prograd import ProGrad
 from fewclip.methods.tomm import TOMM
 from fewclip.pretrain.data import EVAL_TEMPLATE
 from fewclip.prompting.encoder_base import batch_loader
@@ -154,6 +157,11 @@ STARTS_AT_ZERO_SHOT = [
     ("coop", lambda init: CoOp(init=init), None),
     ("cocoop", lambda init: CoCoOp(init=init), zero_meta_net),
     ("tomm", lambda init: TOMM(init=init), None),
+    ("kgcoop", lambda init: KgCoOp(init=init), None),
+    # ProGrad with M = the phrase's words (the default 16 starts with zero vectors before it)
+    ("prograd", lambda init: ProGrad(init=init, n_ctx=3 if init == BACKBONE_WORDS else 4), None),
+    # ProDA with the phrase in every prompt and the class name at the end
+    ("proda", lambda init: ProDA(init=init, n_prompts=2, layout="end"), None),
 ]
 
 

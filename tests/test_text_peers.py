@@ -125,6 +125,12 @@ def test_registered_with_official_defaults():
     assert [ProGrad(protocol="few_shot").default_epochs(k) for k in (1, 4, 16)] == [50, 100, 200]
     assert ProGrad(protocol="base_to_new").default_epochs(16) == 100
     assert ProGrad(protocol="cross_dataset").default_epochs(16) == 200
+    # which runs read the backbone's words (their run key then includes them)
+    assert KgCoOp().uses_backbone_words and ProGrad().uses_backbone_words
+    assert not KgCoOp(init="official", dataset="eurosat").uses_backbone_words
+    assert KgCoOp(init="official", dataset="folder:x").uses_backbone_words  # w_c's template
+    assert not ProGrad(dataset="oxford_pets").uses_backbone_words
+    assert ProDA(init="backbone").uses_backbone_words and not ProDA().uses_backbone_words
 
 
 @pytest.mark.parametrize(

@@ -33,13 +33,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone
+from ..backbones import BACKBONE_WORDS, Backbone, words_note
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.hand_crafted import (
     KGCOOP_TEMPLATES,
     dataset_template,
     hand_crafted_features,
     resolve_phrase,
+    template_reads_backbone,
 )
 from ..prompting.text_prompts import TextPromptLearner, TextTower
 from .base import register_method
@@ -73,8 +74,18 @@ class KgCoOp(FeaturePromptMethod):
         if not self.options.init:
             raise ValueError("kgcoop: init must be 'backbone', 'official' or a phrase")
 
+    @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the init phrase or w_c's template comes from the backbone (the run key then
+        includes its words)."""
+        o = self.options
+        return o.init == BACKBONE_WORDS or template_reads_backbone(
+            o.dataset, o.template, KGCOOP_TEMPLATES
+        )
+
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
+        self.words = backbone.words
         self.learner = TextPromptLearner(
             TextTower(backbone.model),
             backbone.tokenizer,
@@ -110,8 +121,8 @@ class KgCoOp(FeaturePromptMethod):
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
+        result.notes.append(words_note(self.name, self.words, self.options.init))
         result.notes.append(
-            f"kgcoop: init phrase {self.learner.context_words!r}, hand-crafted template "
-            f"{self.template!r}, lambda {self.options.weight}"
+            f"kgcoop: hand-crafted template {self.template!r}, lambda {self.options.weight}"
         )
         return result

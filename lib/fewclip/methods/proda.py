@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone
+from ..backbones import BACKBONE_WORDS, Backbone, words_note
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.hand_crafted import resolve_phrase
 from ..prompting.prompt_ensemble import LAYOUTS, PromptEnsemble, proda_positions
@@ -118,11 +118,22 @@ class ProDA(FeaturePromptMethod):
         self._means: dict[tuple[str, ...], torch.Tensor] = {}
         self._queue: list[int] = []
 
+    @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the init phrase comes from the backbone (the run key then includes it)."""
+        return self.options.init == BACKBONE_WORDS
+
     def default_epochs(self, shots: int) -> int:
         return coop_epochs(shots)
 
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        result.notes.append(words_note(self.name, self.words, self.options.init))
+        return result
+
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
+        self.words = backbone.words
         self.learner = PromptEnsemble(
             TextTower(backbone.model),
             backbone.tokenizer,

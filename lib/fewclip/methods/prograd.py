@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone
+from ..backbones import BACKBONE_WORDS, Backbone
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.hand_crafted import (
     PROGRAD_TEMPLATES,
@@ -50,6 +50,7 @@ from ..prompting.hand_crafted import (
     hand_crafted_features,
     resolve_phrase,
     template_phrase,
+    template_reads_backbone,
 )
 from ..prompting.text_prompts import PLACEHOLDER, TextPromptLearner, TextTower, count_words
 from .base import register_method
@@ -144,6 +145,15 @@ class ProGrad(FeaturePromptMethod):
         if self.options.protocol == "base_to_new":
             return BASE_TO_NEW_EPOCHS
         return coop_epochs(shots)
+
+    @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the template (and so the init phrase) or the init phrase comes from the
+        backbone (the run key then includes its words)."""
+        o = self.options
+        return o.init == BACKBONE_WORDS or template_reads_backbone(
+            o.dataset, o.template, PROGRAD_TEMPLATES
+        )
 
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options

@@ -13,7 +13,7 @@ offline tasks, a user's folder) gets the backbone's own template (``Backbone.wor
 "a photo of a {}." for OpenAI CLIP, the pretraining caption form for a checkpoint that
 declares one), which is also what ``template="backbone"`` asks for everywhere.
 
-The init phrase of a prompt learner resolves the same way (:func:`resolve_phrase`):
+The init phrase of a prompt learner resolves as for CoOp (:func:`resolve_phrase`):
 ``"backbone"``: the backbone's own phrase, ``"official"``: "a photo of a", any other
 string: itself.
 """
@@ -24,14 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..backbones import BACKBONE_WORDS, OFFICIAL_WORDS, OPENAI_WORDS, init_phrase
 from ..data.templates import SINGLE_TEMPLATES
-
-#: OpenAI CLIP's words, as the official prompt-learning codes speak to it.
-OFFICIAL_TEMPLATE = "a photo of a {}."
-OFFICIAL_PHRASE = "a photo of a"
-#: Option values: the backbone's own words / the official codes' words.
-BACKBONE = "backbone"
-OFFICIAL = "official"
 
 #: KgCoOp's CUSTOM_TEMPLATES where they differ from CoOp's single templates.
 KGCOOP_TEMPLATES: dict[str, str] = {"dtd": "a photo of a {}, a type of texture."}
@@ -45,23 +39,17 @@ PROGRAD_TEMPLATES: dict[str, str] = {
 }
 
 
-def backbone_words(backbone) -> tuple[str, str]:
-    """(template, init phrase) the backbone was pretrained with (``Backbone.words`` where the
-    backbone declares them, else OpenAI CLIP's "a photo of a {}." / "a photo of a")."""
-    words = getattr(backbone, "words", None)
-    if words is None:
-        return OFFICIAL_TEMPLATE, OFFICIAL_PHRASE
-    return words.template, words.init
-
-
 def resolve_phrase(backbone, init: str | None) -> str | None:
-    """An init option -> the phrase: "backbone" (its own), "official" ("a photo of a"),
-    None (random context) or a phrase (itself)."""
-    if init == BACKBONE:
-        return backbone_words(backbone)[1]
-    if init == OFFICIAL:
-        return OFFICIAL_PHRASE
-    return init
+    """An init option -> the phrase (:func:`fewclip.backbones.init_phrase`): "backbone" (its
+    own words), "official" ("a photo of a"), None (random context) or a phrase (itself)."""
+    return init_phrase(backbone.words, init)
+
+
+def template_reads_backbone(dataset: str | None, template: str | None, table: dict) -> bool:
+    """Whether :func:`dataset_template` takes the backbone's own template."""
+    if template is None:
+        return dataset not in table and dataset not in SINGLE_TEMPLATES
+    return template == BACKBONE_WORDS
 
 
 def dataset_template(
@@ -73,16 +61,12 @@ def dataset_template(
     template) for the benchmark datasets, the backbone's own template for any other
     dataset; "backbone" / "official" -> those words; else the given template ("{}" once).
     """
+    if template_reads_backbone(dataset, template, table):
+        return backbone.words.template
     if template is None:
-        if dataset in table:
-            return table[dataset]
-        if dataset in SINGLE_TEMPLATES:
-            return SINGLE_TEMPLATES[dataset][0]
-        return backbone_words(backbone)[0]
-    if template == BACKBONE:
-        return backbone_words(backbone)[0]
-    if template == OFFICIAL:
-        return OFFICIAL_TEMPLATE
+        return table[dataset] if dataset in table else SINGLE_TEMPLATES[dataset][0]
+    if template == OFFICIAL_WORDS:
+        return OPENAI_WORDS.template
     if template.count("{}") != 1:
         raise ValueError(
             f"template {template!r} must contain '{{}}' exactly once, where the class name "
