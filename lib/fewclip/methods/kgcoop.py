@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,7 @@ class KgCoOp(FeaturePromptMethod):
     """CoOp with its class features pulled towards a hand-crafted prompt's (L_kg)."""
 
     name = "kgcoop"
+    no_val_options: ClassVar[dict] = {"selection": "last"}  # fixed epochs, the last kept
 
     @dataclass
     class Options(FeaturePromptOptions):

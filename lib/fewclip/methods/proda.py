@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,7 @@ class ProDA(FeaturePromptMethod):
     """A Gaussian over the class features of K learned prompts, trained by its surrogate loss."""
 
     name = "proda"
+    no_val_options: ClassVar[dict] = {"selection": "last"}  # fixed epochs, the last kept
 
     @dataclass
     class Options(FeaturePromptOptions):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,7 @@ class ProGrad(FeaturePromptMethod):
     """CoOp whose cross-entropy gradient is projected to agree with zero-shot CLIP's."""
 
     name = "prograd"
+    no_val_options: ClassVar[dict] = {"selection": "last"}  # fixed epochs, the last kept
 
     @dataclass
     class Options(FeaturePromptOptions):
