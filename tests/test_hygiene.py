@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TEXT_SUFFIXES = {
     ".py", ".md", ".ipynb", ".json", ".jsonl", ".yml", ".yaml", ".toml", ".cfg", ".txt",
-    ".csv", ".cff", ".html", ".sh", ".ini",
+    ".csv", ".cff", ".html", ".j2", ".sh", ".ini",
 }  # fmt: skip
 TEXT_NAMES = {"Makefile", "LICENSE", ".gitignore", "run"}
 UNTRACKED_DIRS = {".git", ".venv", "data", "runs", "cache", "site", "build", "dist"}
