@@ -18,7 +18,6 @@ from fewclip.methods.dual_adapter import (
     DualCache,
     adaptive_reranking_loss,
     consistency_loss,
-    consistency_target,
     pseudo_negative_keys,
     shot_slots,
     soft_labels,
@@ -284,7 +283,7 @@ def test_consistency_loss_equals_two_cosine_similarities(mode):
     cos_d = F.cosine_similarity(w_plus, w_d, dim=dim, eps=1e-7)
     reference = (0.45 * (1 - cos_t) + 0.55 * (1 - cos_d)).mean()
     (expected_grad,) = torch.autograd.grad(reference, w_plus)
-    target = consistency_target(w_t, w_d, mode)
+    target = kernels.consistency_target(w_t, w_d, dim, (0.45, 0.55))
     for loss in (
         consistency_loss(w_plus, w_t, w_d, mode=mode),
         kernels.consistency_loss(w_plus, target, dim, (0.45, 0.55)),

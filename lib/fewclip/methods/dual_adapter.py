@@ -28,36 +28,24 @@ paper and code):
 
 One beta and one alpha serve both paths, as in the official code.
 
-Loss: CE(logit, y) + ARL + 8 * consistency (:func:`adaptive_reranking_loss`,
-:func:`consistency_loss`). Training: AdamW in two groups (positive residuals lr 1e-4,
-negative 5x), weight decay 0.1, eps 1e-3, cosine per iteration, batch 256, one augmented
-view per epoch, per-dataset epochs and overrides (:data:`DUAL_DEFAULTS`); the best epoch by
-val accuracy at the initial (beta, alpha, lam) is kept. Then (beta, alpha, lam) are searched
-on val (beta [0, s0) 200 steps, alpha [0, s1) 40, lam [0.6, 1.0) 20; per-dataset ranges)
-with :func:`.search.grid_search_chunked`, which returns the official nested loop's choice.
-Beta's grid and initial value are for s = 100, scaled by ``beta_scale`` (default s / 100),
-alpha's by ``alpha_scale`` (default 1; :func:`.search.grid_scales`).
+Loss: CE(logit, y) + ARL + 8 * consistency. Training: AdamW in two groups (positive
+residuals lr 1e-4, negative 5x), weight decay 0.1, eps 1e-3, cosine per iteration, batch
+256, one augmented view per epoch, per-dataset settings (:mod:`.dual_configs`); the best
+epoch by val accuracy at the initial (beta, alpha, lam) is kept, then (beta, alpha, lam)
+are searched on val, returning the official nested loop's choice. Beta's grid and initial
+value (for s = 100) scale by ``beta_scale`` (default s / 100), alpha's by ``alpha_scale``
+(default 1; :func:`.search.grid_scales`). Ablations are options; ``version=2`` is SimNL
+(WACV 2025, zhangce01/SimNL: soft-label temperature 1, groups of the run's K).
 
-Ablations: ``paths="positive"`` (lam = 1) / ``"negative"`` (lam = 0), ``soft_labels=False``
-(L~ = L), ``negative_cache=False``, ``train=False`` (residuals stay zero),
-``search_lam=False`` (lam = ``init_lam``); ``logits(x, lam=...)`` sweeps lam after fitting.
-``version=2`` is SimNL (WACV 2025, zhangce01/SimNL): soft-label temperature 1 and groups
-of the run's K (:func:`soft_labels` with ``shots=K``); its noisy-label experiment is
-``RunConfig.label_noise``.
-
-Differences from the official code (zhangce01/DualAdapter), each deliberate:
-- consistency per class (``consistency="official"``: along the class axis);
-- unbalanced few-shot sets: slots, soft labels and F- per class (the official reshape
-  assumes K per class); R_k, R_k- and F-'s slots follow each entry's label, not its
-  position (under label noise the official blocks are the clean classes);
-- F- averages all other classes (official: the C - 1 least similar, the same unless another
-  class's mean key is closer to c's than c's own);
-- float32 throughout (official: half; ``benchmarks/bench_precision.py``);
-- no description classifier: W_d = W_t, noted in the run record;
-- ``paths="negative"`` trains only R_n, R_k- and drops ARL / consistency;
-- text weights 0.45 / 0.55 as the code (the configs' ``w_training*`` are read by no code);
-- StanfordCars' and UCF101's stale configs read as beta [0, 15) in 100 steps, alpha
-  [0, 10) / [0, 7) in 20, lam [0.6, 1.0) in 20.
+Differences from the official code (zhangce01/DualAdapter), each deliberate: consistency
+per class (``consistency="official"``: along the class axis); unbalanced sets handled per
+class (slots, soft labels, F-), R_k, R_k- and F-'s slots by each entry's label, not its
+position (under label noise the official blocks are the clean classes); F- over all other
+classes (official: the C - 1 least similar, the same unless another class's mean key is
+closer); float32 (official: half; ``benchmarks/bench_precision.py``); W_d = W_t without a
+description classifier (noted); ``paths="negative"`` trains R_n, R_k- only, without ARL
+and consistency; StanfordCars' and UCF101's stale configs read as beta [0, 15) in 100
+steps, alpha [0, 10) / [0, 7) in 20, lam [0.6, 1.0) in 20.
 
 ``fast=True`` (default) sends the forward, the losses and the search to
 :mod:`.kernels.dual` and the interval search; ``fast=False`` runs the formulas as written
@@ -76,24 +64,24 @@ from torch import nn
 
 from .base import FeatureData, FitResult, register_method
 from .cache_method import CacheMethod, CacheModule, Range
-from .dual_configs import DUAL_DEFAULTS, DUAL_GENERIC, DualDefaults, dual_defaults
+from .dual_configs import (  # noqa: F401  (DUAL_DEFAULTS, DualDefaults: re-exported)
+    DUAL_DEFAULTS,
+    DUAL_GENERIC,
+    DualDefaults,
+    dual_defaults,
+    initial_setting,
+    search_grids,
+)
 from .kernels import dual as kernels
 from .kernels.dual import DualComponents, DualTerms
-from .search import linear_grid
 from .training import adamw, fit_epochs
 
-__all__ = ["DUAL_DEFAULTS", "DUAL_GENERIC", "DualAdapter", "DualCache", "DualDefaults"]
-
 TEXT_WEIGHTS = (0.45, 0.55)  # W+ = 0.45 * template + 0.55 * description
-COSINE_EPS = kernels.COSINE_EPS  # the consistency cosines' norm floor
 NEGATIVE_TEXT_SCALE = 0.15  # the negative text logits use 0.15 * s (15 for CLIP)
 
 
-#: What ``version`` changes: v1 = DualAdapter (arXiv 2403.12964 v1, zhangce01/DualAdapter),
-#: v2 = SimNL (WACV 2025, the paper's v2, zhangce01/SimNL): the same model, training and
-#: search; only the soft labels differ (temperature 1 instead of 0.1, and SimNL's
-#: ``generate_soft_label`` groups the entries by label with the run's K, see
-#: :func:`soft_labels`).
+#: What ``version`` changes (v1 DualAdapter, v2 SimNL): the soft labels' temperature (and
+#: v2 groups the entries with the run's K, :func:`soft_labels`).
 VERSIONS: dict[int, dict[str, float]] = {1: {"soft_temperature": 0.1}, 2: {"soft_temperature": 1.0}}
 
 # -- inputs built once from the few-shot set ---------------------------------------------
@@ -184,8 +172,7 @@ def adaptive_reranking_loss(
 
 
 def _consistency_dim(mode: str) -> int:
-    """The axis the consistency cosines run along: 0 per class ("class"), 1 along the class
-    axis ("official")."""
+    """The consistency cosines' axis: 0 per class ("class"), 1 along classes ("official")."""
     if mode not in ("class", "official"):
         raise ValueError(f"consistency must be 'class' or 'official', not {mode!r}")
     return 0 if mode == "class" else 1
@@ -200,32 +187,18 @@ def consistency_loss(
 ) -> torch.Tensor:
     """mean(0.45 * (1 - cos(W+, W_t)) + 0.55 * (1 - cos(W+, W_d))), all (d, C).
 
-    mode "class": cosine per class column (C values); "official": along the class axis for
-    each feature dimension (d values), as the official code computes it. The fast path is
-    :func:`.kernels.dual.consistency_loss` (one product with a target computed once).
+    mode "class": cosine per class column; "official": along the class axis per feature
+    dimension, as the official code. Fast path: :func:`.kernels.dual.consistency_loss`.
     """
     dim = _consistency_dim(mode)
-    cos_t = F.cosine_similarity(w_plus, w_t, dim=dim, eps=COSINE_EPS)
-    cos_d = F.cosine_similarity(w_plus, w_d, dim=dim, eps=COSINE_EPS)
+    cos_t = F.cosine_similarity(w_plus, w_t, dim=dim, eps=kernels.COSINE_EPS)
+    cos_d = F.cosine_similarity(w_plus, w_d, dim=dim, eps=kernels.COSINE_EPS)
     return (weights[0] * (1 - cos_t) + weights[1] * (1 - cos_d)).mean()
 
 
-def consistency_target(
-    w_t: torch.Tensor, w_d: torch.Tensor, mode: str = "class", weights=TEXT_WEIGHTS
-) -> torch.Tensor:
-    """(d, C) the frozen side of the fast consistency loss (:mod:`.kernels.dual`)."""
-    return kernels.consistency_target(w_t, w_d, _consistency_dim(mode), weights)
-
-
-# -- the forward -------------------------------------------------------------------------
-
-
 class DualCache(CacheModule):
-    """Frozen inputs (buffers) and the five residuals of DualAdapter; the forward.
-
-    Built on its inputs' device; with ``fast`` its kernels (:class:`.kernels.dual.DualKernels`)
-    derive what they need from the frozen inputs here, once.
-    """
+    """Frozen inputs (buffers), the five residuals and the forward, on the inputs' device;
+    with ``fast``, :class:`.kernels.dual.DualKernels` derived from the frozen inputs once."""
 
     def __init__(
         self,
@@ -253,18 +226,11 @@ class DualCache(CacheModule):
             soft_labels(keys, labels, num_classes, soft_temperature, soft_shots) if soft else values
         )
         negative_keys = pseudo_negative_keys(keys, labels, num_classes)
-        # Inputs, not state: kept out of state_dict, so best-epoch snapshots hold residuals only.
-        buffers = {
-            "keys": keys,  # F (M, d)
-            "labels": labels.clone(),  # y (M,)
-            "values": values,  # L (M, C)
-            "soft_values": soft_values,  # L~ (M, C)
-            "negative_keys": negative_keys,  # F- (M, d)
-            "w_t": w_t,  # (d, C)
-            "w_d": w_d,
-            "w_n": w_n,
-        }
-        for name, tensor in buffers.items():
+        # Inputs, not state (out of state_dict: best-epoch snapshots hold residuals only):
+        # F (M, d), y (M,), L and L~ (M, C), F- (M, d), W_t, W_d, W_n (d, C)
+        names = ("keys", "labels", "values", "soft_values", "negative_keys", "w_t", "w_d", "w_n")
+        tensors = (keys, labels.clone(), values, soft_values, negative_keys, w_t, w_d, w_n)
+        for name, tensor in zip(names, tensors, strict=True):
             self.register_buffer(name, tensor, persistent=False)
         self.logit_scale = float(logit_scale)
         self.negative_text_scale, self.text_weights = NEGATIVE_TEXT_SCALE, TEXT_WEIGHTS
@@ -353,12 +319,6 @@ class DualCache(CacheModule):
         neg = c.neg_text + alpha * c.neg_cache
         return lam * pos + (1 - lam) * neg
 
-    def positive_parameters(self) -> list[nn.Parameter]:
-        return [self.r_t, self.r_d, self.r_k]
-
-    def negative_parameters(self) -> list[nn.Parameter]:
-        return [self.r_n, self.r_kn] if self.negative_cache else [self.r_n]
-
 
 @register_method
 class DualAdapter(CacheMethod):
@@ -411,40 +371,22 @@ class DualAdapter(CacheMethod):
             raise ValueError(f"dual_adapter: version must be one of {sorted(VERSIONS)}")
 
     def soft_label_settings(self, data: FeatureData) -> tuple[float, int | None]:
-        """(temperature, K for every group or None for each group's own size) of the soft
-        labels under the chosen ``version``."""
-        o = self.options
-        temperature = VERSIONS[o.version]["soft_temperature"]
-        if o.soft_temperature is not None:
-            temperature = o.soft_temperature
-        shots = None
+        """The soft labels' (temperature, K of every group; None: each group's size)."""
+        o, shots = self.options, None
+        temperature = o.soft_temperature
+        if temperature is None:
+            temperature = VERSIONS[o.version]["soft_temperature"]
         if o.version == 2:
             shots = data.shots or round(data.train_labels.shape[0] / data.num_classes)
         return temperature, shots
 
-    # -- settings --------------------------------------------------------------------------
     def initial(self, data: FeatureData) -> tuple[float, float, float]:
         """(beta, alpha, lam) used while training; beta and alpha rescaled."""
-        o, d = self.options, dual_defaults(self.options.dataset)
-        rb, ra = self._scales(data)
-        beta = rb * (o.init_beta if o.init_beta is not None else d.init_beta)
-        alpha = ra * (o.init_alpha if o.init_alpha is not None else d.init_alpha)
-        lam = {"positive": 1.0, "negative": 0.0}.get(
-            o.paths, o.init_lam if o.init_lam is not None else d.init_lam
-        )
-        return beta, alpha, lam
+        return initial_setting(self.options, *self._scales(data))
 
     def grids(self, data: FeatureData) -> tuple[list[float], list[float], list[float]]:
         """The beta, alpha and lam grids of the search (lam: one value when fixed)."""
-        o, d = self.options, dual_defaults(self.options.dataset)
-        rb, ra = self._scales(data)
-        betas = linear_grid(*(o.beta_range or d.beta), scale=rb)
-        alphas = linear_grid(*(o.alpha_range or d.alpha), scale=ra)
-        if o.paths != "both" or not o.search_lam:
-            lams = [self.initial(data)[2]]
-        else:
-            lams = linear_grid(*(o.lam_range or d.lam))
-        return betas, alphas, lams
+        return search_grids(self.options, *self._scales(data))
 
     def _classifiers(self, data: FeatureData, notes: list[str]):
         w_t = data.classifiers["positive"]
@@ -456,26 +398,20 @@ class DualAdapter(CacheMethod):
         if w_n is None:
             if self.options.paths != "positive":
                 raise ValueError(
-                    "dual_adapter needs the 'negative' classifier (negative templates) for "
-                    "its negative path; give the dataset negative templates or use "
-                    "paths='positive'"
+                    "dual_adapter needs the 'negative' classifier (negative templates) for its "
+                    "negative path; give the dataset negative templates or use paths='positive'"
                 )
             w_n = w_t  # never used with lam = 1
         return w_t, w_d, w_n
 
-    # -- fit / logits ----------------------------------------------------------------------
     def fit(self, data: FeatureData, seed: int = 0) -> FitResult:
         o, d = self.options, dual_defaults(self.options.dataset)
         notes: list[str] = []
         w_t, w_d, w_n = self._classifiers(data, notes)
         temperature, soft_shots = self.soft_label_settings(data)
-        device = data.device
+        inputs = (data.cache_keys, data.train_labels, w_t, w_d, w_n)
         module = self.module = DualCache(
-            data.cache_keys.to(device),
-            data.train_labels.to(device),
-            w_t.to(device),
-            w_d.to(device),
-            w_n.to(device),
+            *(t.to(data.device) for t in inputs),
             data.logit_scale,
             soft=o.soft_labels,
             negative_cache=o.negative_cache,
@@ -486,19 +422,24 @@ class DualAdapter(CacheMethod):
         beta, alpha, lam = self.initial(data)
         result = FitResult(notes=notes)
         self._trainable = 0
-        if o.train:
-            result = self._train(data, module, beta, alpha, lam, seed)
+        if o.train:  # the residuals, the best epoch by val accuracy at the initial setting
+            result = fit_epochs(
+                module,
+                self.optimizer(module, data),
+                data,
+                epochs=o.epochs or d.epochs,
+                batch_size=o.batch_size,
+                loss_fn=self.training_loss(module, beta, alpha, lam),
+                logits_fn=lambda f: module.chunked(f, beta, alpha, lam),
+                seed=seed,
+                progress=o.progress,
+                desc=self.name,
+            )
             result.notes[:0] = notes
-        chosen = {
-            "version": o.version,
-            "soft_temperature": temperature,
-            "init_beta": beta,
-            "init_alpha": alpha,
-            "init_lam": lam,
-            "beta_scale": self._scales(data)[0],
-            "alpha_scale": self._scales(data)[1],
-            "epochs": (o.epochs or d.epochs) if o.train else 0,
-        }
+        rb, ra = self._scales(data)
+        chosen = dict(version=o.version, soft_temperature=temperature, init_beta=beta)
+        chosen.update(init_alpha=alpha, init_lam=lam, beta_scale=rb, alpha_scale=ra)
+        chosen["epochs"] = (o.epochs or d.epochs) if o.train else 0
         if o.search:
             found = self.search(data.val_features, data.val_labels, data)
             beta, alpha, lam = found.beta, found.alpha, found.lam
@@ -517,28 +458,12 @@ class DualAdapter(CacheMethod):
         lr = o.lr or d.lr
         groups = []
         if o.paths != "negative":
-            groups.append({"params": module.positive_parameters(), "lr": lr})
+            groups.append({"params": [module.r_t, module.r_d, module.r_k], "lr": lr})
         if o.paths != "positive":
-            groups.append({"params": module.negative_parameters(), "lr": lr * o.negative_lr_factor})
+            negative = [module.r_n, module.r_kn] if module.negative_cache else [module.r_n]
+            groups.append({"params": negative, "lr": lr * o.negative_lr_factor})
         self._trainable = sum(p.numel() for g in groups for p in g["params"])
         return adamw(groups, weight_decay=o.weight_decay, eps=eps)
-
-    def _train(self, data, module: DualCache, beta, alpha, lam, seed) -> FitResult:
-        o, d = self.options, dual_defaults(self.options.dataset)
-        optimizer = self.optimizer(module, data)
-        loss_fn = self.training_loss(module, beta, alpha, lam)
-        return fit_epochs(
-            module,
-            optimizer,
-            data,
-            epochs=o.epochs or d.epochs,
-            batch_size=o.batch_size,
-            loss_fn=loss_fn,
-            logits_fn=lambda f: module.chunked(f, beta, alpha, lam),
-            seed=seed,
-            progress=o.progress,
-            desc=self.name,
-        )
 
     def training_loss(
         self, module: DualCache, beta: float, alpha: float, lam: float
@@ -553,15 +478,12 @@ class DualAdapter(CacheMethod):
             def plain_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 f = f.float()
                 loss = F.cross_entropy(module(f, beta, alpha, lam), y)
-                if o.paths != "negative":
-                    w_plus = module.positive_classifier()
-                    loss = loss + o.arl_weight * adaptive_reranking_loss(
-                        f, w_plus.T, y, scale=o.arl_scale, k=o.arl_k
-                    )
-                    loss = loss + o.consistency_weight * consistency_loss(
-                        w_plus, module.w_t, module.w_d, mode=o.consistency
-                    )
-                return loss
+                if o.paths == "negative":
+                    return loss
+                W_plus = module.positive_classifier()
+                arl = adaptive_reranking_loss(f, W_plus.T, y, scale=o.arl_scale, k=o.arl_k)
+                consistency = consistency_loss(W_plus, module.w_t, module.w_d, mode=o.consistency)
+                return loss + o.arl_weight * arl + o.consistency_weight * consistency
 
             return plain_loss
         target = kernels.consistency_target(module.w_t, module.w_d, dim, TEXT_WEIGHTS)

@@ -1,4 +1,5 @@
-"""DualAdapter's official per-dataset settings (zhangce01/DualAdapter ``configs/<dataset>.yaml``).
+"""DualAdapter's settings: the official per-dataset values (zhangce01/DualAdapter
+``configs/<dataset>.yaml``), overridden by the method's options.
 
 Beta and alpha ranges and initial values are for CLIP's logit scale s = 100 (the method
 rescales them, :func:`fewclip.methods.search.grid_scales`).
@@ -7,6 +8,8 @@ rescales them, :func:`fewclip.methods.search.grid_scales`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .search import linear_grid
 
 Range = tuple[float, float, int]  # (start, stop, steps), stop excluded
 
@@ -46,3 +49,27 @@ DUAL_GENERIC = DualDefaults(30, (0, 7, 200), (0, 7, 40), 1, 3)
 
 def dual_defaults(dataset: str | None) -> DualDefaults:
     return DUAL_DEFAULTS.get(dataset or "", DUAL_GENERIC)
+
+
+def initial_setting(options, beta_scale: float, alpha_scale: float) -> tuple[float, float, float]:
+    """(beta, alpha, lam) while training: the options' values, else the dataset's; beta and
+    alpha times their scales; lam 1 / 0 on the positive / negative path alone."""
+    o, d = options, dual_defaults(options.dataset)
+    beta = beta_scale * (o.init_beta if o.init_beta is not None else d.init_beta)
+    alpha = alpha_scale * (o.init_alpha if o.init_alpha is not None else d.init_alpha)
+    lam = {"positive": 1.0, "negative": 0.0}.get(
+        o.paths, o.init_lam if o.init_lam is not None else d.init_lam
+    )
+    return beta, alpha, lam
+
+
+def search_grids(options, beta_scale: float, alpha_scale: float):
+    """The (betas, alphas, lams) of the search: the options' ranges, else the dataset's,
+    beta's and alpha's times their scales; lam fixed (one value) on one path alone or
+    without ``search_lam``."""
+    o, d = options, dual_defaults(options.dataset)
+    betas = linear_grid(*(o.beta_range or d.beta), scale=beta_scale)
+    alphas = linear_grid(*(o.alpha_range or d.alpha), scale=alpha_scale)
+    if o.paths != "both" or not o.search_lam:
+        return betas, alphas, [initial_setting(o, beta_scale, alpha_scale)[2]]
+    return betas, alphas, linear_grid(*(o.lam_range or d.lam))
