@@ -89,6 +89,7 @@ from ..backbones import (
     words_note,
 )
 from ..data.base import Datum
+from ..prompting.deep_prompts import DeepVisualPrompts, check_vit
 from ..prompting.encoder_base import (
     EncoderMethod,
     Images,
@@ -105,7 +106,6 @@ from ..prompting.training import (
     epoch_scheduler,
     fit_loop,
 )
-from ..prompting.visual_prompts import DeepVisualPrompts, check_vit
 from .base import FitResult, accuracy, register_method
 
 ENSEMBLES = ("both", "text", "visual", "none")

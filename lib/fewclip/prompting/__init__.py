@@ -2,12 +2,13 @@
 methods (CoOp, CoCoOp, APEX, TOMM in :mod:`fewclip.methods`).
 
 - :mod:`.text_prompts`: learnable context vectors through the frozen text transformer.
-- :mod:`.visual_prompts`: deep visual prompts for open_clip ViTs.
+- :mod:`.deep_prompts`: deep visual and text prompts, MaPLe's coupling function.
 - :mod:`.encoder_base`: the ``EncoderMethod`` interface, cached image features.
 - :mod:`.training`: Dassl's optimisers and per-epoch schedule, the training loop.
 - :mod:`.toy`: a synthetic coloured-squares task for tests and benchmarks.
 """
 
+from .deep_prompts import DeepVisualPrompts, VisualPromptError, encode_image
 from .encoder_base import (
     CachedImages,
     EncoderMethod,
@@ -16,7 +17,6 @@ from .encoder_base import (
     encode_items,
 )
 from .text_prompts import ClassPrompts, TextPromptLearner, TextTower
-from .visual_prompts import DeepVisualPrompts, VisualPromptError, encode_image
 
 __all__ = [
     "CachedImages",
