@@ -1,0 +1,197 @@
+"""MaPLe: Multi-modal Prompt Learning (Khattak, Rasheed, Maaz, Khan, Khan; CVPR 2023,
+arXiv 2210.03117). Official code: muzairkhattak/multimodal-prompt-learning.
+
+Deep prompts in both encoders, the visual ones coupled to the text ones
+(:mod:`fewclip.prompting.deep_prompts`):
+
+    c          = first n tokens of "a photo of a" (learnable; n = 2: "a photo", "of a" fixed)
+    q_j        ~ N(0, 0.02) (n, w_t)             text prompts of layers j = 2..J
+    p_1 = F_1(c),  p_j = F_j(q_j)                 visual prompts, F_j linear w_t -> w
+    t_c        = g([SOS, c, "of a", w_c, ".", EOT]; q_2..q_J)          (C, d)
+    z          = f(image; p_1..p_J)                                     (B, d)
+    loss       = CE(s * norm(z) @ norm(t)^T, y)          s: the model's own logit scale
+
+Official configs (``configs/trainers/MaPLe``), chosen by the run's ``protocol``:
+
+- ``vit_b16_c2_ep5_batch4_2ctx`` (few_shot, base_to_new): SGD lr 0.0035 (momentum 0.9,
+  weight decay 5e-4), 5 epochs, batch 4, cosine per epoch after 1 constant warm-up epoch
+  at 1e-5, J = 9, n = 2, Dassl's random resized crop + flip;
+- ``vit_b16_c2_ep5_batch4_2ctx_cross_datasets`` (cross_dataset, domain_generalisation,
+  trained on the source as the official ImageNet source model): lr 0.0026, 2 epochs, J = 3.
+
+Options left at None take these; every given option wins (:meth:`MaPLe.resolved`). J is
+capped at the layers of the smaller tower when not given (the tiny models have fewer than
+9). As the official ``MultiModalPromptLearner``, the phrase initialises ``c`` only when
+n <= 4 (else ``c`` ~ N(0, 0.02)). ViT only, as in the paper: a ResNet has no token
+sequence to prompt (refused with one sentence).
+
+Differences from the official code: the best epoch is chosen on the few-shot val split
+(``selection="last"``: the official last epoch); the coupling functions map to the
+backbone's own widths (the official code hard-codes 512 -> 768, ViT-B/16's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from ..prompting.deep_prompts import (
+    Coupling,
+    DeepTextPrompts,
+    check_vit,
+    encode_image,
+    encode_text,
+)
+from ..prompting.encoder_base import Images, image_batches
+from ..prompting.reencoding import (
+    DEFAULT_INIT,
+    TRANSFER_PROTOCOLS,
+    ReencodingMethod,
+    ReencodingOptions,
+)
+from ..prompting.text_prompts import TextPromptLearner, TextTower, count_tokens
+from .base import register_method
+
+#: The official configs: options left at None take these values.
+CONFIGS = {
+    "vit_b16_c2_ep5_batch4_2ctx": {
+        "lr": 0.0035,
+        "epochs": 5,
+        "batch_size": 4,
+        "warmup_type": "constant",
+        "warmup_lr": 1e-5,
+        "depth": 9,
+    },
+    "vit_b16_c2_ep5_batch4_2ctx_cross_datasets": {
+        "lr": 0.0026,
+        "epochs": 2,
+        "batch_size": 4,
+        "warmup_type": "constant",
+        "warmup_lr": 1e-5,
+        "depth": 3,
+    },
+}
+
+
+def tower_depth(backbone: Backbone) -> int:
+    """Layers of the smaller of the two transformers (the deepest J both can take)."""
+    vit = check_vit(backbone.model.visual)
+    tower = TextTower(backbone.model)
+    return min(len(vit.transformer.resblocks), len(tower.transformer.resblocks))
+
+
+def context_learner(
+    backbone: Backbone, init: str, n_ctx: int, generator: torch.Generator
+) -> TextPromptLearner:
+    """The official rule: the phrase's first ``n_ctx`` tokens when n_ctx <= 4 and the phrase
+    has that many tokens, else ``n_ctx`` random N(0, 0.02) vectors (shown as "X X ...")."""
+    tower = TextTower(backbone.model)
+    use_phrase = bool(init) and n_ctx <= 4 and n_ctx <= count_tokens(backbone.tokenizer, init)
+    return TextPromptLearner(
+        tower,
+        backbone.tokenizer,
+        init=init if use_phrase else None,
+        n_ctx=n_ctx,
+        generator=generator,
+    )
+
+
+class MaPLeLearner(nn.Module):
+    """Every learnable parameter of MaPLe: context c, deeper text prompts q, couplings F."""
+
+    def __init__(
+        self, backbone: Backbone, depth: int, n_ctx: int, init: str, generator: torch.Generator
+    ) -> None:
+        super().__init__()
+        vit = check_vit(backbone.model.visual)
+        self.text = context_learner(backbone, init, n_ctx, generator)
+        tower = self.text.tower
+        self.deep_text = DeepTextPrompts(tower.width, depth, n_ctx, backbone.device, generator)
+        width = int(vit.class_embedding.shape[0])
+        self.coupling = Coupling(tower.width, width, depth).to(backbone.device)
+
+    @property
+    def depth(self) -> int:
+        return self.coupling.depth
+
+    def visual_prompts(self) -> list[torch.Tensor]:
+        """J visual prompts (n, w): p_1 = F_1(c), p_j = F_j(q_j)."""
+        return self.coupling(self.text.ctx, self.deep_text.prompts)
+
+    def text_features(self, classnames: Sequence[str]) -> torch.Tensor:
+        """(C, d) un-normalised text features of the deep-prompted text encoder."""
+        prompts = self.text.class_prompts(classnames)
+        embeddings = prompts.assemble(self.text.ctx)
+        return encode_text(self.text.tower, embeddings, prompts.ids, self.deep_text.prompts)
+
+    def image_features(self, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, d) un-normalised features of the deep-prompted image encoder."""
+        return encode_image(visual, images, self.visual_prompts())
+
+
+@register_method
+class MaPLe(ReencodingMethod):
+    """Multi-modal deep prompts, the visual ones coupled to the text ones."""
+
+    name = "maple"
+    CONFIGS = CONFIGS
+
+    @dataclass
+    class Options(ReencodingOptions):
+        depth: int | None = None  # J; None: 9 (cross-dataset config: 3), capped at the layers
+        n_ctx: int = 2
+        init: str = DEFAULT_INIT
+
+    def config_name(self) -> str:
+        if self.options.protocol in TRANSFER_PROTOCOLS:
+            return "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"
+        return "vit_b16_c2_ep5_batch4_2ctx"
+
+    def build(
+        self,
+        backbone: Backbone,
+        classnames: Sequence[str],
+        generator: torch.Generator,
+        settings: dict[str, Any],
+    ) -> None:
+        depth, layers = settings["depth"], tower_depth(backbone)
+        if self.options.depth is None:
+            depth = min(depth, layers)
+        if not 1 <= depth <= layers:
+            raise ValueError(
+                f"maple: depth must be in [1, {layers}] for this backbone, got {depth}"
+            )
+        self.learner = MaPLeLearner(
+            backbone, depth, self.options.n_ctx, self.options.init, generator
+        )
+
+    def train_loss(
+        self, backbone: Backbone, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        learner = self._check_fitted()
+        t = F.normalize(learner.text_features(self.train_classnames).float(), dim=-1)
+        z = F.normalize(learner.image_features(backbone.model.visual, images).float(), dim=-1)
+        return F.cross_entropy(backbone.logit_scale * z @ t.T, labels)
+
+    @torch.no_grad()
+    def logits(self, backbone: Backbone, images: Images, classnames: Sequence[str]) -> torch.Tensor:
+        learner = self._check_fitted()
+        with backbone.autocast():
+            t = F.normalize(learner.text_features(classnames).float(), dim=-1)
+        out = []
+        for batch in image_batches(backbone, images):
+            with backbone.autocast():
+                z = learner.image_features(backbone.model.visual, batch.to(backbone.device))
+            out.append(backbone.logit_scale * F.normalize(z.float(), dim=-1) @ t.T)
+        return torch.cat(out)
+
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        result.chosen["depth"] = self._check_fitted().depth
+        return result
