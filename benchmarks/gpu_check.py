@@ -34,7 +34,9 @@ from fewclip.prompting.toy import coloured_squares
 from fewclip.runner import run
 
 ARCHS = ("fewclip-test-rn", "fewclip-test-vit", "RN50", "ViT-B-16")
-VIT_ONLY = ("apex",)
+VIT_ONLY = ("apex", "maple", "promptsrc")
+#: Options for ResNets: CLIP-LoRA adapts their text encoder only (as its official code).
+RESNET_OPTIONS = {"clip_lora": {"encoder": "text"}}
 TRAINING_FREE = ("zero_shot", "tip_adapter", "linear_probe")
 FAST = {
     "zero_shot": {},
@@ -50,6 +52,9 @@ FAST = {
     "kgcoop": {"epochs": 1, "batch_size": 4},
     "prograd": {"epochs": 1, "n_ctx": 8},
     "proda": {"epochs": 1, "n_prompts": 4, "n_ctx": 2},
+    "maple": {"epochs": 1, "batch_size": 4},
+    "promptsrc": {"epochs": 1, "batch_size": 4},
+    "clip_lora": {"iterations": 4, "batch_size": 4},
 }
 
 
@@ -79,7 +84,10 @@ def one_run(arch: str, method: str, device: str, data: Path, cache: Path) -> dic
         backbone=arch,
         pretrained=None,
         shots=0 if method == "zero_shot" else 2,
-        options=FAST.get(method, {}),
+        options={
+            **FAST.get(method, {}),
+            **(RESNET_OPTIONS.get(method, {}) if "vit" not in arch.lower() else {}),
+        },
         augment_views=1,
         data_root=str(data),
         cache_dir=str(cache),

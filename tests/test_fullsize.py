@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 #: (architecture, feature dimension) of the two papers' backbones.
 ARCHS = {"RN50": 1024, "ViT-B-16": 512}
 #: Methods that prompt the image tokens: a ViT only (they refuse a ResNet with a clear error).
-VIT_ONLY = {"apex"}
+VIT_ONLY = {"apex", "maple", "promptsrc"}
+#: Per-architecture options: CLIP-LoRA adapts a ResNet's text encoder only (as its official code).
+ARCH_OPTIONS = {("RN50", "clip_lora"): {"encoder": "text"}}
 #: One short fit each.
 FAST = {
     "zero_shot": {},
@@ -47,6 +49,9 @@ FAST = {
     "kgcoop": {"epochs": 1, "batch_size": 2},
     "prograd": {"epochs": 1, "n_ctx": 8},
     "proda": {"epochs": 1, "n_prompts": 4, "n_ctx": 2},
+    "maple": {"epochs": 1, "batch_size": 2},
+    "promptsrc": {"epochs": 1, "batch_size": 2},
+    "clip_lora": {"iterations": 1, "batch_size": 2},
 }
 EUROSAT = ("AnnualCrop", "Forest", "SeaLake")
 DTD = ("banded", "zigzagged")
@@ -131,7 +136,7 @@ def config(arch: str, method: str, protocol: str, data, checkpoint: str) -> RunC
         shots=1,
         protocol=protocol,
         eval_datasets=targets,
-        options=FAST[method],
+        options={**FAST[method], **ARCH_OPTIONS.get((arch, method), {})},
         augment_views=1,
         data_root=str(data),
         cache_dir=str(data / "cache"),

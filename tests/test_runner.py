@@ -33,7 +33,14 @@ FAST = {
     "kgcoop": {"epochs": 1, "batch_size": 8},
     "prograd": {"epochs": 1, "n_ctx": 4},
     "proda": {"epochs": 1, "n_prompts": 4, "n_ctx": 2},
+    "maple": {"epochs": 1, "batch_size": 4},
+    "promptsrc": {"epochs": 1, "batch_size": 4},
+    "clip_lora": {"iterations": 2, "batch_size": 8},
 }
+
+
+#: Methods run on the test ViT (the others on the test ResNet).
+VIT_METHODS = ("apex", "tomm", "cocoop", "coop", "maple", "promptsrc", "clip_lora")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +54,7 @@ def root(tmp_path_factory):
 
 
 def config(root, method, **kw) -> RunConfig:
-    arch = "fewclip-test-vit" if method in ("apex", "tomm", "cocoop", "coop") else "fewclip-test-rn"
+    arch = "fewclip-test-vit" if method in VIT_METHODS else "fewclip-test-rn"
     base = dict(
         method=method,
         dataset="folder:squares",

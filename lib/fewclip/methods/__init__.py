@@ -4,7 +4,8 @@ Feature-level (fit on cached features, :class:`~fewclip.methods.base.FeatureMeth
 ``zero_shot``, ``linear_probe``, ``clip_adapter``, ``tip_adapter``, ``tip_adapter_f``,
 ``dual_adapter``. Encoder-level (learn inputs of the frozen encoders,
 :class:`~fewclip.prompting.encoder_base.EncoderMethod`): ``coop``, ``cocoop``, ``apex``,
-``tomm``, ``kgcoop``, ``prograd``, ``proda``. Importing this package registers them all.
+``tomm``, ``kgcoop``, ``prograd``, ``proda``, ``maple``, ``promptsrc``, ``clip_lora``.
+Importing this package registers them all.
 """
 
 from . import (  # noqa: F401  (register the methods)
@@ -13,6 +14,7 @@ from . import (  # noqa: F401  (register the methods)
     apex,
     clap,
     clip_adapter,
+    clip_lora,
     cocoop,
     coop,
     dual_adapter,
