@@ -26,7 +26,7 @@ by its prompts, so base-to-new and cross-dataset evaluation need nothing more. O
 image tower only ``encoder="text"`` runs (the official code adapts ViT attention only).
 
 Differences from the official code: the logit scale is the model's own (OpenAI CLIP:
-100, the official constant).
+100, the official constant; ``logit_scale=100`` sets it).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class CLIPLoRA(EncoderMethod):
         dataset: str | None = None  # the run's dataset (set by the run layer)
         protocol: str | None = None  # the run's protocol (one configuration for all)
         augment: bool = True
+        logit_scale: float | None = None  # None: the model's own s (official: 100)
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -90,6 +91,11 @@ class CLIPLoRA(EncoderMethod):
                 f"{SELECTIONS}"
             )
         self.options.params = tuple(self.options.params)
+
+    def scale(self, backbone: Backbone) -> float:
+        """s: the option ``logit_scale``, else the model's own."""
+        given = self.options.logit_scale
+        return backbone.logit_scale if given is None else float(given)
 
     @property
     def template(self) -> str:
@@ -124,7 +130,7 @@ class CLIPLoRA(EncoderMethod):
             for batch in image_batches(backbone, images):
                 with backbone.autocast():
                     z = backbone.model.encode_image(batch.to(backbone.device))
-                out.append(backbone.logit_scale * F.normalize(z.float(), dim=-1) @ t.T)
+                out.append(self.scale(backbone) * F.normalize(z.float(), dim=-1) @ t.T)
         return torch.cat(out)
 
     def fit(
@@ -181,7 +187,7 @@ class CLIPLoRA(EncoderMethod):
                         t = self.text_features(backbone, classnames) if train_text else fixed_text
                         with torch.set_grad_enabled(train_image):
                             z = F.normalize(backbone.model.encode_image(images).float(), dim=-1)
-                        logits = backbone.logit_scale * z @ t.T
+                        logits = self.scale(backbone) * z @ t.T
                         loss = F.cross_entropy(logits, labels[ok].to(backbone.device))
                     losses.append(step(loss))
                     scheduler.step()

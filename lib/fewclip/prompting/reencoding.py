@@ -18,12 +18,13 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from ..backbones import Backbone
 from ..data.base import Datum
+from ..fitting import FitResult
 from .encoder_base import EncoderMethod, TrainOptions, batch_loader, top1
 from .training import (
     Stepper,
@@ -33,9 +34,6 @@ from .training import (
     epoch_scheduler,
     fit_loop,
 )
-
-if TYPE_CHECKING:  # imported lazily: fewclip.methods imports the methods built on this package
-    from ..methods.base import FitResult
 
 #: The run protocols (:data:`fewclip.config.PROTOCOLS`).
 PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalisation")
