@@ -139,6 +139,27 @@ def test_maple_prompt_is_a_photo_with_two_learnable_words(deep):
     torch.testing.assert_close(text.ctx, text.tower.embed(ids[None])[0, 1:3])
 
 
+def test_init_phrase_and_template_are_the_backbones_words(deep):
+    from fewclip.backbones import PromptWords
+
+    emoji = dataclasses.replace(
+        deep, words=PromptWords("an emoji of {}.", "an emoji of", "a test checkpoint")
+    )
+    for method in (MaPLe(), PromptSRC()):
+        assert method.uses_backbone_words
+        method.prepare(emoji, ["red"], seed=0)
+        assert method.learner.text.context_words == "an emoji of"
+    official = MaPLe(init="official")
+    official.prepare(emoji, ["red"], seed=0)
+    assert official.learner.text.context_words == "a photo of a"
+    lora = CLIPLoRA()
+    lora.prepare(emoji, ["red"], seed=0)
+    assert lora.template == "an emoji of {}." and lora.uses_backbone_words
+    lora = CLIPLoRA(template="{} texture.")
+    lora.prepare(emoji, ["red"], seed=0)
+    assert lora.template == "{} texture." and not lora.uses_backbone_words
+
+
 def test_maple_coupled_visual_prompts_equal_the_official_vision_encoder(deep):
     method = MaPLe(depth=3)
     method.prepare(deep, ["red", "blue"], seed=0)
@@ -224,7 +245,6 @@ def test_official_configs_per_protocol():
     assert (xd["epochs"], xd["depth_text"], xd["gpa_mean"], xd["gpa_std"]) == (20, 3, 6, 10)
     lora = CLIPLoRA().options
     assert (lora.lr, lora.rank, lora.alpha, lora.dropout, lora.n_iters) == (2e-4, 2, 1, 0.25, 500)
-    assert CLIPLoRA(dataset="eurosat").template == "a centered satellite photo of {}."
     with pytest.raises(ValueError, match="unknown protocol"):
         MaPLe(protocol="zero_shot")
 

@@ -18,8 +18,10 @@ protocol: the paper's point): AdamW lr 2e-4, weight decay 1e-2, betas (0.9, 0.99
 partial batch kept), Dassl-style crop (0.08-1) + flip, fp16 autocast on GPU, no
 validation: the last iteration's model is kept (``selection="last"``; ``"val"`` validates
 after every pass over the training set and keeps the best). ``iterations`` overrides the
-500 x K. The template is the dataset's CoOp template (``template`` None: from the option
-``dataset``, which the run layer fills; "a photo of a {}." when it has none).
+500 x K. The template is "a photo of a {}." for every dataset (the official dataset files
+keep their CoOp templates commented out, ImageNet its ensemble): the backbone's own class template
+(``template=None``, :class:`fewclip.backbones.PromptWords`), which is that one for OpenAI
+CLIP; the option ``template`` sets another.
 
 Every protocol uses that one configuration: the adapted encoders classify any class list
 by its prompts, so base-to-new and cross-dataset evaluation need nothing more. On a ResNet
@@ -39,7 +41,6 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..data.base import Datum
-from ..data.templates import templates_for
 from ..prompting.encoder_base import (
     EncoderMethod,
     Images,
@@ -77,8 +78,7 @@ class CLIPLoRA(EncoderMethod):
         rank: int = 2
         alpha: float = 1.0
         dropout: float = 0.25
-        template: str | None = None  # None: the dataset's CoOp template
-        dataset: str | None = None  # the run's dataset (set by the run layer)
+        template: str | None = None  # None: the backbone's class template ("a photo of a {}.")
         protocol: str | None = None  # the run's protocol (one configuration for all)
         augment: bool = True
         logit_scale: float | None = None  # None: the model's own s (official: 100)
@@ -98,16 +98,22 @@ class CLIPLoRA(EncoderMethod):
         return backbone.logit_scale if given is None else float(given)
 
     @property
-    def template(self) -> str:
-        o = self.options
-        if o.template is not None:
-            return o.template
-        return templates_for(o.dataset or "", "single")[0]
+    def uses_backbone_words(self) -> bool:
+        """Whether the template comes from the backbone (the run key then includes it)."""
+        return self.options.template is None
+
+    def template_for(self, backbone: Backbone) -> str:
+        """The option ``template``, else the backbone's own class template (OpenAI CLIP's
+        "a photo of a {}.", the official one, unless its checkpoint declares another)."""
+        if self.options.template is not None:
+            return self.options.template
+        return backbone.words.template
 
     def prepare(self, backbone: Backbone, classnames: Sequence[str], seed: int = 0) -> None:
         """Build the LoRA modules at their initial state (zero updates)."""
         o = self.options
         self.train_classnames = tuple(classnames)
+        self.template = self.template_for(backbone)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.learner = LoRA(

@@ -4,7 +4,8 @@ arXiv 2210.03117). Official code: muzairkhattak/multimodal-prompt-learning.
 Deep prompts in both encoders, the visual ones coupled to the text ones
 (:mod:`fewclip.prompting.deep_prompts`):
 
-    c          = first n tokens of "a photo of a" (learnable; n = 2: "a photo", "of a" fixed)
+    c          = first n tokens of the init phrase (learnable; n = 2: "a photo" of the
+                 official "a photo of a", "of a" fixed)
     q_j        ~ N(0, 0.02) (n, w_t)             text prompts of layers j = 2..J
     p_1 = F_1(c),  p_j = F_j(q_j)                 visual prompts, F_j linear w_t -> w
     t_c        = g([SOS, c, "of a", w_c, ".", EOT]; q_2..q_J)          (C, d)
@@ -22,8 +23,10 @@ Official configs (``configs/trainers/MaPLe``), chosen by the run's ``protocol``:
 Options left at None take these; every given option wins (:meth:`MaPLe.resolved`). J is
 capped at the layers of the smaller tower when not given (the tiny models have fewer than
 9). As the official ``MultiModalPromptLearner``, the phrase initialises ``c`` only when
-n <= 4 (else ``c`` ~ N(0, 0.02)). ViT only, as in the paper: a ResNet has no token
-sequence to prompt (refused with one sentence).
+n <= 4 (else ``c`` ~ N(0, 0.02)). The phrase is the backbone's own (``init="backbone"``:
+:func:`fewclip.backbones.init_phrase`; "a photo of a" for OpenAI CLIP, the official
+CTX_INIT; ``init="official"`` keeps it whatever the backbone). ViT only, as in the
+paper: a ResNet has no token sequence to prompt (refused with one sentence).
 
 Differences from the official code: the best epoch is chosen on the few-shot val split
 (``selection="last"``: the official last epoch); the coupling functions map to the
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone
+from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
 from ..prompting.deep_prompts import (
     Coupling,
     DeepTextPrompts,
@@ -49,12 +52,7 @@ from ..prompting.deep_prompts import (
     encode_text,
 )
 from ..prompting.encoder_base import Images, image_batches
-from ..prompting.reencoding import (
-    DEFAULT_INIT,
-    TRANSFER_PROTOCOLS,
-    ReencodingMethod,
-    ReencodingOptions,
-)
+from ..prompting.reencoding import TRANSFER_PROTOCOLS, ReencodingMethod, ReencodingOptions
 from ..prompting.text_prompts import TextPromptLearner, TextTower, count_tokens
 from .base import register_method
 
@@ -146,7 +144,12 @@ class MaPLe(ReencodingMethod):
     class Options(ReencodingOptions):
         depth: int | None = None  # J; None: 9 (cross-dataset config: 3), capped at the layers
         n_ctx: int = 2
-        init: str = DEFAULT_INIT
+        init: str = BACKBONE_WORDS  # "backbone", "official" ("a photo of a") or a phrase
+
+    @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the init phrase comes from the backbone (the run key then includes it)."""
+        return self.options.init == BACKBONE_WORDS
 
     def config_name(self) -> str:
         if self.options.protocol in TRANSFER_PROTOCOLS:
@@ -167,9 +170,9 @@ class MaPLe(ReencodingMethod):
             raise ValueError(
                 f"maple: depth must be in [1, {layers}] for this backbone, got {depth}"
             )
-        self.learner = MaPLeLearner(
-            backbone, depth, self.options.n_ctx, self.options.init, generator
-        )
+        self.words = backbone.words
+        phrase = init_phrase(backbone.words, self.options.init)
+        self.learner = MaPLeLearner(backbone, depth, self.options.n_ctx, phrase, generator)
 
     def train_loss(
         self, backbone: Backbone, images: torch.Tensor, labels: torch.Tensor
@@ -194,4 +197,5 @@ class MaPLe(ReencodingMethod):
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
         result.chosen["depth"] = self._check_fitted().depth
+        result.notes.append(words_note(self.name, self.words, self.options.init))
         return result

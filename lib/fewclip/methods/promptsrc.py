@@ -2,7 +2,8 @@
 arXiv 2307.06948). Official code: muzairkhattak/PromptSRC.
 
 Independent deep prompts in both encoders (IVLP, :mod:`fewclip.prompting.deep_prompts`):
-text context c (the 4 tokens of "a photo of a") and N(0, 0.02) text prompts q_j at layers
+text context c (the 4 tokens of the init phrase: the backbone's own, ``init="backbone"``,
+"a photo of a" for OpenAI CLIP as the official CTX_INIT) and N(0, 0.02) text prompts q_j at layers
 2..J_t; N(0, 0.02) visual prompts p_j at layers 1..J_v. With the frozen model's features
 (``~``: no prompts):
 
@@ -34,7 +35,10 @@ warm-up epoch at 1e-5, n = 4 + 4 tokens, Dassl's crop + flip, and
   config that the repository does not hold; the ep20 file is used.)
 
 Options left at None take these; every given option wins (:meth:`PromptSRC.resolved`).
-Depths are capped at the towers' layers when not given. ViT only, as in the paper.
+Depths are capped at the towers' layers when not given. The text context has as many
+tokens as the init phrase (``n_ctx_text=None``; 4 for "a photo of a", the official
+N_CTX_TEXT: the official code would cut a shorter phrase's class name). ViT only, as in
+the paper.
 
 Differences from the official code: none by default beyond the capped depths on small
 models; ``gpa=False`` selects the best epoch on the few-shot val split instead.
@@ -51,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import Backbone
+from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
 from ..data.templates import CLIP_IMAGENET_60
 from ..prompting.deep_prompts import (
     DeepTextPrompts,
@@ -60,13 +64,8 @@ from ..prompting.deep_prompts import (
     encode_text,
 )
 from ..prompting.encoder_base import Images, image_batches
-from ..prompting.reencoding import (
-    DEFAULT_INIT,
-    TRANSFER_PROTOCOLS,
-    ReencodingMethod,
-    ReencodingOptions,
-)
-from ..prompting.text_prompts import TextTower
+from ..prompting.reencoding import TRANSFER_PROTOCOLS, ReencodingMethod, ReencodingOptions
+from ..prompting.text_prompts import TextTower, count_tokens
 from .base import FitResult, register_method
 from .maple import context_learner
 
@@ -193,8 +192,8 @@ class PromptSRC(ReencodingMethod):
         depth_vision: int | None = None  # J_v; None: the config's (9, or 3 cross-dataset)
         depth_text: int | None = None  # J_t; None: the config's (9, or 3 cross-dataset)
         n_ctx_vision: int = 4
-        n_ctx_text: int = 4
-        init: str = DEFAULT_INIT
+        n_ctx_text: int | None = None  # None: the phrase's tokens (4: "a photo of a")
+        init: str = BACKBONE_WORDS  # "backbone", "official" ("a photo of a") or a phrase
         text_weight: float = 25.0  # lambda_t
         image_weight: float = 10.0  # lambda_z
         gpa: bool = True  # Gaussian prompt aggregation (False: epoch selection)
@@ -206,6 +205,11 @@ class PromptSRC(ReencodingMethod):
         super().__init__(**options)
         self.frozen_text: torch.Tensor | None = None
         self._gpa_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the init phrase comes from the backbone (the run key then includes it)."""
+        return self.options.init == BACKBONE_WORDS
 
     def config_name(self) -> str:
         protocol = self.options.protocol
@@ -246,13 +250,18 @@ class PromptSRC(ReencodingMethod):
                     f"{depths[key]}"
                 )
         self.depths = depths
+        self.words = backbone.words
+        phrase = init_phrase(backbone.words, o.init)
+        n_text = o.n_ctx_text
+        if n_text is None:
+            n_text = count_tokens(backbone.tokenizer, phrase) if phrase else 4
         self.learner = PromptSRCLearner(
             backbone,
             depths["depth_text"],
             depths["depth_vision"],
-            o.n_ctx_text,
+            n_text,
             o.n_ctx_vision,
-            o.init,
+            phrase,
             generator,
         )
 
@@ -310,6 +319,7 @@ class PromptSRC(ReencodingMethod):
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
         result.chosen.update(self.depths)
+        result.notes.append(words_note(self.name, self.words, self.options.init))
         return result
 
     # ------------------------------------------------------------------ inference

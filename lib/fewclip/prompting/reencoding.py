@@ -39,8 +39,6 @@ from .training import (
 PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalisation")
 #: Protocols trained on a source and tested on other datasets or domains.
 TRANSFER_PROTOCOLS = ("cross_dataset", "domain_generalisation")
-#: The init phrase of the official prompt learners (CTX_INIT).
-DEFAULT_INIT = "a photo of a"
 
 
 @dataclass
