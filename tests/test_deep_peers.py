@@ -480,3 +480,26 @@ def test_every_protocol_through_the_run_api(method, protocol, root):
         assert 0 <= record["base_accuracy"] <= 100 and 0 <= record["new_accuracy"] <= 100
     else:
         assert set(record["metrics"]["transfer"]) == set(targets)
+
+
+@pytest.mark.parametrize("method", sorted(FAST))
+def test_no_validation_runs_the_official_fixed_setting(method, root):
+    from fewclip.config import RunConfig
+    from fewclip.runner import run
+
+    record = run(
+        RunConfig(
+            method=method,
+            dataset="folder:squares",
+            backbone="fewclip-test-vit",
+            pretrained=None,
+            shots=2,
+            val="none",
+            options=FAST[method],
+            data_root=str(root),
+            cache_dir=str(root / "cache"),
+            progress=False,
+        )
+    )
+    assert record["metrics"]["val_images"] == 0 and record["metrics"]["best_val_accuracy"] is None
+    assert record["chosen"]["selection"] == ("gpa" if method == "promptsrc" else "last")

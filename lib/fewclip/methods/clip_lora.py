@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ from ..prompting.encoder_base import (
     top1,
 )
 from ..prompting.lora import LoRA
+from ..prompting.reencoding import load_val
 from ..prompting.training import Stepper, augmentation_seed, build_optimizer, epoch_batches
 from .base import FitResult, register_method
 
@@ -61,6 +63,8 @@ class CLIPLoRA(EncoderMethod):
     """Low-rank updates of the attention of both frozen encoders."""
 
     name = "clip_lora"
+    #: the official setting: fixed iterations, the last model (``RunConfig(val="none")``)
+    no_val_options: ClassVar[dict] = {"selection": "last"}
 
     @dataclass
     class Options(TrainOptions):
@@ -163,9 +167,8 @@ class CLIPLoRA(EncoderMethod):
         train_text = o.encoder in ("text", "both")
         train_image = o.encoder in ("vision", "both")
         result = FitResult()
-        val = [(x[ok], y[ok]) for x, y, _, ok in batch_loader(backbone, val_items)]
-        val_images = torch.cat([x for x, _ in val])  # test transform: loaded once
-        val_labels = torch.cat([y for _, y in val]).to(backbone.device)
+        val_images, val_labels = load_val(backbone, val_items)
+        has_val = val_labels.numel() > 0  # none under RunConfig(val="none")
         best_acc, best_state = -1.0, None
         count, epoch = 0, 0
         used: set[int] = set()
@@ -202,7 +205,7 @@ class CLIPLoRA(EncoderMethod):
                         break
                 row = {"epoch": epoch, "loss": sum(losses) / max(1, len(losses))}
                 row["lr"] = scheduler.get_last_lr()[0]
-                if o.selection == "val":
+                if o.selection == "val" and has_val:
                     logits = self.logits(backbone, val_images, classnames)
                     row["val_acc"] = top1(logits, val_labels)
                     if row["val_acc"] >= best_acc:
@@ -215,9 +218,9 @@ class CLIPLoRA(EncoderMethod):
         else:
             result.best_epoch = epoch - 1
         learner.eval()
-        if o.selection == "last":  # the kept model's val accuracy, for the record
+        if o.selection == "last" and has_val:  # the kept model's val accuracy, for the record
             best_acc = top1(self.logits(backbone, val_images, classnames), val_labels)
-        result.best_val_acc = best_acc
+        result.best_val_acc = best_acc if has_val else None
         result.train_images = len(used)
         result.chosen.update(
             {

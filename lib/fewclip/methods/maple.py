@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +138,8 @@ class MaPLe(ReencodingMethod):
     """Multi-modal deep prompts, the visual ones coupled to the text ones."""
 
     name = "maple"
+    #: the official setting: fixed epochs, the last kept (``RunConfig(val="none")``)
+    no_val_options: ClassVar[dict] = {"selection": "last"}
     CONFIGS = CONFIGS
 
     @dataclass

@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +185,8 @@ class PromptSRC(ReencodingMethod):
     """Deep prompts in both encoders, self-regulated by the frozen model, averaged by GPA."""
 
     name = "promptsrc"
+    #: the official setting: GPA over fixed epochs, no selection (``RunConfig(val="none")``)
+    no_val_options: ClassVar[dict] = {"gpa": True}
     CONFIGS = CONFIGS
 
     @dataclass
@@ -308,7 +310,7 @@ class PromptSRC(ReencodingMethod):
         learner.load_state_dict(self._gpa_state)
         learner.eval()
         with torch.no_grad():
-            result.best_val_acc = validate()
+            result.best_val_acc = validate()  # None without val data
         result.best_epoch = len(result.history) - 1
         result.chosen["selection"] = "gpa"
         result.notes.append(

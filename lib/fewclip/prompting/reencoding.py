@@ -54,6 +54,17 @@ class ReencodingOptions(TrainOptions):
     protocol: str | None = None  # the run's protocol (set by the run layer)
 
 
+def load_val(backbone: Backbone, items: Sequence[Datum]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The val images under the test transform, loaded once: ((N, 3, H, W), (N,) labels);
+    no items (``RunConfig(val="none")``): empty tensors."""
+    if not items:
+        size = backbone.image_size
+        return torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.long)
+    val = [(x[ok], y[ok]) for x, y, _, ok in batch_loader(backbone, items)]
+    images = torch.cat([x for x, _ in val])
+    return images, torch.cat([y for _, y in val]).to(backbone.device)
+
+
 class ReencodingMethod(EncoderMethod):
     """An encoder method trained by re-encoding augmented images at every step."""
 
@@ -154,9 +165,7 @@ class ReencodingMethod(EncoderMethod):
             optimizer, epochs, o.warmup_epochs, settings["warmup_type"], settings["warmup_lr"]
         )
         step = Stepper(optimizer, backbone.device, backbone.precision)
-        val = [(x[ok], y[ok]) for x, y, _, ok in batch_loader(backbone, val_items)]
-        val_images = torch.cat([x for x, _ in val])  # test transform: loaded once
-        val_labels = torch.cat([y for _, y in val]).to(backbone.device)
+        val_images, val_labels = load_val(backbone, val_items)
         self.start_fit(backbone, train_items)
         used: set[int] = set()
 
@@ -179,10 +188,12 @@ class ReencodingMethod(EncoderMethod):
                 losses.append(step(loss))
             return losses
 
-        def validate() -> float:
+        def validate() -> float | None:
+            if val_labels.numel() == 0:  # RunConfig(val="none"): the last epoch is kept
+                return None
             return top1(self.logits(backbone, val_images, classnames).float(), val_labels)
 
-        def validate_and_hook() -> float:
+        def validate_and_hook() -> float | None:
             acc = validate()
             self.end_epoch(len(result_epochs), epochs)
             result_epochs.append(acc)
