@@ -356,9 +356,14 @@ def test_mutual_notebook(env, tmp_path):
     )
     assert not outputs(notebook, "error")
     assert "OUR INTERPRETATION" in text_of(notebook)
-    assert set(store["variant"]) == {"CoOp", "CoCoOp", "CTP only", "TFT only", "CTP + TFT"}
-    assert (store["method"] == "tomm").all() and store["hm"].notna().all()
+    ablations = {"CoOp", "CoCoOp", "CTP only", "TFT only", "CTP + TFT"}
+    assert set(store["variant"]) == ablations | {"KgCoOp", "ProDA"}  # TOMM's peers beside it
+    methods = dict(zip(store["variant"], store["method"], strict=True))
+    assert {methods[a] for a in ablations} == {"tomm"}
+    assert (methods["KgCoOp"], methods["ProDA"]) == ("kgcoop", "proda")
+    assert store["hm"].notna().all()
     ablations = pd.read_csv(out / "ablations.csv")
+    assert {"KgCoOp", "ProDA"} <= set(ablations["label"])
     assert set(ablations["metric"]) == {"base", "new", "HM"}
     assert (ablations["ci_low"] <= ablations["mean"]).all()
     assert (ablations["mean"] <= ablations["ci_high"]).all()
