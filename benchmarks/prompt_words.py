@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 append_rows(
                     "prompt_words",
                     [
-                        {"setting": setting, "metric": k, "value": f"{v:.1f}"}
+                        {"setting": f"{arch}, {setting}", "metric": k, "value": f"{v:.1f}"}
                         for k, v in result.items()
                     ],
                     model=label,
