@@ -612,3 +612,21 @@ def test_paper_numbers_of_the_peers_name_their_source():
     assert len(paper.load(paper="ape", method="ape")) == len(
         paper.load(paper="ape", method="ape_t")
     )
+
+
+def test_ape_cache_in_any_label_order_equals_the_blocked_one(synthetic):
+    data, test_f, _ = synthetic
+    order = torch.randperm(data.train_labels.numel(), generator=torch.Generator().manual_seed(3))
+    shuffled = FeatureData(
+        **{
+            **data.__dict__,
+            "train_features": data.train_features[order],
+            "train_labels": data.train_labels[order],
+            "train_views": data.train_views[:, order],
+        }
+    )
+    options = {"search": False, "init_gamma": 0.5}
+    blocked, _ = _fit("ape", data, **options)
+    scattered, _ = _fit("ape", shuffled, **options)
+    assert blocked.blocks.block_class is not None and scattered.blocks.block_class is None
+    torch.testing.assert_close(blocked.logits(test_f), scattered.logits(test_f))

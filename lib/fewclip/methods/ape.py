@@ -232,8 +232,17 @@ class APE(FeatureMethod):
         betas = torch.as_tensor(list(betas), dtype=affinity.dtype, device=affinity.device)
         e = torch.rsub(affinity, 1)[None].mul(betas.neg()[:, None, None]).exp_()  # (B, n, M)
         weight = torch.exp(gammas[:, None] * self.divergence[None])  # (G, M) = L' / L rows
-        weighted = e[:, None] * weight[None, :, None, :]  # (B, G, n, M)
-        return self.blocks.sum(weighted.reshape(-1, affinity.shape[1]))
+        blocks = self.blocks
+        if blocks.block_class is None:  # any label order: weight, then sum per class
+            weighted = e[:, None] * weight[None, :, None, :]  # (B, G, n, M)
+            return blocks.sum(weighted.reshape(-1, affinity.shape[1]))
+        # K entries per class block: per block a (B n, K) @ (K, G) product
+        (b, n, m), c = e.shape, blocks.num_classes
+        per_block = torch.einsum(
+            "xck,gck->gxc", e.view(b * n, c, m // c), weight.view(-1, c, m // c)
+        )  # (G, B n, C) in block order
+        sums = blocks.in_class_order(per_block, 2).view(-1, b, n, c).transpose(0, 1)
+        return sums.reshape(-1, c)  # beta-major, then gamma
 
     @torch.no_grad()
     def search(self, data: FeatureData) -> tuple[tuple[float, float, float], int]:
