@@ -398,3 +398,34 @@ def test_transfer_mean_pools_the_target_datasets(tmp_path):
     assert got["effect"] == pytest.approx(5.0, abs=1e-4)
     assert got["verdict"] == "supported"
     assert got["test_images"] == 800  # both targets' images
+
+
+def test_every_shipped_claim_has_a_paper_scale_configuration():
+    ledger = claims.load()
+    paper, backbones = claims.at_scale(ledger, "paper")
+    assert len(paper) == len(ledger) and not paper.attrs["no_paper_scale"]
+    assert set(backbones) <= {"RN50", "ViT-B-16"}
+    coop_eleven = {"imagenet", "caltech101", "dtd", "eurosat", "ucf101", "food101", "sun397"}
+    assert all(set(ds) & (coop_eleven | {"oxford_pets"}) for ds in paper["datasets"])
+    # the affordable schedules of the embedded ledger give way to the official ones
+    coop = paper[paper["id"] == "clip_adapter.beats_prompt_tuning"].iloc[0]
+    assert coop["b_options"] == {} and coop["shots"] == 16 and coop["encoder"] == "RN50"
+    base = RunConfig(data_root="/nowhere", pretrained="openai", progress=False)
+    runs = claims.configs(paper, base, seeds=[1], backbones=backbones)
+    assert {c.backbone for c in runs} == {"RN50", "ViT-B-16"}
+    assert {c.dataset for c in runs} >= {"imagenet", "eurosat"}
+    embedded, none = claims.at_scale(ledger, "embedded")
+    assert embedded.equals(ledger) and none == {}
+    with pytest.raises(ValueError, match="unknown ledger profile"):
+        claims.at_scale(ledger, "huge")
+
+
+def test_bad_paper_scale_is_refused(tmp_path):
+    path = tmp_path / "claims.csv"
+    row = _row("x", "a", "b")
+    path.write_text(HEADER + ",paper_scale\n" + row + ',"{""backbone"": ""RN50""}"\n')
+    with pytest.raises(ValueError, match="needs at least a backbone and datasets"):
+        claims.load(str(path))
+    path.write_text(HEADER + ",paper_scale\n" + row + ',"{""epochs"": 3}"\n')
+    with pytest.raises(ValueError, match="unknown key"):
+        claims.load(str(path))

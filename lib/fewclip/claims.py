@@ -13,6 +13,11 @@ against ``b_method`` + ``b_options``; ``config``: JSON RunConfig fields both sid
 ``{"label_noise": 0.25}``), ``protocol``, ``shots``, ``datasets`` (``;``-separated),
 ``value`` (``accuracy``, ``new_accuracy``, ``hm``, ...), ``direction``, ``margin``,
 ``encoder`` (``rn`` or ``vit``: which of the notebook's two backbones) and ``note``.
+Optional: ``delta``, ``paper_effect``, ``contrast`` (below) and ``paper_scale`` (JSON: the
+claim at the paper's scale, e.g. ``{"backbone": "RN50", "shots": 16, "datasets":
+["imagenet", ...]}``, with ``a_options`` / ``b_options`` / ``config`` / ``protocol`` where
+they differ, such as the official epochs): ``at_scale(ledger, "paper")`` runs the whole
+ledger that way, on real weights and the CoOp benchmarks.
 
 Directions and verdicts, from the paired difference A - B and its 95% interval
 [low, high] (:func:`fewclip.evidence.paired_difference`: same seeds, same few-shot samples,
@@ -101,7 +106,10 @@ COLUMNS = (
     "note",
 )
 #: Columns a ledger may leave out (empty: not stated).
-OPTIONAL_COLUMNS = ("delta", "paper_effect", "contrast")
+OPTIONAL_COLUMNS = ("delta", "paper_effect", "contrast", "paper_scale")
+#: How the ledger can be run: as written (the offline tasks, the tiny models) or at the
+#: papers' scale (each row's ``paper_scale``: CoOp datasets, RN50 / ViT-B/16, 16 shots).
+PROFILES = ("embedded", "paper")
 DIRECTIONS = ("greater", "not_worse", "interaction_greater")
 UNTESTED = "untested: A = B"
 NO_EFFECT = "no effect as large as delta"
@@ -138,6 +146,8 @@ def load(path: str | None = None) -> pd.DataFrame:
         frame[column] = [_number(v, column, i) for i, v in zip(frame["id"], given, strict=True)]
     given = frame["contrast"] if "contrast" in frame else [""] * len(frame)
     frame["contrast"] = [_contrast(v, i) for i, v in zip(frame["id"], given, strict=True)]
+    given = frame["paper_scale"] if "paper_scale" in frame else [""] * len(frame)
+    frame["paper_scale"] = [_scale(v, i) for i, v in zip(frame["id"], given, strict=True)]
     frame["datasets"] = [[d for d in s.split(";") if d] for s in frame["datasets"]]
     return frame
 
@@ -166,6 +176,57 @@ def _contrast(text: str, claim: str) -> dict[str, list]:
             'e.g. {"label_noise": [0.1, 0.0]}'
         )
     return value
+
+
+#: What a row's ``paper_scale`` may set.
+SCALE_KEYS = ("backbone", "shots", "datasets", "protocol", "a_options", "b_options", "config")
+
+
+def _scale(text: str, claim: str) -> dict[str, Any]:
+    value = _json(text, "paper_scale", claim)
+    unknown = sorted(set(value) - set(SCALE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"claim {claim}: paper_scale has unknown key(s) {unknown}; use {list(SCALE_KEYS)}"
+        )
+    if value and not (value.get("backbone") and value.get("datasets")):
+        raise ValueError(f"claim {claim}: paper_scale needs at least a backbone and datasets")
+    return value
+
+
+def at_scale(ledger: pd.DataFrame, profile: str = "embedded") -> tuple[pd.DataFrame, dict]:
+    """The ledger as ``profile`` runs it, and the ``backbones`` map for :func:`configs`.
+
+    ``"embedded"``: as written (the notebook maps ``rn`` / ``vit`` to its two backbones).
+    ``"paper"``: each row's ``paper_scale`` replaces its datasets, shots and backbone (and,
+    where given, protocol, options and config: e.g. the official epochs instead of an
+    affordable schedule), so the same claims run on the CoOp benchmarks with real weights;
+    rows without one are dropped (and listed in ``ledger.attrs["no_paper_scale"]``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown ledger profile {profile!r}; use one of {PROFILES}")
+    if profile == "embedded":
+        return ledger.copy(), {}
+    rows, dropped = [], []
+    for claim in ledger.to_dict("records"):
+        scale = claim.get("paper_scale") or {}
+        if not scale:
+            dropped.append(claim["id"])
+            continue
+        rows.append(
+            {
+                **claim,
+                "datasets": list(scale["datasets"]),
+                "shots": int(scale.get("shots", claim["shots"])),
+                "protocol": scale.get("protocol", claim["protocol"]),
+                "a_options": dict(scale.get("a_options", claim["a_options"])),
+                "b_options": dict(scale.get("b_options", claim["b_options"])),
+                "config": {**claim["config"], **scale.get("config", {})},
+                "encoder": scale["backbone"],
+            }
+        )
+    out = pd.DataFrame(rows, columns=ledger.columns)
+    out.attrs["no_paper_scale"] = dropped
+    return out, {b: b for b in out["encoder"]}
 
 
 def _json(text: str, column: str, claim: str) -> dict[str, Any]:
