@@ -25,6 +25,10 @@ mu_e = mean([X_e; t_e repeated 16 times]), the covariance C_e = (X_e - t_e)^T (X
 / (k - 1) around t_e, and P_new = mean_e d * pinv((k - 1) C_e + tr(C_e) I); then W, b as
 above with a uniform prior over the E new classes, at the alpha chosen on base.
 
+The matrices are symmetric, so their pseudo-inverses are taken by an eigendecomposition
+(``pinv(hermitian=True)``), where the official code's ``pinv`` uses an SVD: the same
+matrix to float rounding.
+
 Differences from the official code (options): the text logits use the backbone's own
 scale s where the code writes 100 (CLIP's s, so equal there); the official ``512``
 (ViT-B/16's d) in the new-class precision is d; k is capped at N.
@@ -57,7 +61,7 @@ def shrunk_precision(centred: torch.Tensor) -> torch.Tensor:
         return centred.new_zeros(d, d)
     cov = torch.cov(centred.T)
     eye = torch.eye(d, dtype=centred.dtype, device=centred.device)
-    return d * torch.linalg.pinv((n - 1) * cov + cov.trace() * eye)
+    return d * torch.linalg.pinv((n - 1) * cov + cov.trace() * eye, hermitian=True)
 
 
 def pooled_precision(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -68,7 +72,7 @@ def pooled_precision(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torc
     for c in range(num_classes):
         rows = x[y == c]
         covs.append(torch.cov(rows.T) if rows.shape[0] > 1 else x.new_zeros(d, d))
-    return torch.linalg.pinv(torch.stack(covs).mean(0))
+    return torch.linalg.pinv(torch.stack(covs).mean(0), hermitian=True)
 
 
 def gaussian_classifier(
@@ -178,7 +182,8 @@ class GDA(FeatureMethod):
             means.append(torch.cat([near, copies]).mean(0))
             centred = near - t[None]
             cov = centred.T @ centred / max(1, k - 1)
-            precisions.append(d * torch.linalg.pinv((k - 1) * cov + cov.trace() * eye))
+            matrix = (k - 1) * cov + cov.trace() * eye
+            precisions.append(d * torch.linalg.pinv(matrix, hermitian=True))
         return gaussian_classifier(torch.stack(means), torch.stack(precisions).mean(0))
 
     @torch.no_grad()
