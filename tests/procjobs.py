@@ -110,3 +110,74 @@ def environment() -> dict[str, str]:
     paths = [str(here.parent / "lib"), str(here), os.environ.get("PYTHONPATH", "")]
     path = os.pathsep.join(p for p in paths if p)
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def forbid_store() -> None:
+    """Make opening a results store in this process an error: what a sweep's workers are
+    started with in the one-writer tests (the driver alone writes the store)."""
+    import fewclip.results
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError(f"a worker (pid {os.getpid()}) opened the results store")
+
+    fewclip.results.ResultStore.__init__ = refuse
+
+
+def worker_init_forbidding_store(threads: int) -> None:
+    """The sweep's pool initializer, then :func:`forbid_store`."""
+    from fewclip.sweep import _worker_init
+
+    _worker_init(threads)
+    forbid_store()
+
+
+def dask_setup(worker) -> None:
+    """``dask worker --preload procjobs``: the worker may not open a results store."""
+    forbid_store()
+
+
+def held_rename(folder: Path, tag: str, writers: int = 2):
+    """``os.replace`` that marks ``wrote-TAG`` and waits (at most 2 minutes) until
+    ``writers`` writers have written their temporary file, then renames."""
+    replace = os.replace
+
+    def held(src, dst):
+        (folder / f"wrote-{tag}").touch()
+        wait_for(lambda: len(list(folder.glob("wrote-*"))) >= writers, 120, "the other writer")
+        replace(src, dst)
+
+    return held
+
+
+def write_cache_entry() -> None:
+    """argv: CACHE FOLDER TAG. Encode the images under FOLDER/images with the tiny random
+    test backbone into the feature cache CACHE, holding the rename until the other process
+    has written too; print the features' sum."""
+    from fewclip.backbones import load_backbone
+    from fewclip.data.base import Datum
+    from fewclip.features import FeatureCache, image_features
+
+    cache, folder, tag = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    items = [
+        Datum(str(p), int(p.parent.name[-1]), p.parent.name)
+        for p in sorted((folder / "images").rglob("*.png"))
+    ]
+    backbone = load_backbone("fewclip-test-rn", None, device="cpu")
+    os.replace = held_rename(folder, tag)  # this process only writes the entry
+    (folder / f"ready-{tag}").touch()
+    wait_for(lambda: (folder / "go").exists(), 600, "go")
+    features = image_features(backbone, items, FeatureCache(cache), progress=False)
+    print(float(features.features.sum()))
+
+
+def compute_with_store(config: dict) -> dict:
+    """A worker body that (wrongly) opens the store: the one-writer guard's own check."""
+    from fewclip.sweep import _compute, _failure
+
+    try:
+        from fewclip.results import ResultStore
+
+        ResultStore("unused.sqlite")
+    except Exception as e:
+        return _failure(config, e)
+    return _compute(config)

@@ -108,17 +108,21 @@ def test_workers_die_with_their_parent(tmp_path):
 
 
 def test_sweep_ctrl_c_prints_one_line_and_exits_130(tmp_path):
-    """A real sweep on 2 workers: Ctrl-C once the workers are up."""
+    """A real sweep on 2 workers: Ctrl-C once the workers are up (the runs train for
+    100000 epochs, so none finishes before the signal)."""
+    from fewclip.prompting.toy import coloured_squares
     from fewclip.results import ResultStore
 
+    coloured_squares(tmp_path / "data" / "squares", num_classes=3, per_class=4, seed=0)
     spec = tmp_path / "sweep.json"
     base = {
         "method": "clip_adapter",
-        "dataset": "folder:nowhere",  # never reached: the signal comes first
+        "dataset": "folder:squares",
+        "shots": 1,
         "backbone": "fewclip-test-rn",
         "pretrained": None,
         "options": {"epochs": 100000},
-        "data_root": str(tmp_path),
+        "data_root": str(tmp_path / "data"),
         "cache_dir": str(tmp_path / "cache"),
     }
     spec.write_text(json.dumps({"base": base, "grid": {"seed": [1, 2, 3, 4, 5, 6]}}))

@@ -6,7 +6,9 @@ fingerprint of paths and labels, plus each file's identity: size and modificatio
 a repaired or replaced image is noticed, see :func:`files_identity`), the transform (test
 transform, or augmented view ``v`` drawn with seed ``s``), the prompts for text
 classifiers, and :data:`FEATURE_VERSION`.
-Entries are written atomically (temporary file, then rename) and validated on load
+Entries are written atomically (a temporary file named by its writer's host, process and a
+random part, then a rename, so writers on several nodes sharing the folder never write one
+file; the last rename wins and every entry is whole) and validated on load
 (stored key, shape, finiteness, checksum); an entry that fails validation is recomputed,
 with a warning, never silently used. Temporary files left by an interrupted writer are
 removed when a cache on the same folder is next opened (:meth:`FeatureCache.clean_stale`).
@@ -25,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -94,6 +98,24 @@ STALE_TMP_S = 3600.0
 _CLEANED: set[str] = set()
 
 
+#: This host's name as it appears in temporary file names.
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname().split(".")[0]) or "host"
+
+
+def _tmp_writer(name: str) -> tuple[str | None, int | None]:
+    """The host and process that wrote a temporary file ``<entry>.<host>-<pid>-<id>.tmp``;
+    (None, pid) for an older ``<entry>.<pid>.tmp``, (None, None) when unknown."""
+    parts = name.split(".")
+    if len(parts) < 3:
+        return None, None
+    writer = parts[-2]
+    if writer.isdigit():
+        return None, int(writer)
+    host, _, rest = writer.partition("-")
+    pid = rest.split("-")[0]
+    return (host, int(pid)) if host and pid.isdigit() else (None, None)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -138,9 +160,9 @@ class FeatureCache:
         for tmp in self.root.rglob("*.tmp"):
             try:
                 age = now - tmp.stat().st_mtime
-                parts = tmp.name.split(".")
-                pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
-                dead = pid is not None and pid != os.getpid() and not _pid_alive(pid)
+                host, pid = _tmp_writer(tmp.name)
+                ours = host in (None, _HOST)
+                dead = ours and pid is not None and pid != os.getpid() and not _pid_alive(pid)
                 if age > STALE_TMP_S or (dead and age > 60):
                     tmp.unlink()
                     removed += 1
@@ -197,7 +219,9 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         entry = {"key": asdict(key), "tensors": tensors, "checksum": _checksum(tensors)}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        # one name per writer (host, process, call): two nodes or threads writing the same
+        # entry at once each write their own file, and the last rename wins
+        tmp = path.with_name(f"{path.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
             torch.save(entry, tmp)
             with open(tmp, "rb") as f:

@@ -1,12 +1,14 @@
 """Call one function on many inputs: in this process, on a local process pool, or on Dask.
 
-Shared by :mod:`fewclip.sweep` (runs) and :mod:`fewclip.reports` (notebooks). The
+:func:`map_jobs` submits every input at once (:mod:`fewclip.reports`: notebooks);
+:func:`open_jobs` lets the caller submit one by one and collect results as they finish
+(:mod:`fewclip.sweep`'s driver, which submits a run once it holds its lease). The
 function must be picklable (defined at module level) and should report failures in its
 return value rather than raise, so that one bad input does not stop the others.
 
 Interruption (local pool): the pool's workers ignore SIGINT, so Ctrl-C reaches only the
-parent, which cancels every queued job, terminates the running ones (a run writes its
-result only when it has finished, so a stopped run leaves nothing behind) and re-raises
+parent, which cancels every queued job, terminates the running ones (a job's result is
+used only once it has finished, so a stopped job leaves nothing behind) and re-raises
 ``KeyboardInterrupt``; a second Ctrl-C while it does so exits at once (status 130). Workers
 die with their parent: on Linux the kernel kills them when it dies (``PR_SET_PDEATHSIG``),
 elsewhere each worker notices within a second that its parent is gone and exits.
@@ -15,19 +17,113 @@ elsewhere each worker notices within a second that its parent is gone and exits.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any
 
 #: Seconds a terminated worker gets to exit before it is killed.
 TERMINATE_GRACE_S = 3.0
+
+
+class Jobs:
+    """Jobs submitted one by one and collected as they finish (see :func:`open_jobs`).
+
+    ``submit(i, *args)`` starts ``fn(*args)`` under the index ``i``; ``finished(timeout)``
+    waits up to ``timeout`` seconds for at least one job and returns every ``(i, result,
+    error)`` finished meanwhile: ``error`` is None, or the exception that ended the job
+    without a result (a worker lost with its node, a broken pool); ``len(jobs)`` counts
+    the jobs not yet collected.
+    """
+
+    def __init__(self, fn: Callable[..., Any], start: Callable[..., Any], name: str) -> None:
+        self._fn, self._start, self._name = fn, start, name
+        self._tag = uuid.uuid4().hex[:8]
+        self._done: queue.Queue = queue.Queue()
+        self._futures: dict[int, Any] = {}
+
+    def submit(self, i: int, *args: Any) -> None:
+        future = self._start(self._fn, *args, key=f"{self._name}-{self._tag}-{i}")
+        self._futures[i] = future
+        future.add_done_callback(lambda f: self._done.put((i, f)))
+
+    def finished(self, timeout: float | None = None) -> list[tuple[int, Any, BaseException | None]]:
+        out = []
+        try:
+            out.append(self._done.get(timeout=timeout))
+            while True:
+                out.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        rows = []
+        for i, future in out:
+            del self._futures[i]
+            try:
+                rows.append((i, future.result(), None))
+            except Exception as e:  # the job, its worker or the pool failed
+                rows.append((i, None, e))
+        return rows
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+
+class _Done:
+    """A finished in-process job, shaped like a future."""
+
+    def __init__(self, result: Any = None, error: Exception | None = None) -> None:
+        self._result, self._error = result, error
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        callback(self)
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _here(fn: Callable[..., Any], *args: Any, key: str) -> _Done:
+    try:
+        return _Done(fn(*args))
+    except Exception as e:
+        return _Done(error=e)
+
+
+@contextmanager
+def open_jobs(
+    fn: Callable[..., Any],
+    *,
+    workers: int = 1,
+    scheduler: Any = None,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+    name: str = "fewclip",
+) -> Iterator[Jobs]:
+    """A :class:`Jobs` that runs ``fn`` on Dask, a local process pool, or here.
+
+    ``scheduler``: a Dask scheduler address (``tcp://host:8786``, e.g. of a dask-jobqueue
+    Slurm cluster) or a ``distributed.Client``; the workers need fewclip installed and
+    the paths in the jobs visible. Otherwise ``workers > 1``: a pool of spawned local
+    processes, each started with ``initializer(*initargs)``. Otherwise: here, each job at
+    its ``submit``. Leaving the block by an exception (Ctrl-C: ``KeyboardInterrupt``)
+    cancels the queued jobs and stops the running ones (see the module docstring).
+    """
+    if scheduler is not None:
+        with _dask_jobs(fn, scheduler, name) as jobs:
+            yield jobs
+    elif workers > 1:
+        with _pool_jobs(fn, workers, initializer, initargs, name) as jobs:
+            yield jobs
+    else:
+        yield Jobs(fn, _here, name)
 
 
 def map_jobs(
@@ -43,38 +139,44 @@ def map_jobs(
 ) -> None:
     """Call ``fn(*jobs[i])`` for every ``i``; ``on_done(i, result)`` as each one finishes.
 
-    ``scheduler``: a Dask scheduler address (``tcp://host:8786``, e.g. of a dask-jobqueue
-    Slurm cluster) or a ``distributed.Client``; the workers need fewclip installed and
-    the paths in ``jobs`` visible. Otherwise ``workers > 1``: a pool of spawned local
-    processes, each started with ``initializer(*initargs)``. Otherwise: here, in order.
-    On ``KeyboardInterrupt`` (Ctrl-C) queued jobs are cancelled and running ones stopped
-    (see the module docstring) before it propagates.
+    Where the jobs run: see :func:`open_jobs`. A job that raised (or whose worker was lost)
+    raises here, after the queued jobs are cancelled. On ``KeyboardInterrupt`` (Ctrl-C)
+    queued jobs are cancelled and running ones stopped before it propagates.
     """
-    if scheduler is not None:
-        _map_dask(fn, jobs, on_done, scheduler, name)
-    elif workers > 1:
-        _map_pool(fn, jobs, on_done, workers, initializer, initargs)
-    else:
+    with open_jobs(
+        fn,
+        workers=workers,
+        scheduler=scheduler,
+        initializer=initializer,
+        initargs=initargs,
+        name=name,
+    ) as running:
         for i, job in enumerate(jobs):
-            on_done(i, fn(*job))
+            running.submit(i, *job)
+        while len(running):
+            for i, result, error in running.finished(timeout=1.0):
+                if error is not None:
+                    raise error
+                on_done(i, result)
 
 
-def _map_pool(fn, jobs, on_done, workers, initializer, initargs) -> None:
+@contextmanager
+def _pool_jobs(fn, workers, initializer, initargs, name) -> Iterator[Jobs]:
     pool = ProcessPoolExecutor(
         workers,
         mp_context=get_context("spawn"),
         initializer=_worker_start,
         initargs=(os.getpid(), initializer, initargs),
     )
-    try:
-        futures = {}
+
+    def start(fn, *args, key):
         # Workers are spawned during submit; a SIGINT disposition of SIG_IGN is inherited
         # across exec, so they ignore Ctrl-C from their first instruction.
         with _sigint_ignored():
-            for i, job in enumerate(jobs):
-                futures[pool.submit(fn, *job)] = i
-        for future in as_completed(futures):
-            on_done(futures[future], future.result())
+            return pool.submit(fn, *args)
+
+    try:
+        yield Jobs(fn, start, name)
     except BaseException:
         _stop_pool(pool)
         raise
@@ -144,24 +246,21 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _map_dask(fn, jobs, on_done, scheduler, name) -> None:
+@contextmanager
+def _dask_jobs(fn, scheduler, name) -> Iterator[Jobs]:
     from dask.distributed import Client
-    from dask.distributed import as_completed as dask_completed
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    tag = uuid.uuid4().hex[:8]
-    futures = []
+
+    def start(fn, *args, key):
+        return client.submit(fn, *args, pure=False, key=key)
+
+    jobs = Jobs(fn, start, name)
     try:
-        futures = [
-            client.submit(fn, *job, pure=False, key=f"{name}-{tag}-{i}")
-            for i, job in enumerate(jobs)
-        ]
-        index = {f.key: i for i, f in enumerate(futures)}
-        for future in dask_completed(futures):
-            on_done(index[future.key], future.result())
+        yield jobs
     except BaseException:
-        if futures:
-            client.cancel(futures)
+        if jobs._futures:
+            client.cancel(list(jobs._futures.values()))
         raise
     finally:
         if client is not scheduler:

@@ -4,8 +4,10 @@ A row is written in a single transaction when a run has finished, so an interrup
 leaves no partial row. Rows are keyed by the run key (a hash of everything that
 determines the result: configuration, backbone weights, dataset content; see
 :meth:`fewclip.config.RunConfig.run_key`), so a finished configuration is found and skipped
-unless forced. Several processes (a process pool, Dask workers, two sweeps started at
-once) may share the file; SQLite serialises the writes, and:
+unless forced. Several processes on one machine (two sweeps started at once, notebooks)
+may share the file; SQLite serialises the writes. A sweep's workers never open it: the
+sweep's driver writes for them (:mod:`fewclip.sweep`), so the file can stay on a local
+disk, never on a network filesystem, whose locks SQLite cannot rely on. And:
 
 - a finished run written twice is not an error: the first row is kept and
   :meth:`ResultStore.add` says the run was already there (the caller reads that row);
@@ -13,7 +15,8 @@ once) may share the file; SQLite serialises the writes, and:
   expiry, renewed while the run goes on. Another process asking for the same run waits,
   then reads the finished row; if the holder failed, it takes over. A lease whose holder
   died (SIGKILL, a lost node) is taken over when it expires, at once when the holder was a
-  process on this host that no longer exists.
+  process on this host that no longer exists. A sweep's driver holds the leases of the runs
+  its workers compute (:class:`Leases`).
 
 Flat columns hold what tables and figures filter on; JSON columns hold the rest (config,
 per-class accuracy, chosen hyper-parameters, timings, versions, notes).
@@ -96,6 +99,69 @@ class Claim:
     waited: float = 0.0
     owner: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+
+class Leases:
+    """The runs one process (a sweep's driver) holds while its workers compute them.
+
+    ``with Leases(store) as held:`` ``held.take(key)`` claims a run (False while another
+    live holder has it; see :meth:`ResultStore.claim` for when a lease is taken over),
+    ``held.release(key)`` gives it back; one background thread renews every held lease and
+    leaving the block releases the rest, also on an exception, so an interrupted driver's
+    runs can be taken over at once.
+    """
+
+    def __init__(self, store: ResultStore, lease: float = LEASE_SECONDS) -> None:
+        self.store, self.lease = store, lease
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._renew = threading.Thread(target=self._renew_all, daemon=True, name="fewclip-leases")
+
+    def __enter__(self) -> Leases:
+        self._renew.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._renew.join()
+        with self._lock:
+            keys, self.held = list(self.held), set()
+        with self.store._connect() as db:
+            db.executemany(
+                "DELETE FROM leases WHERE run_key = ? AND owner = ?",
+                [(k, self.owner) for k in keys],
+            )
+
+    def take(self, run_key: str) -> bool:
+        with self._lock:
+            if run_key in self.held:
+                return True
+            if not self.store._try_lease(run_key, self.owner, self.lease):
+                return False
+            self.held.add(run_key)
+            return True
+
+    def release(self, run_key: str) -> None:
+        with self._lock:
+            self.held.discard(run_key)
+            with self.store._connect() as db:
+                db.execute(
+                    "DELETE FROM leases WHERE run_key = ? AND owner = ?", (run_key, self.owner)
+                )
+
+    def _renew_all(self) -> None:
+        while not self._stop.wait(self.lease / 4):
+            with self._lock:
+                rows = [(time.time() + self.lease, k, self.owner) for k in self.held]
+                try:
+                    with self.store._connect() as db:
+                        db.executemany(
+                            "UPDATE leases SET expires = ? WHERE run_key = ? AND owner = ?", rows
+                        )
+                except sqlite3.Error:  # a busy store: try again next time
+                    pass
 
 
 class ResultStore:

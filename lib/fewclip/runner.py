@@ -187,7 +187,14 @@ def fit_run(config: RunConfig) -> FittedRun:
     return _run(config, None, True)
 
 
-def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun:
+def run_key(config: RunConfig) -> str:
+    """The run's key in the results store, without running it (reads the dataset's listing
+    and the image files' sizes and times, not the images): what a sweep's driver claims."""
+    return _inputs(config)[4]
+
+
+def _inputs(config: RunConfig) -> tuple[Any, Dataset, list[Dataset], str, str]:
+    """The checked method, the dataset, the targets, the data fingerprint and the run key."""
     method = check_config(config)
     dataset = load_dataset(config.dataset, config.data_root, **config.reader_options)
     targets = load_targets(config)
@@ -201,6 +208,11 @@ def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun
     # options as the method reads them (alpha=1 and alpha=1.0 are one run, one key)
     checked = {k: getattr(method.options, k, v) for k, v in config.options.items()}
     key = config.replace(options=checked).run_key(identity, f"{fingerprint}|files:{files}")
+    return method, dataset, targets, fingerprint, key
+
+
+def _run(config: RunConfig, store: ResultStore | None, force: bool) -> FittedRun:
+    method, dataset, targets, fingerprint, key = _inputs(config)
     cache = FeatureCache(config.cache_dir or None)
 
     def compute() -> FittedRun:

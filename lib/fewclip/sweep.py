@@ -7,20 +7,26 @@
     frame = run_sweep(configs, "runs/results.sqlite", workers=2)         # local process pool
     frame = run_sweep(configs, "runs/results.sqlite", scheduler="tcp://host:8786")  # Dask
 
-Every run goes through :func:`fewclip.runner.run` with the shared results store, so a run
-already in the store is not repeated (a rebuild after an interruption does only what is
-missing) and a run that is interrupted leaves no row. A run that fails is reported in the
-returned frame (``status="failed"``, ``error``) and the others go on. A Dask cluster can be
-a ``LocalCluster`` or any ``dask-jobqueue`` cluster (Slurm, PBS, ...): pass its scheduler
-address, or the ``Client`` itself.
+One writer: this process (the driver) alone reads and writes the results store. For each
+run it looks the run up (a run already in the store is not repeated, so a rebuild after an
+interruption does only what is missing), claims it (a lease in the store, see
+:class:`fewclip.results.Leases`), and sends it to a worker, which computes the record with
+:func:`fewclip.runner.run` and no store and returns it; the driver writes the row and
+releases the lease. Workers write only the feature cache. So the store can sit on the
+driver's local disk (SQLite's locks are unreliable over network filesystems) and a lost
+worker leaves no lease behind: its run is reported failed and a rerun computes it. A run
+that is interrupted leaves no row. A run that fails is reported in the returned frame
+(``status="failed"``, ``error``) and the others go on. A Dask cluster can be a
+``LocalCluster`` or any ``dask-jobqueue`` cluster (Slurm, PBS, ...): pass its scheduler
+address, or the ``Client`` itself; :mod:`fewclip.cluster` starts a Slurm one.
 
 Ctrl-C (also with ``workers > 1``) cancels the queued runs and stops the running ones
 within seconds (see :mod:`fewclip.parallel`); the finished runs stay in the store, one
 line ``interrupted: N of M runs done, rerun to resume`` is printed and
 :class:`SweepInterrupted` (a ``KeyboardInterrupt``) is raised; ``python -m fewclip.sweep``
 then exits with status 130. Two sweeps may share a store at the same time: a run one of
-them is computing is claimed in the store (see :meth:`fewclip.results.ResultStore.claim`),
-so the other waits for it and reads its row instead of computing it again.
+them is computing is claimed in the store, so the other waits for it and reads its row
+instead of computing it again.
 
 From the shell, a JSON file with a list of configurations, or a base and a grid::
 
@@ -36,7 +42,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +50,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .parallel import map_jobs
+from .parallel import Jobs, open_jobs
 
 #: Columns of the frame returned by :func:`run_sweep`, besides the record's own.
 STATUS_COLUMNS = ("status", "error", "skipped")
 #: Configuration columns every frame has (also an empty one).
 CONFIG_COLUMNS = ("method", "variant", "dataset", "protocol", "shots", "seed")
+#: How the error of a run whose worker was lost begins.
+LOST = "its worker was lost (rerun to compute it): "
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -80,24 +88,31 @@ def grid(base: RunConfig, **axes: Sequence[Any]) -> list[RunConfig]:
     return out
 
 
-def _run_one(config: dict[str, Any], store_path: str | None, force: bool) -> dict[str, Any]:
-    """Worker body (picklable): run one configuration, never raise."""
-    from .results import ResultStore
+def _compute(config: dict[str, Any]) -> dict[str, Any]:
+    """Worker body (picklable): compute one configuration's record, never raise. It opens
+    no results store: the driver writes the record (see :func:`run_sweep`)."""
     from .runner import run
 
-    cfg = RunConfig.from_dict(config)
     try:
-        record = run(cfg, store=ResultStore(store_path) if store_path else None, force=force)
+        record = run(RunConfig.from_dict(config), store=None, force=True)
     except Exception as e:  # reported, not raised: the sweep goes on
-        return {
-            "config": config,
-            "status": "failed",
-            "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(),
-        }
+        return _failure(config, e)
     record["status"] = "done"
     record["error"] = None
     return record
+
+
+def _failure(config: dict[str, Any], e: BaseException, where: str = "") -> dict[str, Any]:
+    return {
+        "config": config,
+        "status": "failed",
+        "error": f"{where}{type(e).__name__}: {e}",
+        "traceback": "".join(traceback.format_exception(e)),
+    }
+
+
+def _stored(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "skipped": True, "status": "done", "error": None}
 
 
 def _worker_init(threads: int) -> None:
@@ -135,11 +150,6 @@ def run_sweep(
     configs = list(configs)
     payload = [c.replace(progress=False).to_dict() for c in configs]
     store_path = None if store is None else str(Path(store).expanduser().absolute())
-    if store_path is not None:
-        Path(store_path).parent.mkdir(parents=True, exist_ok=True)
-        from .results import ResultStore
-
-        ResultStore(store_path)  # create the table once, before workers race to
     bar = tqdm(total=len(configs), desc="runs", disable=not progress)
     results: list[dict[str, Any] | None] = [None] * len(configs)
 
@@ -149,17 +159,15 @@ def run_sweep(
         bar.set_postfix(failed=sum(1 for r in results if r and r["status"] == "failed"))
 
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    jobs = [(p, store_path, force) for p in payload]
     try:
-        map_jobs(
-            _run_one,
-            jobs,
-            done,
+        with open_jobs(
+            _compute,
             workers=workers,
             scheduler=scheduler,
             initializer=_worker_init,
             initargs=(threads,),
-        )
+        ) as running:
+            _drive(payload, store_path, force, running, done)
     except KeyboardInterrupt:
         bar.close()
         frame = _frame(results)
@@ -173,6 +181,76 @@ def run_sweep(
     if raise_on_error and len(failed):
         raise RuntimeError(f"{len(failed)} of {len(frame)} runs failed: {failed['error'].tolist()}")
     return frame
+
+
+def _drive(
+    payload: list[dict[str, Any]],
+    store_path: str | None,
+    force: bool,
+    running: Jobs,
+    done: Callable[[int, dict[str, Any]], None],
+) -> None:
+    """The driver: the only process that reads and writes the store.
+
+    For each run: its key; its stored row if the store has it (unless ``force``); else a
+    lease on it (:class:`fewclip.results.Leases`), then it goes to a worker, and when the
+    worker's record comes back it is written and the lease released. A run another process
+    holds waits until its row appears (read, not computed again) or its lease is free
+    (then taken). A run whose worker was lost is reported failed; a rerun computes it.
+    """
+    if store_path is None:
+        for i, config in enumerate(payload):
+            running.submit(i, config)
+        while len(running):
+            for i, record, error in running.finished(timeout=1.0):
+                done(i, record if error is None else _failure(payload[i], error, LOST))
+        return
+    from .results import POLL_SECONDS, Leases, ResultStore
+    from .runner import run_key
+
+    store = ResultStore(store_path)
+    keys: dict[int, str] = {}
+    waiting: list[int] = []
+
+    with Leases(store) as leases:
+
+        def start(i: int) -> bool:
+            """Settle or send run ``i``; False while another process holds it."""
+            key = keys[i]
+            if force:
+                running.submit(i, payload[i])
+                return True
+            row = store.get(key)
+            if row is None and leases.take(key):
+                row = store.get(key)  # written between the look and the lease
+                if row is None:
+                    running.submit(i, payload[i])
+                    return True
+                leases.release(key)
+            if row is None:
+                return False
+            done(i, _stored(row))
+            return True
+
+        for i, config in enumerate(payload):
+            try:
+                keys[i] = run_key(RunConfig.from_dict(config))
+            except Exception as e:  # the run could not start: reported, the others go on
+                done(i, _failure(config, e))
+                continue
+            if not start(i):
+                waiting.append(i)
+        while len(running) or waiting:
+            for i, record, error in running.finished(timeout=POLL_SECONDS if waiting else 1.0):
+                if error is not None:
+                    record = _failure(payload[i], error, LOST)
+                elif record["status"] == "done" and not store.add(record, replace=force):
+                    row = store.get(record["run_key"])  # another process wrote it first
+                    record = record if row is None else _stored(row)
+                if not force:
+                    leases.release(keys[i])
+                done(i, record)
+            waiting = [i for i in waiting if not start(i)]
 
 
 def _frame(results: list[dict[str, Any] | None]) -> pd.DataFrame:

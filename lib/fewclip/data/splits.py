@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,9 +54,13 @@ def write_split(
         for name in SPLITS
     }
     split_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = split_file.with_name(split_file.name + ".tmp")
-    tmp.write_text(json.dumps(raw))
-    os.replace(tmp, split_file)
+    # one temporary name per writer: processes on several nodes may generate it at once
+    tmp = split_file.with_name(f"{split_file.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(raw))
+        os.replace(tmp, split_file)
+    finally:
+        tmp.unlink(missing_ok=True)
     return split_file
 
 
