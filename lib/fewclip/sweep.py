@@ -31,6 +31,7 @@ instead of computing it again.
 From the shell, a JSON file with a list of configurations, or a base and a grid::
 
     python -m fewclip.sweep sweep.json --workers 2 --results runs/results.sqlite
+    fewclip sweep sweep.json --slurm --slurm-jobs 4   # on Slurm (see fewclip.cluster)
     # sweep.json: {"base": {"dataset": "...", "shots": 4}, "grid": {"seed": [1, 2, 3]}}
 """
 
@@ -49,6 +50,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .cluster import add_cluster_arguments, scheduler_from_args
 from .config import RunConfig
 from .parallel import Jobs, open_jobs
 
@@ -276,25 +278,26 @@ def load_spec(path: str | os.PathLike) -> list[RunConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fewclip.sweep SPEC.json``: 0 when every run is done, 1 when some failed,
-    2 for a bad sweep file, 130 when interrupted."""
+    2 for a bad sweep file or cluster option, 130 when interrupted."""
     p = argparse.ArgumentParser(prog="python -m fewclip.sweep", description=load_spec.__doc__)
     p.add_argument("spec", help="JSON file of configurations")
     p.add_argument("--results", default="runs/results.sqlite", help="results store")
     p.add_argument("--workers", type=int, default=1, help="local process pool size")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address")
     p.add_argument("--force", action="store_true", help="rerun runs the store already has")
     p.add_argument("--no-progress", action="store_true")
+    add_cluster_arguments(p)
     args = p.parse_args(argv)
     try:
         configs = load_spec(args.spec)
-        frame = run_sweep(
-            configs,
-            args.results or None,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            force=args.force,
-            progress=not args.no_progress,
-        )
+        with scheduler_from_args(args) as scheduler:
+            frame = run_sweep(
+                configs,
+                args.results or None,
+                workers=args.workers,
+                scheduler=scheduler,
+                force=args.force,
+                progress=not args.no_progress,
+            )
     except KeyboardInterrupt:
         return 130
     except (ValueError, TypeError) as e:
