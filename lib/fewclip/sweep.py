@@ -304,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = frame[frame["status"] == "failed"] if len(frame) else frame
-    print(f"{len(frame) - len(failed)} of {len(frame)} runs done, {len(failed)} failed")
+    stored = int(frame["skipped"].eq(True).sum()) if "skipped" in frame else 0
+    print(
+        f"{len(frame) - len(failed)} of {len(frame)} runs done ({stored} from the store), "
+        f"{len(failed)} failed"
+    )
     for _, row in failed.iterrows():
         print(f"failed: {row['method']} {row['dataset']} shots={row['shots']}: {row['error']}")
     return 1 if len(failed) else 0
