@@ -186,3 +186,21 @@ def test_a_sweep_on_slurm_survives_a_cancelled_worker_job(slurm, tmp_path):
     assert set(rows) <= set(final)
     wait_for(lambda: not _jobs(), 60, "the cluster's jobs to end")
     print(f"Slurm sweep: {lost} run(s) lost to the cancelled job, {time.monotonic() - t0:.0f} s")
+
+
+def test_reports_send_the_notebooks_runs_to_the_scheduler(tmp_path):
+    """``fewclip reports --scheduler ADDRESS`` runs the notebooks here and passes the
+    address as their ``scheduler`` parameter (``--slurm`` passes its cluster's)."""
+    from test_reports import GOOD, QUICK, write_notebook
+
+    from fewclip.reports import main
+
+    good = write_notebook(tmp_path / "good.ipynb", GOOD[:2])
+    (tmp_path / "specs.json").write_text(json.dumps([{"name": "good", "notebook": str(good)}]))
+    out = tmp_path / "out"
+    argv = ["--spec", str(tmp_path / "specs.json"), "--out", str(out), "--no-progress"]
+    argv += ["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache")]
+    argv += ["--results", str(tmp_path / "r.sqlite"), "--scheduler", "tcp://127.0.0.1:1"]
+    assert main(argv + QUICK) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["good"]["parameters"]["scheduler"] == "tcp://127.0.0.1:1"

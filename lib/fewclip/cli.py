@@ -5,6 +5,7 @@ fewclip list methods                   # methods with their options and defaults
 fewclip list datasets | backbones      # the names fewclip knows
 fewclip results                        # the results table
 fewclip sweep sweep.json --workers 2   # many runs (same as python -m fewclip.sweep)
+fewclip sweep sweep.json --slurm        # ... on a Slurm cluster (docs/cluster.md)
 fewclip compare --format markdown      # mean +- std over seeds, paper numbers beside
 fewclip demo                           # a quick offline end-to-end check
 fewclip reports                        # build every report (reports/index.html)
@@ -273,6 +274,7 @@ def _given(filters: dict) -> str:
 def reports_parser() -> argparse.ArgumentParser:
     """The arguments of ``fewclip reports`` (``python -m fewclip.reports``)."""
     from . import reports
+    from .cluster import add_cluster_arguments
 
     parser = argparse.ArgumentParser(
         prog="fewclip reports",
@@ -301,7 +303,7 @@ def reports_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default="cache")
     parser.add_argument("--results", default="runs/results.sqlite", help="shared results store")
     parser.add_argument("--workers", type=int, default=1, help="notebooks at a time, locally")
-    parser.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786)")
+    add_cluster_arguments(parser, "notebooks' runs")
     parser.add_argument("--force", action="store_true", help="execute even if up to date")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     parser.add_argument("--timeout", type=float, help="seconds per cell (default: none)")
@@ -317,6 +319,7 @@ def cmd_reports(argv: list[str] | None = None) -> int:
     """``fewclip reports`` / ``python -m fewclip.reports``: build the reports and their
     index (:func:`fewclip.reports.build_reports`); returns 1 if a report failed."""
     from . import reports
+    from .cluster import scheduler_address, scheduler_from_args
 
     parser = reports_parser()
     args = parser.parse_args(argv)
@@ -330,21 +333,30 @@ def cmd_reports(argv: list[str] | None = None) -> int:
         )
     except (ValueError, OSError, TypeError, KeyError) as e:
         parser.error(str(e))
-    frame = reports.build_reports(
-        specs,
-        args.out,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        results=args.results,
-        overrides={k: _parse_value(v) for k, v in args.parameter},
-        workers=args.workers,
-        scheduler=args.scheduler,
-        force=args.force,
-        kernel=args.kernel,
-        timeout=args.timeout,
-        code=args.code and not args.no_code,
-        progress=not args.no_progress,
-    )
+    overrides = {k: _parse_value(v) for k, v in args.parameter}
+    if (args.slurm or args.scheduler) and "scheduler" in overrides:
+        parser.error("give --slurm / --scheduler or -p scheduler, not both")
+    try:
+        # the notebooks run here, their runs on the cluster: this process writes the store
+        with scheduler_from_args(args) as scheduler:
+            if scheduler is not None:
+                overrides["scheduler"] = scheduler_address(scheduler)
+            frame = reports.build_reports(
+                specs,
+                args.out,
+                data_root=args.data_root,
+                cache_dir=args.cache_dir,
+                results=args.results,
+                overrides=overrides,
+                workers=args.workers,
+                force=args.force,
+                kernel=args.kernel,
+                timeout=args.timeout,
+                code=args.code and not args.no_code,
+                progress=not args.no_progress,
+            )
+    except ValueError as e:
+        parser.error(str(e))
     failed = frame[frame["status"] != "ok"]
     reused = int(frame["skipped"].sum())
     print(

@@ -2,6 +2,7 @@
 
     fewclip sweep sweep.json --slurm --slurm-jobs 4 --slurm-cores 2 --slurm-memory 8GB
     fewclip sweep sweep.json --scheduler tcp://host:8786   # a Dask cluster already running
+    fewclip reports --slurm --slurm-jobs 4                 # the reports' runs on Slurm
 
 ``--slurm`` starts a ``dask_jobqueue.SLURMCluster`` from this process (a login node, with
 ``sbatch`` on its PATH): ``--slurm-jobs`` Slurm jobs, each one Dask worker running
@@ -79,6 +80,11 @@ def scheduler_from_args(args: argparse.Namespace) -> Iterator[Any]:
         **options,
     ) as client:
         yield client
+
+
+def scheduler_address(scheduler: Any) -> str:
+    """The address of a scheduler given as an address or a ``distributed.Client``."""
+    return scheduler if isinstance(scheduler, str) else scheduler.scheduler.address
 
 
 def parse_slurm_options(pairs: list[str]) -> dict[str, Any]:

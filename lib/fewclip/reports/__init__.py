@@ -6,7 +6,8 @@
     python -m fewclip.reports -p backbone fewclip-test-rn -p pretrained none   # quick check
     python -m fewclip.reports --spec sweep.json      # your own list of reports
     python -m fewclip.reports --workers 2            # two notebooks at a time, local processes
-    python -m fewclip.reports --scheduler tcp://host:8786   # on a Dask (or dask-jobqueue) cluster
+    python -m fewclip.reports --scheduler tcp://host:8786   # the runs on a Dask cluster
+    fewclip reports --slurm --slurm-jobs 4           # the runs on a Slurm cluster it starts
 
 For a report named ``dual`` and ``--out reports``:
 
@@ -37,10 +38,14 @@ with the same parameters and the same notebook (a hash of its cells) is not exec
 again unless ``--force``. A failing notebook gives a failed entry (and its notebook and
 HTML up to the failing cell); the others go on; the exit status is 1 if any failed.
 
-``--workers`` / ``--scheduler`` spread *notebooks* over local processes or a Dask cluster
-(whose workers need fewclip installed and these paths visible). The notebooks' own
-``workers`` / ``scheduler`` parameters, for the runs inside one notebook, are separate:
-pass them as ``-p workers 4`` or ``-p scheduler tcp://host:8786``.
+``--workers`` runs several *notebooks* at a time in local processes. ``--scheduler ADDRESS``
+or ``--slurm`` (with the ``--slurm-*`` options of :mod:`fewclip.cluster`, which starts the
+cluster and shuts it down at the end, also on Ctrl-C) send the notebooks' *runs* to a Dask
+cluster: the notebooks run here and pass it as their ``scheduler`` parameter, so this
+machine alone writes the results store (see :mod:`fewclip.sweep`). From Python,
+``build_reports(scheduler=...)`` spreads the notebooks themselves over a Dask cluster
+(whose workers then need these paths, the results store included). The notebooks' own
+``workers`` parameter (``-p workers 4``) sets each notebook's local process pool.
 
 The package: :mod:`.build` executes and renders the notebooks, :mod:`.index` writes the
 manifest and the index page; the command line is :func:`fewclip.cli.cmd_reports`.
