@@ -193,7 +193,7 @@ def test_reports_send_the_notebooks_runs_to_the_scheduler(tmp_path):
     address as their ``scheduler`` parameter (``--slurm`` passes its cluster's)."""
     from test_reports import GOOD, QUICK, write_notebook
 
-    from fewclip.reports import main
+    from fewclip.cli import cmd_reports as main
 
     good = write_notebook(tmp_path / "good.ipynb", GOOD[:2])
     (tmp_path / "specs.json").write_text(json.dumps([{"name": "good", "notebook": str(good)}]))
