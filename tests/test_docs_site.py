@@ -49,3 +49,18 @@ def test_links_are_rewritten_for_the_site():
     assert "[x](nowhere.md)" in out  # left for --strict to fail on
     card = SimpleNamespace(file=SimpleNamespace(src_uri="models/tiny-emoji-vit.md"))
     assert "[rn](tiny-emoji-rn.md)" in hooks.on_page_markdown("[rn](tiny-emoji-rn.md)", card, 0, 0)
+
+
+def test_the_readme_stays_a_short_front_door_with_working_links():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 12_800, "README.md is over about 12 KB: move detail to docs/"
+    slugs = {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", readme, flags=re.M)
+    }
+    anchors = re.findall(r"\]\(#([^)]+)\)", readme)
+    assert anchors and set(anchors) <= slugs, set(anchors) - slugs  # the table of contents
+    for target in re.findall(r"\]\((?!https?:|#)([^)#\s]+)", readme):
+        assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
