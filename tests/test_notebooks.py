@@ -312,10 +312,11 @@ def test_difficulty_notebook(env, tmp_path):
         shots=1,
         seeds=[1, 2],
         ensembles=["both", "none"],
-        methods=["zero_shot", "coop"],
+        methods=["zero_shot", "coop", "maple"],
         alphas=[0.0, 0.5],
         apex_epochs=2,
         coop_epochs=2,
+        maple_epochs=1,
         clip_adapter_epochs=1,
         augment_views=1,
     )
@@ -325,20 +326,20 @@ def test_difficulty_notebook(env, tmp_path):
     assert (difficulty["RTD"] > 0).all() and difficulty["separability (intra/inter)"].notna().all()
     b2n = store[store["protocol"] == "base_to_new"]
     # one APEX training per seed serves every ensemble setting
-    assert set(b2n["method"]) == {"apex", "coop", "zero_shot"}
+    assert set(b2n["method"]) == {"apex", "coop", "maple", "zero_shot"}
     assert (b2n["method"] == "apex").sum() == 2 and b2n["hm"].notna().all()
     hm = pd.read_csv(out / "base_to_new_HM.csv")
-    assert {"APEX (both)", "APEX (none)", "coop", "zero_shot"} <= set(hm["label"])
+    assert {"APEX (both)", "APEX (none)", "coop", "maple", "zero_shot"} <= set(hm["label"])
     assert (hm["ci_low"] <= hm["mean"]).all() and (hm["mean"] <= hm["ci_high"]).all()
     fixed = pd.read_csv(out / "fixed_alpha.csv")
     assert set(fixed["alpha"].astype(str)) == {"0", "0.5", "adaptive"}
     curves = pd.read_csv(out / "training_curves.csv")
-    assert set(curves["label"]) == {"apex", "coop"} and set(curves["epoch"]) == {0, 1}
+    assert set(curves["label"]) == {"apex", "coop", "maple"} and set(curves["epoch"]) == {0, 1}
     chosen = pd.read_csv(out / "chosen_epochs.csv")
     assert set(chosen["runs"]) == {2}
     assert "chose epoch 0 in" in text_of(notebook)
     assert (out / "visual_vs_text.csv").is_file()
-    assert (out / "paper_vs_ours_base_to_new.csv").is_file()
+    assert "maple" in (out / "paper_vs_ours_base_to_new.csv").read_text()  # APEX's Table 2 row
 
 
 def test_mutual_notebook(env, tmp_path):
