@@ -139,7 +139,16 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     "args, message",
     [
         (["run", "--dataset", "no_such_dataset"], "unknown dataset"),
+        (["run", "--dataset", "eurosatt"], "unknown dataset 'eurosatt'; did you mean 'eurosat'?"),
         (["run", "--method", "no_such_method"], "unknown method"),
+        (["run", "--method", "clip_adaptor"], "did you mean 'clip_adapter'?"),
+        (["run", "--method", "clip_adapter", "--option", "alfa=1"], "did you mean 'alpha'?"),
+        (["run", "--method", "clip_adapter", "--option", "alpha=1.5"], "must be in [0, 1]"),
+        (
+            ["run", "--dataset", "tuxpaint_photos", "--data-root", "/nowhere"],
+            "run `fewclip prepare --data-root /nowhere --only tuxpaint`",
+        ),
+        (["run", "--dataset", "eurosat", "--data-root", "/nowhere"], "fewclip prepare --data-root"),
         (["run", "--method", "clip_adapter", "--option", "alpha=abc"], "option alpha"),
         (["run", "--option", "noequals"], "--option expects key=value"),
         (["run", "--dataset", "folder:missing", "--data-root", "/nowhere"], "/nowhere"),
@@ -151,12 +160,26 @@ def test_user_mistakes_give_one_line_and_a_nonzero_exit(args, message, tmp_path,
     if args[0] == "run":
         args = [*args, "--results", str(tmp_path / "r.sqlite")]
     assert main(args) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "Traceback" not in err
+    assert "running" not in out  # refused before the run banner
     first = err.strip().splitlines()[0]
     assert first.startswith("fewclip: error: ") and message in first, err
     assert not (tmp_path / "r.sqlite").exists()  # nothing written
     assert not Path("/nowhere").exists()  # results on a missing path creates nothing
+
+
+def test_allow_fewer_on_the_command_line(store, tmp_path, capsys):
+    """folder:squares has fewer than 20 training images per class: refused, naming the flag;
+    --allow-fewer runs it, and the record says so."""
+    args = ["run", "--method", "tip_adapter", "--shots", "20", "--dataset", "folder:squares"]
+    args += [*store["common"], "--results", str(tmp_path / "few.sqlite")]
+    assert main(args) == 1
+    assert "--allow-fewer" in capsys.readouterr().err
+    assert main([*args, "--allow-fewer"]) == 0
+    assert "allow_fewer" in capsys.readouterr().out
+    (config,) = ResultStore(tmp_path / "few.sqlite").to_frame(expand=False)["config"]
+    assert config["allow_fewer"] is True
 
 
 def test_in_a_real_process_the_exit_code_is_nonzero_and_there_is_no_traceback():

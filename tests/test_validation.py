@@ -57,6 +57,12 @@ def test_run_config_accepts_equivalent_values():
         ("dual_adapter", ["beta_range=[1,7]"], "option beta_range must be a list of 3"),
         ("dual_adapter", ["beta_range=[7,1,10]"], "low <= high"),
         ("tomm", ["ctp=1"], "option ctp must be true or false"),
+        # documented intervals: CLIP-Adapter's residual ratios, a dropout, a momentum
+        ("clip_adapter", ["alpha=1.5"], r"clip_adapter: option alpha must be in \[0, 1\], got 1.5"),
+        ("clip_adapter", ["beta=-0.1"], r"option beta must be in \[0, 1\], got -0.1"),
+        ("clip_lora", ["dropout=1.2"], r"option dropout must be in \[0, 1\]"),
+        ("coop", ["momentum=2"], r"option momentum must be in \[0, 1\]"),
+        ("clip_adapter", ["alfa=0.3"], "unknown option.*did you mean 'alpha'"),
     ],
 )
 def test_options_are_checked_against_the_methods_types_and_ranges(method, pairs, expected):
@@ -66,6 +72,7 @@ def test_options_are_checked_against_the_methods_types_and_ranges(method, pairs,
 
 def test_valid_options_are_converted():
     assert get_method("clip_adapter", alpha=1).options.alpha == 1.0
+    assert get_method("clip_adapter", alpha=0, beta=1.0).options.beta == 1.0  # ends included
     assert get_method("dual_adapter", beta_range=[1, 7, 10]).options.beta_range == (1.0, 7.0, 10)
 
 
@@ -132,3 +139,22 @@ def test_the_cli_names_a_bad_option_in_one_line_before_any_work(tmp_path, capsys
     # fewclip sweep: a bad sweep file is exit status 2
     assert main(["sweep", str(tmp_path / "missing.json"), "--results", ""]) == 2
     assert "cannot read the sweep file" in capsys.readouterr().err
+
+
+def test_an_options_class_may_declare_its_own_ranges():
+    from dataclasses import dataclass
+
+    from fewclip.validation import check_options, did_you_mean, option_ranges
+
+    @dataclass
+    class Options:
+        ratio: float = 0.5
+
+    Options.ranges = {"ratio": (0.0, 0.9)}  # a class attribute, not a field
+
+    assert option_ranges("mine", Options) == {"ratio": (0.0, 0.9)}
+    assert check_options("mine", Options, {"ratio": 0.9}) == {"ratio": 0.9}
+    with pytest.raises(ValueError, match=r"mine: option ratio must be in \[0, 0.9\], got 0.95"):
+        check_options("mine", Options, {"ratio": 0.95})
+    assert did_you_mean("eurosatt", ["dtd", "eurosat"]) == "; did you mean 'eurosat'?"
+    assert did_you_mean("zzz", ["dtd", "eurosat"]) == ""

@@ -127,6 +127,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="runs/results.sqlite", help="results store ('' for none)")
     p.add_argument("--force", action="store_true", help="rerun even if the store has this run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--allow-fewer",
+        action="store_true",
+        help="classes with fewer than K training images give all they have (else refused)",
+    )
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
@@ -144,6 +149,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         options=_parse_options(args.option),
         variant=args.variant,
         eval_datasets=list(args.eval_dataset),
+        allow_fewer=args.allow_fewer,
         data_root=args.data_root,
         cache_dir=args.cache_dir,
         device=args.device,
@@ -151,25 +157,88 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def check_names(config: RunConfig) -> None:
+    """The method, dataset (and evaluation datasets) and option names of a run checked
+    against the known ones, with the closest name proposed ("did you mean")."""
+    from .data.base import _PREFIXES, list_datasets
+    from .methods import METHODS
+    from .validation import did_you_mean
+
+    if config.method not in METHODS:
+        raise ValueError(
+            f"unknown method {config.method!r}{did_you_mean(config.method, METHODS)} "
+            "(fewclip list methods shows every method)"
+        )
+    known = list_datasets()
+    for name in [config.dataset, *config.eval_datasets]:
+        prefix, sep, _ = name.partition(":")
+        if (sep and prefix in _PREFIXES) or name in known:
+            continue
+        raise ValueError(
+            f"unknown dataset {name!r}{did_you_mean(name, known)} "
+            "(fewclip list datasets shows every dataset)"
+        )
+    fields = {f.name for f in dataclasses.fields(METHODS[config.method].Options)}
+    for key in config.options:
+        if key not in fields:
+            raise ValueError(
+                f"{config.method}: unknown option {key!r}{did_you_mean(key, fields)} "
+                "(fewclip list methods shows each method's options)"
+            )
+
+
+def check_data_root(config: RunConfig) -> None:
+    """Each named dataset of the run present under the data root, else one sentence
+    saying how to prepare it (``fewclip prepare --data-root ...``) or where to point."""
+    from .data.base import dataset_folder
+    from .offline.tasks import TASKS, read_task_record
+
+    root = Path(config.data_root).expanduser()
+    for name in [config.dataset, *config.eval_datasets]:
+        if ":" in name:
+            continue  # a folder form: load_dataset names the missing folder
+        if name in TASKS:
+            if read_task_record(root, name) is None:
+                raise FileNotFoundError(
+                    f"offline task {name!r} is not prepared under the data root {root}: run "
+                    f"`fewclip prepare --data-root {root} --only {TASKS[name].group}`, or give "
+                    "--data-root (or set FEWCLIP_DATA) where it is prepared"
+                )
+        elif not (root / dataset_folder(name)).is_dir():
+            raise FileNotFoundError(
+                f"dataset {name!r} is not under the data root {root} (no "
+                f"{root / dataset_folder(name)}): give --data-root (or set FEWCLIP_DATA) where "
+                "it is, see data/README.md for how to get it, or run `fewclip prepare "
+                f"--data-root {root}` for the offline tasks"
+            )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .results import ResultStore
     from .runner import check_config, run
 
     config = _run_config(args)
-    options = check_config(config).options_dict()  # method, shots, options: before any work
-    print(
-        f"running {config.method}"
-        + (f" (variant {config.variant!r})" if config.variant else "")
-        + f" on {config.dataset}, {config.protocol}, {config.shots} shots, seed {config.seed}, "
-        f"{config.backbone}/{config.pretrained}\noptions: {json.dumps(options, default=str)}",
-        flush=True,
-    )
-    # the user's mistakes (names, files) before anything is written
+    # the user's mistakes (names, ranges, files) before the banner and before any work
+    check_names(config)
+    options = check_config(config).options_dict()  # method, shots, options: types and ranges
     from .backbones import resolve_weights
     from .data import load_dataset
 
     resolve_weights(config.backbone, config.pretrained)
+    check_data_root(config)
     load_dataset(config.dataset, config.data_root, **config.reader_options)
+    print(
+        f"running {config.method}"
+        + (f" (variant {config.variant!r})" if config.variant else "")
+        + f" on {config.dataset}, {config.protocol}, {config.shots} shots, seed {config.seed}, "
+        f"{config.backbone}/{config.pretrained}\noptions: {json.dumps(options, default=str)}"
+        + (
+            "\nallow_fewer: classes with fewer than K images give all they have"
+            if config.allow_fewer
+            else ""
+        ),
+        flush=True,
+    )
     store = ResultStore(args.results) if args.results else None
     record = run(config, store=store, force=args.force)
     state = "(from the results store)" if record.get("skipped") else ""

@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .validation import check_options
+from .validation import check_options, did_you_mean
 
 
 @dataclass
@@ -44,7 +44,10 @@ def check_method_options(name: str, options_cls: type, options: dict[str, Any]) 
     fields = {f.name for f in dataclasses.fields(options_cls)}
     unknown = set(options) - fields
     if unknown:
-        raise ValueError(f"{name}: unknown option(s) {sorted(unknown)}; valid: {sorted(fields)}")
+        hint = did_you_mean(sorted(unknown)[0], fields) if len(unknown) == 1 else ""
+        raise ValueError(
+            f"{name}: unknown option(s) {sorted(unknown)}{hint}; valid: {sorted(fields)}"
+        )
     return check_options(name, options_cls, options)
 
 

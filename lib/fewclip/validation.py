@@ -43,6 +43,37 @@ OPTION_MINIMA: dict[str, tuple[float, bool]] = {
     "c_reg": (0, False),
 }
 
+#: Closed intervals a method documents for one of its options: method -> {name: (low, high)}.
+#: CLIP-Adapter's residual ratios mix the adapted and the original feature (Eq. 2-3 and
+#: 5-6 of its paper: ``alpha * A(f) + (1 - alpha) * f``), so only [0, 1] is that equation;
+#: dropout is a probability. A method may also declare ``ranges`` on its ``Options`` class
+#: (a class attribute, not a field), read the same way.
+OPTION_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "clip_adapter": {"alpha": (0.0, 1.0), "beta": (0.0, 1.0)},
+    "clip_lora": {"dropout": (0.0, 1.0)},
+}
+#: Intervals shared by every method that has the option: name -> (low, high).
+SHARED_RANGES: dict[str, tuple[float, float]] = {"momentum": (0.0, 1.0)}
+
+
+def option_ranges(method: str, options_cls: type) -> dict[str, tuple[float, float]]:
+    """The documented closed intervals of ``method``'s options (:data:`SHARED_RANGES`,
+    :data:`OPTION_RANGES`, then the ``Options.ranges`` class attribute, later ones winning)."""
+    fields = {f.name for f in dataclasses.fields(options_cls)}
+    ranges = {k: v for k, v in SHARED_RANGES.items() if k in fields}
+    ranges.update(OPTION_RANGES.get(method, {}))
+    ranges.update(getattr(options_cls, "ranges", None) or {})
+    return ranges
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to a mistyped ``name``, or
+    ``""`` when none is close (:func:`difflib.get_close_matches`, cutoff 0.6)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
 
 class _Mismatch(Exception):
     pass
@@ -155,8 +186,10 @@ def check_fields(owner: str, cls: type, values: dict[str, Any], what: str = "") 
 
 def check_options(method: str, options_cls: type, options: dict[str, Any]) -> dict[str, Any]:
     """A method's options checked against its ``Options`` types and the shared ranges
-    (:data:`OPTION_MINIMA`, and ``(lo, hi, n)`` search ranges with ``lo <= hi``, ``n >= 1``)."""
+    (:data:`OPTION_MINIMA`, and ``(lo, hi, n)`` search ranges with ``lo <= hi``, ``n >= 1``)
+    and the method's documented intervals (:func:`option_ranges`)."""
     out = check_fields(method, options_cls, options, what="option ")
+    ranges = option_ranges(method, options_cls)
     for name, value in out.items():
         if value is None:
             continue
@@ -165,6 +198,12 @@ def check_options(method: str, options_cls: type, options: dict[str, Any]) -> di
             if value < low or (value == low and not inclusive):
                 bound = f">= {low}" if inclusive else f"> {low}"
                 raise ValueError(f"{method}: option {name} must be {bound}, got {value!r}")
+        if name in ranges and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, high = ranges[name]
+            if not low <= value <= high:
+                raise ValueError(
+                    f"{method}: option {name} must be in [{low:g}, {high:g}], got {value!r}"
+                )
         if name.endswith("_range") and isinstance(value, tuple) and len(value) == 3:
             lo, hi, n = value
             if not (lo <= hi and n >= 1):

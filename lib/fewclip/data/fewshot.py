@@ -154,7 +154,8 @@ def _check_counts(items: Sequence[Datum], shots: int, split: str, dataset: str) 
         more = f" (and {len(short) - 5} more classes)" if len(short) > 5 else ""
         raise DatasetError(
             f"{dataset}: {shots} shots requested but in the {split} split {listed}{more}; "
-            "use fewer shots or allow_fewer=True to take all images of such classes"
+            "use fewer shots or allow_fewer=True (fewclip run --allow-fewer) to take all images of "
+            "such classes"
         )
 
 
