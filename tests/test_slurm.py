@@ -2,7 +2,8 @@
 (``.ci/slurm``: munged, slurmctld, slurmd; 2 CPUs), through dask-jobqueue's SLURMCluster
 with 2 worker jobs whose workers may not open a results store. Every row lands once; a
 worker job cancelled mid-sweep loses nothing (its run is reported, no lease is left) and a
-rerun computes only the missing runs; Slurm is stopped at the end.
+rerun computes only the missing runs; Ctrl-C ends the sweep with one line and cancels the
+cluster's jobs; Slurm is stopped at the end.
 
 Needs root and Debian's ``slurm-wlm`` and ``munge`` (``.ci/run`` installs them); elsewhere
 the Slurm test is skipped with its reason, or fails where ``FEWCLIP_REQUIRE_SLURM=1`` (CI).
@@ -11,9 +12,12 @@ The option checks below need no Slurm.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from procjobs import environment, wait_for
+from test_interrupt import default_sigint
 
 from fewclip.cluster import parse_slurm_options, slurm_cluster
 
@@ -38,7 +43,9 @@ def test_slurm_options_parse_and_clear_errors(monkeypatch):
     }
     with pytest.raises(ValueError, match="expects KEY=VALUE"):
         parse_slurm_options(["account"])
-    pytest.importorskip("dask_jobqueue")
+    if importlib.util.find_spec("dask_jobqueue") is None:  # importing it takes over Ctrl-C
+        pytest.skip("dask-jobqueue is not installed")
+    ctrl_c = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ValueError, match="needs Slurm's sbatch on the PATH"), slurm_cluster():
         pass
@@ -48,6 +55,7 @@ def test_slurm_options_parse_and_clear_errors(monkeypatch):
         slurm_cluster(no_such_option=1),
     ):
         pass
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # dask_jobqueue's import took it
 
 
 def test_sweep_cli_error_is_one_line(tmp_path):
@@ -75,7 +83,8 @@ def slurm(tmp_path_factory):
         _unavailable(
             f"Slurm is not installed ({', '.join(missing)}: apt-get install slurm-wlm munge)"
         )
-    pytest.importorskip("dask_jobqueue")
+    if importlib.util.find_spec("dask_jobqueue") is None:
+        _unavailable("dask-jobqueue is not installed (pip install dask-jobqueue)")
     folder = tmp_path_factory.mktemp("slurm")
     started = subprocess.run(
         [str(SCRIPT), "start", str(folder)], capture_output=True, text=True, timeout=120
@@ -114,7 +123,7 @@ def _rows(store: Path) -> list[str]:
             return []
 
 
-def _sweep(spec: Path, store: Path, folder: Path) -> subprocess.Popen:
+def _sweep(spec: Path, store: Path, folder: Path, **popen) -> subprocess.Popen:
     env = environment()
     # a run whose worker is lost is reported, not retried elsewhere: the rerun must do it
     env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "0"
@@ -126,7 +135,13 @@ def _sweep(spec: Path, store: Path, folder: Path) -> subprocess.Popen:
     cmd += ["--slurm-option", f"log_directory={folder / 'logs'}"]
     cmd += ["--slurm-option", "death_timeout=30"]
     return subprocess.Popen(
-        cmd, env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        env=env,
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
     )
 
 
@@ -185,6 +200,20 @@ def test_a_sweep_on_slurm_survives_a_cancelled_worker_job(slurm, tmp_path):
     assert sorted(final) == sorted(set(final)) and len(final) == RUNS
     assert set(rows) <= set(final)
     wait_for(lambda: not _jobs(), 60, "the cluster's jobs to end")
+
+    # Ctrl-C once the workers run: one line, status 130, the cluster's jobs cancelled
+    other = tmp_path / "runs" / "other.sqlite"
+    third = _sweep(spec, other, tmp_path, start_new_session=True, preexec_fn=default_sigint)
+    try:
+        wait_for(lambda: len(_jobs()) == 2 or third.poll() is not None, SWEEP_TIMEOUT_S, "jobs")
+        os.killpg(third.pid, signal.SIGINT)
+        out, err = third.communicate(timeout=SWEEP_TIMEOUT_S)
+    finally:
+        if third.poll() is None:
+            third.kill()
+    assert third.returncode == 130, (out, err)
+    assert re.fullmatch(r"interrupted: \d+ of 12 runs done, rerun to resume", err.strip()), err
+    wait_for(lambda: not _jobs(), 60, "the cluster's jobs to be cancelled")
     print(f"Slurm sweep: {lost} run(s) lost to the cancelled job, {time.monotonic() - t0:.0f} s")
 
 

@@ -23,6 +23,8 @@ import argparse
 import inspect
 import json
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -128,6 +130,7 @@ def slurm_cluster(
 ) -> Iterator[Any]:
     """A ``distributed.Client`` of a started ``SLURMCluster`` of ``jobs`` jobs (see the
     module docstring); the cluster and its jobs end when the block does, also on Ctrl-C."""
+    ctrl_c = signal.getsignal(signal.SIGINT)
     try:
         from dask.distributed import Client
         from dask_jobqueue import SLURMCluster
@@ -135,6 +138,11 @@ def slurm_cluster(
         raise ValueError(
             "--slurm needs dask-jobqueue and dask.distributed: pip install dask-jobqueue"
         ) from None
+    finally:
+        # importing dask_jobqueue (its runner module) turns Ctrl-C into sys.exit() anywhere,
+        # even in a garbage-collector callback that swallows it: Ctrl-C stays ours
+        if threading.current_thread() is threading.main_thread() and ctrl_c is not None:
+            signal.signal(signal.SIGINT, ctrl_c)
     if shutil.which("sbatch") is None:
         raise ValueError(
             "--slurm needs Slurm's sbatch on the PATH: run fewclip on a node that can submit "
