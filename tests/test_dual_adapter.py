@@ -23,7 +23,7 @@ from fewclip.methods.dual_adapter import (
     soft_labels,
 )
 from fewclip.methods.kernels import dual as kernels
-from fewclip.methods.kernels.dual import adapted_classifier, reranking_loss, stacked_products
+from fewclip.methods.kernels.dual import reranking_loss, stacked_products
 from fewclip.methods.kernels.residual_keys import NegativeKeyProducts
 from fewclip.methods.search import grid_search_loop, linear_grid
 
@@ -338,46 +338,6 @@ def test_adaptive_reranking_loss_gradient_passes_gradcheck(num_classes, monkeypa
     assert torch.autograd.gradcheck(
         lambda a, b: reranking_loss(a, b, y, scale=1.0, k=3), (f, protos)
     )
-
-
-def _classifier_inputs(dtype=torch.float64):
-    g = torch.Generator().manual_seed(6)
-    w = [torch.randn(7, 4, generator=g, dtype=dtype) for _ in range(2)]  # (d, C)
-    r = [(0.3 * torch.randn(4, 7, generator=g, dtype=dtype)).requires_grad_() for _ in range(2)]
-    return w, r
-
-
-def _normalised_sum(w, r, weights=None):
-    units = [F.normalize(a + b.T, dim=0) for a, b in zip(w, r, strict=True)]
-    if weights is None:
-        return units[0]
-    return weights[0] * units[0] + weights[1] * units[1]
-
-
-@pytest.mark.parametrize("weights", [None, (0.45, 0.55)])
-def test_adapted_classifier_equals_the_normalised_sum(weights):
-    """W+ and the negative classifier: the written-out formula's values bit for bit (float32)
-    and its gradient (float64, finite differences)."""
-    w, r = _classifier_inputs(torch.float32)
-    n = 1 if weights is None else 2
-    ours = adapted_classifier(w[:n], r[:n], weights)
-    assert torch.equal(ours, _normalised_sum(w[:n], r[:n], weights))
-    w, r = _classifier_inputs()
-    assert torch.autograd.gradcheck(
-        lambda *res: adapted_classifier(w[:n], res, weights), tuple(r[:n])
-    )
-
-
-def test_adapted_classifier_gradient_of_a_column_below_eps():
-    """A column with W + R^T = 0 is divided by eps (F.normalize's clamp): its gradient is
-    G / eps there, as autograd's through F.normalize, and the other columns' are unchanged."""
-    w, r = _classifier_inputs()
-    w[0][:, 1] = -r[0].detach()[1]  # column 1 of W_t + R_t^T is exactly zero
-    g = torch.randn(7, 4, dtype=torch.float64)
-    (ours,) = torch.autograd.grad((adapted_classifier(w[:1], r[:1]) * g).sum(), r[0])
-    (expected,) = torch.autograd.grad((_normalised_sum(w[:1], r[:1]) * g).sum(), r[0])
-    assert torch.allclose(ours, expected, rtol=1e-12)
-    assert torch.allclose(ours[1], g[:, 1] / 1e-12)
 
 
 @pytest.mark.parametrize("stack", [True, False])

@@ -248,17 +248,12 @@ class DualCache(CacheModule):
 
     def positive_classifier(self) -> torch.Tensor:
         """W+ (d, C) = 0.45 norm(W_t + R_t^T) + 0.55 norm(W_d + R_d^T)."""
-        if self.fast:
-            pairs = (self.w_t, self.w_d), (self.r_t, self.r_d)
-            return kernels.adapted_classifier(*pairs, TEXT_WEIGHTS)
         w_t = F.normalize(self.w_t + self.r_t.T, dim=0)
         w_d = F.normalize(self.w_d + self.r_d.T, dim=0)
         return TEXT_WEIGHTS[0] * w_t + TEXT_WEIGHTS[1] * w_d
 
     def negative_classifier(self) -> torch.Tensor:
         """W- (d, C) = norm(W_n + R_n^T)."""
-        if self.fast:
-            return kernels.adapted_classifier((self.w_n,), (self.r_n,))
         return F.normalize(self.w_n + self.r_n.T, dim=0)
 
     def positive_keys(self) -> torch.Tensor:

@@ -11,7 +11,6 @@ search come here:
   per-class sums (:class:`.cache.ValueProduct`), f's products with the narrow matrices
   (W+, the negative classifier, R_k, R_k-, F-'s slot sums) as one product with their
   stack (:func:`stacked_products`);
-- :func:`adapted_classifier`: W+ and the negative classifier with a written-out gradient;
 - :func:`reranking_loss`: ARL with a written-out gradient;
 - :func:`consistency_loss`: the consistency loss as one product with a precomputed target.
 
@@ -171,66 +170,6 @@ def consistency_loss(
     """
     cosines = (w_plus * target).sum(dim) / w_plus.norm(dim=dim).clamp_min(COSINE_EPS)
     return (weights[0] + weights[1] - cosines).mean()
-
-
-def adapted_classifier(
-    frozen: Sequence[torch.Tensor],
-    residuals: Sequence[torch.Tensor],
-    weights: Sequence[float] | None = None,
-) -> torch.Tensor:
-    """(d, C) sum_i a_i norm(W_i + R_i^T), each column normalised (``F.normalize(..., dim=0)``
-    with its eps 1e-12); W_i (d, C) frozen, R_i (C, d) residuals, a_i ``weights`` (None:
-    one term, no weight). The same float operations as the written-out expression (values
-    bit-identical), with the gradient written out (:class:`_AdaptedClassifier`)."""
-    pairs = [t for pair in zip(frozen, residuals, strict=True) for t in pair]
-    return _AdaptedClassifier.apply(None if weights is None else tuple(weights), *pairs)
-
-
-class _AdaptedClassifier(torch.autograd.Function):
-    """out = sum_i a_i u_i, u_i = x_i / max(||x_i||, eps) per column, x_i = W_i + R_i^T.
-
-    Backward for G (d, C): dL/dR_i = (a_i (G - u_i (u_i . G)) / ||x_i||)^T per column, and
-    a_i G / eps for a column whose norm is below eps (where F.normalize divides by eps).
-    One node instead of autograd's six per term (add, transpose, norm, clamp, expand,
-    divide) and the weights' products and sum: DualAdapter computes W+ and the negative
-    classifier at every training step. Equality test: ``tests/test_dual_adapter.py::
-    test_adapted_classifier_equals_the_normalised_sum``.
-    """
-
-    @staticmethod
-    def forward(ctx, weights, *pairs):
-        units, norms, out = [], [], None
-        for i in range(0, len(pairs), 2):
-            x = pairs[i] + pairs[i + 1].T
-            norm = x.norm(2, 0, keepdim=True)  # (1, C)
-            unit = x / norm.clamp_min(1e-12).expand_as(x)
-            units.append(unit)
-            norms.append(norm)
-            term = unit if weights is None else weights[i // 2] * unit
-            out = term if out is None else out + term
-        ctx.save_for_backward(*units, *norms)
-        ctx.weights = weights
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        saved = ctx.saved_tensors
-        half = len(saved) // 2
-        grads: list[torch.Tensor | None] = [None]  # for weights
-        for i, (unit, norm) in enumerate(zip(saved[:half], saved[half:], strict=True)):
-            grads.append(None)  # the frozen W_i
-            if not ctx.needs_input_grad[2 + 2 * i]:
-                grads.append(None)
-                continue
-            g = grad if ctx.weights is None else ctx.weights[i] * grad
-            out = torch.sub(g, unit * (unit * g).sum(0, keepdim=True))
-            clamped = norm < 1e-12
-            if bool(clamped.any()):  # a column below eps: divided by eps, not normalised
-                out = torch.where(clamped, g / 1e-12, out / norm.masked_fill(clamped, 1.0))
-            else:
-                out = out.div_(norm)
-            grads.append(out.T)
-        return tuple(grads)
 
 
 def stacked_products(
