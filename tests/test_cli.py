@@ -3,6 +3,8 @@ no traceback and a non-zero exit (``--debug`` shows it), run's help and echo, --
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +96,43 @@ def test_compare_formats_and_paper_columns(store, capsys):
     table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     assert {"paper", "paper_source", "delta", "mean", "std", "n_seeds"} <= set(table.columns)
     assert table["delta"].isna().all()  # a random test model is never compared to a paper
+
+
+def test_results_show_the_given_options_and_rounded_numbers(store, capsys):
+    assert main(["results", "--results", str(store["path"])]) == 0
+    out = capsys.readouterr().out
+    header, *rows = out.strip().splitlines()
+    assert "options" in header.split() and len(rows) == 10
+    assert sum("alpha_range=[1, 1, 1]" in r for r in rows) == 4  # never shown as a default
+    assert sum(" default " in r for r in rows) == 6
+    assert "None" not in out and "nan" not in out.lower()
+    for number in re.findall(r"\d+\.\d+", out):
+        assert len(number.split(".")[1]) == 2, number  # no 43.900001
+
+
+def test_compare_is_sorted_narrow_and_merges_the_same_run(store, tmp_path, capsys):
+    """Runs differing only in allow_fewer (on a full sample) and in an explicit default are
+    one configuration; the table is sorted and narrow, --wide has every column."""
+    path = str(tmp_path / "same.sqlite")
+    base = ["run", "--method", "tip_adapter", "--shots", "2", "--dataset", "folder:squares"]
+    common = [*store["common"], "--results", path]
+    assert main([*base, "--seed", "1", *common]) == 0
+    assert main([*base, "--seed", "2", "--allow-fewer", *common]) == 0
+    assert main([*base, "--seed", "3", "--option", "alpha_scale=1.0", *common]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--results", path, "--format", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert len(table) == 1 and table["n_seeds"].tolist() == [3]
+
+    assert main(["compare", "--results", str(store["path"])]) == 0
+    narrow = capsys.readouterr().out.rstrip("\n").splitlines()
+    assert max(map(len, narrow)) <= 120, max(map(len, narrow))
+    assert "setting" in narrow[0] and "weights" not in narrow[0]
+    labels = [line.split()[0] for line in narrow[1:] if "average" not in line]
+    assert labels == sorted(labels)  # tip_adapter rows, then zero_shot
+    assert main(["compare", "--results", str(store["path"]), "--wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert "pretrained" in wide[0] and len(wide) == len(narrow)
 
 
 def test_paper_delta_only_for_the_papers_model():

@@ -260,23 +260,51 @@ def _existing_store(path: str):
     return ResultStore(path)
 
 
+#: The one symbol of a missing value in the CLI's tables.
+MISSING = "-"
+
+
+def _number(value, digits: int = 2) -> str:
+    """A metric as shown: ``digits`` decimals, :data:`MISSING` for None or NaN."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return MISSING
+    return MISSING if x != x else f"{x:.{digits}f}"
+
+
+def _given_options(record: dict) -> str:
+    """The options a run was given (``key=value``, sorted), with ``allow_fewer`` where set;
+    ``default`` for none."""
+    cfg = record.get("config") if isinstance(record.get("config"), dict) else {}
+    given = dict(cfg.get("options") or {})
+    if cfg.get("allow_fewer"):
+        given["allow_fewer"] = True
+    parts = [f"{k}={json.dumps(v, default=str)}" for k, v in sorted(given.items())]
+    return " ".join(parts) or "default"
+
+
+def results_table(frame):
+    """The results store as ``fewclip results`` shows it: one row per run, the options it
+    was given, accuracies to two decimals, :data:`MISSING` where a metric does not apply."""
+    import pandas as pd
+
+    records = frame.to_dict("records")
+    columns = ["method", "variant", "dataset", "protocol", "backbone", "shots", "seed"]
+    out = pd.DataFrame([{c: r.get(c) for c in columns} for r in records])
+    out["variant"] = out["variant"].fillna("").replace("", MISSING)
+    out["options"] = [_given_options(r) for r in records]
+    out["accuracy"] = [_number(r.get("accuracy")) for r in records]
+    out["hm"] = [_number(r.get("hm")) for r in records]
+    return out.sort_values(["method", "dataset", "shots", "seed"], kind="stable")
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     frame = _existing_store(args.results).to_frame(expand=False)
     if frame.empty:
         print(f"no results in {args.results}")
         return 0
-    cols = [
-        "method",
-        "variant",
-        "dataset",
-        "protocol",
-        "backbone",
-        "shots",
-        "seed",
-        "accuracy",
-        "hm",
-    ]
-    print(frame[cols].to_string(index=False))
+    print(results_table(frame).to_string(index=False))
     return 0
 
 
@@ -326,7 +354,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if frame.empty:
         raise ValueError(f"no runs in {args.results} match {_given(filters)}")
     table = compare_table(frame, value=args.value, average=not args.no_average)
-    text = export(table, args.format)
+    text = export(table, args.format, wide=args.wide)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {len(table)} rows to {args.out}")
@@ -469,8 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="mean +- std over seeds per configuration, averages and paper numbers",
         formatter_class=Formatter,
-        description="One row per (method, options, weights, dataset, shots, ...): runs that "
-        "differ in anything but the seed are never merged (the column that differs is shown). "
+        description="One row per (method, options, weights, dataset, shots, ...), sorted: runs "
+        "that differ in anything but the seed are never merged (the fields that differ are "
+        "shown as one setting column; --wide shows every column); records that resolve to the "
+        "same run are one row. "
         "Then the average over datasets of each configuration, and the published number of the "
         "method's paper with our delta (only where our model is the paper's).",
     )
@@ -483,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--value", default="accuracy", help="accuracy, base_accuracy, new_accuracy")
     p.add_argument("--no-average", action="store_true", help="no average over datasets")
     p.add_argument("--format", default="table", choices=["table", "csv", "markdown", "latex"])
+    p.add_argument(
+        "--wide", action="store_true", help="every key column (default: the ones that differ)"
+    )
     p.add_argument("--out", help="write to this file instead of printing")
     p.set_defaults(func=cmd_compare)
 

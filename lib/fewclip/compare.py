@@ -7,6 +7,14 @@ its fingerprint, protocol, shots, selection, val split, label noise, ...), so tw
 differ in an option or in the weights are never averaged; the fields that differ between
 rows of the same (method, dataset, shots) are shown as columns.
 
+Two records that resolve to the same run are one configuration (:func:`canonical_frame`):
+``allow_fewer=True`` on a sample where no class was short (every class gave its K images)
+is the run ``allow_fewer=False`` makes, and ``templates`` left unset is the method's own
+default style. Rows are sorted (method label, dataset, shots, setting; the averages last).
+The ``table`` format is narrow by default: the columns every row shares are left out and the
+fields that tell rows apart are one ``setting`` column (``wide=True``, ``--wide``: every
+column).
+
 The average over datasets is taken per configuration without its dataset (the
 dataset-dependent fields, ``dataset`` and ``data``, dropped): the mean of the per-dataset
 means, with the number of datasets and their names, so averages over different dataset sets
@@ -76,8 +84,49 @@ def _is_papers_model(row: dict, paper_backbone: str) -> bool:
     return bool(paper_backbone) and _arch(paper_backbone) == _arch(row["backbone"]) and openai
 
 
+def _full_sample(record: dict) -> bool:
+    """Whether every class of a run's few-shot sample gave its K images (readable ones
+    counted), so ``allow_fewer`` changed nothing."""
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return False
+    used, per_class = metrics.get("train_images"), metrics.get("per_class_accuracy")
+    shots = record.get("shots")
+    if used is None or not isinstance(per_class, list) or shots is None:
+        return False
+    return int(used) >= int(shots) * len(per_class)
+
+
+def canonical_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each record's ``config`` written the way its run resolved it:
+    ``allow_fewer`` False where the sample was full, ``templates`` the method's default
+    style where unset. Records that differ only there then form one configuration."""
+    if "config" not in frame:
+        return frame
+    from .methods import METHODS
+
+    out = frame.copy()
+    configs = []
+    for record in out.to_dict("records"):
+        cfg = record.get("config")
+        if not isinstance(cfg, dict):
+            configs.append(cfg)
+            continue
+        cfg = dict(cfg)
+        if cfg.get("allow_fewer") and _full_sample(record):
+            cfg["allow_fewer"] = False
+        method = METHODS.get(str(cfg.get("method")))
+        if cfg.get("templates") is None and method is not None:
+            cfg["templates"] = getattr(method, "default_templates", None)
+        configs.append(cfg)
+    out["config"] = configs
+    return out
+
+
 def compare_table(frame: pd.DataFrame, value: str = "accuracy", average: bool = True):
-    """The comparison of a results-store frame (``ResultStore.to_frame(expand=False)``)."""
+    """The comparison of a results-store frame (``ResultStore.to_frame(expand=False)``),
+    sorted; records that resolve to the same run merged (:func:`canonical_frame`)."""
+    frame = canonical_frame(frame)
     summary = ev.summarize(frame, by=BY, value=value, n_boot=200)
     if not len(summary):
         return summary
@@ -107,10 +156,23 @@ def compare_table(frame: pd.DataFrame, value: str = "accuracy", average: bool = 
                 "paper_source": source,
             }
         )
-    table = pd.DataFrame(rows)
+    table = _sorted(pd.DataFrame(rows), keys)
     if average:
-        table = pd.concat([table, _averages(table, keys)], ignore_index=True)
+        table = pd.concat([table, _sorted(_averages(table, keys), keys)], ignore_index=True)
     return table
+
+
+def _sorted(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Rows by method label, dataset, shots, then the other keys (as text)."""
+    if not len(table):
+        return table
+    order = [k for k in (*BY, *keys) if k in table]
+    order = list(dict.fromkeys(order))
+    text = table[order].astype(str)
+    if "shots" in table:
+        text["shots"] = pd.to_numeric(table["shots"], errors="coerce")
+    index = text.sort_values(order, kind="stable").index
+    return table.loc[index].reset_index(drop=True)
 
 
 def _averages(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -141,17 +203,55 @@ def _averages(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def display_frame(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as shown: key columns, ``mean +- std`` (seeds), paper and delta."""
+#: The one symbol of a missing value in the shown table.
+MISSING = "-"
+#: Key columns the narrow table always shows (where present).
+NARROW = ("label", "dataset", "shots")
+#: Fields shown shortened in the narrow ``setting`` column (hashes).
+HASHED = ("weights", "data")
+
+
+def _setting(row: pd.Series, columns: list[str]) -> str:
+    """``name=value`` of the given fields of one row (``options.`` dropped, hashes cut)."""
+    parts = []
+    for c in columns:
+        value = row[c]
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+            continue
+        if c == "method" and value == row.get("label"):
+            continue  # the label says it
+        text = str(value)[:8] if c in HASHED else str(value)
+        parts.append(f"{c.removeprefix('options.')}={text}")
+    return " ".join(parts)
+
+
+def display_frame(table: pd.DataFrame, wide: bool = True) -> pd.DataFrame:
+    """The table as shown: key columns, ``mean +- std`` (seeds), paper and delta.
+    ``wide=False``: ``label``, ``dataset``, ``shots``, the columns that vary as one
+    ``setting`` column (those every row shares left out), an average's dataset list as
+    its count."""
     keys = [
         c
         for c in table.columns
         if c not in (*STATS, "n_datasets", "paper", "delta", "paper_backbone", "paper_source")
     ]
+    if not wide:
+        rest = [k for k in keys if k not in NARROW]
+        varying = [k for k in rest if table[k].astype(str).nunique() > 1]
+        narrow = table[[k for k in NARROW if k in table]].copy()
+        if "dataset" in narrow and "n_datasets" in table:
+            narrow["dataset"] = [
+                f"average of {int(n)}" if n > 1 else d
+                for d, n in zip(table["dataset"], table["n_datasets"].fillna(1), strict=True)
+            ]
+        if varying:
+            narrow["setting"] = [_setting(row, varying) for _, row in table.iterrows()]
+        table = pd.concat([narrow, table.drop(columns=keys)], axis=1)
+        keys = list(narrow.columns)
 
     def fmt(x: float, signed: bool = False) -> str:
         if x is None or not math.isfinite(float(x)):
-            return ""
+            return MISSING
         return f"{x:+.2f}" if signed else f"{x:.2f}"
 
     shown = table[keys].copy()
@@ -178,11 +278,12 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def export(table: pd.DataFrame, fmt: str) -> str:
-    """``csv`` (every number, machine-readable), ``markdown``, ``latex`` or ``table``."""
+def export(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
+    """``csv`` (every number, machine-readable), ``markdown``, ``latex`` or ``table``
+    (narrow unless ``wide``; csv always has every column)."""
     if fmt == "csv":
         return table.to_csv(index=False)
-    shown = display_frame(table)
+    shown = display_frame(table, wide=wide)
     if fmt == "markdown":
         return _markdown(shown)
     if fmt == "latex":
