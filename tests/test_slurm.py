@@ -130,7 +130,7 @@ def _sweep(spec: Path, store: Path, folder: Path, **popen) -> subprocess.Popen:
     preload = json.dumps(["--preload", "procjobs"])  # the workers may not open a store
     cmd = [sys.executable, "-m", "fewclip", "sweep", str(spec), "--results", str(store)]
     cmd += ["--no-progress", "--slurm", "--slurm-jobs", "2", "--slurm-cores", "1"]
-    cmd += ["--slurm-memory", "3GB", "--slurm-walltime", "00:10:00", "--slurm-queue", "debug"]
+    cmd += ["--slurm-memory", "2GB", "--slurm-walltime", "00:10:00", "--slurm-queue", "debug"]
     cmd += ["--slurm-option", f"worker_extra_args={preload}"]
     cmd += ["--slurm-option", f"log_directory={folder / 'logs'}"]
     cmd += ["--slurm-option", "death_timeout=30"]
