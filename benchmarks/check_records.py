@@ -69,6 +69,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "tft_gate_init": 0.0,
         "tft_lr_factor": 10.0,
     },
+    "kgcoop": {"epochs": 2, "batch_size": 16, "init": "an emoji of", "template": "an emoji of {}."},
+    "prograd": {"epochs": 2, "n_ctx": 8, "template": "an emoji of {}."},
+    "proda": {"epochs": 2, "n_prompts": 4, "n_ctx": 4, "init": None},
 }
 #: Extra configurations: (name suffix, method, RunConfig changes).
 EXTRA = (("noisy", "dual_adapter", {"label_noise": 0.25}),)

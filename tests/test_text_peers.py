@@ -405,6 +405,19 @@ def test_proda_learns_and_is_deterministic(backbone, task):
     assert (c.learner.ctx - start).flatten(1).norm(dim=1).min() > 0
 
 
+def test_proda_classifier_is_the_selected_epochs(backbone, task):
+    """Validation caches the mean classifier of each epoch; after fit restores an earlier
+    epoch (here epoch 1: ties to the first), the classifier is that epoch's, not the last."""
+    kw = dict(lr=0.05, n_prompts=2, n_ctx=4, ties="first", **{**FAST, "epochs": 6})
+    method = ProDA(**kw)
+    result = fit(method, backbone, task, seed=3)
+    assert result.best_epoch < len(result.history) - 1
+    f = task["features"].val
+    with torch.no_grad():
+        fresh = method.logit_scale * f @ method.prompt_features(task["names"]).mean(0).T
+        torch.testing.assert_close(method.feature_logits(f, task["names"]), fresh)
+
+
 @pytest.mark.parametrize("cls", [KgCoOp, ProGrad, ProDA])
 def test_mixed_precision_on_cpu(cls, task):
     """bf16 autocast (what a GPU run does in fp16): finite losses and float32 logits; ProGrad

@@ -130,6 +130,7 @@ class ProDA(FeaturePromptMethod):
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
+        self._means = {}  # fit restored the selected epoch's prompts: cached means are stale
         result.notes.append(words_note(self.name, self.words, self.options.init))
         return result
 

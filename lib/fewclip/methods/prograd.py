@@ -32,6 +32,10 @@ phrase follows the template (``init``: "backbone", "official" or a phrase instea
 features are cached (``views``); the best epoch is chosen on val (``selection="last"``: the
 official last epoch). The gradients of both losses are taken with ``torch.autograd.grad``
 and the step runs on a surrogate whose gradient is G and whose value is L_ce.
+
+The zero vectors before the phrase put the initial prompt far from zero-shot on a model
+that never saw them (the tiny emoji models: docs/faithfulness.md); ``n_ctx`` equal to the
+phrase's words starts at zero-shot exactly.
 """
 
 from __future__ import annotations
