@@ -72,6 +72,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "kgcoop": {"epochs": 2, "batch_size": 16, "init": "an emoji of", "template": "an emoji of {}."},
     "prograd": {"epochs": 2, "n_ctx": 8, "template": "an emoji of {}."},
     "proda": {"epochs": 2, "n_prompts": 4, "n_ctx": 4, "init": None},
+    "maple": {"epochs": 1, "batch_size": 4, "init": "backbone"},
+    "promptsrc": {"epochs": 1, "batch_size": 4, "init": "backbone"},
+    "clip_lora": {"iterations": 2, "batch_size": 8},
 }
 #: Extra configurations: (name suffix, method, RunConfig changes).
 EXTRA = (("noisy", "dual_adapter", {"label_noise": 0.25}),)
