@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("fitting", {"fitting", "training"}),
     ("prompt learning", {"prompting"}),
     ("methods", {"methods"}),
-    ("runs", {"inputs", "protocols", "runner", "results", "sweep", "demo"}),
+    ("runs", {"inputs", "protocols", "runner", "results", "sweep", "cluster", "demo"}),
     ("evidence", {"evidence", "coverage", "notebook"}),
     ("reports", {"claims", "paper", "plots", "compare", "explorer", "reports"}),
     ("interface", {"cli", "__main__"}),
