@@ -19,7 +19,7 @@ PACKAGE = "fewclip"
 
 #: (layer, the top-level modules or packages of fewclip on it), lowest first.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"", "validation", "metrics", "parallel", "config"}),
+    ("foundation", {"", "validation", "metrics", "parallel", "config", "progress"}),
     ("data", {"data", "offline", "images"}),
     ("models and features", {"backbones", "features", "pretrain"}),
     ("fitting", {"fitting", "training"}),

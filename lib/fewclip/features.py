@@ -37,11 +37,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .backbones import Backbone
 from .data.base import Datum, items_fingerprint
 from .images import CACHE_CROP_SCALE, image_loader, train_transform
+from .progress import tqdm
 
 #: Bump when the way features are computed changes; old entries then stop matching.
 FEATURE_VERSION = 1

@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .cluster import add_cluster_arguments, scheduler_from_args
 from .config import RunConfig
 from .parallel import Jobs, open_jobs
+from .progress import tqdm
 
 #: Columns of the frame returned by :func:`run_sweep`, besides the record's own.
 STATUS_COLUMNS = ("status", "error", "skipped")

@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .fitting import FitResult
+from .progress import tqdm
 
 KEEPS = ("best", "last")
 TIES = ("last", "first")

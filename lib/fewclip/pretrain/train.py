@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torchvision.ops import roi_align
-from tqdm.auto import tqdm
 
 from ..backbones import CONFIG_DIR, open_clip, save_checkpoint  # configs registered
+from ..progress import tqdm
 from .data import PROMPT_WORDS, TRAIN_STYLES, TrainingSet, build_training_set
 
 CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)

@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..data.base import Datum
 from ..fitting import FitResult, check_method_options
 from ..images import DASSL_CROP_SCALE, ImageDataset, train_transform
 from ..metrics import accuracy
+from ..progress import tqdm
 from .training import (
     Stepper,
     augmentation_seed,

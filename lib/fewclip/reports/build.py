@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..config import PUBLISHED_ROOT_VAR
 from ..parallel import map_jobs
+from ..progress import tqdm
 from .index import (
     PATH_PARAMETERS,
     _git_commit,
