@@ -7,9 +7,11 @@
     frame = run_sweep(configs, "runs/results.sqlite", workers=2)         # local process pool
     frame = run_sweep(configs, "runs/results.sqlite", scheduler="tcp://host:8786")  # Dask
 
-One writer: this process (the driver) alone reads and writes the results store. For each
-run it looks the run up (a run already in the store is not repeated, so a rebuild after an
-interruption does only what is missing), claims it (a lease in the store, see
+In this process (``workers=1``, no scheduler) each run goes through
+:func:`fewclip.runner.run` with the store. Otherwise, one writer: this process (the
+driver) alone reads and writes the results store. For each run it looks the run up (a
+run already in the store is not repeated, so a rebuild after an interruption does only
+what is missing), claims it (a lease in the store, see
 :class:`fewclip.results.Leases`), and sends it to a worker, which computes the record with
 :func:`fewclip.runner.run` and no store and returns it; the driver writes the row and
 releases the lease. Workers write only the feature cache. So the store can sit on the
@@ -104,6 +106,20 @@ def _compute(config: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _run_here(config: dict[str, Any], store_path: str | None, force: bool) -> dict[str, Any]:
+    """One configuration in this process, through the store (:func:`fewclip.runner.run`
+    claims it and writes its row); never raise."""
+    from .results import ResultStore
+    from .runner import run
+
+    try:
+        store = ResultStore(store_path) if store_path else None
+        record = run(RunConfig.from_dict(config), store=store, force=force)
+    except Exception as e:  # reported, not raised: the sweep goes on
+        return _failure(config, e)
+    return {**record, "status": "done", "error": None}
+
+
 def _failure(config: dict[str, Any], e: BaseException, where: str = "") -> dict[str, Any]:
     return {
         "config": config,
@@ -162,14 +178,18 @@ def run_sweep(
 
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     try:
-        with open_jobs(
-            _compute,
-            workers=workers,
-            scheduler=scheduler,
-            initializer=_worker_init,
-            initargs=(threads,),
-        ) as running:
-            _drive(payload, store_path, force, running, done)
+        if workers <= 1 and scheduler is None:  # here: the run API claims and writes itself
+            for i, config in enumerate(payload):
+                done(i, _run_here(config, store_path, force))
+        else:
+            with open_jobs(
+                _compute,
+                workers=workers,
+                scheduler=scheduler,
+                initializer=_worker_init,
+                initargs=(threads,),
+            ) as running:
+                _drive(payload, store_path, force, running, done)
     except KeyboardInterrupt:
         bar.close()
         frame = _frame(results)
