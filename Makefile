@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m ipykernel install --user --name fewclip --display-name "fewclip" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name fewclip --display-name "fewclip ($(CURDIR))" >/dev/null
 	touch $@
 
 ## demo: the main job: prepare the offline data (registries only) and build every report
@@ -55,11 +55,12 @@ browser:
 	  exit 1; \
 	fi
 
-## lab: JupyterLab on the repository, the notebooks in the fewclip kernel (registered
-##   again each time, so it runs this checkout's .venv); extra arguments: LAB_ARGS="--port 8890"
+## lab: JupyterLab on the repository, the notebooks in the fewclip kernel, registered in this
+##   checkout's .venv (never per user: two clones never repoint each other) and found first
+##   through JUPYTER_PATH; extra arguments: LAB_ARGS="--port 8890"
 lab: $(STAMP)
-	$(PY) -m ipykernel install --user --name fewclip --display-name "fewclip" >/dev/null
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
+	$(PY) -m ipykernel install --sys-prefix --name fewclip --display-name "fewclip ($(CURDIR))" >/dev/null
+	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
 	  $(LAB_ARGS) notebooks/explore.ipynb
 
 ## docs: the documentation site in site/ (MkDocs, --strict: a broken link or a missing page

@@ -135,3 +135,16 @@ def test_a_long_legend_sits_beside_the_plot_not_over_it(views):
     # the per-class chart of a few-shot run has one group: no legend over the bars
     (bars,) = views.per_class("fewclip-test-rn", "folder:squares", "few_shot", "method01", 1)
     assert bars.axes[0].get_legend() is None
+
+
+def test_the_kernel_is_registered_in_the_checkouts_venv_not_per_user():
+    """Two clones' `make lab` never repoint each other's notebooks: the kernel goes into the
+    checkout's own .venv (--sys-prefix) and JupyterLab finds that one first."""
+    import re
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    installs = re.findall(r"ipykernel install (.*)", makefile)
+    assert installs and all("--sys-prefix" in i and "--user" not in i for i in installs)
+    (lab,) = re.findall(r"\n\t(.*jupyter lab .*)", makefile)
+    assert lab.startswith("JUPYTER_PATH=$(abspath $(VENV))/share/jupyter ")

@@ -118,7 +118,7 @@ def test_make_lab_registers_the_kernel_and_starts_jupyterlab_on_the_repo():
         check=True,
     ).stdout.splitlines()
     install = [
-        i for i, line in enumerate(plan) if "ipykernel install --user --name fewclip" in line
+        i for i, line in enumerate(plan) if "ipykernel install --sys-prefix --name fewclip" in line
     ]
     lab = [i for i, line in enumerate(plan) if "jupyter lab" in line]
     assert install and lab and install[0] < lab[0]

@@ -158,3 +158,20 @@ def test_an_options_class_may_declare_its_own_ranges():
         check_options("mine", Options, {"ratio": 0.95})
     assert did_you_mean("eurosatt", ["dtd", "eurosat"]) == "; did you mean 'eurosat'?"
     assert did_you_mean("zzz", ["dtd", "eurosat"]) == ""
+
+
+def test_a_notebook_outside_a_checkout_says_to_set_data_root(tmp_path, monkeypatch):
+    from fewclip import notebook as nb
+
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml and data/ at or above it
+    monkeypatch.delenv("FEWCLIP_DATA", raising=False)
+    with pytest.raises(nb.DataRootError, match="set `data_root` in the parameters cell") as e:
+        nb.base_config(data_root="data")
+    assert "FEWCLIP_DATA" in str(e.value) and "fewclip prepare --data-root" in str(e.value)
+    assert e.value._render_traceback_() == [f"DataRootError: {e.value}"]  # one line in Jupyter
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    monkeypatch.setenv("FEWCLIP_DATA", str(prepared))
+    assert nb.base_config(data_root="data").data_root == str(prepared)
+    # an explicit absolute root is the user's: used as given (runs name what is missing)
+    assert nb.base_config(data_root=str(tmp_path / "x")).data_root == str(tmp_path / "x")

@@ -225,15 +225,47 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+class DataRootError(FileNotFoundError):
+    """No data root where a notebook looks: shown in Jupyter as its one-line message."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+def data_root_for(data_root: str | os.PathLike = "data") -> str:
+    """The notebook's data root, absolute: a relative one under :func:`project_root`; where
+    that folder does not exist, ``$FEWCLIP_DATA`` if set; where neither exists and the
+    notebook is outside a fewclip checkout, :class:`DataRootError` saying in one line to set
+    ``data_root`` (or ``FEWCLIP_DATA``)."""
+    resolved = resolve(data_root) or ""
+    if Path(resolved).is_dir() or Path(data_root).expanduser().is_absolute():
+        return resolved
+    from .config import DATA_ROOT_VAR
+
+    if os.environ.get(DATA_ROOT_VAR) and Path(os.environ[DATA_ROOT_VAR]).expanduser().is_dir():
+        return str(Path(os.environ[DATA_ROOT_VAR]).expanduser().resolve())
+    if not (project_root() / "pyproject.toml").is_file():
+        raise DataRootError(
+            f"no data root at {resolved} (this notebook runs outside a fewclip checkout): set "
+            f"`data_root` in the parameters cell, or the environment variable {DATA_ROOT_VAR}, "
+            "to the folder `fewclip prepare --data-root ...` filled"
+        )
+    return resolved
+
+
 def base_config(
     *,
     data_root: str = "data",
     cache_dir: str | None = "cache",
     **fields: Any,
 ) -> RunConfig:
-    """A RunConfig from notebook parameters, with the data root and cache resolved."""
+    """A RunConfig from notebook parameters, with the data root (:func:`data_root_for`) and
+    cache resolved."""
     return RunConfig(
-        data_root=resolve(data_root), cache_dir=resolve(cache_dir) or "", progress=False, **fields
+        data_root=data_root_for(data_root),
+        cache_dir=resolve(cache_dir) or "",
+        progress=False,
+        **fields,
     )
 
 
