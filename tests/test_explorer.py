@@ -113,10 +113,33 @@ def test_changing_the_selection_redraws_the_new_one(views):
     explorer.w_labels.value = ("method00",)
     assert "method00" in explorer.curves_out.outputs[2]["data"]["text/html"]
     assert "method07" not in explorer.curves_out.outputs[2]["data"]["text/html"]
-    # a run that is not in the store: a note, not an error or a stale chart
+    # zero-shot has runs at 0 shots only: the shots menu follows the run
     explorer.w_run.value = "zero_shot"
-    (note,) = explorer.per_class_out.outputs
-    assert "No per-class accuracy" in note["data"]["text/markdown"]
+    assert list(explorer.w_shots.options) == [0] and explorer.w_shots.value == 0
+    assert drawn_fraction(png_of(explorer.per_class_out.outputs[0])) > 0.05
+    explorer.w_run.value = "method07"
+    assert list(explorer.w_shots.options) == [1, 2, 4] and explorer.w_shots.value == 4
+    # a run that is not in the store: a note, not an error or a stale chart
+    (note,) = views.per_class("fewclip-test-rn", "folder:squares_b", "few_shot", "method07", 3)
+    assert "No per-class accuracy" in note
+
+
+def test_one_name_per_run_and_only_shots_that_exist(views):
+    """The same run stored with and without a variant label is one menu entry; a trained
+    method is offered only the shots it has runs at, never 0."""
+    store = views.store
+    one = store[(store["label"] == "method05") & (store["dataset"] == "folder:squares")]
+    again = one.assign(variant="method05 (visual)", label="method05 (visual)")
+    merged = Views(pd.concat([store, again], ignore_index=True))
+    names = merged.labels_of("fewclip-test-rn", "folder:squares", "few_shot")
+    assert "method05 (visual)" in names and "method05" not in names
+    assert len(names) == len(views.labels_of("fewclip-test-rn", "folder:squares", "few_shot"))
+    assert views.shots_of("fewclip-test-rn", "folder:squares", "few_shot", "method05") == [1, 2, 4]
+    # asked for 0 shots of a trained method: the menu offers what exists instead
+    explorer = Explorer(
+        views, "fewclip-test-rn", "folder:squares", "few_shot", ["method05"], "method05", 0
+    )
+    assert 0 not in explorer.w_shots.options and explorer.w_shots.value == 4
 
 
 def overlaps(a, b) -> bool:

@@ -100,6 +100,33 @@ def render(out: Any, *objects: Any) -> None:
 # --------------------------------------------------------------------------- views
 
 
+def one_name_per_run(store: pd.DataFrame) -> pd.DataFrame:
+    """``store`` with one ``label`` per run: records of the same run (every
+    result-determining field and the seed equal) stored under different labels, e.g. once
+    with a variant label and once without, all take the same one (the variant's, else the
+    first), so the menus never offer one run under two names."""
+    if not len(store) or "label" not in store:
+        return store
+    keys = []
+    for record in store.to_dict("records"):
+        fields = {k: v for k, v in ev.config_fields(record).items() if k != "variant"}
+        keys.append(ev.config_id(fields) + f"/{record.get('seed')}")
+    out = store.copy()
+    out["_run"] = keys
+    names = {}
+    for run, group in out.groupby("_run", sort=False):
+        labels = list(dict.fromkeys(group["label"]))
+        if len(labels) > 1:
+            methods = set(group["method"]) if "method" in group else set()
+            named = [label for label in labels if label not in methods]
+            names[run] = (named or labels)[0]
+    if names:
+        out["label"] = [
+            names.get(r, label) for r, label in zip(out["_run"], out["label"], strict=True)
+        ]
+    return out.drop(columns="_run")
+
+
 class Views:
     """The explorer's three views over a results-store frame (``nb.store_frame``)."""
 
@@ -110,7 +137,7 @@ class Views:
         cache_dir: str = "cache",
         device: str = "auto",
     ) -> None:
-        self.store = store[store["accuracy"].notna()] if len(store) else store
+        self.store = one_name_per_run(store[store["accuracy"].notna()] if len(store) else store)
         self.data_root, self.cache_dir, self.device = data_root, cache_dir, device
 
     # ---- what the store holds
@@ -130,8 +157,13 @@ class Views:
     def labels_of(self, bb: str, ds: str, protocol: str) -> list[str]:
         return sorted(self.selection(bb, ds, protocol)["label"].unique())
 
-    def shots_of(self, bb: str, ds: str, protocol: str) -> list[int]:
-        return sorted(int(s) for s in self.selection(bb, ds, protocol)["shots"].unique())
+    def shots_of(self, bb: str, ds: str, protocol: str, label: str | None = None) -> list[int]:
+        """The shots the store has runs at (of run ``label`` only, where given: a trained
+        method is never offered 0 shots it has no run for)."""
+        rows = self.selection(bb, ds, protocol)
+        if label is not None:
+            rows = rows[rows["label"] == label]
+        return sorted(int(s) for s in rows["shots"].unique())
 
     def tag(self, bb: str) -> str:
         """The model label of a backbone's runs (random init, toy model, ...)."""
@@ -301,8 +333,11 @@ class Explorer:
         self.w_labels = widgets.SelectMultiple(
             options=names, value=tuple(labels), description="methods", rows=6
         )
+        offered = views.shots_of(backbone, dataset, protocol, label)
         self.w_shots = widgets.Dropdown(
-            options=views.shots_of(backbone, dataset, protocol), value=shots, description="shots"
+            options=offered,
+            value=shots if shots in offered else (max(offered) if offered else None),
+            description="shots",
         )
         self.w_run = widgets.Dropdown(options=names, value=label, description="run")
         self.w_draw = widgets.Button(description="draw")
@@ -312,18 +347,21 @@ class Explorer:
         self._refreshing = False
         for w in (self.w_backbone, self.w_dataset, self.w_protocol):
             w.observe(self.refresh_options, "value")
-        for w in (self.w_labels, self.w_shots, self.w_run):
+        for w in (self.w_labels, self.w_shots):
             w.observe(self.redraw, "value")
+        self.w_run.observe(self.on_run, "value")
         self.w_draw.on_click(self.redraw)
         self.w_predict.on_click(self.on_predict)
+        wrap = widgets.Layout(flex_flow="row wrap")  # controls wrap: no sideways scrolling
         self.widget = widgets.VBox(
             [
-                widgets.HBox([self.w_backbone, self.w_dataset, self.w_protocol]),
+                widgets.HBox([self.w_backbone, self.w_dataset, self.w_protocol], layout=wrap),
                 widgets.HBox(
                     [
                         self.w_labels,
                         widgets.VBox([self.w_run, self.w_shots, self.w_draw, self.w_predict]),
-                    ]
+                    ],
+                    layout=wrap,
                 ),
                 self.curves_out,
                 self.per_class_out,
@@ -346,12 +384,27 @@ class Explorer:
             self.w_labels.value = tuple(choices)
             if run in choices:
                 self.w_run.value = run
-            available = v.shots_of(*selected)
-            self.w_shots.options = available
-            if shots in available:
-                self.w_shots.value = shots
-            elif available:
-                self.w_shots.value = max(available)
+            self._offer_shots(shots)
+        finally:
+            self._refreshing = False
+        self.redraw()
+
+    def _offer_shots(self, shots: int | None) -> None:
+        """The shots menu: those the selected run has (keeping ``shots`` where it can)."""
+        available = self.views.shots_of(*self.selected(), self.w_run.value)
+        self.w_shots.options = available
+        if shots in available:
+            self.w_shots.value = shots
+        elif available:
+            self.w_shots.value = max(available)
+
+    def on_run(self, *_: Any) -> None:
+        """Another run: its shots offered, then one redraw."""
+        if self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            self._offer_shots(self.w_shots.value)
         finally:
             self._refreshing = False
         self.redraw()
