@@ -257,6 +257,8 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     command += ["-y", "curve_methods: [zero_shot, tip_adapter, linear_probe]"]
     command += ["-y", "clip_adapter_options: {epochs: 1}", "-p", "seeds", "[1, 2]"]
     command += ["-p", "dg_source", "folder:squares", "-y", "dg_targets: [folder:squares]"]
+    fast_peers = "{ape_t: {epochs: 1}, taskres: {epochs: 1}, lp_pp: {epochs: 2}"
+    command += ["-y", f"peer_options: {fast_peers}, clap: {{epochs: 1}}, zs_lp: {{epochs: 1}}}}"]
     command += ["-p", "data_root", env["data"], "-p", "cache_dir", env["cache"]]
     command += ["-p", "results", str(results), "-p", "output_dir", str(out)]
     command += ["--no-progress-bar", "--execution-timeout", str(TIMEOUT)]
@@ -298,6 +300,33 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     assert len(gains) == 6 and {"class", "gain"} <= set(gains.columns)
     lam = pd.read_csv(out / "lam_sweep.csv", index_col=0)
     assert list(lam.columns.astype(float)) == [0.0, 1.0]
+    # the peers section: APE, APE-T and the other feature-level peers beside the full model
+    peers = {"ape", "ape_t", "taskres", "gda", "lp_pp", "clap"}
+    assert peers <= set(store["method"])
+    clap = store[store["method"] == "clap"]
+    assert set(clap["variant"]) == {"", "ZS-LP"}
+    assert set(
+        clap.loc[clap["variant"] == "ZS-LP", "config"].map(lambda c: c["options"]["constraint"])
+    ) == {"none"}
+    text = text_of(notebook)
+    assert "## DualAdapter against APE, APE-T and the feature-level peers" in "\n".join(
+        c.source for c in notebook.cells if c.cell_type == "markdown"
+    )
+    assert "DualAdapter minus each peer" in text
+    assert "Validation: few-shot val" in text  # every caption names the validation mode
+    summary = pd.read_csv(out / "peers.csv")
+    labels = {"DualAdapter (full)", "ZS-LP", *peers}
+    assert labels <= set(summary["label"])
+    assert set(summary.loc[summary["label"].isin(labels), "n_seeds"]) == {2}
+    assert (summary["ci_low"] <= summary["mean"]).all() and (
+        summary["mean"] <= summary["ci_high"]
+    ).all()
+    versus = pd.read_csv(out / "dual_minus_peers.csv")
+    assert set(versus["b"]) == labels - {"DualAdapter (full)"} and set(versus["a"]) == {
+        "DualAdapter (full)"
+    }
+    assert (versus["n_seeds"] == 2).all() and (versus["ci_low"] <= versus["diff"]).all()
+    assert (out / "peers.png").is_file()
 
 
 def test_difficulty_notebook(env, tmp_path):

@@ -356,6 +356,46 @@ def option(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
     return frame["config"].map(lambda c: (c or {}).get("options", {}).get(name, default))
 
 
+#: What each validation mode (``RunConfig.val``) means, as a caption says it.
+VAL_MODES = {
+    "few_shot": "few-shot val (min(K, 4) images per class)",
+    "full": "the whole val split",
+    "none": "NO validation data (val='none': each method's fixed, documented setting)",
+}
+
+
+def val_modes(source: Any) -> list[str]:
+    """The validation modes (``RunConfig.val``) of ``source``: a mode name, a list of
+    them, or a run frame (its ``val`` column, else each row's ``config["val"]``); in
+    order of first appearance, rows without one left out."""
+    if isinstance(source, str):
+        values: list[Any] = [source]
+    elif isinstance(source, pd.DataFrame):
+        if "val" in source:
+            values = list(source["val"])
+        elif "config" in source:
+            values = [c.get("val") if isinstance(c, dict) else None for c in source["config"]]
+        else:
+            values = []
+    else:
+        values = list(source or ())
+    return list(dict.fromkeys(v for v in values if isinstance(v, str) and v))
+
+
+def val_note(source: Any, always: bool = False) -> str:
+    """A caption sentence naming the validation mode of ``source`` (see :func:`val_modes`).
+
+    Runs with ``val="none"`` are always named (alone, or beside the other modes when a
+    table mixes them); otherwise the sentence is empty unless ``always``."""
+    modes = val_modes(source)
+    if not modes or ("none" not in modes and not always):
+        return ""
+    said = [VAL_MODES.get(m, f"val={m!r}") for m in modes]
+    if len(said) == 1:
+        return f"Validation: {said[0]}."
+    return "Validation differs between these runs: " + "; ".join(said) + "."
+
+
 def store_frame(results: str | None) -> pd.DataFrame:
     """Every run in the results store (empty frame when there is no store yet)."""
     from .results import ResultStore
