@@ -802,3 +802,104 @@ def pivot_means(
         extra = [c for c in rows.columns if c not in stats and c not in index + columns]
         index = index + [c for c in extra if rows[c].nunique(dropna=False) > 1]
     return rows.pivot_table(index=index, columns=columns, values=value).round(digits)
+
+
+# --------------------------------------------------------------------------- base check
+
+#: The accuracy on a run's own training classes, per protocol: base-to-new trains on the
+#: base classes; few-shot on every class of the task.
+TRAINING_CLASS_VALUE = {"base_to_new": "base_accuracy", "few_shot": "accuracy"}
+
+#: Columns that make two runs' training classes and test images the same (zero-shot's
+#: shots and seed do not matter: it trains on nothing).
+SAME_CLASSES = ("dataset", "protocol", "backbone", "pretrained")
+
+
+def _chosen_epoch(chosen: Any) -> Any:
+    return chosen.get("best_epoch") if isinstance(chosen, Mapping) else None
+
+
+def below_zero_shot(
+    frame: pd.DataFrame, causes: Mapping[str, str] | None = None, tolerance: float = 0.0
+) -> pd.DataFrame:
+    """Trained methods that end below zero-shot CLIP on their own training classes.
+
+    For every trained configuration (a method other than zero-shot with trainable
+    parameters, on a base-to-new or few-shot run) the mean over seeds of its test accuracy
+    on the classes it trained on (base accuracy at its chosen epoch; few-shot: accuracy)
+    beside zero-shot's on the same classes and images (same dataset, protocol, backbone and
+    weights). One row per configuration whose mean is below zero-shot's by more than
+    ``tolerance`` points, worst first: ``label``, ``method``, ``dataset``, ``backbone``,
+    ``shots``, ``seeds``, ``trained`` and ``zero_shot`` (accuracy, %), ``gap`` (trained minus
+    zero-shot), ``chosen_epochs`` (the epochs kept, per seed; empty where the method has
+    none) and ``cause`` (``causes[label]``, else ``causes[method]``, else "unknown").
+    Configurations without a zero-shot run on the same classes are not listed.
+    """
+    cols = [
+        "label", "method", "dataset", "backbone", "shots", "seeds", "trained", "zero_shot",
+        "gap", "chosen_epochs", "cause",
+    ]  # fmt: skip
+    rows = _finished(frame)
+    if not len(rows) or "protocol" not in rows:
+        return pd.DataFrame(columns=cols)
+    rows = rows[rows["protocol"].isin(list(TRAINING_CLASS_VALUE))].copy()
+    if not len(rows):
+        return pd.DataFrame(columns=cols)
+    rows["_value"] = [
+        r.get(TRAINING_CLASS_VALUE[r["protocol"]], float("nan")) for r in rows.to_dict("records")
+    ]
+    same = [c for c in SAME_CLASSES if c in rows]
+    rows[same] = rows[same].fillna("").astype(str)
+    zero = rows[rows["method"].isin(SEED_INDEPENDENT)].groupby(same)["_value"].mean()
+    params = rows.get("trainable_params", pd.Series(float("nan"), index=rows.index))
+    trained = rows[~rows["method"].isin(SEED_INDEPENDENT) & ~(params.fillna(1) <= 0)]
+    if not len(trained) or not len(zero):
+        return pd.DataFrame(columns=cols)
+    keyed = configurations(trained)
+    causes = causes or {}
+    out = []
+    for _, group in keyed.groupby("config_id", sort=False):
+        first = group.iloc[0]
+        key = tuple(str(first[c]) if c in first else "" for c in same)
+        key = key[0] if len(key) == 1 else key
+        if key not in zero.index:
+            continue
+        value, reference = float(group["_value"].mean()), float(zero.loc[key])
+        if not value < reference - tolerance:
+            continue
+        label, method = str(first["label"]), str(first["method"])
+        epochs = [_chosen_epoch(c) for c in group.get("chosen", [])]
+        out.append(
+            {
+                "label": label,
+                "method": method,
+                "dataset": first.get("dataset"),
+                "backbone": first.get("backbone"),
+                "shots": first.get("shots"),
+                "seeds": len(group),
+                "trained": round(value, 1),
+                "zero_shot": round(reference, 1),
+                "gap": round(value - reference, 1),
+                "chosen_epochs": ", ".join(str(e) for e in epochs if e is not None),
+                "cause": causes.get(label, causes.get(method, "unknown")),
+            }
+        )
+    if not out:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(out, columns=cols).sort_values("gap", kind="stable").reset_index(drop=True)
+
+
+def below_zero_shot_lines(table: pd.DataFrame, model: str = "") -> list[str]:
+    """One Markdown sentence per row of :func:`below_zero_shot` (none: one saying so)."""
+    on = f" on {model}" if model else ""
+    if not len(table):
+        return [
+            f"Every trained method ends at or above zero-shot CLIP on its own training "
+            f"classes{on}."
+        ]
+    return [
+        f"**{r.label}** ends **below zero-shot** on its own training classes{on} "
+        f"(`{r.dataset}`, {r.shots} shots, {r.seeds} seed(s)): {r.trained:.1f}% against "
+        f"{r.zero_shot:.1f}% ({r.gap:+.1f}). Cause: {r.cause}."
+        for r in table.itertuples()
+    ]

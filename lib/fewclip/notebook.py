@@ -331,6 +331,28 @@ def run_grid(
 #: Output metadata key of :func:`run_grid`'s count line (read by fewclip.reports).
 RUNS_METADATA = "fewclip_runs"
 
+#: Output metadata key of :func:`show_base_check`'s sentences (fewclip.reports puts them in
+#: the report's first lines).
+BASE_CHECK_METADATA = "fewclip_below_zero_shot"
+
+
+def show_base_check(
+    frame: pd.DataFrame, causes: dict[str, str] | None = None, model: str = ""
+) -> pd.DataFrame:
+    """Show which trained methods end below zero-shot on their own training classes
+    (:func:`fewclip.evidence.below_zero_shot`, ``causes``: label or method -> cause), one
+    sentence each, tagged so that the report's first lines repeat them; returns the table."""
+    from IPython.display import Markdown, display
+
+    from .evidence import below_zero_shot, below_zero_shot_lines
+
+    table = below_zero_shot(frame, causes)
+    lines = below_zero_shot_lines(table, model)
+    display(Markdown("\n\n".join(lines)), metadata={BASE_CHECK_METADATA: lines})
+    if len(table):
+        display(table)
+    return table
+
 #: Runs and failures of every :func:`run_grid` in this kernel: a notebook whose runs all
 #: failed stops with an error (papermill exits non-zero) instead of showing empty figures.
 _TALLY = {"runs": 0, "failed": 0}

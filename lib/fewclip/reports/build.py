@@ -142,6 +142,21 @@ def run_counts(ipynb: str | os.PathLike) -> dict[str, int]:
     return {"runs": runs, "failed_runs": failed}
 
 
+def base_check_lines(ipynb: str | os.PathLike) -> list[str]:
+    """The sentences of :func:`fewclip.notebook.show_base_check` in an executed notebook
+    (trained methods below zero-shot on their own training classes), in order, once each."""
+    import nbformat
+
+    from ..notebook import BASE_CHECK_METADATA
+
+    nb = nbformat.read(ipynb, as_version=4)
+    lines: list[str] = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            lines += output.get("metadata", {}).get(BASE_CHECK_METADATA) or []
+    return list(dict.fromkeys(lines))
+
+
 def report_header(
     name: str,
     parameters: dict[str, Any],
@@ -152,8 +167,11 @@ def report_header(
     commit: str | None,
     counts: dict[str, int] | None = None,
     error: str | None = None,
+    checks: Sequence[str] = (),
 ) -> str:
-    """The Markdown the HTML starts with: commit, model, where the code is, failures."""
+    """The Markdown the HTML starts with: commit, model, where the code is, failures, and
+    ``checks`` (:func:`base_check_lines`: trained methods below zero-shot on their own
+    training classes)."""
     import fewclip
 
     values = {**_defaults(notebook), **parameters}
@@ -179,6 +197,7 @@ def report_header(
             f"**{counts['failed_runs']} of {counts['runs']} runs FAILED**; each grid lists "
             "its failed runs with the error where they occur, and the figures leave them out."
         )
+    lines += list(checks)
     if error:
         lines.append(f"**This report FAILED:** `{error}` (the page stops at the failing cell).")
     return "\n\n".join(lines)
@@ -291,6 +310,7 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
                 commit=job.get("commit"),
                 counts=counts,
                 error=error,
+                checks=base_check_lines(ipynb),
             )
             export_html(ipynb, html, job["title"], job["code"], header=header)
         except Exception as e:

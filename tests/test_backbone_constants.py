@@ -1,0 +1,104 @@
+"""The base check: trained methods that end below zero-shot CLIP on their own training
+classes are listed with their numbers (fewclip.evidence.below_zero_shot), shown by the
+notebooks and repeated in the report's first lines (fewclip.reports)."""
+
+from __future__ import annotations
+
+import nbformat
+import pandas as pd
+
+from fewclip import evidence as ev
+from fewclip import notebook as nb
+from fewclip.reports.build import base_check_lines, report_header
+
+
+def row(method, base, *, seed=1, dataset="d", protocol="base_to_new", variant="", **extra):
+    out = {
+        "status": "done",
+        "method": method,
+        "variant": variant,
+        "dataset": dataset,
+        "protocol": protocol,
+        "backbone": "tiny",
+        "pretrained": "default",
+        "shots": 0 if method == "zero_shot" else 4,
+        "seed": seed,
+        "base_accuracy": base if protocol == "base_to_new" else float("nan"),
+        "accuracy": base if protocol == "few_shot" else float("nan"),
+        "trainable_params": 0 if method in ("zero_shot", "tip_adapter") else 100,
+        "chosen": {"best_epoch": seed},
+    }
+    return {**out, **extra}
+
+
+def frame(*rows):
+    return pd.DataFrame(list(rows))
+
+
+def test_lists_a_method_below_zero_shot_with_its_seed_mean_and_epochs():
+    runs = frame(
+        row("zero_shot", 43.8),
+        row("cocoop", 30.0, seed=1),
+        row("cocoop", 36.0, seed=2),  # mean 33.0 < 43.8
+        row("apex", 53.3),  # above: not listed
+        row("coop", 43.8),  # equal: not listed
+    )
+    table = ev.below_zero_shot(runs, causes={"cocoop": "the Meta-Net's random bias"})
+    assert table["label"].tolist() == ["cocoop"]
+    r = table.iloc[0]
+    assert (r.trained, r.zero_shot, r.gap, r.seeds) == (33.0, 43.8, -10.8, 2)
+    assert r.chosen_epochs == "1, 2"
+    assert r.cause == "the Meta-Net's random bias"
+    (line,) = ev.below_zero_shot_lines(table, "tiny-emoji-vit version 4")
+    assert "33.0% against 43.8% (-10.8)" in line and "Meta-Net" in line
+
+
+def test_compares_on_the_same_classes_only_and_skips_untrained_methods():
+    runs = frame(
+        row("zero_shot", 40.0, dataset="a"),
+        row("zero_shot", 10.0, dataset="b"),
+        row("coop", 20.0, dataset="b"),  # above b's zero-shot, below a's
+        row("coop", 5.0, dataset="c"),  # no zero-shot on c: not listed
+        row("tip_adapter", 1.0, dataset="a"),  # no trainable parameters
+        row("tomm", 30.0, dataset="a", variant="CTP only"),
+        row("tomm", 39.0, dataset="a", variant="CTP + TFT"),
+    )
+    table = ev.below_zero_shot(runs, causes={"CTP only": "x", "tomm": "y"}, tolerance=2.0)
+    assert table[["label", "dataset", "cause"]].values.tolist() == [["CTP only", "a", "x"]]
+
+
+def test_few_shot_compares_accuracy_and_failed_runs_do_not_count():
+    runs = frame(
+        row("zero_shot", 50.0, protocol="few_shot"),
+        row("clip_adapter", 45.0, protocol="few_shot"),
+        row("linear_probe", 10.0, protocol="few_shot", status="failed"),
+    )
+    table = ev.below_zero_shot(runs)
+    assert table["label"].tolist() == ["clip_adapter"] and table.iloc[0].cause == "unknown"
+    assert ev.below_zero_shot(runs.iloc[:0]).empty
+    none = ev.below_zero_shot(frame(row("zero_shot", 50.0), row("coop", 60.0)))
+    assert none.empty
+    assert "at or above zero-shot" in ev.below_zero_shot_lines(none)[0]
+
+
+def test_report_header_repeats_the_notebook_sentences(tmp_path):
+    runs = frame(row("zero_shot", 43.8), row("tomm", 29.6))
+    lines = ev.below_zero_shot_lines(ev.below_zero_shot(runs, {"tomm": "cause"}))
+    book = nbformat.v4.new_notebook()
+    for _ in range(2):
+        cell = nbformat.v4.new_code_cell("nb.show_base_check(runs)")
+        cell.outputs = [
+            nbformat.v4.new_output(
+                "display_data",
+                data={"text/markdown": lines[0]},
+                metadata={nb.BASE_CHECK_METADATA: lines},
+            )
+        ]
+        book.cells.append(cell)
+    path = tmp_path / "r.ipynb"
+    nbformat.write(book, path)
+    assert base_check_lines(path) == lines  # once, though shown twice
+    header = report_header(
+        "r", {}, notebook=str(path), code=True, commit="abc", checks=base_check_lines(path)
+    )
+    assert "**tomm** ends **below zero-shot**" in header and "29.6% against 43.8%" in header
