@@ -4,11 +4,23 @@ notebooks and repeated in the report's first lines (fewclip.reports)."""
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import nbformat
+import numpy as np
 import pandas as pd
+import pytest
+import torch
+from PIL import Image
 
 from fewclip import evidence as ev
 from fewclip import notebook as nb
+from fewclip.backbones import PROJECT_WEIGHTS, crop_key, load_backbone, read_pretrain_crop
+from fewclip.images import DASSL_CROP_SCALE
+from fewclip.methods.coop import CoOp as COOP
+from fewclip.prompting.backbone_constants import train_crop_scale
+from fewclip.prompting.encoder_base import dassl_transform
 from fewclip.reports.build import base_check_lines, report_header
 
 
@@ -102,3 +114,60 @@ def test_report_header_repeats_the_notebook_sentences(tmp_path):
         "r", {}, notebook=str(path), code=True, commit="abc", checks=base_check_lines(path)
     )
     assert "**tomm** ends **below zero-shot**" in header and "29.6% against 43.8%" in header
+
+
+# --------------------------------------------------------------------------- training crop
+
+
+def fake_backbone(crop):
+    return SimpleNamespace(pretrain_crop_min=crop)
+
+
+def test_crop_follows_the_backbone_and_the_official_range_is_one_switch_away():
+    openai, tiny = fake_backbone(None), fake_backbone(0.6)
+    assert train_crop_scale(openai, "backbone") == DASSL_CROP_SCALE == (0.08, 1.0)
+    assert train_crop_scale(tiny, "backbone") == (0.6, 1.0)
+    assert train_crop_scale(tiny, "official") == DASSL_CROP_SCALE
+    assert train_crop_scale(fake_backbone(0.01), "backbone") == DASSL_CROP_SCALE  # never below
+    assert train_crop_scale(tiny, 0.3) == (0.3, 1.0)
+    for bad in (0.0, 1.5, "tiny", True):
+        with pytest.raises(ValueError, match="crop_scale_min"):
+            train_crop_scale(tiny, bad)
+    with pytest.raises(ValueError, match="crop_scale_min must be"):
+        COOP(crop_scale_min=2.0)
+
+
+def test_the_tiny_models_declare_their_pretraining_crop_and_others_none(tmp_path):
+    for arch in ("tiny-emoji-vit", "tiny-emoji-rn"):
+        path = PROJECT_WEIGHTS[arch].path
+        declared = json.loads(path.with_suffix(".config.json").read_text())["crop_scale_min"]
+        assert read_pretrain_crop(path) == declared == 0.6
+        assert crop_key(arch, "default") == "|crop:0.6"
+    assert read_pretrain_crop(None) is None  # random init, as OpenAI / LAION weights
+    assert crop_key("fewclip-test-vit", None) == ""  # run keys as before
+    mine = tmp_path / "mine.safetensors"
+    mine.with_suffix(".config.json").write_text('{"crop_scale_min": 7}')
+    with pytest.raises(ValueError, match="crop_scale_min in .* must be a number"):
+        read_pretrain_crop(mine)
+
+
+def test_methods_train_on_the_crop_range_they_resolve():
+    tiny = fake_backbone(0.6)
+    assert COOP().uses_backbone_crop and COOP().crop_scale(tiny) == (0.6, 1.0)
+    official = COOP(crop_scale_min="official")
+    assert not official.uses_backbone_crop and official.crop_scale(tiny) == DASSL_CROP_SCALE
+    assert COOP().crop_scale(fake_backbone(None)) == DASSL_CROP_SCALE
+
+
+def test_views_differ_with_the_crop_and_the_official_range_is_the_old_transform():
+    backbone = load_backbone("fewclip-test-vit", None, device="cpu")
+    image = Image.fromarray(
+        (np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8), "RGB"
+    )
+
+    def view(scale):
+        transform = dassl_transform(backbone, scale) if scale else dassl_transform(backbone)
+        return transform(image, torch.Generator().manual_seed(3))
+
+    assert torch.equal(view(None), view(DASSL_CROP_SCALE))  # the default: Dassl's range
+    assert not torch.equal(view(DASSL_CROP_SCALE), view((0.6, 1.0)))

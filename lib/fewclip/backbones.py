@@ -526,6 +526,32 @@ def as_prompt_words(words: PromptWords | dict | None, source: str) -> PromptWord
     return PromptWords(**words, source=source)
 
 
+def read_pretrain_crop(weights_file: str | os.PathLike | None) -> float | None:
+    """The smallest random-crop area of a checkpoint's pretraining (``"crop_scale_min"`` of
+    the JSON beside it, which fewclip's pretraining writes), None where it declares none
+    (OpenAI and LAION weights, random init, a checkpoint without the entry)."""
+    if weights_file is None or not words_file(weights_file).is_file():
+        return None
+    config = words_file(weights_file)
+    try:
+        value = json.loads(config.read_text()).get("crop_scale_min")
+    except (json.JSONDecodeError, AttributeError):
+        return None  # read_prompt_words names the broken file
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"crop_scale_min in {config} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def crop_key(arch: str, pretrained: str | os.PathLike | None) -> str:
+    """What a run key adds for a method whose augmentation follows the backbone's
+    pretraining crop: ``""`` where the checkpoint declares none (keys as before), else
+    ``"|crop:<min>"``. Reads only the JSON."""
+    value = read_pretrain_crop(resolve_weights(arch, pretrained))
+    return "" if value is None else f"|crop:{value:g}"
+
+
 def init_phrase(words: PromptWords, init: str | None) -> str | None:
     """What a prompt learner's init option means for a backbone whose words are ``words``.
 
@@ -592,6 +618,7 @@ class Backbone:
     quick_gelu: bool = False  # the activation the model was built with (see decide_quick_gelu)
     activation_reason: str = ""
     words: PromptWords = OPENAI_WORDS  # its own prompt words (see PromptWords)
+    pretrain_crop_min: float | None = None  # its pretraining's smallest crop area, if declared
 
     @property
     def logit_scale(self) -> float:
@@ -649,6 +676,11 @@ class Backbone:
             "precision": self.precision,
             "activation": "QuickGELU" if self.quick_gelu else "GELU",
             "prompt_words": self.words.as_dict(),
+            **(
+                {"pretrain_crop_min": self.pretrain_crop_min}
+                if self.pretrain_crop_min is not None
+                else {}
+            ),
         }
 
 
@@ -744,6 +776,7 @@ def load_backbone(
         quick_gelu=quick,
         activation_reason=reason,
         words=words,
+        pretrain_crop_min=read_pretrain_crop(weights),
     )
 
 

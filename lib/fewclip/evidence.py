@@ -894,8 +894,7 @@ def below_zero_shot_lines(table: pd.DataFrame, model: str = "") -> list[str]:
     on = f" on {model}" if model else ""
     if not len(table):
         return [
-            f"Every trained method ends at or above zero-shot CLIP on its own training "
-            f"classes{on}."
+            f"Every trained method ends at or above zero-shot CLIP on its own training classes{on}."
         ]
     return [
         f"**{r.label}** ends **below zero-shot** on its own training classes{on} "

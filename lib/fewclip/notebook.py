@@ -353,6 +353,7 @@ def show_base_check(
         display(table)
     return table
 
+
 #: Runs and failures of every :func:`run_grid` in this kernel: a notebook whose runs all
 #: failed stops with an error (papermill exits non-zero) instead of showing empty figures.
 _TALLY = {"runs": 0, "failed": 0}

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .backbones import Backbone, load_backbone, words_key
+from .backbones import Backbone, crop_key, load_backbone, words_key
 from .backbones import weights_identity as backbone_identity
 from .config import RunConfig
 from .data import Dataset, load_dataset
@@ -202,6 +202,8 @@ def _inputs(config: RunConfig) -> tuple[Any, Dataset, list[Dataset], str, str]:
     identity = weights_identity(config)
     if getattr(method, "uses_backbone_words", False):  # a phrase from the backbone's config
         identity += words_key(config.backbone, config.pretrained)
+    if getattr(method, "uses_backbone_crop", False):  # a crop from the backbone's config
+        identity += crop_key(config.backbone, config.pretrained)
     fingerprint = "+".join([dataset.fingerprint()] + [t.fingerprint() for t in targets])
     # the image files' identity (size + mtime) too: a repaired or damaged file is a new run
     files = files_identity(run_items(config, dataset, targets))

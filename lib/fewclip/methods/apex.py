@@ -507,6 +507,7 @@ class APEX(EncoderMethod):
                 batches,
                 augmentation_seed(seed, epoch) if settings["augment"] else None,
                 num_workers=num_workers,
+                scale=self.crop_scale(backbone),
             )
             losses = []
             for images, labels, _, ok in loader:

@@ -187,6 +187,7 @@ class CLIPLoRA(EncoderMethod):
                     batches,
                     augmentation_seed(seed, epoch) if o.augment else None,
                     num_workers=num_workers,
+                    scale=self.crop_scale(backbone),
                 )
                 losses = []
                 for images, labels, index, ok in loader:

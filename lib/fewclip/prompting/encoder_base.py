@@ -43,6 +43,7 @@ from ..fitting import FitResult, check_method_options
 from ..images import DASSL_CROP_SCALE, ImageDataset, train_transform
 from ..metrics import accuracy
 from ..progress import tqdm
+from .backbone_constants import BACKBONE_CROP, check_crop_option, train_crop_scale
 from .training import (
     Stepper,
     augmentation_seed,
@@ -64,10 +65,11 @@ Images = torch.Tensor | Iterable | Sequence[Datum]
 # --------------------------------------------------------------------------- images
 
 
-def dassl_transform(backbone: Backbone):
-    """Dassl's train transform for this backbone: random resized crop (0.08-1) + flip."""
+def dassl_transform(backbone: Backbone, scale: tuple[float, float] = DASSL_CROP_SCALE):
+    """Dassl's train transform for this backbone: random resized crop (area in ``scale``,
+    Dassl's 0.08-1 unless a method's ``crop_scale_min`` says else) + flip."""
     cfg = backbone.preprocess_cfg
-    return train_transform(backbone.image_size, cfg["mean"], cfg["std"], scale=DASSL_CROP_SCALE)
+    return train_transform(backbone.image_size, cfg["mean"], cfg["std"], scale=scale)
 
 
 def batch_loader(
@@ -77,6 +79,7 @@ def batch_loader(
     augment_seed: int | None = None,
     batch_size: int = 128,
     num_workers: int = 0,
+    scale: tuple[float, float] = DASSL_CROP_SCALE,
 ) -> DataLoader:
     """Items -> (images, labels, index, ok) batches.
 
@@ -88,7 +91,7 @@ def batch_loader(
         dataset = ImageDataset(items, backbone.preprocess, backbone.image_size)
     else:
         dataset = ImageDataset(
-            items, dassl_transform(backbone), backbone.image_size, seed=augment_seed
+            items, dassl_transform(backbone, scale), backbone.image_size, seed=augment_seed
         )
     if batches is not None:
         return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
@@ -162,6 +165,7 @@ def encode_items(
     tokens: bool = False,
     batch_size: int = 128,
     num_workers: int = 0,
+    scale: tuple[float, float] = DASSL_CROP_SCALE,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Items -> (features (N, d), tokens (N, T, d) or None, labels (N,), valid (N,)).
     No items (``RunConfig(val="none")``'s val): empty tensors, (0, d) and (0, 0, d)."""
@@ -172,7 +176,12 @@ def encode_items(
         return empty, toks, none, none.bool()
     feats, toks, labels, valid = [], [], [], []
     loader = batch_loader(
-        backbone, items, augment_seed=augment_seed, batch_size=batch_size, num_workers=num_workers
+        backbone,
+        items,
+        augment_seed=augment_seed,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        scale=scale,
     )
     for images, y, _, ok in loader:
         f, t = encode_plain(backbone, images, tokens)
@@ -198,6 +207,7 @@ def cache_images(
     batch_size: int = 128,
     num_workers: int = 0,
     progress: bool = False,
+    scale: tuple[float, float] = DASSL_CROP_SCALE,
 ) -> CachedImages:
     """Encode ``views`` Dassl-augmented views of the training images (view ``v`` drawn with
     :func:`augmentation_seed` (seed, v)) and the val images under the test transform.
@@ -217,7 +227,13 @@ def cache_images(
             train_tokens.append(val_tokens.new_zeros(0, len(train_items), *val_tokens.shape[1:]))
     for v in tqdm(range(views), desc="cache views", disable=not progress, leave=False):
         f, t, labels, ok = encode_items(
-            backbone, train_items, augmentation_seed(seed, v), tokens, batch_size, num_workers
+            backbone,
+            train_items,
+            augmentation_seed(seed, v),
+            tokens,
+            batch_size,
+            num_workers,
+            scale,
         )
         train.append(f.unsqueeze(0))
         if tokens:
@@ -249,6 +265,9 @@ class TrainOptions:
     warmup_epochs: int = 1
     warmup_type: str = "constant"
     warmup_lr: float = 1e-5
+    # training crop area: "backbone" (its pretraining crop where declared, else Dassl's),
+    # "official" (Dassl's 0.08-1), or a number (see fewclip.prompting.backbone_constants)
+    crop_scale_min: str | float = BACKBONE_CROP
     selection: str = "val"  # "val": best epoch on val; "last": the official codes' choice
     ties: str = "last"  # equal val accuracy: the later epoch ("first": Dassl's best_val)
 
@@ -265,8 +284,19 @@ class EncoderMethod(ABC):
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**check_method_options(self.name, self.Options, options))
+        check_crop_option(self.options.crop_scale_min)
         self.learner: nn.Module | None = None
         self.train_classnames: tuple[str, ...] | None = None
+
+    @property
+    def uses_backbone_crop(self) -> bool:
+        """Whether the training crop follows the backbone's pretraining crop (the run key
+        then includes it, :func:`fewclip.backbones.crop_key`)."""
+        return self.options.crop_scale_min == BACKBONE_CROP
+
+    def crop_scale(self, backbone: Backbone) -> tuple[float, float]:
+        """The random-resized-crop area range of training views on ``backbone``."""
+        return train_crop_scale(backbone, self.options.crop_scale_min)
 
     @abstractmethod
     def fit(
@@ -443,6 +473,7 @@ class FeaturePromptMethod(EncoderMethod):
                 tokens,
                 num_workers=num_workers,
                 progress=progress,
+                scale=self.crop_scale(backbone),
             )
         if o.cache_images and features.views == 0:
             raise ValueError(f"{self.name}: the cached features hold no training view")
@@ -475,6 +506,7 @@ class FeaturePromptMethod(EncoderMethod):
                 batches,
                 augmentation_seed(seed, epoch),
                 num_workers=num_workers,
+                scale=self.crop_scale(backbone),
             )
             for images, y, index, ok in loader:
                 used.update(index[ok].tolist())

@@ -177,6 +177,7 @@ class ReencodingMethod(EncoderMethod):
                 batches,
                 augmentation_seed(seed, epoch) if o.augment else None,
                 num_workers=num_workers,
+                scale=self.crop_scale(backbone),
             )
             losses = []
             for images, labels, index, ok in loader:
