@@ -87,6 +87,8 @@ def test_few_shot_compares_accuracy_and_failed_runs_do_not_count():
     )
     table = ev.below_zero_shot(runs)
     assert table["label"].tolist() == ["clip_adapter"] and table.iloc[0].cause == "unknown"
+    known = ev.below_zero_shot(frame(row("zero_shot", 50.0), row("cocoop", 40.0)))
+    assert known.iloc[0].cause == ev.BELOW_ZERO_SHOT_CAUSES["cocoop"]
     assert ev.below_zero_shot(runs.iloc[:0]).empty
     none = ev.below_zero_shot(frame(row("zero_shot", 50.0), row("coop", 60.0)))
     assert none.empty
