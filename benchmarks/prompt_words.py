@@ -10,7 +10,9 @@ pretraining caption, their own words) and with "a photo of a {}." (OpenAI's, wha
 prompt methods started from before); then APEX (ViT only), TOMM, CoCoOp and CoOp with
 each method's default schedule, the init phrase being the only change ("a photo of a",
 i.e. ``init="official"``, against ``init="backbone"``; CoOp also from random context, its
-official default). Zero-shot is also scored on ``emoji_subcategory_b2n``.
+official default); then the same with Dassl's training crop (``crop_scale_min="official"``,
+area 0.08-1) against the default, the backbone's pretraining crop. Zero-shot is also scored
+on ``emoji_subcategory_b2n``.
 
 ``--record`` appends base / new / HM per setting to ``benchmarks/results/prompt_words.csv``
 (through ``results_csv.py``: date, commit, machine, model); run
@@ -51,6 +53,11 @@ METHODS = (
     ("coop", {"init": None}, "random context"),
     ("coop", {"init": OFFICIAL_WORDS}, 'init "a photo of a"'),
     ("coop", {"init": "backbone"}, "init {words}"),
+    # the training crop: Dassl's 0.08-1 against the default (the backbone's pretraining crop)
+    ("apex", {"text_init": "backbone", "crop_scale_min": "official"}, "init {words}, crop 0.08-1"),
+    ("tomm", {"init": "backbone", "crop_scale_min": "official"}, "init {words}, crop 0.08-1"),
+    ("cocoop", {"init": "backbone", "crop_scale_min": "official"}, "init {words}, crop 0.08-1"),
+    ("coop", {"init": "backbone", "crop_scale_min": "official"}, "init {words}, crop 0.08-1"),
 )
 
 
