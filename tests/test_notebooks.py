@@ -387,8 +387,10 @@ def test_mutual_notebook(env, tmp_path):
     assert not outputs(notebook, "error")
     assert "OUR INTERPRETATION" in text_of(notebook)
     ablations = {"CoOp", "CoCoOp", "CTP only", "TFT only", "CTP + TFT"}
-    assert set(store["variant"]) == ablations | {"KgCoOp", "ProDA"}  # TOMM's peers beside it
+    # TOMM's peers beside it, and zero-shot ("": no variant) for the base check
+    assert set(store["variant"]) == ablations | {"KgCoOp", "ProDA", ""}
     methods = dict(zip(store["variant"], store["method"], strict=True))
+    assert methods[""] == "zero_shot"
     assert {methods[a] for a in ablations} == {"tomm"}
     assert (methods["KgCoOp"], methods["ProDA"]) == ("kgcoop", "proda")
     assert store["hm"].notna().all()
