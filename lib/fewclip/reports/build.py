@@ -168,10 +168,11 @@ def report_header(
     counts: dict[str, int] | None = None,
     error: str | None = None,
     checks: Sequence[str] = (),
+    provenance: dict[str, Any] | None = None,
 ) -> str:
-    """The Markdown the HTML starts with: commit, model, where the code is, failures, and
-    ``checks`` (:func:`base_check_lines`: trained methods below zero-shot on their own
-    training classes)."""
+    """The Markdown the HTML starts with: commit, model, checkpoint and seeds, where the
+    code is, failures, and ``checks`` (:func:`base_check_lines`: trained methods below
+    zero-shot on their own training classes)."""
     import fewclip
 
     values = {**_defaults(notebook), **parameters}
@@ -185,6 +186,14 @@ def report_header(
         + (", ".join(models) or "(the notebook's default)")
         + f" with weights `{pre}`.*"
     ]
+    if provenance and provenance.get("checkpoint"):
+        sha = f" (sha256 `{provenance['sha256']}`)" if provenance.get("sha256") else ""
+        seeds = provenance.get("seeds")
+        lines[0] = lines[0][:-2] + (
+            f"; checkpoint `{provenance['checkpoint']}`{sha}"
+            + (f"; seeds {', '.join(map(str, seeds))}" if isinstance(seeds, list) else "")
+            + ".*"
+        )
     if not code:
         lines.append(
             f"*The code cells are hidden on this page: the executed notebook with all its "
@@ -201,6 +210,32 @@ def report_header(
     if error:
         lines.append(f"**This report FAILED:** `{error}` (the page stops at the failing cell).")
     return "\n\n".join(lines)
+
+
+def report_provenance(notebook: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """What a report ran on, for its header and the index: ``backbone``, ``pretrained``,
+    ``checkpoint`` (the weights file's name, "random init", or why it is unknown),
+    ``sha256`` (the first 12 hex digits of the weights file) and ``seeds`` (the notebook's
+    default where no parameter sets them)."""
+    values = {**_defaults(notebook), **parameters}
+    backbone, pretrained = values.get("backbone", ""), values.get("pretrained", "default")
+    seeds = values.get("seeds")
+    checkpoint, sha = "", ""
+    try:
+        from ..backbones import file_digest, resolve_weights
+
+        path = resolve_weights(str(backbone), pretrained)
+        checkpoint = Path(path).name if path else "random init"
+        sha = file_digest(path)[:12] if path else ""
+    except Exception as e:  # shown as such in the index; the build itself reports it
+        checkpoint = f"unknown ({type(e).__name__})"
+    return {
+        "backbone": str(backbone),
+        "pretrained": str(pretrained),
+        "checkpoint": checkpoint,
+        "sha256": sha,
+        "seeds": list(seeds) if isinstance(seeds, (list, tuple)) else seeds,
+    }
 
 
 def _defaults(notebook: str) -> dict[str, Any]:
@@ -240,7 +275,8 @@ def export_html(
     code: bool,
     header: str | None = None,
 ) -> None:
-    """HTML of an executed notebook: lab template, images as data URIs, code optional,
+    """HTML of an executed notebook: lab template, images as data URIs, code optional
+    (hidden code: no ``In [n]:`` / ``Out[n]:`` prompts either, they would point at nothing),
     ``header`` (Markdown) as the first cell, :data:`REPORT_CSS` for wide tables."""
     import nbformat
     from nbconvert import HTMLExporter
@@ -248,7 +284,12 @@ def export_html(
     nb = nbformat.read(ipynb, as_version=4)
     if header:
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(header))
-    exporter = HTMLExporter(template_name="lab", exclude_input=not code)
+    exporter = HTMLExporter(
+        template_name="lab",
+        exclude_input=not code,
+        exclude_input_prompt=not code,
+        exclude_output_prompt=not code,
+    )
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     body = body.replace("</head>", REPORT_CSS + "</head>", 1)
     Path(html).write_text(body, encoding="utf-8")
@@ -311,6 +352,7 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
                 counts=counts,
                 error=error,
                 checks=base_check_lines(ipynb),
+                provenance=job.get("provenance"),
             )
             export_html(ipynb, html, job["title"], job["code"], header=header)
         except Exception as e:
@@ -422,6 +464,7 @@ def build_reports(
         }
         try:
             entry["notebook_hash"] = notebook_hash(spec.notebook)
+            entry["provenance"] = report_provenance(spec.notebook, params)
         except Exception as e:
             why = "not found" if isinstance(e, FileNotFoundError) else f"unreadable ({e})"
             entries[spec.name] = {**entry, **_failure(f"notebook {spec.notebook} {why}")}
@@ -535,7 +578,8 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _reusable(old: dict[str, Any], new: dict[str, Any], out: Path) -> bool:
-    same = all(old.get(k) == new[k] for k in ("notebook_hash", "parameters", "code"))
+    keys = ("notebook_hash", "parameters", "code", "provenance")
+    same = all(old.get(k) == new.get(k) for k in keys)
     files = all(old.get(k) and (out / old[k]).exists() for k in ("html", "ipynb"))
     return same and files and old.get("status") == "ok"
 

@@ -19,6 +19,10 @@ import pandas as pd
 #: Parameters the builder always passes, made absolute.
 PATH_PARAMETERS = ("data_root", "cache_dir", "results", "output_dir")
 
+#: The seeds of the published reports (``reports/``, built by ``make reports``): the index
+#: flags every report built with fewer (``make demo`` runs some notebooks' quicker defaults).
+PUBLISHED_SEEDS = (1, 2, 3)
+
 MANIFEST = "manifest.json"
 INDEX = "index.html"
 #: The index page's Jinja2 template, package data under ``fewclip/templates``.
@@ -51,9 +55,18 @@ def write_index(
     common.pop("output_dir", None)
     rows = []
     for e, params in zip(entries, shown, strict=True):
+        facts = e.get("provenance") or {}
+        seeds = facts.get("seeds")
         rows.append(
             {
                 **e,
+                "model": f"{facts.get('backbone', '')} ({facts.get('pretrained', '')})"
+                if facts
+                else "",
+                "checkpoint": facts.get("checkpoint", ""),
+                "sha256": facts.get("sha256", ""),
+                "seeds": ", ".join(map(str, seeds)) if isinstance(seeds, list) else "",
+                "fewer_seeds": isinstance(seeds, list) and len(seeds) < len(PUBLISHED_SEEDS),
                 "html": quote(e["html"]) if e.get("html") else None,
                 "ipynb": quote(e["ipynb"]) if e.get("ipynb") else None,
                 "params": [(k, v) for k, v in params.items() if k not in common],
@@ -63,6 +76,7 @@ def write_index(
             }
         )
     counts = {s: sum(e.get("status") == s for e in entries) for s in ("ok", "failed", "pending")}
+    commits = sorted({str(e["commit"]) for e in entries if e.get("commit")})
     ledger, ledger_line = _ledger_rows(out, manifest.get("claims"))
     env = jinja2.Environment(loader=jinja2.PackageLoader("fewclip", "templates"), autoescape=True)
     page = env.get_template(INDEX_TEMPLATE).render(
@@ -72,6 +86,9 @@ def write_index(
         rows=rows,
         common=list(common.items()),
         counts=counts,
+        commits=commits,
+        published_seeds=len(PUBLISHED_SEEDS),
+        fewer=sum(bool(r["fewer_seeds"]) for r in rows),
         written=_now()[:16].replace("T", " "),
         version=fewclip.__version__,
         commit=_git_commit(),
