@@ -9,7 +9,7 @@ DATA ?= data
 STAMP := $(VENV)/.fewclip-installed
 DEMO_WORKERS ?= 2  # notebooks built at a time by `make demo` (one torch thread each)
 
-.PHONY: demo test browser lab lint data reports docs clean-cache
+.PHONY: demo test browser slurm lab lint data reports docs clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ reports: $(STAMP)
 ## test: the test suite (unit tests, end-to-end runs on the tiny models over the offline
 ## tasks, which it prepares first, notebook smoke runs, and a headless-browser check of a
 ## report, for which it installs Chromium first if it is missing)
-test: $(STAMP) browser docs
+test: $(STAMP) browser slurm docs
 	$(PY) -m fewclip.offline prepare --data-root $(DATA)
 	FEWCLIP_DATA=$(abspath $(DATA)) $(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -53,6 +53,19 @@ browser:
 	    "here: install them with your package manager, or run FEWCLIP_SKIP_BROWSER=1 make" \
 	    "test to skip that test knowingly" >&2; \
 	  exit 1; \
+	fi
+
+## slurm: Debian's slurm-wlm and munge for the real-Slurm test (tests/test_slurm.py starts and
+##   stops a one-node Slurm itself), installed as root only; without root that test is skipped
+##   with one line saying why
+slurm:
+	@if command -v slurmctld >/dev/null && command -v munged >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing slurm-wlm and munge (apt) for the Slurm test"; \
+	  apt-get update -qq && \
+	  env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; \
+	else \
+	  echo "no Slurm here and no root to install it: tests/test_slurm.py will be skipped"; \
 	fi
 
 ## lab: JupyterLab on the repository, the notebooks in the fewclip kernel, registered in this

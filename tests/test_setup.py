@@ -92,6 +92,7 @@ def test_make_test_needs_the_browser_and_ci_just_calls_make_test():
     ).stdout
     assert "chromium-driver" in plan and "pytest" in plan
     assert plan.index("chromium-driver") < plan.index("pytest")
+    assert "slurm-wlm" in plan and plan.index("slurm-wlm") < plan.index("pytest")
     lines = [
         line
         for line in (ROOT / ".ci" / "run").read_text().splitlines()

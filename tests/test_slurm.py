@@ -5,7 +5,7 @@ worker job cancelled mid-sweep loses nothing (its run is reported, no lease is l
 rerun computes only the missing runs; Ctrl-C ends the sweep with one line and cancels the
 cluster's jobs; Slurm is stopped at the end.
 
-Needs root and Debian's ``slurm-wlm`` and ``munge`` (``.ci/run`` installs them); elsewhere
+Needs root and Debian's ``slurm-wlm`` and ``munge`` (``make test`` installs them as root); elsewhere
 the Slurm test is skipped with its reason, or fails where ``FEWCLIP_REQUIRE_SLURM=1`` (CI).
 The option checks below need no Slurm.
 """
