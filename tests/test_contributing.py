@@ -102,4 +102,5 @@ def test_project_files_are_there_and_agree():
     for arxiv in ("2110.04544", "2403.12964", "2311.15569", "2303.17169"):
         assert arxiv in citation and f"arXiv:{arxiv}" in readme, arxiv
     assert readme.count("@article{") + readme.count("@inproceedings{") == 4
-    assert "## Unreleased" in (ROOT / "CHANGELOG.md").read_text()
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "## Unreleased" in changelog and f"## {project['version']}" in changelog
