@@ -451,13 +451,12 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
             row["detail"] = "the datasets have no seed in common"
             continue
         stats = ev.cell_summary(cell, "a", "b")
-        d = cell.diff
-        se, df = ev.se_and_df(float(d.std(ddof=1)) if d.size > 1 else math.nan, d.size, cell.v_img)
+        se, df = stats["se"], stats["df"]
         line = threshold(claim["direction"], claim["margin"])
         same = all(np.array_equal(c.values_a, c.values_b) and c.v_img < 1e-12 for c in wanted)
         low, high = stats["ci_low"], stats["ci_high"]
         decided = verdict(low, high, claim["direction"], claim["margin"], row["delta"])
-        gated = _gate(claim, wanted, done)
+        gated = _gate(claim, done)
         row.update(
             effect=stats["diff"],
             ci_low=low,
@@ -552,7 +551,7 @@ def _with_holm(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _gate(claim: Mapping[str, Any], cells: Sequence[ev.Cell], done: list) -> str:
+def _gate(claim: Mapping[str, Any], done: list) -> str:
     """Why the claim is withheld (side B, trained, below zero-shot on a task), or ''."""
     if claim["b_method"] == "zero_shot":
         return ""

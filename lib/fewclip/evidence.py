@@ -651,12 +651,13 @@ def pool_cells(cells: Sequence[Cell], label: dict[str, Any], weights=None) -> Ce
 def cell_summary(
     c: Cell, name_a: str = "a", name_b: str = "b", confidence: float = CONFIDENCE
 ) -> dict[str, Any]:
-    """A :func:`paired_difference` row of one cell: the mean difference and its interval."""
+    """A :func:`paired_difference` row of one cell: the mean difference, its interval, and the
+    interval's ``se`` and degrees of freedom ``df`` (:func:`se_and_df`)."""
     d = c.diff
     n = int(d.size)
     mean = float(d.mean())
     std = float(d.std(ddof=1)) if n > 1 else float("nan")
-    low, high, _ = combine_interval(mean, std, n, c.v_img, confidence)
+    low, high, se = combine_interval(mean, std, n, c.v_img, confidence)
     how = c.interval + (" + seed spread" if n > 1 else "; one seed: seed spread unknown")
     return {
         **c.cell,
@@ -670,6 +671,8 @@ def cell_summary(
         "std": std,
         "ci_low": low,
         "ci_high": high,
+        "se": se,
+        "df": se_and_df(std, n, c.v_img)[1],
         "interval": how,
     }
 
