@@ -12,6 +12,11 @@ used only once it has finished, so a stopped job leaves nothing behind) and re-r
 ``KeyboardInterrupt``; a second Ctrl-C while it does so exits at once (status 130). Workers
 die with their parent: on Linux the kernel kills them when it dies (``PR_SET_PDEATHSIG``),
 elsewhere each worker notices within a second that its parent is gone and exits.
+
+Ctrl-C is latched while jobs are open: Python raises ``KeyboardInterrupt`` in whatever
+code runs at that moment, and when that is a callback whose exceptions are ignored (a
+garbage-collector callback of ``distributed``, a ``__del__``) it would be lost and the
+jobs would run on; the latch makes the next :meth:`Jobs.finished` raise it again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from multiprocessing import get_context
 from typing import Any
 
@@ -48,6 +53,7 @@ class Jobs:
         self._tag = uuid.uuid4().hex[:8]
         self._done: queue.Queue = queue.Queue()
         self._futures: dict[int, Any] = {}
+        self._interrupted = False  # set by the Ctrl-C latch (see the module docstring)
 
     def submit(self, i: int, *args: Any) -> None:
         future = self._start(self._fn, *args, key=f"{self._name}-{self._tag}-{i}")
@@ -55,6 +61,8 @@ class Jobs:
         future.add_done_callback(lambda f: self._done.put((i, f)))
 
     def finished(self, timeout: float | None = None) -> list[tuple[int, Any, BaseException | None]]:
+        if self._interrupted:  # a Ctrl-C that was raised where it was swallowed
+            raise KeyboardInterrupt
         out = []
         try:
             out.append(self._done.get(timeout=timeout))
@@ -117,13 +125,32 @@ def open_jobs(
     cancels the queued jobs and stops the running ones (see the module docstring).
     """
     if scheduler is not None:
-        with _dask_jobs(fn, scheduler, name) as jobs:
-            yield jobs
+        opened = _dask_jobs(fn, scheduler, name)
     elif workers > 1:
-        with _pool_jobs(fn, workers, initializer, initargs, name) as jobs:
-            yield jobs
+        opened = _pool_jobs(fn, workers, initializer, initargs, name)
     else:
-        yield Jobs(fn, _here, name)
+        opened = nullcontext(Jobs(fn, _here, name))
+    with opened as jobs, _ctrl_c_latched(jobs):
+        yield jobs
+
+
+@contextmanager
+def _ctrl_c_latched(jobs: Jobs) -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` as usual and also marks ``jobs`` interrupted."""
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # Ctrl-C is someone else's (ignored, or a handler of the caller's)
+        return
+
+    def latch(signum, frame):
+        jobs._interrupted = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, latch)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def map_jobs(
