@@ -60,6 +60,7 @@ GOOD = [
     "%matplotlib inline\nimport matplotlib.pyplot as plt\n"
     "fig, ax = plt.subplots(figsize=(3, 2))\nax.plot([1, 3, 2])\nplt.show()",
     "import pandas as pd\npd.DataFrame({'method': ['a', 'b'], 'accuracy': [50.0, 60.0]})",
+    "from fewclip import notebook as nb\nnb.show_conclusions(['The good report concludes 42.'])",
 ]
 BAD = ["print('before the error')", "raise ValueError('boom in cell 2')", "print('never here')"]
 QUICK = ["-p", "backbone", "fewclip-test-rn", "-p", "pretrained", "none"]
@@ -268,6 +269,11 @@ def test_published_html_hides_code_and_names_commit_and_model(fixture):
     assert "code cells are hidden" in html and 'href="good.ipynb"' in html  # ... and findable
     assert "fewclip-test-rn" in html and "at commit" in html
     assert "overflow-x: auto" in html  # wide tables scroll inside the page
+    assert "td { white-space: nowrap; }" in html  # numbers never wrap mid-digit
+    # the conclusions the notebook wrote last open the page, before the provenance line
+    first = html.index("The good report concludes 42.")
+    assert first < html.index("at commit") and 'href="index.html"' in html
+    assert 'href="claims.html"' in html  # every paper report links back to the ledger
     nb = nbformat.read(fixture["out"] / "good.ipynb", as_version=4)
     assert any("print(sys.executable)" in c.source for c in nb.cells)  # the code is there
 

@@ -539,3 +539,337 @@ def chosen_epochs(frame: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["label", "runs", "epochs", "chose epoch 0", "chosen epochs"])
+
+
+# --------------------------------------------------------------------------- report style
+#
+# One table style for every report (:func:`show_table`), the interval's method stated once
+# (:func:`how_to_read`), the conclusions first (:func:`show_conclusions`, lifted to the top
+# of the published page by fewclip.reports) and the setup (:func:`show_setup`).
+
+#: The one symbol for a missing value in every report table.
+MISSING = "–"
+
+#: Internal ids (methods, variants, metrics) -> the names a reader sees.
+DISPLAY_NAMES = {
+    "zero_shot": "Zero-shot CLIP",
+    "linear_probe": "Linear probe",
+    "clip_adapter": "CLIP-Adapter",
+    "tip_adapter": "Tip-Adapter",
+    "tip_adapter_f": "Tip-Adapter-F",
+    "dual_adapter": "DualAdapter",
+    "ape": "APE",
+    "ape_t": "APE-T",
+    "gda": "GDA",
+    "taskres": "TaskRes",
+    "lp_pp": "LP++",
+    "clap": "CLAP",
+    "zs_lp": "ZS-LP",
+    "coop": "CoOp",
+    "cocoop": "CoCoOp",
+    "prograd": "ProGrad",
+    "kgcoop": "KgCoOp",
+    "maple": "MaPLe",
+    "promptsrc": "PromptSRC",
+    "proda": "ProDA",
+    "clip_lora": "CLIP-LoRA",
+    "apex": "APEX",
+    "tomm": "TOMM",
+}
+
+#: Column names -> readable headers (other names: underscores become spaces).
+HEADERS = {
+    "label": "method",
+    "n_seeds": "seeds",
+    "n": "seeds",
+    "ci_low": "95% low",
+    "ci_high": "95% high",
+    "mean_a": "mean A",
+    "mean_b": "mean B",
+    "a": "A",
+    "b": "B",
+    "diff": "A - B (points)",
+    "base_accuracy": "base (%)",
+    "new_accuracy": "new (%)",
+    "hm": "HM (%)",
+    "test_images": "test images",
+    "p_holm": "p (Holm)",
+    "verdict_holm": "verdict (Holm)",
+    "vs_paper": "vs paper",
+}
+
+_MISSING_TEXT = {"-", "nan", "NaN", "None", "<NA>"}
+
+#: CSS of :func:`show_table` (numbers never wrap; headers wrap between words only).
+TABLE_CSS = (
+    "<style>table.fewclip-table{border-collapse:collapse;margin:0.3em 0 1em 0}"
+    "table.fewclip-table td{white-space:nowrap;text-align:right;padding:2px 8px}"
+    "table.fewclip-table th{overflow-wrap:normal;word-break:keep-all;padding:2px 8px;"
+    "text-align:left}"
+    "table.fewclip-table caption{caption-side:top;text-align:left;font-weight:bold}</style>"
+)
+
+
+def display_name(value: Any) -> Any:
+    """The reader's name of a method id (``"tip_adapter_f"`` -> ``"Tip-Adapter-F"``);
+    anything else unchanged."""
+    return DISPLAY_NAMES.get(value, value) if isinstance(value, str) else value
+
+
+def header(name: Any) -> Any:
+    """The readable header of a column name (:data:`HEADERS`, else underscores as spaces)."""
+    if isinstance(name, tuple):
+        return tuple(header(n) for n in name)
+    if not isinstance(name, str):
+        return name
+    if name in HEADERS:
+        return HEADERS[name]
+    return DISPLAY_NAMES.get(name, name.replace("_", " "))
+
+
+def _cell(value: Any, digits: int) -> str:
+    """One cell as text: floats rounded (whole numbers without decimals), missing values
+    as :data:`MISSING`."""
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return MISSING
+        return f"{value:.{digits}f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v, digits) for v in value) or MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(display_name(value))
+    return MISSING if text.strip() in _MISSING_TEXT else text
+
+
+def table_text(frame: pd.DataFrame, digits: int | dict[str, int] = 1) -> pd.DataFrame:
+    """``frame`` as the strings a report shows: readable headers, display names, numbers
+    rounded to ``digits`` (per column where a dict; whole-number columns as integers), one
+    symbol for missing values; a named index (a pivot's rows) as leading columns, an
+    unnamed one (0..n-1, or a concatenation's repeated zeros) never shown."""
+    frame = frame.copy()
+    trivial = all(n is None for n in frame.index.names)  # 0..n-1, or a concat's zeros
+    if not trivial:
+        frame = frame.reset_index()
+    if {"a", "b"} <= set(frame.columns) and "accuracy" in frame.columns:
+        frame = frame.rename(columns={"accuracy": "A - B (points)"})  # a paired difference
+    text = pd.DataFrame(index=range(len(frame)))
+    for i, column in enumerate(frame.columns):
+        values = frame.iloc[:, i]
+        d = digits.get(column, 1) if isinstance(digits, dict) else digits
+        numeric = pd.api.types.is_float_dtype(values)
+        whole = numeric and values.dropna().apply(float.is_integer).all() and values.notna().any()
+        if whole and column not in (digits if isinstance(digits, dict) else {}):
+            cells = [MISSING if v != v else str(int(v)) for v in values]
+        else:
+            cells = [_cell(v.item() if hasattr(v, "item") else v, d) for v in values]
+        text[i] = cells
+    text.columns = (
+        pd.MultiIndex.from_tuples([header(c) for c in frame.columns])
+        if isinstance(frame.columns, pd.MultiIndex)
+        else [header(c) for c in frame.columns]
+    )
+    return text
+
+
+class Table:
+    """A report table: HTML in :data:`TABLE_CSS` style (no index column of zeros, nothing
+    truncated, numbers never wrapped), plain text for terminals and tests."""
+
+    def __init__(self, frame: pd.DataFrame, caption: str = "", digits: Any = 1) -> None:
+        self.frame, self.caption = frame, caption
+        self.text = table_text(frame, digits)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        body = self.text.to_html(index=False, escape=True, classes="fewclip-table", border=0)
+        if self.caption:
+            body = body.replace(">", f"><caption>{html.escape(self.caption)}</caption>", 1).replace(
+                "<caption>", "\n<caption>", 1
+            )
+        return TABLE_CSS + body
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.max_colwidth", None, "display.width", 10_000):
+            shown = self.text.to_string(index=False)
+        return (self.caption + "\n" if self.caption else "") + shown
+
+
+def show_table(frame: pd.DataFrame, caption: str = "", digits: Any = 1) -> Table:
+    """Display ``frame`` in the report style (:class:`Table`); returns the Table."""
+    from IPython.display import display
+
+    table = Table(frame, caption, digits)
+    display(table)
+    return table
+
+
+#: Output metadata key of :func:`show_conclusions` (fewclip.reports opens the page with them).
+CONCLUSIONS_METADATA = "fewclip_conclusions"
+
+#: Output metadata key of :func:`how_to_read` (one box per report).
+HOW_TO_READ_METADATA = "fewclip_how_to_read"
+
+#: Report pages sit beside the index and the ledger (``fewclip.reports``).
+LINKS = "[All reports (index)](index.html) · [Claims ledger](claims.html)"
+
+
+def how_to_read(*notes: str, intervals: bool = True) -> str:
+    """Display the report's one "how to read this" box: the table format, the interval's
+    method (stated here once, not under every table), the missing-value symbol, ``notes``."""
+    from IPython.display import Markdown, display
+
+    from .evidence import INTERVAL_METHOD
+
+    lines = ["**How to read this report.**"]
+    if intervals:
+        lines.append(
+            "A cell `38.4 +- 1.2 [36.0, 40.8] n=3` is the mean +- std over n seeds and its "
+            "95% interval, in accuracy points (%); a difference A - B is paired (same seeds, "
+            "few-shot samples and test images). " + INTERVAL_METHOD
+        )
+    lines.append(
+        f"`{MISSING}`: no value (not run, failed, or not defined). Figures show the same 95% "
+        "intervals as the tables, clipped to [0, 100]."
+    )
+    lines += list(notes)
+    text = "\n".join("> " + line + "\n>" for line in lines).rstrip(">\n")
+    display(Markdown(text), metadata={HOW_TO_READ_METADATA: True})
+    return text
+
+
+def show_conclusions(sentences: Sequence[str]) -> list[str]:
+    """Display the report's conclusions (sentences the notebook wrote from its numbers),
+    tagged so that the published page opens with them; returns them."""
+    from IPython.display import Markdown, display
+
+    said = [s for s in sentences if s]
+    if not said:
+        said = ["No conclusion: no comparison finished (see the failed runs below)."]
+    display(
+        Markdown(
+            "**Conclusions (from the numbers below).**\n\n" + "\n".join(f"- {s}" for s in said)
+        ),
+        metadata={CONCLUSIONS_METADATA: said},
+    )
+    return said
+
+
+def interval_text(row: Any, digits: int = 1) -> str:
+    """``"41.2 [38.0, 44.4]"`` from a summary or difference row (``mean`` or ``diff``,
+    ``ci_low``, ``ci_high``)."""
+    mean = row["diff"] if "diff" in row and row["diff"] == row["diff"] else row["mean"]
+    return f"{mean:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+
+
+def best_sentence(summary: pd.DataFrame, what: str, where: str = "") -> str:
+    """One sentence from a :func:`fewclip.evidence.summarize` frame: the highest and lowest
+    mean and whether their 95% intervals separate them."""
+    rows = summary.dropna(subset=["mean"]) if len(summary) else summary
+    if not len(rows):
+        return ""
+    rows = rows.sort_values("mean", ascending=False)
+    top, low = rows.iloc[0], rows.iloc[-1]
+    name = lambda r: display_name(r.get("label", r.get("method")))  # noqa: E731
+    place = f" on {where}" if where else ""
+    if len(rows) == 1:
+        return f"{name(top)} reaches {what} {interval_text(top)}{place}."
+    apart = top["ci_low"] > low["ci_high"]
+    return (
+        f"Highest {what}{place}: {name(top)} {interval_text(top)}; lowest: {name(low)} "
+        f"{interval_text(low)} ("
+        + ("the intervals do not overlap" if apart else "the intervals overlap")
+        + f"; {len(rows)} methods)."
+    )
+
+
+def difference_sentence(row: Any, what: str = "accuracy", where: str = "") -> str:
+    """One sentence from a :func:`fewclip.evidence.paired_difference` row: A - B with its
+    interval and what the interval says."""
+    a, b = display_name(row["a"]), display_name(row["b"])
+    place = f" on {where}" if where else ""
+    if row["ci_low"] > 0:
+        verdict = f"{a} is ahead"
+    elif row["ci_high"] < 0:
+        verdict = f"{b} is ahead"
+    else:
+        verdict = "the interval includes 0: no difference resolved at this scale"
+    return f"{a} - {b} ({what}{place}): {interval_text(row)} points; {verdict}."
+
+
+def checkpoint_line(backbone: str, pretrained: str | None = "default") -> str:
+    """``tiny-emoji-vit`` + weights file name + sha256 prefix (or random init)."""
+    from .backbones import file_digest
+
+    try:
+        path = resolve_weights(backbone, pretrained)
+    except (WeightsNotFoundError, UnknownBackboneError) as e:
+        return f"`{backbone}` (weights `{pretrained}`: {type(e).__name__})"
+    if path is None:
+        return f"`{backbone}`, RANDOM INIT"
+    return f"`{backbone}`, checkpoint `{Path(path).name}` (sha256 `{file_digest(path)[:12]}`)"
+
+
+def tasks_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset (and protocol) of finished runs: classes and test images, read from the
+    run records (base-to-new: base + new)."""
+    from .evidence import parts_of
+
+    rows = {}
+    for r in done(frame).to_dict("records"):
+        key = (r.get("dataset"), r.get("protocol"))
+        if key in rows or not isinstance(r.get("metrics"), dict):
+            continue
+        m = r["metrics"]
+        classes = (m.get("difficulty") or {}).get("num_classes")
+        if classes is None and isinstance(m.get("per_class_accuracy"), list):
+            classes = len(m["per_class_accuracy"])
+        parts = parts_of(r, "accuracy")
+        images = int(sum(b.size for b in parts.bits)) if parts is not None else None
+        rows[key] = {
+            "dataset": key[0],
+            "protocol": key[1],
+            "classes": classes,
+            "test images": images if images is not None else m.get("test_images"),
+        }
+    return pd.DataFrame(
+        list(rows.values()), columns=["dataset", "protocol", "classes", "test images"]
+    )
+
+
+def show_setup(
+    frame: pd.DataFrame | None,
+    *,
+    backbone: str,
+    pretrained: str | None = "default",
+    shots: Any = None,
+    seeds: Sequence[int] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """Display the setup that ran: model and checkpoint, tasks with their class and
+    test-image counts (from ``frame``'s run records), shots, seeds, ``notes`` (what else a
+    reader needs: epochs, views, validation), and links to the index and the ledger."""
+    from IPython.display import Markdown, display
+
+    lines = [
+        "**Setup.**",
+        "",
+        f"- Model: {checkpoint_line(backbone, pretrained)}; {model_tag(backbone, pretrained)}.",
+    ]
+    if shots is not None:
+        shown = ", ".join(map(str, shots)) if isinstance(shots, (list, tuple)) else shots
+        lines.append(f"- Shots per class: {shown}.")
+    if seeds:
+        lines.append(f"- Seeds: {', '.join(map(str, seeds))} ({len(seeds)} per configuration).")
+    lines += [f"- {n}" for n in notes]
+    lines += ["", LINKS]
+    text = "\n".join(lines)
+    display(Markdown(text))
+    if frame is not None and len(frame):
+        tasks = tasks_table(frame)
+        if len(tasks):
+            show_table(tasks, "Tasks: classes and test images (from the run records)")
+    return text

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .notebook import done
+from .notebook import display_name, done
+
+#: At most this many series in one panel; more are split over panels (:func:`facets`).
+MAX_SERIES = 6
 
 sns.set_theme(context="notebook", style="whitegrid")
 
@@ -36,32 +40,23 @@ def curve(
     ylabel: str | None = None,
     style: str | None = None,
 ) -> plt.Axes:
-    """Mean over seeds with a +-1 std band, one line per ``hue``."""
+    """Mean over seeds with its 95% interval (:func:`fewclip.evidence.summarize`, the
+    tables' interval) as a band, one line per ``hue`` (``style`` is accepted and unused)."""
+    from .evidence import summarize
+
     rows = done(frame)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4))
-    if len(rows) and rows[y].notna().any():
-        sns.lineplot(
-            data=rows,
-            x=x,
-            y=y,
-            hue=hue,
-            style=style or hue,
-            markers=True,
-            dashes=False,
-            errorbar="sd",
-            ax=ax,
-        )
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    else:
-        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-    if log2_x:
-        ax.set_xscale("log", base=2)
-        ticks = sorted(rows[x].dropna().unique()) if len(rows) else []
-        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
-    ax.set_ylabel(ylabel or f"{y} (%)")
-    titled(ax, title, model)
-    return ax
+    ok = len(rows) and y in rows and rows[y].notna().any()
+    summary = summarize(rows, by=(hue, x), value=y) if ok else pd.DataFrame()
+    return interval_curve(
+        summary,
+        x,
+        hue,
+        title=title,
+        model=model,
+        ax=ax,
+        log2_x=log2_x,
+        ylabel=ylabel or f"{y} (%)",
+    )
 
 
 def bars(
@@ -77,22 +72,21 @@ def bars(
     ylabel: str | None = None,
     horizontal: bool = False,
 ) -> plt.Axes:
-    """Mean over seeds with std error bars."""
+    """Mean over seeds with its 95% interval (:func:`fewclip.evidence.summarize`, the
+    tables' interval) as error bars (``horizontal`` is accepted; bars stand upright)."""
+    from .evidence import summarize
+
     rows = done(frame)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
-    if len(rows) and rows[y].notna().any():
-        kw = {"x": y, "y": x} if horizontal else {"x": x, "y": y}
-        sns.barplot(data=rows, hue=hue, order=order, errorbar="sd", ax=ax, **kw)
-        if not horizontal:
-            ax.tick_params(axis="x", rotation=30)
-            for label in ax.get_xticklabels():
-                label.set_horizontalalignment("right")
-    else:
-        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-    (ax.set_xlabel if horizontal else ax.set_ylabel)(ylabel or f"{y} (%)")
-    titled(ax, title, model)
-    return ax
+    ok = len(rows) and y in rows and rows[y].notna().any()
+    by = [x] + ([hue] if hue else [])
+    summary = summarize(rows, by=by, value=y) if ok else pd.DataFrame()
+    if order is not None and len(summary):
+        rank = {n: i for i, n in enumerate(order)}
+        summary = summary[summary[x].isin(rank)]
+        summary = summary.iloc[summary[x].map(rank).argsort(kind="stable")]
+    return interval_bars(
+        summary, x, title=title, model=model, ax=ax, ylabel=ylabel or f"{y} (%)", hue=hue
+    )
 
 
 def save(fig: plt.Figure, out: str | Path, name: str) -> Path:
@@ -115,16 +109,36 @@ def interval_curve(
 ) -> plt.Axes:
     """Mean over seeds per ``hue`` with its 95% interval as a band, from a
     :func:`fewclip.evidence.summarize` frame (columns ``mean``, ``ci_low``, ``ci_high``);
-    the legend sits outside the axes, so it never covers data."""
+    the legend sits outside the axes, so it never covers data. Intervals are clipped to
+    [0, 100]; with more than :data:`MAX_SERIES` lines and no ``ax`` given, the lines are
+    split over panels (:func:`facets`) and the first panel's axes returned."""
+    names = list(dict.fromkeys(summary[hue])) if len(summary) else []
+    if ax is None and len(names) > MAX_SERIES:
+        groups = facets(names)
+        _, axes = plt.subplots(len(groups), 1, figsize=(7.5, 3.6 * len(groups)), squeeze=False)
+        for i, (group, panel) in enumerate(zip(groups, axes[:, 0], strict=True)):
+            interval_curve(
+                summary[summary[hue].isin(group)],
+                x,
+                hue,
+                title=f"{title} ({i + 1} of {len(groups)})",
+                model=model,
+                ax=panel,
+                log2_x=log2_x,
+                ylabel=ylabel,
+            )
+        axes[0, 0].figure.tight_layout()
+        return axes[0, 0]
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 4))
     if len(summary):
         palette = sns.color_palette(n_colors=max(1, summary[hue].nunique()))
         for colour, (name, rows) in zip(palette, summary.groupby(hue, sort=False), strict=False):
             rows = rows.sort_values(x)
-            ax.plot(rows[x], rows["mean"], marker="o", color=colour, label=str(name))
-            ax.fill_between(rows[x], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            low, high = clipped(rows)
+            ax.plot(rows[x], rows["mean"], marker="o", color=colour, label=display_name(name))
+            ax.fill_between(rows[x], low, high, color=colour, alpha=0.15)
+        legend_outside(ax)
     else:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     if log2_x and len(summary):
@@ -154,3 +168,116 @@ def shows_nothing(summary: pd.DataFrame, x: str, hue: str = "label") -> str | No
     if flat:
         return f"Flat within its intervals (no resolvable effect of {x}): " + ", ".join(flat) + "."
     return None
+
+
+# --------------------------------------------------------------------------- one figure style
+
+
+def clipped(summary: pd.DataFrame, low: str = "ci_low", high: str = "ci_high"):
+    """The interval columns of a summary clipped to [0, 100] (accuracies in %)."""
+    return summary[low].clip(0, 100), summary[high].clip(0, 100)
+
+
+def legend_outside(ax: plt.Axes, title: str | None = None) -> None:
+    """The legend to the right of the axes (never over the data), display names."""
+    handles, names = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ax.legend(
+        handles,
+        [display_name(n) for n in names],
+        title=title,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
+
+
+def facets(names: Sequence[str], per_panel: int = MAX_SERIES) -> list[list[str]]:
+    """``names`` split into groups of at most ``per_panel`` (one panel each), the first
+    name (the reference, e.g. zero-shot) repeated in every group."""
+    names = list(dict.fromkeys(names))
+    if len(names) <= per_panel:
+        return [names]
+    first, rest = names[0], names[1:]
+    step = per_panel - 1
+    return [[first, *rest[i : i + step]] for i in range(0, len(rest), step)]
+
+
+def interval_bars(
+    summary: pd.DataFrame,
+    x: str = "label",
+    *,
+    title: str,
+    model: str,
+    ax: plt.Axes | None = None,
+    ylabel: str = "accuracy (%)",
+    hue: str | None = None,
+) -> plt.Axes:
+    """Bars of a :func:`fewclip.evidence.summarize` frame (``mean``) with its 95% interval
+    (clipped to [0, 100]): the same interval as the tables, display names on the axis."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4))
+    if not len(summary):
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+        titled(ax, title, model)
+        return ax
+    groups = list(dict.fromkeys(summary[hue])) if hue else [None]
+    names = list(dict.fromkeys(summary[x]))
+    width = 0.8 / len(groups)
+    palette = sns.color_palette(n_colors=len(groups))
+    for g, (group, colour) in enumerate(zip(groups, palette, strict=True)):
+        part = summary if group is None else summary[summary[hue] == group]
+        pos = [names.index(n) + (g - (len(groups) - 1) / 2) * width for n in part[x]]
+        low, high = clipped(part)
+        ax.bar(pos, part["mean"], width=width * 0.9, color=colour, label=display_name(group))
+        ax.errorbar(
+            pos,
+            part["mean"],
+            yerr=[part["mean"] - low, high - part["mean"]],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            linewidth=1,
+        )
+    ax.set_xticks(range(len(names)), [display_name(n) for n in names], rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    if hue:
+        legend_outside(ax, title=hue)
+    titled(ax, title, model)
+    return ax
+
+
+def text_overlaps(fig: plt.Figure) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts of ``fig`` (titles, labels, tick labels, legend
+    entries, annotations) whose rendered boxes overlap, after a draw."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for text in fig.findobj(plt.Text):
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.width > 0 and box.height > 0:
+            boxes.append((text.get_text(), box))
+    found = []
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            if box_a.overlaps(box_b):
+                inter_w = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+                inter_h = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+                if inter_w > 1 and inter_h > 1:  # touching edges are not an overlap
+                    found.append((a, b))
+    return found
+
+
+def shared_scale(values: Sequence[Any]) -> tuple[float, float]:
+    """One (vmin, vmax) for heatmaps that are compared (every panel on the same scale)."""
+    import numpy as np
+
+    arrays = [np.asarray(v, dtype=float) for v in values]
+    finite = [a[np.isfinite(a)] for a in arrays if np.isfinite(a).any()]
+    if not finite:
+        return 0.0, 1.0
+    return float(min(a.min() for a in finite)), float(max(a.max() for a in finite))

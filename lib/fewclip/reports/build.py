@@ -157,6 +157,22 @@ def base_check_lines(ipynb: str | os.PathLike) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
+def conclusion_lines(ipynb: str | os.PathLike) -> list[str]:
+    """The sentences of :func:`fewclip.notebook.show_conclusions` in an executed notebook
+    (written by the notebook from its numbers), in order, once each: the page opens with
+    them."""
+    import nbformat
+
+    from ..notebook import CONCLUSIONS_METADATA
+
+    nb = nbformat.read(ipynb, as_version=4)
+    lines: list[str] = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            lines += output.get("metadata", {}).get(CONCLUSIONS_METADATA) or []
+    return list(dict.fromkeys(lines))
+
+
 def report_header(
     name: str,
     parameters: dict[str, Any],
@@ -169,11 +185,16 @@ def report_header(
     error: str | None = None,
     checks: Sequence[str] = (),
     provenance: dict[str, Any] | None = None,
+    conclusions: Sequence[str] = (),
 ) -> str:
-    """The Markdown the HTML starts with: commit, model, checkpoint and seeds, where the
-    code is, failures, and ``checks`` (:func:`base_check_lines`: trained methods below
-    zero-shot on their own training classes)."""
+    """The Markdown the HTML starts with: ``conclusions`` (:func:`conclusion_lines`, the
+    notebook's own sentences from its numbers) first, then commit, model, checkpoint and
+    seeds, links to the index and the ledger, where the code is, failures, and ``checks``
+    (:func:`base_check_lines`: trained methods below zero-shot on their own training
+    classes)."""
     import fewclip
+
+    from ..notebook import LINKS
 
     values = {**_defaults(notebook), **parameters}
     models = []
@@ -194,6 +215,12 @@ def report_header(
             + (f"; seeds {', '.join(map(str, seeds))}" if isinstance(seeds, list) else "")
             + ".*"
         )
+    if name != "claims":
+        lines.append(LINKS)
+    else:
+        lines.append(LINKS.split(" · ")[0])
+    if conclusions:
+        lines.insert(0, "## Conclusions\n\n" + "\n".join(f"- {c}" for c in conclusions))
     if not code:
         lines.append(
             f"*The code cells are hidden on this page: the executed notebook with all its "
@@ -257,12 +284,13 @@ def _defaults(notebook: str) -> dict[str, Any]:
     return out
 
 
-#: CSS added to every report page: wide tables scroll or wrap inside a 1,400 px window.
+#: CSS added to every report page: wide tables scroll inside the window; numbers never
+#: wrap (no "18.1/2"), headers wrap between words only.
 REPORT_CSS = """
 <style>
 .jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }
-.jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { white-space: normal;
-  max-width: 32em; overflow-wrap: anywhere; }
+.jp-RenderedHTMLCommon td { white-space: nowrap; }
+.jp-RenderedHTMLCommon th { white-space: normal; overflow-wrap: normal; word-break: keep-all; }
 .jp-RenderedImage img { max-width: 100%; height: auto; }
 </style>
 """
@@ -353,6 +381,7 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
                 error=error,
                 checks=base_check_lines(ipynb),
                 provenance=job.get("provenance"),
+                conclusions=conclusion_lines(ipynb),
             )
             export_html(ipynb, html, job["title"], job["code"], header=header)
         except Exception as e:
