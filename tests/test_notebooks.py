@@ -341,10 +341,14 @@ def test_difficulty_notebook(env, tmp_path):
         shots=1,
         seeds=[1, 2],
         ensembles=["both", "none"],
-        methods=["zero_shot", "coop", "maple"],
+        methods=["zero_shot", "coop", "prograd", "maple"],
+        cross_source="folder:squares",
+        cross_targets=["folder:squares_b"],
+        cross_methods=["zero_shot", "prograd"],
         alphas=[0.0, 0.5],
         apex_epochs=2,
         coop_epochs=2,
+        prograd_epochs=1,
         maple_epochs=1,
         clip_adapter_epochs=1,
         augment_views=1,
@@ -355,7 +359,7 @@ def test_difficulty_notebook(env, tmp_path):
     assert (difficulty["RTD"] > 0).all() and difficulty["separability (intra/inter)"].notna().all()
     b2n = store[store["protocol"] == "base_to_new"]
     # one APEX training per seed serves every ensemble setting
-    assert set(b2n["method"]) == {"apex", "coop", "maple", "zero_shot"}
+    assert set(b2n["method"]) == {"apex", "coop", "prograd", "maple", "zero_shot"}
     assert (b2n["method"] == "apex").sum() == 2 and b2n["hm"].notna().all()
     hm = pd.read_csv(out / "base_to_new_HM.csv")
     assert {"APEX (both)", "APEX (none)", "coop", "maple", "zero_shot"} <= set(hm["label"])
@@ -369,6 +373,18 @@ def test_difficulty_notebook(env, tmp_path):
     assert "chose epoch 0 in" in text_of(notebook)
     assert (out / "visual_vs_text.csv").is_file()
     assert "maple" in (out / "paper_vs_ours_base_to_new.csv").read_text()  # APEX's Table 2 row
+    # the cross-dataset half of Table 2: APEX beside its baselines, with intervals
+    cross = store[store["protocol"] == "cross_dataset"]
+    assert set(cross["method"]) == {"apex", "prograd", "zero_shot"}
+    table = pd.read_csv(out / "cross_dataset.csv")
+    assert {"folder:squares_b", "target mean"} <= set(table["target"])
+    assert (table["ci_low"] <= table["mean"]).all() and (table["mean"] <= table["ci_high"]).all()
+    versus = (out / "paper_vs_ours_cross_dataset.csv").read_text()
+    assert "prograd" in versus and "folder:squares_b" in versus
+    text = text_of(notebook)
+    assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
+    assert "Conclusions (from the numbers below)" in text and "Setup." in text
+    assert "Out[" not in text and "NaN" not in text
 
 
 def test_mutual_notebook(env, tmp_path):
