@@ -414,6 +414,10 @@ def test_mutual_notebook(env, tmp_path):
     assert {"KgCoOp", "ProDA"} <= set(ablations["label"])
     assert set(ablations["metric"]) == {"base", "new", "HM"}
     assert (ablations["ci_low"] <= ablations["mean"]).all()
+    text = text_of(notebook)
+    assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
+    assert "Conclusions (from the numbers below)" in text and "Setup." in text
+    assert "NaN" not in text
     assert (ablations["mean"] <= ablations["ci_high"]).all()
     assert len(pd.read_csv(out / "paired_differences.csv"))
     curves = pd.read_csv(out / "training_curves.csv")
