@@ -243,6 +243,10 @@ def test_clip_adapter_notebook(env, tmp_path):
     assert ("ours: fewclip-test-rn, RANDOM INIT: numbers are not meaningful", "folder:squares") in (
         versus.columns
     )
+    text = text_of(notebook)
+    assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
+    assert "Conclusions (from the numbers below)" in text and "Setup." in text
+    assert "Shots per class: 1, 2." in text  # the text says what ran
 
 
 def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
@@ -327,6 +331,9 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     }
     assert (versus["n_seeds"] == 2).all() and (versus["ci_low"] <= versus["diff"]).all()
     assert (out / "peers.png").is_file()
+    assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
+    assert "Conclusions (from the numbers below)" in text and "Setup." in text
+    assert "NaN" not in text
 
 
 def test_difficulty_notebook(env, tmp_path):

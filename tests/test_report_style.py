@@ -73,6 +73,14 @@ def test_table_html_never_wraps_or_truncates_numbers():
     assert "Caption" in repr(table) and long in repr(table)
 
 
+def test_cells_coloured_by_value_keep_the_style():
+    frame = pd.DataFrame({"id": ["a", "b"], "verdict": ["supported", "contradicted"]})
+    html = nb.Table(frame, "Verdicts", colours={"verdict": {"supported": "color: green"}})
+    html = html._repr_html_()
+    assert "color: green" in html and "fewclip-table" in html and "Verdicts" in html
+    assert "white-space:nowrap" in html
+
+
 def test_a_paired_difference_is_not_headed_accuracy():
     frame = pd.DataFrame({"a": ["apex"], "b": ["coop"], "accuracy": ["1.0 [0.5, 1.5] n=3"]})
     assert list(nb.table_text(frame).columns) == ["A", "B", "A - B (points)"]

@@ -678,13 +678,29 @@ class Table:
     """A report table: HTML in :data:`TABLE_CSS` style (no index column of zeros, nothing
     truncated, numbers never wrapped), plain text for terminals and tests."""
 
-    def __init__(self, frame: pd.DataFrame, caption: str = "", digits: Any = 1) -> None:
-        self.frame, self.caption = frame, caption
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        caption: str = "",
+        digits: Any = 1,
+        colours: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        self.frame, self.caption, self.colours = frame, caption, colours or {}
         self.text = table_text(frame, digits)
 
     def _repr_html_(self) -> str:
         import html
 
+        if self.colours:  # cells coloured by value (e.g. verdicts): through a Styler
+            styler = self.text.style.hide(axis="index").set_table_attributes(
+                'class="fewclip-table"'
+            )
+            for column, css in self.colours.items():
+                if header(column) in self.text.columns:
+                    styler = styler.map(lambda v, css=css: css.get(v, ""), subset=[header(column)])
+            if self.caption:
+                styler = styler.set_caption(self.caption)
+            return TABLE_CSS + styler.to_html()
         body = self.text.to_html(index=False, escape=True, classes="fewclip-table", border=0)
         if self.caption:
             body = body.replace(">", f"><caption>{html.escape(self.caption)}</caption>", 1).replace(
@@ -698,11 +714,17 @@ class Table:
         return (self.caption + "\n" if self.caption else "") + shown
 
 
-def show_table(frame: pd.DataFrame, caption: str = "", digits: Any = 1) -> Table:
-    """Display ``frame`` in the report style (:class:`Table`); returns the Table."""
+def show_table(
+    frame: pd.DataFrame,
+    caption: str = "",
+    digits: Any = 1,
+    colours: dict[str, dict[str, str]] | None = None,
+) -> Table:
+    """Display ``frame`` in the report style (:class:`Table`; ``colours``: column -> cell
+    value -> CSS); returns the Table."""
     from IPython.display import display
 
-    table = Table(frame, caption, digits)
+    table = Table(frame, caption, digits, colours)
     display(table)
     return table
 
