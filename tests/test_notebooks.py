@@ -523,6 +523,10 @@ def test_claims_notebook(env, tmp_path):
     assert "At 2 seeds the nominal 95% interval covers" in text_of(notebook)
     assert "Mean +- std over seeds" in text_of(notebook)
     assert set(store["method"]) >= {"clip_adapter", "zero_shot"}
+    text = text_of(notebook)
+    assert text.count("Welch-Satterthwaite") == 1  # the interval's method is stated once
+    assert "Conclusions (from the numbers below)" in text and "2 claims:" in text
+    assert "background-color" in text  # verdicts keep their colours in the one table style
 
 
 def test_published_reports_name_no_path_of_the_build_machine(monkeypatch):
