@@ -176,7 +176,7 @@ class Views:
 
     # ---- the views
     def curves(self, bb: str, ds: str, protocol: str, labels: Sequence[str]) -> list:
-        """Few-shot curves (mean over seeds, +-1 std), zero-shot lines, caption, table."""
+        """Few-shot curves (mean over seeds, 95% interval band), zero-shot lines, caption, table."""
         rows = self.selection(bb, ds, protocol)
         rows = rows[rows["label"].isin(list(labels))]
         zero = rows[rows["shots"] == 0]
