@@ -11,8 +11,11 @@ prompt methods started from before); then APEX (ViT only), TOMM, CoCoOp and CoOp
 each method's default schedule, the init phrase being the only change ("a photo of a",
 i.e. ``init="official"``, against ``init="backbone"``; CoOp also from random context, its
 official default); then the same with Dassl's training crop (``crop_scale_min="official"``,
-area 0.08-1) against the default, the backbone's pretraining crop. Zero-shot is also scored
-on ``emoji_subcategory_b2n``.
+area 0.08-1) against the default, the backbone's pretraining crop; then the options that
+start a method at zero-shot (CoCoOp's ``meta_init="zero"``, MaPLe's and PromptSRC's
+``deep_text_init="context"``, ProGrad's ``n_ctx="words"``) against the defaults, and the
+text-side peers and CLIP-LoRA at their defaults. Zero-shot is also scored on
+``emoji_subcategory_b2n``.
 
 ``--record`` appends base / new / HM per setting to ``benchmarks/results/prompt_words.csv``
 (through ``results_csv.py``: date, commit, machine, model); run
@@ -58,7 +61,25 @@ METHODS = (
     ("tomm", {"init": "backbone", "crop_scale_min": "official"}, "init {words}, crop 0.08-1"),
     ("cocoop", {"init": "backbone", "crop_scale_min": "official"}, "init {words}, crop 0.08-1"),
     ("coop", {"init": "backbone", "crop_scale_min": "official"}, "init {words}, crop 0.08-1"),
+    # starting at zero-shot: CoCoOp's Meta-Net, MaPLe's and PromptSRC's deeper text prompts
+    ("cocoop", {"init": "backbone", "meta_init": "zero"}, "init {words}, Meta-Net at zero"),
+    ("maple", {}, "default: init {words}, deeper text prompts N(0, 0.02)"),
+    ("maple", {"deep_text_init": "context"}, "init {words}, deeper text prompts from the context"),
+    ("promptsrc", {}, "default: init {words}, deeper text prompts N(0, 0.02)"),
+    (
+        "promptsrc",
+        {"deep_text_init": "context"},
+        "init {words}, deeper text prompts from the context",
+    ),
+    # the text-side peers and CLIP-LoRA at their defaults (the backbone's crop and words)
+    ("kgcoop", {}, "default: init {words}"),
+    ("prograd", {}, "default: 16 tokens, zeros before {words}"),
+    ("prograd", {"n_ctx": "words"}, "{words} alone (n_ctx = its words)"),
+    ("proda", {}, "default: 32 random prompts"),
+    ("clip_lora", {}, "default"),
 )
+#: Methods whose deep visual prompts need a ViT.
+VIT_ONLY = ("apex", "maple", "promptsrc")
 
 
 def model_label(arch: str) -> str:
@@ -83,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-root", default=os.environ.get("FEWCLIP_DATA", "data"))
     parser.add_argument("--cache-dir", default="cache")
-    parser.add_argument("--only", default="", help="run only settings containing this")
+    parser.add_argument(
+        "--only", default="", help="run only settings containing one of these (comma-separated)"
+    )
     parser.add_argument("--record", action="store_true", help="append to the results CSV")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -111,15 +134,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 settings.append((f"{task}: zero-shot, {name}", config))
         for method, options, shown in METHODS:
-            if method == "apex" and "vit" not in arch:
-                continue  # APEX's deep visual prompts need a ViT
+            if method in VIT_ONLY and "vit" not in arch:
+                continue  # deep visual prompts need a ViT
             shown = shown.format(words=f'"{words.init}" (the backbone\'s)')
             config = RunConfig(
                 method=method, dataset=TASK, backbone=arch, options=options, **common
             )
             settings.append((f"{TASK}: {method}, {shown}", config))
         for setting, config in settings:
-            if args.only and args.only not in setting:
+            if args.only and not any(part in setting for part in args.only.split(",")):
                 continue
             start = time.time()
             result = scores(run(config))

@@ -37,8 +37,10 @@ from fewclip.methods.base import accuracy
 from fewclip.methods.cocoop import CoCoOp
 from fewclip.methods.coop import CoOp
 from fewclip.methods.kgcoop import KgCoOp
+from fewclip.methods.maple import MaPLe
 from fewclip.methods.proda import ProDA
 from fewclip.methods.prograd import ProGrad
+from fewclip.methods.promptsrc import PromptSRC
 from fewclip.methods.tomm import TOMM
 from fewclip.pretrain.data import EVAL_TEMPLATE
 from fewclip.prompting.encoder_base import batch_loader
@@ -145,42 +147,51 @@ def zero_shot_logits(backbone, features, names, template):
     return backbone.logit_scale * features @ text.T
 
 
-def zero_meta_net(method):
-    """CoCoOp with its Meta-Net's output at zero: pi(x) = 0 for every image."""
-    with torch.no_grad():
-        last = method.learner.meta_net[-1]
-        last.weight.zero_()
-        last.bias.zero_()
-
-
 STARTS_AT_ZERO_SHOT = [
-    ("coop", lambda init: CoOp(init=init), None),
-    ("cocoop", lambda init: CoCoOp(init=init), zero_meta_net),
-    ("tomm", lambda init: TOMM(init=init), None),
-    ("kgcoop", lambda init: KgCoOp(init=init), None),
-    # ProGrad with M = the phrase's words (the default 16 starts with zero vectors before it)
-    ("prograd", lambda init: ProGrad(init=init, n_ctx=3 if init == BACKBONE_WORDS else 4), None),
+    ("coop", lambda init: CoOp(init=init)),
+    # CoCoOp with its Meta-Net's output at zero (pi(x) = 0; the official init is random)
+    ("cocoop", lambda init: CoCoOp(init=init, meta_init="zero")),
+    ("tomm", lambda init: TOMM(init=init)),
+    ("kgcoop", lambda init: KgCoOp(init=init)),
+    # ProGrad with M = the phrase's words (the official 16 puts zero vectors before it)
+    ("prograd", lambda init: ProGrad(init=init, n_ctx="words")),
     # ProDA with the phrase in every prompt and the class name at the end
-    ("proda", lambda init: ProDA(init=init, n_prompts=2, layout="end"), None),
+    ("proda", lambda init: ProDA(init=init, n_prompts=2, layout="end")),
 ]
 
 
-@pytest.mark.parametrize(
-    "name, make, setup", STARTS_AT_ZERO_SHOT, ids=[m[0] for m in STARTS_AT_ZERO_SHOT]
-)
+@pytest.mark.parametrize("name, make", STARTS_AT_ZERO_SHOT, ids=[m[0] for m in STARTS_AT_ZERO_SHOT])
 @pytest.mark.parametrize("init", [BACKBONE_WORDS, OFFICIAL_WORDS])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_prompt_methods_start_at_zero_shot_with_their_phrase(arch, name, make, setup, init):
+def test_prompt_methods_start_at_zero_shot_with_their_phrase(arch, name, make, init):
     backbone, images, _, names, features = emoji(arch)
     method = make(init)
     method.prepare(backbone, names, seed=1)
-    if setup:
-        setup(method)
     template = phrase_template(backbone.words, init)
     expected = zero_shot_logits(backbone, features[:48], names, template)
     torch.testing.assert_close(
         method.logits(backbone, images[:48], names), expected, atol=2e-4, rtol=1e-4
     )
+
+
+def test_cocoop_official_meta_net_starts_off_zero_shot_and_zero_starts_on_it():
+    """The official Meta-Net init (PyTorch's default) gives every context token a random
+    bias from the first image on; ``meta_init="zero"`` zeroes its last layer only (the same
+    random draws otherwise), so pi(x) = 0 and the logits are zero-shot's."""
+    backbone, images, _, names, features = emoji("tiny-emoji-vit")
+    official, zero = CoCoOp(), CoCoOp(meta_init="zero")
+    for method in (official, zero):
+        method.prepare(backbone, names, seed=1)
+    first, last = official.learner.meta_net[0], zero.learner.meta_net[-1]
+    assert torch.equal(first.weight, zero.learner.meta_net[0].weight)
+    assert not last.weight.any() and not last.bias.any()
+    assert official.learner.meta_net[-1].bias.abs().max() > 0.05
+    expected = zero_shot_logits(backbone, features[:48], names, backbone.words.template)
+    torch.testing.assert_close(zero.logits(backbone, images[:48], names), expected)
+    moved = (official.logits(backbone, images[:48], names) - expected).abs().max()
+    assert moved > 0.5, moved
+    with pytest.raises(ValueError, match="cocoop: unknown meta_init 'random'"):
+        CoCoOp(meta_init="random")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -208,6 +219,37 @@ def test_apex_starts_within_a_point_of_zero_shot():
     official = APEX(text_init=OFFICIAL_WORDS)
     official.prepare(backbone, names, seed=0)
     assert accuracy(official.logits(backbone, images, names), labels) < zs - 10.0
+
+
+@pytest.mark.parametrize("method", [MaPLe, PromptSRC], ids=["maple", "promptsrc"])
+def test_deep_prompt_methods_start_at_zero_shot_with_the_context_init(method):
+    """MaPLe and PromptSRC: with ``deep_text_init="context"`` the deeper text prompts start
+    at the context's own hidden states, so the text features are zero-shot's with the
+    phrase exactly, and accuracy (random visual prompts; mean of three seeds) is within 2
+    points of zero-shot's (measured on tiny-emoji-vit version 4: MaPLe -0.1, PromptSRC +1.5).
+    The official N(0, 0.02) deeper text prompts move the text features and start lower
+    (measured: MaPLe -3.5, PromptSRC -4.6), within a measured bound of 8 points."""
+    backbone, images, labels, names, features = emoji("tiny-emoji-vit")
+    text = backbone.encode_text([backbone.words.template.format(n) for n in names])
+    zs = accuracy(zero_shot_logits(backbone, features, names, backbone.words.template), labels)
+    starts = {}
+    for deep_text_init in ("official", "context"):
+        starts[deep_text_init] = []
+        for seed in range(3):
+            m = method(deep_text_init=deep_text_init)
+            m.prepare(backbone, names, seed=seed)
+            with torch.no_grad():
+                prompted = torch.nn.functional.normalize(m.learner.text_features(names), dim=-1)
+            if deep_text_init == "context":
+                torch.testing.assert_close(prompted, text, atol=1e-5, rtol=1e-5)
+            else:
+                assert (prompted - text).abs().max() > 1e-2
+            starts[deep_text_init].append(accuracy(m.logits(backbone, images, names), labels))
+    mean = {k: sum(v) / len(v) for k, v in starts.items()}
+    assert abs(mean["context"] - zs) <= 2.0, (starts, zs)
+    assert zs - 8.0 <= mean["official"] < mean["context"], (starts, zs)
+    with pytest.raises(ValueError, match="unknown deep_text_init 'zero'"):
+        method(deep_text_init="zero")
 
 
 # --------------------------------------------------------------------------- constants

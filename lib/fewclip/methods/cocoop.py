@@ -18,6 +18,14 @@ the text encoder as one batch (the official code loops over images). The image e
 is frozen, so image features are cached as for CoOp. Selection on val by default
 (``selection="last"``: the official behaviour). As in the official code, M counts the
 words of ``init`` (``ctx_count="tokens"``: its BPE tokens).
+
+Meta-Net init (``meta_init``): ``"official"`` (the default) keeps PyTorch's default init of
+both layers, as the official code, so pi(x) is a random bias from the first image on and
+CoCoOp does not start at zero-shot CLIP; ``"zero"`` sets W_2 = 0 and b_2 = 0, so
+pi(x) = 0 and the first logits are zero-shot's with the init phrase (the gradient still
+reaches W_2 through ReLU(W_1 f(x) + b_1), which stays random). The official init is not a
+bug and is as large on OpenAI CLIP (docs/constants.md), so it stays the default;
+docs/faithfulness.md gives the measured effect of ``"zero"``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.text_prompts import TextPromptLearner, TextTower
 from .base import register_method
+
+#: CoCoOp's Meta-Net init: "official" (PyTorch's default) or "zero" (last layer at zero).
+META_INITS = ("official", "zero")
 
 
 class MetaNet(nn.Sequential):
@@ -77,6 +88,14 @@ class CoCoOp(FeaturePromptMethod):
         epochs: int | None = 10
         eval_chunk: int = 64  # images per text-encoder batch at inference
         ctx_count: str = "words"  # init phrase: M = its words (official) or "tokens"
+        meta_init: str = "official"  # Meta-Net: "official" (random) or "zero" (pi(x) = 0)
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        if self.options.meta_init not in META_INITS:
+            raise ValueError(
+                f"cocoop: unknown meta_init {self.options.meta_init!r}; choose one of {META_INITS}"
+            )
 
     @property
     def uses_backbone_words(self) -> bool:
@@ -96,6 +115,10 @@ class CoCoOp(FeaturePromptMethod):
             count=o.ctx_count,
         )
         meta = MetaNet(backbone.embed_dim, tower.width, o.meta_reduction).to(backbone.device)
+        if o.meta_init == "zero":
+            with torch.no_grad():
+                meta[-1].weight.zero_()
+                meta[-1].bias.zero_()
         self.learner = CoCoOpLearner(prompt, meta)
         self.logit_scale = backbone.logit_scale
 

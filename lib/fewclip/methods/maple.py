@@ -28,6 +28,12 @@ n <= 4 (else ``c`` ~ N(0, 0.02)). The phrase is the backbone's own (``init="back
 CTX_INIT; ``init="official"`` keeps it whatever the backbone). ViT only, as in the
 paper: a ResNet has no token sequence to prompt (refused with one sentence).
 
+Deeper text prompts (``deep_text_init``): ``"official"`` (the default) draws q_j from
+N(0, 0.02) as the official code, so the text encoder does not start as zero-shot CLIP's
+(measured: docs/faithfulness.md); ``"context"`` starts q_j at the context's own hidden
+states (:func:`fewclip.prompting.deep_prompts.context_states`), so the text features start
+exactly at zero-shot's with the init phrase; the visual prompts F_j(q_j) stay random.
+
 Differences from the official code: the best epoch is chosen on the few-shot val split
 (``selection="last"``: the official last epoch); the coupling functions map to the
 backbone's own widths (the official code hard-codes 512 -> 768, ViT-B/16's).
@@ -45,9 +51,10 @@ from torch import nn
 
 from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
 from ..prompting.deep_prompts import (
+    DEEP_TEXT_INITS,
     Coupling,
-    DeepTextPrompts,
     check_vit,
+    deep_text_prompts,
     encode_image,
     encode_text,
 )
@@ -104,13 +111,19 @@ class MaPLeLearner(nn.Module):
     """Every learnable parameter of MaPLe: context c, deeper text prompts q, couplings F."""
 
     def __init__(
-        self, backbone: Backbone, depth: int, n_ctx: int, init: str, generator: torch.Generator
+        self,
+        backbone: Backbone,
+        depth: int,
+        n_ctx: int,
+        init: str,
+        generator: torch.Generator,
+        deep_text_init: str = "official",
     ) -> None:
         super().__init__()
         vit = check_vit(backbone.model.visual)
         self.text = context_learner(backbone, init, n_ctx, generator)
         tower = self.text.tower
-        self.deep_text = DeepTextPrompts(tower.width, depth, n_ctx, backbone.device, generator)
+        self.deep_text = deep_text_prompts(self.text, depth, deep_text_init, generator)
         width = int(vit.class_embedding.shape[0])
         self.coupling = Coupling(tower.width, width, depth).to(backbone.device)
 
@@ -147,6 +160,15 @@ class MaPLe(ReencodingMethod):
         depth: int | None = None  # J; None: 9 (cross-dataset config: 3), capped at the layers
         n_ctx: int = 2
         init: str = BACKBONE_WORDS  # "backbone", "official" ("a photo of a") or a phrase
+        deep_text_init: str = "official"  # q_j: "official" N(0, 0.02) or "context" (zero-shot)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options.deep_text_init not in DEEP_TEXT_INITS:
+            raise ValueError(
+                f"maple: unknown deep_text_init {self.options.deep_text_init!r}; choose one "
+                f"of {DEEP_TEXT_INITS}"
+            )
 
     @property
     def uses_backbone_words(self) -> bool:
@@ -174,7 +196,9 @@ class MaPLe(ReencodingMethod):
             )
         self.words = backbone.words
         phrase = init_phrase(backbone.words, self.options.init)
-        self.learner = MaPLeLearner(backbone, depth, self.options.n_ctx, phrase, generator)
+        self.learner = MaPLeLearner(
+            backbone, depth, self.options.n_ctx, phrase, generator, self.options.deep_text_init
+        )
 
     def train_loss(
         self, backbone: Backbone, images: torch.Tensor, labels: torch.Tensor

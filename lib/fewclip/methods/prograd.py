@@ -33,9 +33,10 @@ features are cached (``views``); the best epoch is chosen on val (``selection="l
 official last epoch). The gradients of both losses are taken with ``torch.autograd.grad``
 and the step runs on a surrogate whose gradient is G and whose value is L_ce.
 
-The zero vectors before the phrase put the initial prompt far from zero-shot on a model
-that never saw them (the tiny emoji models: docs/faithfulness.md); ``n_ctx`` equal to the
-phrase's words starts at zero-shot exactly.
+The zero vectors before the phrase put the initial prompt far from zero-shot (the official
+code does this on OpenAI CLIP too: its README and base-to-new script set N_CTX = 16 for
+every dataset, with CTX_INIT on); ``n_ctx="words"`` (M = the phrase's words, no zero
+vectors) starts at zero-shot exactly (measured effect: docs/faithfulness.md).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class ProGrad(FeaturePromptMethod):
 
     @dataclass
     class Options(FeaturePromptOptions):
-        n_ctx: int = 16
+        n_ctx: int | str = 16  # M; "words": the init phrase's words (starts at zero-shot)
         init: str | None = None  # None: the template's words; "backbone", "official", a phrase
         template: str | None = None  # None: the official table, else the backbone's template
         weight: float = 1.0  # lambda (LOSS.LAMBDA)
@@ -142,6 +143,8 @@ class ProGrad(FeaturePromptMethod):
     def __init__(self, **options) -> None:
         super().__init__(**options)
         o = self.options
+        if isinstance(o.n_ctx, str) and o.n_ctx != "words":
+            raise ValueError(f"prograd: n_ctx must be a number or 'words', got {o.n_ctx!r}")
         if o.weight < 0 or o.temperature <= 0:
             raise ValueError(
                 f"prograd: weight must be >= 0 and temperature > 0, got {o.weight}, {o.temperature}"
@@ -166,7 +169,8 @@ class ProGrad(FeaturePromptMethod):
         self.template = dataset_template(backbone, o.dataset, o.template, PROGRAD_TEMPLATES)
         phrase = resolve_phrase(backbone, o.init) if o.init else template_phrase(self.template)
         tower = TextTower(backbone.model)
-        self.learner = padded_phrase_learner(tower, backbone.tokenizer, phrase, o.n_ctx, generator)
+        n_ctx = count_words(phrase.replace("_", " ")) if o.n_ctx == "words" else o.n_ctx
+        self.learner = padded_phrase_learner(tower, backbone.tokenizer, phrase, n_ctx, generator)
         self.logit_scale = backbone.logit_scale
         self.zero_shot = hand_crafted_features(backbone, classnames, self.template)
 

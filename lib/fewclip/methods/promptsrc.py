@@ -40,6 +40,12 @@ tokens as the init phrase (``n_ctx_text=None``; 4 for "a photo of a", the offici
 N_CTX_TEXT: the official code would cut a shorter phrase's class name). ViT only, as in
 the paper.
 
+Deeper text prompts (``deep_text_init``): ``"official"`` (the default) draws q_j from
+N(0, 0.02) as the official code, so the text encoder does not start as zero-shot CLIP's
+(measured: docs/faithfulness.md); ``"context"`` starts q_j at the context's own hidden
+states (:func:`fewclip.prompting.deep_prompts.context_states`), so the text features start
+exactly at zero-shot's with the init phrase; the visual prompts stay N(0, 0.02).
+
 Differences from the official code: none by default beyond the capped depths on small
 models; ``gpa=False`` selects the best epoch on the few-shot val split instead.
 """
@@ -58,9 +64,10 @@ from torch import nn
 from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
 from ..data.templates import CLIP_IMAGENET_60
 from ..prompting.deep_prompts import (
-    DeepTextPrompts,
+    DEEP_TEXT_INITS,
     DeepVisualPrompts,
     check_vit,
+    deep_text_prompts,
     encode_text,
 )
 from ..prompting.encoder_base import Images, image_batches
@@ -152,13 +159,11 @@ class PromptSRCLearner(nn.Module):
         n_vision: int,
         init: str,
         generator: torch.Generator,
+        deep_text_init: str = "official",
     ) -> None:
         super().__init__()
         self.text = context_learner(backbone, init, n_text, generator)
-        tower = self.text.tower
-        self.deep_text = DeepTextPrompts(
-            tower.width, depth_text, n_text, backbone.device, generator
-        )
+        self.deep_text = deep_text_prompts(self.text, depth_text, deep_text_init, generator)
         self.visual = DeepVisualPrompts(backbone.model.visual, depth_vision, n_vision, generator)
 
     def text_features(self, classnames: Sequence[str]) -> torch.Tensor:
@@ -196,6 +201,7 @@ class PromptSRC(ReencodingMethod):
         n_ctx_vision: int = 4
         n_ctx_text: int | None = None  # None: the phrase's tokens (4: "a photo of a")
         init: str = BACKBONE_WORDS  # "backbone", "official" ("a photo of a") or a phrase
+        deep_text_init: str = "official"  # q_j: "official" N(0, 0.02) or "context" (zero-shot)
         text_weight: float = 25.0  # lambda_t
         image_weight: float = 10.0  # lambda_z
         gpa: bool = True  # Gaussian prompt aggregation (False: epoch selection)
@@ -205,6 +211,11 @@ class PromptSRC(ReencodingMethod):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
+        if self.options.deep_text_init not in DEEP_TEXT_INITS:
+            raise ValueError(
+                f"promptsrc: unknown deep_text_init {self.options.deep_text_init!r}; choose "
+                f"one of {DEEP_TEXT_INITS}"
+            )
         self.frozen_text: torch.Tensor | None = None
         self._gpa_state: dict[str, torch.Tensor] | None = None
 
@@ -265,6 +276,7 @@ class PromptSRC(ReencodingMethod):
             o.n_ctx_vision,
             phrase,
             generator,
+            o.deep_text_init,
         )
 
     # ------------------------------------------------------------------ training

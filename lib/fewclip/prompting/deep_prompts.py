@@ -33,6 +33,16 @@ j = 2..J replaces the outputs at the context positions 1..n by its own tokens ``
 With the causal mask no position sees a later one, so :func:`encode_text` may cut the
 sequence after the last EOT as :class:`~fewclip.prompting.text_prompts.TextTower` does.
 
+The official codes draw ``q_j ~ N(0, 0.02)`` (``DEEP_TEXT_INITS`` "official"), so the
+prompted text encoder does not start as the plain one. For the same reason (the causal
+mask), the hidden states at the context positions 1..n do not depend on the class name:
+
+    q_j = y_{j-1}[1..n] of [SOS, c_1..c_n]        for 1 < j <= J     ("context")
+
+which :func:`context_states` computes once, makes every replacement a no-op at
+initialisation: the text features are exactly the plain prompt's (zero-shot CLIP's with
+the init phrase), and training starts from there.
+
 MaPLe's coupling (Khattak et al., CVPR 2023): the visual prompts are functions of the text
 prompts, ``p_1 = F_1(c)``, ``p_j = F_j(q_j)``, each ``F_j`` a linear map (w_t -> w) of its
 own (:class:`Coupling`; the official code clones one randomly initialised map for the
@@ -54,7 +64,7 @@ from torch import nn
 if TYPE_CHECKING:  # open_clip is imported where it is used: its import takes seconds
     from open_clip.transformer import VisionTransformer
 
-    from .text_prompts import TextTower
+    from .text_prompts import TextPromptLearner, TextTower
 
 #: Prompts of the J layers: a (J, n, w) tensor or J tensors (n, w) (e.g. coupled ones).
 LayerPrompts = torch.Tensor | Sequence[torch.Tensor]
@@ -183,9 +193,14 @@ def _global_pool(vit: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor,
 # --------------------------------------------------------------------------- text side
 
 
+#: How the deeper text prompts start: "official" (N(0, 0.02)) or "context" (the context's own
+#: hidden states, so the text encoder starts as the plain prompt; see the module docstring).
+DEEP_TEXT_INITS = ("official", "context")
+
+
 class DeepTextPrompts(nn.Module):
-    """Learnable text prompts (J - 1, n, w_t) of layers 2..J, N(0, 0.02) (layer 1's are the
-    context of the prompt learner)."""
+    """Learnable text prompts (J - 1, n, w_t) of layers 2..J, N(0, 0.02) unless ``init``
+    (J - 1, n, w_t) is given (layer 1's are the context of the prompt learner)."""
 
     def __init__(
         self,
@@ -194,15 +209,71 @@ class DeepTextPrompts(nn.Module):
         length: int,
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
+        init: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"text prompt depth J={depth} must be at least 1")
-        init = torch.randn(depth - 1, length, width, generator=generator) * 0.02
-        self.prompts = nn.Parameter(init.to(device))
+        random = torch.randn(depth - 1, length, width, generator=generator) * 0.02
+        if init is not None:
+            if init.shape != random.shape:
+                raise ValueError(
+                    f"deep text prompts init has shape {tuple(init.shape)}, expected "
+                    f"{tuple(random.shape)} (J - 1, n, w_t)"
+                )
+            random = init.detach().float().cpu()
+        self.prompts = nn.Parameter(random.to(device))
+
+
+@torch.no_grad()
+def context_states(tower: TextTower, sos: torch.Tensor, ctx: torch.Tensor, depth: int):
+    """SOS embedding (w_t,) and context (n, w_t) -> (J - 1, n, w_t): the hidden states at the
+    context positions 1..n entering layers 2..J of the plain text transformer, i.e. what
+    :func:`encode_text` would carry there without deeper prompts. With the causal mask they
+    do not depend on what follows the context (the class name), so deeper prompts equal to
+    them leave every class's text feature unchanged."""
+    if not tower.causal:
+        raise ValueError(
+            "deep_text_init='context' needs a causal text encoder (the context's hidden "
+            "states would depend on the class name); use deep_text_init='official'"
+        )
+    n = ctx.shape[0]
+    cast = tower.transformer.get_cast_dtype()
+    x = torch.cat([sos.reshape(1, -1), ctx.to(sos.dtype)]).unsqueeze(0).to(cast)  # (1, 1+n, w)
+    x = x + tower.positional_embedding[: 1 + n].to(cast)
+    mask = tower.attn_mask[: 1 + n, : 1 + n]
+    batch_first = getattr(tower.transformer, "batch_first", True)
+    states = []
+    for block in list(tower.transformer.resblocks)[: depth - 1]:
+        x = block(x if batch_first else x.transpose(0, 1), attn_mask=mask)
+        x = x if batch_first else x.transpose(0, 1)
+        states.append(x[0, 1:].float())
+    if not states:
+        return torch.zeros(0, n, ctx.shape[-1], device=ctx.device)
+    return torch.stack(states)
 
     def forward(self) -> torch.Tensor:
         return self.prompts
+
+
+def deep_text_prompts(
+    learner: TextPromptLearner,
+    depth: int,
+    init: str = "official",
+    generator: torch.Generator | None = None,
+) -> DeepTextPrompts:
+    """The deeper text prompts (J - 1, n, w_t) after the context of ``learner`` (n tokens):
+    ``init`` "official" draws them from N(0, 0.02); "context" starts them at the context's
+    own hidden states (:func:`context_states`). The random draw is made either way, so the
+    draws after it do not depend on ``init``."""
+    if init not in DEEP_TEXT_INITS:
+        raise ValueError(f"unknown deep_text_init {init!r}; choose one of {DEEP_TEXT_INITS}")
+    tower = learner.tower
+    states = None
+    if init == "context" and depth > 1:
+        sos = tower.embed(learner.tokenizer([""]))[0, 0]
+        states = context_states(tower, sos, learner.ctx.detach(), depth)
+    return DeepTextPrompts(tower.width, depth, learner.n_ctx, tower.device, generator, init=states)
 
 
 def encode_text(
