@@ -76,6 +76,7 @@ METHODS = (
     ("prograd", {}, "default: 16 tokens, zeros before {words}"),
     ("prograd", {"n_ctx": "words"}, "{words} alone (n_ctx = its words)"),
     ("proda", {}, "default: 32 random prompts"),
+    ("proda", {"init": "backbone"}, "32 prompts from {words}"),
     ("clip_lora", {}, "default"),
 )
 #: Methods whose deep visual prompts need a ViT.

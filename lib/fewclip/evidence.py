@@ -825,7 +825,18 @@ BELOW_ZERO_SHOT_CAUSES = {
         "its Meta-Net's last layer has PyTorch's random init, as in the official code, so "
         "every context token starts shifted by a random bias about 3x its own size and "
         "CoCoOp starts below zero-shot; on tiny-emoji-vit version 4 that layer at zero "
-        "gives base 48.5% against 34.3% (docs/constants.md)"
+        "(option meta_init='zero') gives base 48.5% against 34.3% (docs/constants.md)"
+    ),
+    "prograd": (
+        "its official 16 context vectors start as zero vectors before the init phrase, far "
+        "from zero-shot (tiny-emoji-vit version 4 at initialisation: 20.3% against 41.0%); "
+        "the phrase alone (option n_ctx='words') starts at zero-shot and ends at base 51.5% "
+        "against 24.3% (docs/constants.md)"
+    ),
+    "proda": (
+        "its prompts start random (the paper's init), not at zero-shot; every prompt from "
+        "the backbone's phrase (option init='backbone') is the measured alternative "
+        "(docs/constants.md)"
     ),
 }
 
