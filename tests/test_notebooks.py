@@ -202,6 +202,16 @@ def outputs(notebook, kind: str) -> list:
     return found
 
 
+def leaked(notebook) -> list[str]:
+    """Plain-text results a hidden-code page would show with nothing around them (a helper's
+    return value at the end of a cell, e.g. a string or a list)."""
+    return [
+        o["data"]["text/plain"][:80]
+        for o in outputs(notebook, "execute_result")
+        if set(o.get("data", {})) == {"text/plain"}
+    ]
+
+
 def text_of(notebook) -> str:
     return "\n".join(outputs(notebook, "text/markdown") + outputs(notebook, "text/html"))
 
@@ -245,6 +255,7 @@ def test_clip_adapter_notebook(env, tmp_path):
     )
     text = text_of(notebook)
     assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
+    assert not leaked(notebook)
     assert "Conclusions (from the numbers below)" in text and "Setup." in text
     assert "Shots per class: 1, 2." in text  # the text says what ran
 
@@ -332,6 +343,7 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     assert (versus["n_seeds"] == 2).all() and (versus["ci_low"] <= versus["diff"]).all()
     assert (out / "peers.png").is_file()
     assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
+    assert not leaked(notebook)
     assert "Conclusions (from the numbers below)" in text and "Setup." in text
     assert "NaN" not in text
 
@@ -390,6 +402,7 @@ def test_difficulty_notebook(env, tmp_path):
     assert "prograd" in versus and "folder:squares_b" in versus
     text = text_of(notebook)
     assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
+    assert not leaked(notebook)
     assert "Conclusions (from the numbers below)" in text and "Setup." in text
     assert "Out[" not in text and "NaN" not in text
 
@@ -423,6 +436,7 @@ def test_mutual_notebook(env, tmp_path):
     assert (ablations["ci_low"] <= ablations["mean"]).all()
     text = text_of(notebook)
     assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
+    assert not leaked(notebook)
     assert "Conclusions (from the numbers below)" in text and "Setup." in text
     assert "NaN" not in text
     assert (ablations["mean"] <= ablations["ci_high"]).all()
@@ -525,6 +539,7 @@ def test_claims_notebook(env, tmp_path):
     assert set(store["method"]) >= {"clip_adapter", "zero_shot"}
     text = text_of(notebook)
     assert text.count("Welch-Satterthwaite") == 1  # the interval's method is stated once
+    assert not leaked(notebook)
     assert "Conclusions (from the numbers below)" in text and "2 claims:" in text
     assert "background-color" in text  # verdicts keep their colours in the one table style
 

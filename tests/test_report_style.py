@@ -102,9 +102,12 @@ def test_sentences_come_from_the_numbers():
     assert "no difference resolved" in nb.difference_sentence(row)
     row.update(diff=2.0, ci_low=0.5, ci_high=3.5)
     assert "APEX is ahead" in nb.difference_sentence(row)
-    assert nb.show_conclusions([]) == [
+    text, said = nb.conclusions_text(["First.", "", "Second."])
+    assert said == ["First.", "Second."] and text.endswith("- First.\n- Second.")
+    assert nb.conclusions_text([])[1] == [
         "No conclusion: no comparison finished (see the failed runs below)."
     ]
+    assert "Welch-Satterthwaite" in nb.how_to_read_text("A note.")
 
 
 # --------------------------------------------------------------------------- figures

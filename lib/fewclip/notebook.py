@@ -719,14 +719,12 @@ def show_table(
     caption: str = "",
     digits: Any = 1,
     colours: dict[str, dict[str, str]] | None = None,
-) -> Table:
+) -> None:
     """Display ``frame`` in the report style (:class:`Table`; ``colours``: column -> cell
-    value -> CSS); returns the Table."""
+    value -> CSS). Returns None, so a call that ends a cell shows the table once."""
     from IPython.display import display
 
-    table = Table(frame, caption, digits, colours)
-    display(table)
-    return table
+    display(Table(frame, caption, digits, colours))
 
 
 #: Output metadata key of :func:`show_conclusions` (fewclip.reports opens the page with them).
@@ -739,11 +737,19 @@ HOW_TO_READ_METADATA = "fewclip_how_to_read"
 LINKS = "[All reports (index)](index.html) · [Claims ledger](claims.html)"
 
 
-def how_to_read(*notes: str, intervals: bool = True) -> str:
-    """Display the report's one "how to read this" box: the table format, the interval's
-    method (stated here once, not under every table), the missing-value symbol, ``notes``."""
+def how_to_read(*notes: str, intervals: bool = True) -> None:
+    """Display the report's one "how to read this" box (:func:`how_to_read_text`)."""
     from IPython.display import Markdown, display
 
+    display(
+        Markdown(how_to_read_text(*notes, intervals=intervals)),
+        metadata={HOW_TO_READ_METADATA: True},
+    )
+
+
+def how_to_read_text(*notes: str, intervals: bool = True) -> str:
+    """The "how to read this" box: the table format, the interval's method (stated here
+    once, not under every table), the missing-value symbol, ``notes``."""
     from .evidence import INTERVAL_METHOD
 
     lines = ["**How to read this report.**"]
@@ -758,26 +764,26 @@ def how_to_read(*notes: str, intervals: bool = True) -> str:
         "intervals as the tables, clipped to [0, 100]."
     )
     lines += list(notes)
-    text = "\n".join("> " + line + "\n>" for line in lines).rstrip(">\n")
-    display(Markdown(text), metadata={HOW_TO_READ_METADATA: True})
-    return text
+    return "\n".join("> " + line + "\n>" for line in lines).rstrip(">\n")
 
 
-def show_conclusions(sentences: Sequence[str]) -> list[str]:
-    """Display the report's conclusions (sentences the notebook wrote from its numbers),
-    tagged so that the published page opens with them; returns them."""
-    from IPython.display import Markdown, display
-
+def conclusions_text(sentences: Sequence[str]) -> tuple[str, list[str]]:
+    """The conclusions box (Markdown) and the sentences it says (empty ones left out; a
+    sentence saying so where none is left)."""
     said = [s for s in sentences if s]
     if not said:
         said = ["No conclusion: no comparison finished (see the failed runs below)."]
-    display(
-        Markdown(
-            "**Conclusions (from the numbers below).**\n\n" + "\n".join(f"- {s}" for s in said)
-        ),
-        metadata={CONCLUSIONS_METADATA: said},
-    )
-    return said
+    text = "**Conclusions (from the numbers below).**\n\n" + "\n".join(f"- {s}" for s in said)
+    return text, said
+
+
+def show_conclusions(sentences: Sequence[str]) -> None:
+    """Display the report's conclusions (sentences the notebook wrote from its numbers),
+    tagged so that the published page opens with them."""
+    from IPython.display import Markdown, display
+
+    text, said = conclusions_text(sentences)
+    display(Markdown(text), metadata={CONCLUSIONS_METADATA: said})
 
 
 def interval_text(row: Any, digits: int = 1) -> str:
@@ -870,7 +876,7 @@ def show_setup(
     shots: Any = None,
     seeds: Sequence[int] = (),
     notes: Sequence[str] = (),
-) -> str:
+) -> None:
     """Display the setup that ran: model and checkpoint, tasks with their class and
     test-image counts (from ``frame``'s run records), shots, seeds, ``notes`` (what else a
     reader needs: epochs, views, validation), and links to the index and the ledger."""
@@ -879,7 +885,11 @@ def show_setup(
     lines = [
         "**Setup.**",
         "",
-        f"- Model: {checkpoint_line(backbone, pretrained)}; {model_tag(backbone, pretrained)}.",
+        f"- Model: {checkpoint_line(backbone, pretrained)}"
+        + {
+            "random": ": numbers are NOT meaningful.",
+            "toy": ", a toy-scale CLIP pretrained by fewclip (NOT OpenAI CLIP).",
+        }.get(model_kind(backbone, pretrained), "."),
     ]
     if shots is not None:
         shown = ", ".join(map(str, shots)) if isinstance(shots, (list, tuple)) else shots
@@ -894,4 +904,3 @@ def show_setup(
         tasks = tasks_table(frame)
         if len(tasks):
             show_table(tasks, "Tasks: classes and test images (from the run records)")
-    return text
