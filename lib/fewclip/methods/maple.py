@@ -49,18 +49,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
+from ..backbones import Backbone
 from ..prompting.deep_prompts import (
-    DEEP_TEXT_INITS,
     Coupling,
     check_vit,
     deep_text_prompts,
     encode_image,
     encode_text,
 )
-from ..prompting.encoder_base import Images, image_batches
-from ..prompting.reencoding import TRANSFER_PROTOCOLS, ReencodingMethod, ReencodingOptions
-from ..prompting.text_prompts import TextPromptLearner, TextTower, count_tokens
+from ..prompting.ivlp import IVLPMethod, IVLPOptions, context_learner
+from ..prompting.reencoding import TRANSFER_PROTOCOLS
+from ..prompting.text_prompts import TextTower
 from .base import register_method
 
 #: The official configs: options left at None take these values.
@@ -89,22 +88,6 @@ def tower_depth(backbone: Backbone) -> int:
     vit = check_vit(backbone.model.visual)
     tower = TextTower(backbone.model)
     return min(len(vit.transformer.resblocks), len(tower.transformer.resblocks))
-
-
-def context_learner(
-    backbone: Backbone, init: str, n_ctx: int, generator: torch.Generator
-) -> TextPromptLearner:
-    """The official rule: the phrase's first ``n_ctx`` tokens when n_ctx <= 4 and the phrase
-    has that many tokens, else ``n_ctx`` random N(0, 0.02) vectors (shown as "X X ...")."""
-    tower = TextTower(backbone.model)
-    use_phrase = bool(init) and n_ctx <= 4 and n_ctx <= count_tokens(backbone.tokenizer, init)
-    return TextPromptLearner(
-        tower,
-        backbone.tokenizer,
-        init=init if use_phrase else None,
-        n_ctx=n_ctx,
-        generator=generator,
-    )
 
 
 class MaPLeLearner(nn.Module):
@@ -147,7 +130,7 @@ class MaPLeLearner(nn.Module):
 
 
 @register_method
-class MaPLe(ReencodingMethod):
+class MaPLe(IVLPMethod):
     """Multi-modal deep prompts, the visual ones coupled to the text ones."""
 
     name = "maple"
@@ -156,24 +139,9 @@ class MaPLe(ReencodingMethod):
     CONFIGS = CONFIGS
 
     @dataclass
-    class Options(ReencodingOptions):
+    class Options(IVLPOptions):
         depth: int | None = None  # J; None: 9 (cross-dataset config: 3), capped at the layers
         n_ctx: int = 2
-        init: str = BACKBONE_WORDS  # "backbone", "official" ("a photo of a") or a phrase
-        deep_text_init: str = "official"  # q_j: "official" N(0, 0.02) or "context" (zero-shot)
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        if self.options.deep_text_init not in DEEP_TEXT_INITS:
-            raise ValueError(
-                f"maple: unknown deep_text_init {self.options.deep_text_init!r}; choose one "
-                f"of {DEEP_TEXT_INITS}"
-            )
-
-    @property
-    def uses_backbone_words(self) -> bool:
-        """Whether the init phrase comes from the backbone (the run key then includes it)."""
-        return self.options.init == BACKBONE_WORDS
 
     def config_name(self) -> str:
         if self.options.protocol in TRANSFER_PROTOCOLS:
@@ -194,34 +162,17 @@ class MaPLe(ReencodingMethod):
             raise ValueError(
                 f"maple: depth must be in [1, {layers}] for this backbone, got {depth}"
             )
-        self.words = backbone.words
-        phrase = init_phrase(backbone.words, self.options.init)
-        self.learner = MaPLeLearner(
-            backbone, depth, self.options.n_ctx, phrase, generator, self.options.deep_text_init
-        )
+        o = self.options
+        phrase = self.phrase(backbone)
+        self.learner = MaPLeLearner(backbone, depth, o.n_ctx, phrase, generator, o.deep_text_init)
 
     def train_loss(
         self, backbone: Backbone, images: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        learner = self._check_fitted()
-        t = F.normalize(learner.text_features(self.train_classnames).float(), dim=-1)
-        z = F.normalize(learner.image_features(backbone.model.visual, images).float(), dim=-1)
+        t, z = self.features(backbone, images, self.train_classnames)
         return F.cross_entropy(backbone.logit_scale * z @ t.T, labels)
-
-    @torch.no_grad()
-    def logits(self, backbone: Backbone, images: Images, classnames: Sequence[str]) -> torch.Tensor:
-        learner = self._check_fitted()
-        with backbone.autocast():
-            t = F.normalize(learner.text_features(classnames).float(), dim=-1)
-        out = []
-        for batch in image_batches(backbone, images):
-            with backbone.autocast():
-                z = learner.image_features(backbone.model.visual, batch.to(backbone.device))
-            out.append(backbone.logit_scale * F.normalize(z.float(), dim=-1) @ t.T)
-        return torch.cat(out)
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
         result.chosen["depth"] = self._check_fitted().depth
-        result.notes.append(words_note(self.name, self.words, self.options.init))
         return result

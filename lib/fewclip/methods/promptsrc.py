@@ -61,20 +61,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
+from ..backbones import Backbone
 from ..data.templates import CLIP_IMAGENET_60
 from ..prompting.deep_prompts import (
-    DEEP_TEXT_INITS,
     DeepVisualPrompts,
     check_vit,
     deep_text_prompts,
     encode_text,
 )
-from ..prompting.encoder_base import Images, image_batches
-from ..prompting.reencoding import TRANSFER_PROTOCOLS, ReencodingMethod, ReencodingOptions
+from ..prompting.ivlp import IVLPMethod, IVLPOptions, context_learner
+from ..prompting.reencoding import TRANSFER_PROTOCOLS
 from ..prompting.text_prompts import TextTower, count_tokens
 from .base import FitResult, register_method
-from .maple import context_learner
 
 _COMMON = {"lr": 0.0025, "batch_size": 4, "warmup_type": "constant", "warmup_lr": 1e-5}
 #: The official configs: options left at None take these values.
@@ -172,6 +170,10 @@ class PromptSRCLearner(nn.Module):
         embeddings = prompts.assemble(self.text.ctx)
         return encode_text(self.text.tower, embeddings, prompts.ids, self.deep_text.prompts)
 
+    def image_features(self, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, d) un-normalised features of the deep-prompted image encoder."""
+        return self.visual(visual, images)
+
 
 @torch.no_grad()
 def frozen_text_features(backbone: Backbone, classnames: Sequence[str]) -> torch.Tensor:
@@ -186,7 +188,7 @@ def frozen_text_features(backbone: Backbone, classnames: Sequence[str]) -> torch
 
 
 @register_method
-class PromptSRC(ReencodingMethod):
+class PromptSRC(IVLPMethod):
     """Deep prompts in both encoders, self-regulated by the frozen model, averaged by GPA."""
 
     name = "promptsrc"
@@ -195,13 +197,11 @@ class PromptSRC(ReencodingMethod):
     CONFIGS = CONFIGS
 
     @dataclass
-    class Options(ReencodingOptions):
+    class Options(IVLPOptions):
         depth_vision: int | None = None  # J_v; None: the config's (9, or 3 cross-dataset)
         depth_text: int | None = None  # J_t; None: the config's (9, or 3 cross-dataset)
         n_ctx_vision: int = 4
         n_ctx_text: int | None = None  # None: the phrase's tokens (4: "a photo of a")
-        init: str = BACKBONE_WORDS  # "backbone", "official" ("a photo of a") or a phrase
-        deep_text_init: str = "official"  # q_j: "official" N(0, 0.02) or "context" (zero-shot)
         text_weight: float = 25.0  # lambda_t
         image_weight: float = 10.0  # lambda_z
         gpa: bool = True  # Gaussian prompt aggregation (False: epoch selection)
@@ -211,18 +211,8 @@ class PromptSRC(ReencodingMethod):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        if self.options.deep_text_init not in DEEP_TEXT_INITS:
-            raise ValueError(
-                f"promptsrc: unknown deep_text_init {self.options.deep_text_init!r}; choose "
-                f"one of {DEEP_TEXT_INITS}"
-            )
         self.frozen_text: torch.Tensor | None = None
         self._gpa_state: dict[str, torch.Tensor] | None = None
-
-    @property
-    def uses_backbone_words(self) -> bool:
-        """Whether the init phrase comes from the backbone (the run key then includes it)."""
-        return self.options.init == BACKBONE_WORDS
 
     def config_name(self) -> str:
         protocol = self.options.protocol
@@ -263,8 +253,7 @@ class PromptSRC(ReencodingMethod):
                     f"{depths[key]}"
                 )
         self.depths = depths
-        self.words = backbone.words
-        phrase = init_phrase(backbone.words, o.init)
+        phrase = self.phrase(backbone)
         n_text = o.n_ctx_text
         if n_text is None:
             n_text = count_tokens(backbone.tokenizer, phrase) if phrase else 4
@@ -290,10 +279,8 @@ class PromptSRC(ReencodingMethod):
     def train_loss(
         self, backbone: Backbone, images: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        learner = self._check_fitted()
         s = backbone.logit_scale
-        t = F.normalize(learner.text_features(self.train_classnames).float(), dim=-1)
-        z = F.normalize(learner.visual(backbone.model.visual, images).float(), dim=-1)
+        t, z = self.features(backbone, images, self.train_classnames)
         logits = s * z @ t.T
         with torch.no_grad():
             z0 = F.normalize(backbone.model.encode_image(images).float(), dim=-1)
@@ -333,19 +320,4 @@ class PromptSRC(ReencodingMethod):
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
         result.chosen.update(self.depths)
-        result.notes.append(words_note(self.name, self.words, self.options.init))
         return result
-
-    # ------------------------------------------------------------------ inference
-
-    @torch.no_grad()
-    def logits(self, backbone: Backbone, images: Images, classnames: Sequence[str]) -> torch.Tensor:
-        learner = self._check_fitted()
-        with backbone.autocast():
-            t = F.normalize(learner.text_features(classnames).float(), dim=-1)
-        out = []
-        for batch in image_batches(backbone, images):
-            with backbone.autocast():
-                z = learner.visual(backbone.model.visual, batch.to(backbone.device))
-            out.append(backbone.logit_scale * F.normalize(z.float(), dim=-1) @ t.T)
-        return torch.cat(out)
