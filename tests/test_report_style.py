@@ -68,7 +68,7 @@ def test_table_html_never_wraps_or_truncates_numbers():
     table = nb.Table(pd.DataFrame({"comparison": [long], "effect": [1.23456]}), "Caption")
     html = table._repr_html_()
     assert long in html and "..." not in html  # no display.max_colwidth cut
-    assert "white-space:nowrap" in html and "<caption>Caption</caption>" in html
+    assert "white-space:nowrap" in html and "<b>Caption</b>" in html
     assert "<th>0</th>" not in html and "1.2" in html
     assert "Caption" in repr(table) and long in repr(table)
 

@@ -606,7 +606,7 @@ TABLE_CSS = (
     "table.fewclip-table td{white-space:nowrap;text-align:right;padding:2px 8px}"
     "table.fewclip-table th{overflow-wrap:normal;word-break:keep-all;padding:2px 8px;"
     "text-align:left}"
-    "table.fewclip-table caption{caption-side:top;text-align:left;font-weight:bold}</style>"
+    "p.fewclip-caption{margin:0.8em 0 0.2em 0;max-width:60em}</style>"
 )
 
 
@@ -689,7 +689,6 @@ class Table:
         self.text = table_text(frame, digits)
 
     def _repr_html_(self) -> str:
-        import html
 
         if self.colours:  # cells coloured by value (e.g. verdicts): through a Styler
             styler = self.text.style.hide(axis="index").set_table_attributes(
@@ -698,15 +697,17 @@ class Table:
             for column, css in self.colours.items():
                 if header(column) in self.text.columns:
                     styler = styler.map(lambda v, css=css: css.get(v, ""), subset=[header(column)])
-            if self.caption:
-                styler = styler.set_caption(self.caption)
-            return TABLE_CSS + styler.to_html()
+            return TABLE_CSS + self._caption_html() + styler.to_html()
         body = self.text.to_html(index=False, escape=True, classes="fewclip-table", border=0)
-        if self.caption:
-            body = body.replace(">", f"><caption>{html.escape(self.caption)}</caption>", 1).replace(
-                "<caption>", "\n<caption>", 1
-            )
-        return TABLE_CSS + body
+        return TABLE_CSS + self._caption_html() + body
+
+    def _caption_html(self) -> str:
+        """The caption above the table, as wide as the page (not the table)."""
+        import html
+
+        if not self.caption:
+            return ""
+        return f'<p class="fewclip-caption"><b>{html.escape(self.caption)}</b></p>'
 
     def __repr__(self) -> str:
         with pd.option_context("display.max_colwidth", None, "display.width", 10_000):
