@@ -371,15 +371,29 @@ def test_difficulty_notebook(env, tmp_path):
         maple_epochs=1,
         clip_adapter_epochs=1,
         augment_views=1,
+        dataset_map={
+            "fashion_mnist": "folder:squares_b",
+            "tuxpaint_photos": "folder:squares_b",
+            "emoji_openmoji_subcategory": "folder:squares",
+        },
     )
     assert not outputs(notebook, "error")
+    # the ledger's APEX claims at the ledger's configuration (4 epochs), as the claims report
+    ledger = pd.read_csv(out / "ledger_verdicts.csv")
+    assert set(ledger["id"]) == set(claims.load().query("paper == 'apex'")["id"])
+    apex_epochs = store.loc[store["method"] == "apex", "config"].map(
+        lambda c: c["options"]["epochs"]
+    )
+    assert set(apex_epochs) == {2, 4}  # the report's own (labelled extra) and the ledger's
+    assert "Extra setting, not the ledger's configuration" in text_of(notebook)
     difficulty = pd.read_csv(out / "difficulty.csv")
     assert set(difficulty["dataset"]) == {"folder:squares", "folder:squares_b"}
     assert (difficulty["RTD"] > 0).all() and difficulty["separability (intra/inter)"].notna().all()
     b2n = store[store["protocol"] == "base_to_new"]
     # one APEX training per seed serves every ensemble setting
     assert set(b2n["method"]) == {"apex", "coop", "prograd", "maple", "zero_shot"}
-    assert (b2n["method"] == "apex").sum() == 2 and b2n["hm"].notna().all()
+    report = b2n[b2n["config"].map(lambda c: c["options"].get("epochs") != 4)]
+    assert (report["method"] == "apex").sum() == 2 and b2n["hm"].notna().all()
     hm = pd.read_csv(out / "base_to_new_HM.csv")
     assert {"APEX (both)", "APEX (none)", "coop", "maple", "zero_shot"} <= set(hm["label"])
     assert (hm["ci_low"] <= hm["mean"]).all() and (hm["mean"] <= hm["ci_high"]).all()
@@ -419,11 +433,15 @@ def test_mutual_notebook(env, tmp_path):
         epochs=2,
         seeds=[1, 2],
         map_images=2,
+        dataset_map={"emoji_name_b2n": "folder:squares", "emoji_subcategory_b2n": "folder:squares"},
     )
     assert not outputs(notebook, "error")
     assert "OUR INTERPRETATION" in text_of(notebook)
     ablations = {"CoOp", "CoCoOp", "CTP only", "TFT only", "CTP + TFT"}
     # TOMM's peers beside it, and zero-shot ("": no variant) for the base check
+    ledger = pd.read_csv(out / "ledger_verdicts.csv")  # TOMM's claims, the ledger's settings
+    assert set(ledger["id"]) == set(claims.load().query("paper == 'tomm'")["id"])
+    store = store[store["config"].map(lambda c: c["options"].get("epochs") != 4)]
     assert set(store["variant"]) == ablations | {"KgCoOp", "ProDA", ""}
     methods = dict(zip(store["variant"], store["method"], strict=True))
     assert methods[""] == "zero_shot"
