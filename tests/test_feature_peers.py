@@ -16,6 +16,7 @@ from fewclip.methods.ape import (
     channel_criterion,
     inter_class_similarity,
     key_divergence,
+    key_divergence_one_hot,
     scaled_count,
 )
 from fewclip.methods.base import FeatureData, accuracy
@@ -199,6 +200,18 @@ def test_ape_divergence_hand_computed():
     p = torch.softmax(torch.eye(2), 1)[0, 0]  # each key's own class: e / (e + 1)
     expected = math.log2((1 + 1e-6) / (float(p) + 1e-6))
     torch.testing.assert_close(key_divergence(keys, text, values), torch.full((2,), expected))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ape_divergence_one_hot_equals_the_plain_formula(seed):
+    """The one-hot form gives the plain sum over classes bit for bit (shuffled labels,
+    sharp and flat predictions)."""
+    g = torch.Generator().manual_seed(seed)
+    keys = F.normalize(torch.randn(60, 16, generator=g), dim=-1)
+    text = F.normalize(torch.randn(16, 7, generator=g), dim=0) * (1 + 20 * seed)
+    labels = torch.randint(0, 7, (60,), generator=g)
+    plain = key_divergence(keys, text, F.one_hot(labels, 7).float())
+    assert torch.equal(key_divergence_one_hot(keys, text, labels), plain)
 
 
 def test_ape_search_is_the_official_triple_loop(synthetic):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fewclip.methods.kernels.search import candidate_classes, candidate_mask
 from fewclip.methods.search import (
     MIN_BLOCK_ROWS,
     block_shape,
-    candidate_classes,
-    candidate_mask,
     count_correct,
     grid_search,
     grid_search_chunked,
@@ -267,12 +266,12 @@ def near_tie_components(n=200, seed=0):
 def test_intervals_count_exactly_what_every_alpha_counts(seed):
     """The interval count equals the full evaluation of every (alpha, lam) on rows whose
     lead is within rounding of zero; without its rounding margin it does not."""
-    from fewclip.methods.search import (
+    from fewclip.methods.kernels.search import (
         INTERVAL_ULPS,
-        _count_block,
-        _count_by_intervals,
+        count_by_intervals,
         rounding_margin,
     )
+    from fewclip.methods.search import _count_block
 
     comp, labels = near_tie_components(seed=seed)
     alphas, lams = torch.tensor(linear_grid(0, 7, 40)), torch.tensor(linear_grid(0.6, 1.0, 20))
@@ -282,7 +281,7 @@ def test_intervals_count_exactly_what_every_alpha_counts(seed):
 
     def by_intervals(ulps):
         margin = rounding_margin(comp, alphas, lams, ulps=ulps)
-        return _count_by_intervals(comp, dual_combine, labels, alphas, lams, margin, groups, 1)
+        return count_by_intervals(comp, dual_combine, labels, alphas, lams, margin, groups, 1)
 
     assert torch.equal(by_intervals(INTERVAL_ULPS), full)
     assert not torch.equal(by_intervals(0), full)  # the float64 lines alone misjudge ties
@@ -306,12 +305,12 @@ def test_intervals_switch_and_unsorted_alphas_give_the_same_counts():
 
 def test_intervals_with_non_finite_rows_count_as_the_grid_does():
     """A NaN or inf in a row's components leaves that row to the exact evaluation."""
-    from fewclip.methods.search import (
+    from fewclip.methods.kernels.search import (
         INTERVAL_ULPS,
-        _count_block,
-        _count_by_intervals,
+        count_by_intervals,
         rounding_margin,
     )
+    from fewclip.methods.search import _count_block
 
     components, labels = random_components(n=40, c=5, seed=3)
     comp = tuple(c.clone() for c in components(1.0))
@@ -323,7 +322,7 @@ def test_intervals_with_non_finite_rows_count_as_the_grid_does():
     margin = rounding_margin(comp, alphas, lams, ulps=INTERVAL_ULPS)
     logits = dual_combine(comp, alphas.view(-1, 1, 1, 1), lams.view(1, -1, 1, 1))
     argmax_counts = (logits.argmax(-1) == labels).sum(-1)  # (A, L), the loop's test
-    intervals = _count_by_intervals(comp, dual_combine, labels, alphas, lams, margin, groups, 1)
+    intervals = count_by_intervals(comp, dual_combine, labels, alphas, lams, margin, groups, 1)
     assert torch.equal(intervals[0], argmax_counts)
     block = _count_block(comp, dual_combine, labels, alphas, lams, 1 << 22, groups, 1)
     assert torch.equal(block[0], argmax_counts)  # few classes, compared without argmax

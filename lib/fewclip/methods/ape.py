@@ -137,6 +137,20 @@ def key_divergence(keys: torch.Tensor, text: torch.Tensor, values: torch.Tensor)
     return (values * torch.log2((values + 1e-6) / (p + 1e-6))).sum(1)
 
 
+def key_divergence_one_hot(
+    keys: torch.Tensor, text: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """:func:`key_divergence` for one-hot values L = onehot(y): the one nonzero term,
+    D_i = log2((1 + 1e-6) / (p_{i, y_i} + 1e-6)), computed on M entries instead of M C.
+
+    Bit-identical to the plain formula: the other terms are exact zeros (0 times a finite
+    log), and adding zeros to one term leaves it unchanged
+    (``tests/test_feature_peers.py::test_ape_divergence_one_hot_equals_the_plain_formula``).
+    """
+    p = (keys @ text).softmax(1).gather(1, labels[:, None])[:, 0]  # (M,) p_{i, y_i}
+    return torch.log2((torch.ones_like(p) + 1e-6) / (p + 1e-6))
+
+
 def _add_alpha(comp: tuple[torch.Tensor, ...], alpha, lam=None) -> torch.Tensor:
     """R_fW + alpha * cache (alpha may carry leading grid axes)."""
     return comp[0] + alpha * comp[1]
@@ -201,8 +215,8 @@ class APE(FeatureMethod):
         self.text_full = text
         self.text_sel = F.normalize(text[self.indices], dim=0)  # W' (Q, C)
         self.keys_sel = F.normalize(keys[:, self.indices], dim=-1)  # F' (M, Q)
-        values = data.cache_values
-        self.divergence = key_divergence(self.keys_sel, self.text_sel, values)  # (M,)
+        # L = onehot(y) (data.cache_values): D from each key's own class (M,)
+        self.divergence = key_divergence_one_hot(self.keys_sel, self.text_sel, data.train_labels)
         self.blocks = ClassBlocks(data.train_labels, data.num_classes)
         self.scale = float(data.logit_scale)
         rb, _ = grid_scales(data.logit_scale, o.beta_scale)

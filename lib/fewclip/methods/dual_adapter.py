@@ -48,7 +48,7 @@ and consistency; StanfordCars' and UCF101's stale configs read as beta [0, 15) i
 steps, alpha [0, 10) / [0, 7) in 20, lam [0.6, 1.0) in 20.
 
 ``fast=True`` (default) sends the forward, the losses and the search to
-:mod:`.kernels.dual` and the interval search; ``fast=False`` runs the formulas as written
+:mod:`.kernels.dual` and :mod:`.kernels.search`; ``fast=False`` runs the formulas as written
 here. Same values to float rounding, same search choice (``tests/test_dual_adapter.py::
 test_fast_equals_plain``). Selection sees only ``data.val_*`` (which split: the run layer).
 """

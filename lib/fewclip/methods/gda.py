@@ -81,9 +81,9 @@ def gaussian_classifier(
     """(C, d) means, (d, d) precision P -> W_gda (d, C) = (mu P)^T and b (C,) =
     log(1 / C) - diag(mu P mu^T) / 2 (uniform class prior)."""
     num_classes = means.shape[0]
-    weights = (means @ precision).T
-    bias = math.log(1.0 / num_classes) - 0.5 * ((means @ precision) * means).sum(-1)
-    return weights, bias
+    projected = means @ precision  # (C, d) mu P
+    bias = math.log(1.0 / num_classes) - 0.5 * (projected * means).sum(-1)
+    return projected.T, bias
 
 
 @register_method

@@ -6,9 +6,10 @@
 - :mod:`.residual_keys`: affinities with keys adapted by a per-class residual without
   forming them, and the pseudo-negative keys' products from the keys' (DualAdapter);
 - :mod:`.dual`: DualAdapter's fast forward, ARL's and the adapted classifiers' written-out
-  gradients, the consistency loss in one product, the stacked narrow products.
+  gradients, the consistency loss in one product, the stacked narrow products;
+- :mod:`.search`: the grid search's candidate pruning and alpha intervals (all methods
+  searched by :func:`fewclip.methods.search.count_correct`).
 
-The interval search (candidate pruning and alpha intervals) lives in
-:mod:`fewclip.methods.search`. Which kernel earns its place, with measurements, is in
+Which kernel earns its place, with measurements, is in
 ``docs/design/dual_adapter_kernels.md``; each kernel's docstring names its equality test.
 """
