@@ -429,3 +429,49 @@ def test_bad_paper_scale_is_refused(tmp_path):
     path.write_text(HEADER + ",paper_scale\n" + row + ',"{""epochs"": 3}"\n')
     with pytest.raises(ValueError, match="unknown key"):
         claims.load(str(path))
+
+
+def _b2n_record(method, seed, base, new, labels):
+    """A base-to-new record whose new-class images carry their class ``labels``."""
+    from fewclip.metrics import encode_labels
+
+    rec = _record(method, seed, base)
+    rec["protocol"] = rec["config"]["protocol"] = "base_to_new"
+    new_rec = _record(method, seed, new)["metrics"]
+    new_rec.update(test_labels=labels_digest(labels), labels=encode_labels(labels))
+    rec["metrics"] = {"base": rec["metrics"], "new": new_rec}
+    b, n = base.mean() * 100, new.mean() * 100
+    rec.update(
+        base_accuracy=b, new_accuracy=n, hm=2 * b * n / (b + n), accuracy=2 * b * n / (b + n)
+    )
+    return rec
+
+
+def test_base_to_new_claims_resample_new_classes_by_class(tmp_path):
+    """A's gain on new classes is +50 points on half of the 8 classes and -30 on the other
+    half (mean +10): the image bootstrap calls it supported, the class bootstrap (a draw of
+    8 classes may hold mostly the losing ones) does not."""
+    rng = np.random.default_rng(5)
+    labels = torch.arange(8).repeat_interleave(50)
+    gain = np.where(np.arange(8) < 4, 0.5, -0.3)[labels.numpy()]
+    base = rng.random(200) < 0.7
+    rows = []
+    for seed in (1, 2, 3):
+        u = rng.random(labels.numel())
+        b_new = u < 0.4 + 0.02 * seed
+        a_new = u < 0.4 + 0.02 * seed + gain  # the same draw: A's extra images exactly
+        rows += [
+            _b2n_record("a", seed, base, a_new, labels),
+            _b2n_record("b", seed, base, b_new, labels),
+        ]
+    row = _row("new", "a", "b").replace(",few_shot,", ",base_to_new,")
+    ledger = _ledger(tmp_path, [row.replace(",accuracy,", ",new_accuracy,")])
+    got = claims.evaluate(ledger, pd.DataFrame(rows), n_boot=400).iloc[0]
+    assert got["effect"] == pytest.approx(10.0, abs=2.0)
+    assert "new classes resampled by class" in got["detail"]
+    assert got["verdict"] == "inconclusive at this scale" and got["ci_low"] < -5
+    # the same records scored image by image (as records without labels are): supported
+    for r in rows:
+        del r["metrics"]["new"]["labels"]
+    plain = claims.evaluate(ledger, pd.DataFrame(rows), n_boot=400).iloc[0]
+    assert plain["verdict"] == "supported" and plain["effect"] == got["effect"]

@@ -13,7 +13,13 @@ import torch
 from scipy import stats
 
 from fewclip import evidence as ev
-from fewclip.metrics import decode_correct, encode_correct, labels_digest
+from fewclip.metrics import (
+    decode_correct,
+    decode_labels,
+    encode_correct,
+    encode_labels,
+    labels_digest,
+)
 
 
 def _encode(bits: np.ndarray, labels: torch.Tensor | None = None) -> dict:
@@ -283,6 +289,12 @@ def test_runner_stores_per_image_correctness(tmp_path):
     assert decode_correct(b2n["metrics"]["new"]["correct"]).mean() * 100 == pytest.approx(
         b2n["new_accuracy"]
     )
+    # the per-image labels: one per test image, the same images the digest names
+    for entry in (rec["metrics"], b2n["metrics"]["base"], b2n["metrics"]["new"]):
+        labels = decode_labels(entry["labels"])
+        assert labels.size == entry["test_images"]
+        assert labels_digest(torch.as_tensor(labels)) == entry["test_labels"]
+    assert ev.parts_of(b2n, "hm", by_class=True).class_labels(1) is not None
 
 
 def test_flat_figures_say_so():
@@ -328,3 +340,109 @@ def test_paper_table_takes_hand_made_rows_without_intervals():
     extra = ours.assign(method="hand", ci_low=float("nan"), ci_high=float("nan"), n=np.nan)
     table = paper.side_by_side(paper.load(paper="clip_adapter", shots=16), pd.concat([ours, extra]))
     assert table.loc[("hand", 16), ("ours: rn", "d")] == 100.0
+
+
+# --------------------------------------------------------------------------- new classes by class
+
+
+def test_labels_codec_round_trips_compactly():
+    labels = torch.tensor([3, 3, 0, 7, 1, 1, 1])
+    np.testing.assert_array_equal(decode_labels(encode_labels(labels)), labels.numpy())
+    sorted_labels = torch.arange(500).repeat_interleave(50)  # ImageNet's test: 25,000 images
+    text = encode_labels(sorted_labels)
+    assert text.startswith("25000:") and len(text) < 8000
+    np.testing.assert_array_equal(decode_labels(text), sorted_labels.numpy())
+
+
+def test_class_bootstrap_by_hand():
+    """Four classes of five images, class accuracies 0, 100, 0, 100 (the mean 50). Drawing
+    the 4 classes with replacement, the accuracy is the mean of 4 draws of 0 or 100: its
+    variance is 50^2 / 4 = 625. Drawing the 20 images instead: 50^2 / 20 = 125."""
+    bits = np.repeat([False, True, False, True], 5)
+    labels = np.repeat(np.arange(4), 5)
+    by_class = ev.Parts([bits], [""], ev.identity, [labels])
+    rng = np.random.default_rng(0)
+    v_class = ev.boot_seed_mean([[by_class]], [1.0], 40_000, rng).var()
+    v_image = ev.boot_seed_mean([[ev.Parts.plain(bits)]], [1.0], 40_000, rng).var()
+    assert v_class == pytest.approx(625, rel=0.03)
+    assert v_image == pytest.approx(125, rel=0.03)
+    # classes of unequal size: a draw's accuracy is its images' accuracy, not the class mean
+    bits = np.array([True, False, False, False, True])
+    labels = np.array([5, 5, 5, 5, 9])  # class 5: 1 of 4 right, class 9: 1 of 1
+    draws = ev.boot_seed_mean([[ev.Parts([bits], [""], ev.identity, [labels])]], [1.0], 4000, rng)
+    # only three values are possible: both draws class 5 (25%), both class 9 (100%), mixed (40%)
+    assert set(np.round(draws, 6)) == {25.0, 40.0, 100.0}
+
+
+def _classes_world(rng, classes=20, per_class=30):
+    """B right on half the images of every class; A's accuracy on a class is 50% plus a
+    per-class gain drawn uniformly from [-30, 40] points: the true difference over the
+    population of classes is 5 points, and the gain differs from class to class."""
+    gain = rng.uniform(-0.3, 0.4, classes)
+    labels = np.repeat(np.arange(classes), per_class)
+    a = rng.random(labels.size) < 0.5 + gain[labels]
+    b = rng.random(labels.size) < 0.5
+    return a, b, labels
+
+
+def test_class_bootstrap_covers_a_gain_that_varies_by_class():
+    """New classes are a sample of classes: the image bootstrap, which treats the 600
+    images as the sample, covers the true difference far less often than 95%; the class
+    bootstrap about 95% (300 simulated experiments, one seed each)."""
+    rng = np.random.default_rng(11)
+    hits = {"image": 0, "class": 0}
+    trials = 300
+    for _ in range(trials):
+        a, b, labels = _classes_world(rng)
+        diff = (a.mean() - b.mean()) * 100
+        for how, classes in (("image", None), ("class", [labels])):
+            pa = ev.Parts([a], [""], ev.identity, classes)
+            pb = ev.Parts([b], [""], ev.identity, classes)
+            v = ev.boot_seed_mean([[pa], [pb]], [1.0, -1.0], 300, rng).var(ddof=1)
+            low, high, _ = ev.combine_interval(diff, math.nan, 1, v)
+            hits[how] += low <= 5.0 <= high
+    assert hits["class"] / trials >= 0.88
+    assert hits["image"] / trials <= 0.80
+
+
+def _b2n(method, seed, base, new, new_labels, stored=True):
+    """A base-to-new record; ``stored=False``: made before the per-image labels were kept."""
+    rec = {**record(method, seed, base), "protocol": "base_to_new"}
+    labels = torch.as_tensor(new_labels)
+    rec["metrics"] = {"base": _encode(base), "new": _encode(new)}
+    rec["metrics"]["new"]["test_labels"] = labels_digest(labels)
+    if stored:
+        rec["metrics"]["new"]["labels"] = encode_labels(labels)
+    b, n = base.mean() * 100, new.mean() * 100
+    hm = 2 * b * n / (b + n)
+    rec.update(accuracy=hm, base_accuracy=b, new_accuracy=n, hm=hm)
+    return rec
+
+
+def test_paired_cells_resample_new_classes_by_class_where_labels_exist():
+    rng = np.random.default_rng(3)
+    base = rng.random(200) < 0.7
+    rows, old = [], []
+    for seed in (1, 2, 3):
+        a, b, labels = _classes_world(rng, classes=10)
+        rows += [_b2n("a", seed, base, a, labels), _b2n("b", seed, base, b, labels)]
+        old += [_b2n("a", seed, base, a, labels, False), _b2n("b", seed, base, b, labels, False)]
+    frame = pd.DataFrame(rows)
+    for value in ("new_accuracy", "hm"):
+        by_image = ev.paired_cells(frame, "a", "b", on=["dataset"], value=value)[0]
+        by_class = ev.paired_cells(frame, "a", "b", on=["dataset"], value=value, by_class=True)[0]
+        assert "new classes resampled by class" in by_class.interval
+        assert "by class" not in by_image.interval
+        assert by_class.v_img > 2 * by_image.v_img  # the gain varies by class
+        np.testing.assert_array_equal(by_class.diff, by_image.diff)
+    # base accuracy has no new classes: by_class changes nothing
+    kw = dict(on=["dataset"], value="base_accuracy", n_boot=200)
+    assert ev.paired_cells(frame, "a", "b", **kw)[0].v_img == pytest.approx(
+        ev.paired_cells(frame, "a", "b", by_class=True, **kw)[0].v_img, abs=0
+    )
+    # a record without labels: every record falls back to images, and the text says so
+    mixed = pd.DataFrame(rows[:-1] + old[-1:])
+    got = ev.paired_cells(mixed, "a", "b", on=["dataset"], value="hm", by_class=True)[0]
+    plain = ev.paired_cells(mixed, "a", "b", on=["dataset"], value="hm")[0]
+    assert "a record lacks per-image labels" in got.interval
+    assert got.v_img == plain.v_img

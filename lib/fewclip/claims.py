@@ -21,7 +21,9 @@ ledger that way, on real weights and the CoOp benchmarks.
 
 Directions and verdicts, from the paired difference A - B and its 95% interval
 [low, high] (:func:`fewclip.evidence.paired_difference`: same seeds, same few-shot samples,
-same test images; the interval combines a bootstrap over test images with the seed spread):
+same test images; the interval combines a bootstrap over test images with the seed spread;
+base-to-new claims resample their new classes by class, since a new-class claim generalises
+over classes: :func:`fewclip.evidence.paired_cells` with ``by_class``):
 
 - ``greater`` (A beats B): **supported** if low > 0, **contradicted** if high < 0, else
   **inconclusive at this scale**.
@@ -431,13 +433,14 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
         }
         rows.append(row)
         levels = _levels(claim)
-        sides = {
-            s: [r for level in levels for r in done if _matches(r, level, s)] for s in ("a", "b")
-        }
+        matched = [
+            {s: [r for r in done if _matches(r, level, s)] for s in ("a", "b")} for level in levels
+        ]
+        sides = {s: [r for m in matched for r in m[s]] for s in ("a", "b")}
         if not sides["a"] or not sides["b"]:
             row["detail"] = _why_not_run(claim, sides, failed)
             continue
-        got = [_dataset_cells(level, done, n_boot) for level in levels]
+        got = [_dataset_cells(level, m, n_boot) for level, m in zip(levels, matched, strict=True)]
         errors = [g for g in got if isinstance(g, str)]
         if errors:
             row["detail"] = errors[0]
@@ -456,7 +459,8 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
         same = all(np.array_equal(c.values_a, c.values_b) and c.v_img < 1e-12 for c in wanted)
         low, high = stats["ci_low"], stats["ci_high"]
         decided = verdict(low, high, claim["direction"], claim["margin"], row["delta"])
-        gated = _gate(claim, done)
+        own = _own_level(claim)
+        gated = _gate(claim, done, matched[own]["b"] if own is not None else [])
         row.update(
             effect=stats["diff"],
             ci_low=low,
@@ -491,16 +495,32 @@ def _levels(claim: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(claim, config={**claim["config"], field: v}, contrast={}) for v in values]
 
 
-def _dataset_cells(claim: Mapping[str, Any], done: list, n_boot: int) -> list[ev.Cell] | str:
-    """The paired cell of each of the claim's datasets, in its order (or why there is none)."""
-    sides = {s: [dict(r, _side=s) for r in done if _matches(r, claim, s)] for s in ("a", "b")}
+def _own_level(claim: Mapping[str, Any]) -> int | None:
+    """Which of :func:`_levels` runs at the claim's own configuration (the contrasted field
+    at the claim's ``config`` value or RunConfig's default), None if no level does."""
+    if not claim.get("contrast"):
+        return 0
+    ((field, values),) = claim["contrast"].items()
+    own = claim["config"].get(field, _CONFIG_DEFAULTS.get(field))
+    return next((i for i, v in enumerate(values) if v == own), None)
+
+
+def _dataset_cells(
+    claim: Mapping[str, Any], matched: Mapping[str, list], n_boot: int
+) -> list[ev.Cell] | str:
+    """The paired cell of each of the claim's datasets, in its order (or why there is none).
+
+    ``matched``: the finished records of side ``"a"`` and ``"b"`` at this claim's
+    configuration. Base-to-new claims resample their new classes by class
+    (:func:`fewclip.evidence.paired_cells`, ``by_class``)."""
+    sides = {s: [dict(r, _side=s) for r in matched[s]] for s in ("a", "b")}
     if not sides["a"] or not sides["b"]:
         return f"no finished runs at {claim['config']}"
     both = pd.DataFrame(sides["a"] + sides["b"])
     try:
         cells = ev.paired_cells(
             both, {"_side": "a"}, {"_side": "b"}, on=["dataset"], value=claim["value"],
-            n_boot=n_boot,
+            n_boot=n_boot, by_class=claim["protocol"] == "base_to_new",
         )  # fmt: skip
     except ValueError as e:
         return str(e)
@@ -551,16 +571,19 @@ def _with_holm(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _gate(claim: Mapping[str, Any], done: list) -> str:
-    """Why the claim is withheld (side B, trained, below zero-shot on a task), or ''."""
+def _gate(claim: Mapping[str, Any], done: list, side_b: list) -> str:
+    """Why the claim is withheld (side B, trained, below zero-shot on a task), or ''.
+
+    ``side_b``: the finished records of side B at the claim's own configuration."""
     if claim["b_method"] == "zero_shot":
         return ""
     gate = dict(claim, b_method="zero_shot", b_options={})
     value = "base_accuracy" if claim["protocol"] == "base_to_new" else "accuracy"
+    zero_shot = [r for r in done if _matches(r, gate, "b")]
     low = []
     for dataset in claim["datasets"]:
-        zs = [r for r in done if _matches(r, gate, "b") and r["config"]["dataset"] == dataset]
-        trained = [r for r in done if _matches(r, claim, "b") and r["config"]["dataset"] == dataset]
+        zs = [r for r in zero_shot if r["config"]["dataset"] == dataset]
+        trained = [r for r in side_b if r["config"]["dataset"] == dataset]
         zs_values = [ev.value_of(r, value) for r in zs]
         b_values = [ev.value_of(r, value) for r in trained]
         if not zs_values or not b_values:
@@ -575,7 +598,7 @@ def _test_images(records: list, claim: Mapping[str, Any]) -> int:
     """Test images per arm, summed over the claim's datasets (one seed's worth)."""
     seen: dict[str, int] = {}
     for r in records:
-        n = ev._test_images(r, claim["value"])
+        n = ev.test_images(r, claim["value"])
         if n is not None:
             seen.setdefault(r["config"]["dataset"], n)
     return int(sum(seen.values()))

@@ -137,9 +137,9 @@ def paired_interval(
     bootstrap over the images, shared by the seeds) and :func:`~fewclip.evidence.cell_summary`
     (plus the seed spread). ``tests/test_coverage.py`` checks it against ``paired_cells``."""
     rng = np.random.default_rng(0) if rng is None else rng
-    pa = [ev.Parts([np.asarray(c, dtype=bool)], [""], ev._identity) for c in correct_a]
-    pb = [ev.Parts([np.asarray(c, dtype=bool)], [""], ev._identity) for c in correct_b]
-    boot = ev._boot_seed_mean([pa, pb], [1.0, -1.0], n_boot, rng)
+    pa = [ev.Parts.plain(c) for c in correct_a]
+    pb = [ev.Parts.plain(c) for c in correct_b]
+    boot = ev.boot_seed_mean([pa, pb], [1.0, -1.0], n_boot, rng)
     diff = np.array([a.mean() - b.mean() for a, b in zip(correct_a, correct_b, strict=True)])
     diff = diff * 100.0
     std = float(diff.std(ddof=1)) if diff.size > 1 else math.nan

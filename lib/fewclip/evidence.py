@@ -57,6 +57,18 @@ every seed of the other side. ``pool=True`` adds a row averaging the difference 
 ``on`` cells (e.g. over datasets): images of different cells are resampled independently,
 so pool over cells with distinct test images (datasets), not over shots of one dataset.
 
+**New classes by class.** A base-to-new claim about new classes generalises over classes
+(another draw of new classes), not only over images of the same classes. With
+``by_class=True`` (:func:`paired_cells`, :func:`paired_difference`; the claims ledger uses
+it for base-to-new claims) the new-class part of ``new_accuracy`` and ``hm`` is resampled
+by class, a cluster bootstrap: the new classes are drawn with replacement, each with all
+its test images (and the same draw for both methods and every seed); base classes stay
+resampled by image. When a method's gain differs between classes this interval is wider
+than the image bootstrap, which takes the images of one class as independent. It needs the
+per-image labels of the record (``metrics["new"]["labels"]``,
+:func:`fewclip.metrics.encode_labels`); records made before they were stored fall back to
+the image bootstrap and the ``interval`` text says so.
+
 Per-image correctness comes from the record (``metrics["correct"]``, written by
 :func:`fewclip.metrics.encode_correct`; ``metrics["base"]`` / ``["new"]`` for base-to-new,
 ``metrics["transfer_detail"][target]`` for transfer). Values: ``"accuracy"``,
@@ -67,6 +79,7 @@ each target's images resampled).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -78,7 +91,7 @@ import numpy as np
 import pandas as pd
 
 from .config import NON_RESULT_FIELDS
-from .metrics import decode_correct
+from .metrics import decode_correct, decode_labels
 
 #: How the intervals are made, for captions (one sentence).
 INTERVAL_METHOD = (
@@ -241,14 +254,29 @@ def group_columns(frame: pd.DataFrame, by: Sequence[str] = ()) -> list[str]:
 @dataclass
 class Parts:
     """The per-image correctness one value is made of, and how: ``value(accuracies)``
-    maps the part accuracies (each (B,) in percent) to the value (B,)."""
+    maps the part accuracies (each (B,) in percent) to the value (B,).
+
+    ``classes``: per part, the (N,) class label of each test image where that part is
+    resampled by class (a cluster bootstrap: classes drawn with replacement, each with all
+    its images), None where it is resampled image by image (the default)."""
 
     bits: list[np.ndarray]
     digests: list[str]
     combine: Callable[[list[np.ndarray]], np.ndarray]
+    classes: list[np.ndarray | None] | None = None
+
+    @classmethod
+    def plain(cls, bits: Any) -> Parts:
+        """One part: the (N,) correctness of one accuracy, resampled image by image."""
+        return cls([np.asarray(bits, dtype=bool)], [""], identity)
+
+    def class_labels(self, part: int) -> np.ndarray | None:
+        """The class labels of part ``part`` if it is resampled by class, else None."""
+        return self.classes[part] if self.classes else None
 
 
-def _identity(accs: list[np.ndarray]) -> np.ndarray:
+def identity(accs: list[np.ndarray]) -> np.ndarray:
+    """The ``combine`` of a one-part value: its accuracy."""
     return accs[0]
 
 
@@ -268,34 +296,58 @@ def _bits(entry: Any) -> tuple[np.ndarray, str] | None:
     return None
 
 
-def parts_of(record: Mapping[str, Any], value: str = "accuracy") -> Parts | None:
-    """The :class:`Parts` of ``value`` in a record (None without per-image correctness)."""
+def _labels(entry: Any) -> np.ndarray | None:
+    if isinstance(entry, Mapping) and isinstance(entry.get("labels"), str):
+        return decode_labels(entry["labels"])
+    return None
+
+
+def parts_of(
+    record: Mapping[str, Any], value: str = "accuracy", by_class: bool = False
+) -> Parts | None:
+    """The :class:`Parts` of ``value`` in a record (None without per-image correctness).
+
+    ``by_class``: the new-class part of a base-to-new value (``new_accuracy``, ``hm``) is
+    resampled by class, from the per-image labels the record stores (``metrics["new"]
+    ["labels"]``; a record without them keeps the image bootstrap: see
+    :func:`resampled_by_class`)."""
     metrics = record.get("metrics")
     if not isinstance(metrics, Mapping):
         return None
     b2n = record.get("protocol") == "base_to_new" or "base" in metrics
+    names: list[str] = []
     if value == "hm" or (value == "accuracy" and b2n):
         names, combine = ["base", "new"], _hm
         entries = [metrics.get("base"), metrics.get("new")]
     elif value in ("base_accuracy", "new_accuracy"):
-        names, combine = [value.split("_")[0]], _identity
+        names, combine = [value.split("_")[0]], identity
         entries = [metrics.get(names[0])]
     elif value.startswith("transfer:"):
         detail = metrics.get("transfer_detail") or {}
-        entries, combine = [detail.get(value.split(":", 1)[1])], _identity
+        entries, combine = [detail.get(value.split(":", 1)[1])], identity
     elif value == "transfer_mean":
         detail = metrics.get("transfer_detail") or {}
         entries, combine = [detail[k] for k in sorted(detail)], _mean
         if not entries:
             return None
     elif value == "accuracy":
-        entries, combine = [metrics], _identity
+        entries, combine = [metrics], identity
     else:
         return None
     got = [_bits(e) for e in entries]
     if any(g is None for g in got):
         return None
-    return Parts([g[0] for g in got], [g[1] for g in got], combine)
+    classes = None
+    if by_class and "new" in names:
+        classes = [_labels(e) if n == "new" else None for n, e in zip(names, entries, strict=True)]
+    return Parts([g[0] for g in got], [g[1] for g in got], combine, classes)
+
+
+def resampled_by_class(parts: Sequence[Parts]) -> bool:
+    """Whether every one of ``parts`` resamples some part by class (else none should)."""
+    return bool(parts) and all(
+        any(p.class_labels(j) is not None for j in range(len(p.bits))) for p in parts
+    )
 
 
 def value_of(record: Mapping[str, Any], value: str) -> float:
@@ -321,26 +373,63 @@ def _quantile(df: float, confidence: float) -> float:
     return float(stats.norm.ppf(p) if not math.isfinite(df) else stats.t.ppf(p, df))
 
 
-def _boot_seed_mean(
+def boot_seed_mean(
     sides: list[list[Parts]], signs: list[float], n_boot: int, rng: np.random.Generator
 ) -> np.ndarray:
     """(B,) bootstrap replicates of mean_s sum_side sign * value(side, s), resampling the
     images of each part once per replicate, shared across seeds and sides.
 
-    ``sides[j][s]``: the Parts of side j at seed s; all share part lengths."""
+    ``sides[j][s]``: the Parts of side j at seed s; all share part lengths. A part with
+    class labels in the first Parts (:attr:`Parts.classes`) is resampled by class instead:
+    G classes drawn with replacement (w_g: how often class g is drawn), its accuracy
+    100 * sum_g w_g k_g / sum_g w_g n_g (k_g of the n_g images of class g correct), the
+    draw shared like the image resample."""
     first = sides[0][0]
+    groups = [_class_index(first.class_labels(j)) for j in range(len(first.bits))]
     out = np.zeros(n_boot)
     chunk = max(1, min(n_boot, 2_000_000 // max(1, max(b.size for b in first.bits))))
     for start in range(0, n_boot, chunk):
         size = min(chunk, n_boot - start)
-        idx = [rng.integers(0, b.size, size=(size, b.size)) for b in first.bits]
+        idx = [
+            rng.integers(0, b.size, size=(size, b.size))
+            if g is None
+            else _class_weights(g, size, rng)
+            for b, g in zip(first.bits, groups, strict=True)
+        ]
         total = np.zeros(size)
         for side, sign in zip(sides, signs, strict=True):
             for parts in side:
-                accs = [b[i].mean(axis=1) * 100.0 for b, i in zip(parts.bits, idx, strict=True)]
+                accs = [
+                    b[i].mean(axis=1) * 100.0 if g is None else _class_accuracy(b, g, i)
+                    for b, i, g in zip(parts.bits, idx, groups, strict=True)
+                ]
                 total += sign * parts.combine(accs)
         out[start : start + size] = total / len(sides[0])
     return out
+
+
+def _class_index(labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(class of each image as 0..G-1, images per class) of (N,) labels, None for None."""
+    if labels is None:
+        return None
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return inverse, counts
+
+
+def _class_weights(group: tuple[np.ndarray, np.ndarray], size: int, rng) -> np.ndarray:
+    """(size, G) times each class is drawn in ``size`` resamples of the G classes."""
+    g = group[1].size
+    draws = rng.integers(0, g, size=(size, g)) + g * np.arange(size)[:, None]
+    return np.bincount(draws.ravel(), minlength=size * g).reshape(size, g)
+
+
+def _class_accuracy(
+    bits: np.ndarray, group: tuple[np.ndarray, np.ndarray], weights: np.ndarray
+) -> np.ndarray:
+    """(size,) accuracies (percent) of the class resamples ``weights`` (size, G)."""
+    inverse, counts = group
+    correct = np.bincount(inverse, weights=bits.astype(float), minlength=counts.size)
+    return 100.0 * (weights @ correct) / (weights @ counts)
 
 
 def _binomial_var(values: np.ndarray, sizes: np.ndarray) -> float:
@@ -394,9 +483,9 @@ def mean_interval(
     std = float(vals.std(ddof=1)) if seeds > 1 else float("nan")
     rng = np.random.default_rng(seed)
     if correct is not None and len(correct):
-        parts = [c if isinstance(c, Parts) else _plain(c) for c in correct]
+        parts = [c if isinstance(c, Parts) else Parts.plain(c) for c in correct]
         _check_same_images([parts])
-        v_img = float(_boot_seed_mean([parts], [1.0], n_boot, rng).var(ddof=1))
+        v_img = float(boot_seed_mean([parts], [1.0], n_boot, rng).var(ddof=1))
         how = "bootstrap over test images"
     elif test_images is not None:
         v_img = _binomial_var(vals, np.asarray(test_images, dtype=float))
@@ -415,10 +504,6 @@ def mean_interval(
         "v_img": v_img,
         "interval": how,
     }
-
-
-def _plain(bits: Any) -> Parts:
-    return Parts([np.asarray(bits, dtype=bool)], [""], _identity)
 
 
 def _check_same_images(sides: list[list[Parts]]) -> None:
@@ -474,7 +559,7 @@ def summarize(
         records = [records[i] for i in keep]
         vals = [vals[i] for i in keep]
         parts = [parts_of(r, value) for r in records]
-        sizes = [_test_images(r, value) for r in records]
+        sizes = [test_images(r, value) for r in records]
         stats = mean_interval(
             vals,
             parts if all(p is not None for p in parts) else None,
@@ -497,7 +582,9 @@ def summarize(
     return pd.DataFrame(rows, columns=base)
 
 
-def _test_images(record: Mapping[str, Any], value: str) -> int | None:
+def test_images(record: Mapping[str, Any], value: str) -> int | None:
+    """The test images behind ``value`` in a record (summed over its parts; None if the
+    record says neither its per-image correctness nor ``metrics["test_images"]``)."""
     parts = parts_of(record, value)
     if parts is not None:
         return int(sum(b.size for b in parts.bits))
@@ -556,8 +643,13 @@ def paired_cells(
     value: str = "accuracy",
     *,
     n_boot: int = N_BOOT,
+    by_class: bool = False,
 ) -> list[Cell]:
-    """The :class:`Cell` of each ``on`` value both sides have (see :func:`paired_difference`)."""
+    """The :class:`Cell` of each ``on`` value both sides have (see :func:`paired_difference`).
+
+    ``by_class``: resample the new classes of a base-to-new value by class
+    (:func:`parts_of`), where every record of the cell stores its per-image labels; the
+    cell's ``interval`` says which resample was used."""
     keyed = configurations(frame)
     on = list(on)
     side_a, side_b = _select(keyed, a), _select(keyed, b)
@@ -579,13 +671,22 @@ def paired_cells(
         ra, rb = [p[0] for p in pairs], [p[1] for p in pairs]
         va = np.array([value_of(r, value) for r in ra])
         vb = np.array([value_of(r, value) for r in rb])
-        pa, pb = [parts_of(r, value) for r in ra], [parts_of(r, value) for r in rb]
+        pa = [parts_of(r, value, by_class) for r in ra]
+        pb = [parts_of(r, value, by_class) for r in rb]
         if all(p is not None for p in pa + pb):
             _check_same_images([pa, pb])
-            boot = _boot_seed_mean([pa, pb], [1.0, -1.0], n_boot, rng)
-            v_img, how = float(boot.var(ddof=1)), "paired bootstrap over test images"
+            how = "paired bootstrap over test images"
+            if by_class and any(p.classes for p in pa + pb):
+                if resampled_by_class(pa + pb):
+                    how += " (new classes resampled by class)"
+                else:  # some record lacks its labels: every side resamples images
+                    pa = [dataclasses.replace(p, classes=None) for p in pa]
+                    pb = [dataclasses.replace(p, classes=None) for p in pb]
+                    how += " (new classes by image: a record lacks per-image labels)"
+            boot = boot_seed_mean([pa, pb], [1.0, -1.0], n_boot, rng)
+            v_img = float(boot.var(ddof=1))
         else:
-            sizes = np.array([_test_images(r, value) or 0 for r in ra], dtype=float)
+            sizes = np.array([test_images(r, value) or 0 for r in ra], dtype=float)
             # binomial variance of each side, no credit for the pairing (conservative)
             v_img = _binomial_var(va, sizes) + _binomial_var(vb, sizes)
             how = "binomial, unpaired (no per-image record)"
@@ -604,6 +705,7 @@ def paired_difference(
     pool: bool = False,
     n_boot: int = N_BOOT,
     confidence: float = CONFIDENCE,
+    by_class: bool = False,
 ) -> pd.DataFrame:
     """Paired A - B per cell of ``on``: rows ``on``, ``a``, ``b``, ``n_seeds``, ``seeds``,
     ``mean_a``, ``mean_b``, ``diff``, ``std`` (of the per-seed differences), ``ci_low``,
@@ -615,11 +717,12 @@ def paired_difference(
     Within a cell each side must be one configuration (else a ValueError names the
     columns that differ); seeds present on both sides are paired (a seed-independent side
     with one seed is used for every seed). Cells without a common seed are left out.
+    ``by_class``: new classes resampled by class (see below and :func:`paired_cells`).
     """
     on = list(on)
     columns = [*on, "a", "b", "n_seeds", "seeds", "mean_a", "mean_b", "diff", "std"]
     columns += ["ci_low", "ci_high", "interval"]
-    cells = paired_cells(frame, a, b, on, value, n_boot=n_boot)
+    cells = paired_cells(frame, a, b, on, value, n_boot=n_boot, by_class=by_class)
     name_a, name_b = _name(a), _name(b)
     rows = [cell_summary(c, name_a, name_b, confidence) for c in cells]
     if pool and len(cells) > 1:

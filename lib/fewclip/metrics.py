@@ -94,6 +94,33 @@ def decode_correct(text: str):
     return np.unpackbits(packed, count=int(n)).astype(bool)
 
 
+def encode_labels(labels: torch.Tensor) -> str:
+    """The (N,) test labels in test order, compactly: ``"<N>:<base64 of the zlib-compressed
+    little-endian int32 labels>"`` (a few characters per class when the test set is sorted by
+    class). Decode with :func:`decode_labels`; :mod:`fewclip.evidence` resamples new
+    classes by class with them."""
+    import base64
+    import zlib
+
+    values = labels.detach().cpu().to(torch.int64).numpy().astype("<i4")
+    packed = zlib.compress(values.tobytes(), 9)
+    return f"{values.size}:" + base64.b64encode(packed).decode("ascii")
+
+
+def decode_labels(text: str):
+    """The (N,) int numpy array that :func:`encode_labels` wrote."""
+    import base64
+    import zlib
+
+    import numpy as np
+
+    n, _, data = text.partition(":")
+    values = np.frombuffer(zlib.decompress(base64.b64decode(data)), dtype="<i4")
+    if values.size != int(n):
+        raise ValueError(f"encoded labels hold {values.size} values, their header says {n}")
+    return values.astype(np.int64)
+
+
 def labels_digest(labels: torch.Tensor) -> str:
     """A short hash of the test labels in test order: two records with the same digest (and
     dataset fingerprint) scored the same test images in the same order."""

@@ -36,7 +36,14 @@ from .fitting import FitResult
 from .inputs import build_classifiers, difficulty, feature_data, sample_split, test_features
 from .methods import METHODS
 from .methods.base import FeatureMethod
-from .metrics import accuracy, encode_correct, harmonic_mean, labels_digest, per_class_accuracy
+from .metrics import (
+    accuracy,
+    encode_correct,
+    encode_labels,
+    harmonic_mean,
+    labels_digest,
+    per_class_accuracy,
+)
 from .prompting.encoder_base import EncoderMethod, FeaturePromptMethod
 
 #: Images per forward when a text-side prompt method scores cached test features.
@@ -211,6 +218,7 @@ def _evaluate(evaluator: Evaluator, dataset: Dataset, train_names=None) -> dict[
         "test_images": int(labels.numel()),
         "correct": encode_correct(logits, labels),  # per test image, for fewclip.evidence
         "test_labels": labels_digest(labels),
+        "labels": encode_labels(labels),  # per test image: new classes resample by class
     }
     # inference-time variants of the same fitted model (APEX's ensemble settings)
     variants = getattr(evaluator.method, "last_variants", None)
@@ -221,6 +229,7 @@ def _evaluate(evaluator: Evaluator, dataset: Dataset, train_names=None) -> dict[
                 "accuracy": accuracy(v, labels),
                 "correct": encode_correct(v, labels),
                 "test_labels": digest,
+                "labels": out["labels"],
             }
             for name, v in variants.items()
         }
@@ -268,7 +277,10 @@ def run_protocol(
             }
         out["accuracy"] = source["accuracy"]
         out["metrics"].update(
-            {k: source[k] for k in ("per_class_accuracy", "test_images", "correct", "test_labels")}
+            {
+                k: source[k]
+                for k in ("per_class_accuracy", "test_images", "correct", "test_labels", "labels")
+            }
         )
         if targets:
             out["metrics"]["transfer"] = {k: v["accuracy"] for k, v in transfer.items()}
