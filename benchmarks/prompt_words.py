@@ -92,6 +92,11 @@ def model_label(arch: str) -> str:
     return f"{arch} version {version}"
 
 
+def matches(setting: str, part: str) -> bool:
+    """``part`` is in ``setting``; a ``part`` ending in "$" must end it."""
+    return setting.endswith(part[:-1]) if part.endswith("$") else part in setting
+
+
 def scores(record: dict) -> dict[str, float]:
     m = record["metrics"]
     base, new = m["base"]["accuracy"], m["new"]["accuracy"]
@@ -106,9 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=os.environ.get("FEWCLIP_DATA", "data"))
     parser.add_argument("--cache-dir", default="cache")
     parser.add_argument(
-        "--only", default="", help="run only settings containing one of these (comma-separated)"
+        "--only",
+        default="",
+        help="run only settings containing one of these (comma-separated; 'x$': ending in x)",
     )
     parser.add_argument("--record", action="store_true", help="append to the results CSV")
+    parser.add_argument("--task", default=TASK, help="the trained runs' base-to-new task")
+    parser.add_argument(
+        "--allow-fewer", action="store_true", help="classes with fewer than K images give all"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     common = {
@@ -118,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         "data_root": args.data_root,
         "cache_dir": args.cache_dir,
         "progress": False,
+        "allow_fewer": args.allow_fewer,
     }
     lines = ["| model | setting | base | new | HM | s |", "|---|---|---|---|---|---|"]
     for arch in args.backbones.split(","):
         label = model_label(arch)
         words = load_backbone(arch, device="cpu").words
         settings: list[tuple[str, RunConfig]] = []
-        for task in ZERO_SHOT_TASKS:
+        for task in dict.fromkeys((args.task, *ZERO_SHOT_TASKS[1:])):
             for name, templates in (
                 ("the task's templates", None),
                 (f'"{words.template}"', [words.template]),
@@ -139,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # deep visual prompts need a ViT
             shown = shown.format(words=f'"{words.init}" (the backbone\'s)')
             config = RunConfig(
-                method=method, dataset=TASK, backbone=arch, options=options, **common
+                method=method, dataset=args.task, backbone=arch, options=options, **common
             )
-            settings.append((f"{TASK}: {method}, {shown}", config))
+            settings.append((f"{args.task}: {method}, {shown}", config))
         for setting, config in settings:
-            if args.only and not any(part in setting for part in args.only.split(",")):
+            if args.only and not any(matches(setting, p) for p in args.only.split(",")):
                 continue
             start = time.time()
             result = scores(run(config))
