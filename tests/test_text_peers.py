@@ -429,3 +429,25 @@ def test_mixed_precision_on_cpu(cls, task):
     assert all(math.isfinite(h["loss"]) for h in result.history)
     logits = method.logits(bf16, task["test"][:3], task["names"])
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    "name, init, expected",
+    [
+        ("coop", "backbone", "coop: init phrase 'a photo of a', the backbone's own words"),
+        ("cocoop", "official", "cocoop: init phrase 'a photo of a', set by the options"),
+        ("kgcoop", "backbone", "kgcoop: init phrase 'a photo of a', the backbone's own words"),
+        ("proda", None, "proda: random context (class template 'a photo of a {}.'"),
+    ],
+)
+def test_the_fit_notes_name_the_init_phrase_once(backbone, task, name, init, expected):
+    """The text-side learners share one rule (``init_option``): the run key reads the
+    backbone's words only for ``"backbone"``, and one note names the phrase."""
+    options = {"epochs": 1, "batch_size": 8, "init": init}
+    if name == "proda":
+        options.update(n_prompts=2, n_ctx=2)
+    method = get_method(name, **options)
+    assert method.uses_backbone_words == (init == "backbone")
+    notes = fit(method, backbone, task).notes
+    phrase = [n for n in notes if n.startswith((f"{name}: init phrase", f"{name}: random"))]
+    assert len(phrase) == 1 and phrase[0].startswith(expected), notes

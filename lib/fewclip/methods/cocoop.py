@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
+from ..backbones import BACKBONE_WORDS, Backbone, init_phrase
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.text_prompts import TextPromptLearner, TextTower
 from .base import register_method
@@ -78,6 +78,7 @@ class CoCoOp(FeaturePromptMethod):
     """Context tokens shifted by an image-conditioned bias from a small Meta-Net."""
 
     name = "cocoop"
+    init_option = "init"
 
     @dataclass
     class Options(FeaturePromptOptions):
@@ -96,11 +97,6 @@ class CoCoOp(FeaturePromptMethod):
             raise ValueError(
                 f"cocoop: unknown meta_init {self.options.meta_init!r}; choose one of {META_INITS}"
             )
-
-    @property
-    def uses_backbone_words(self) -> bool:
-        """Whether the init phrase comes from the backbone (the run key then includes it)."""
-        return self.options.init == BACKBONE_WORDS
 
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
@@ -121,11 +117,6 @@ class CoCoOp(FeaturePromptMethod):
                 meta[-1].bias.zero_()
         self.learner = CoCoOpLearner(prompt, meta)
         self.logit_scale = backbone.logit_scale
-
-    def fit(self, *args, **kwargs):
-        result = super().fit(*args, **kwargs)
-        result.notes.append(words_note(self.name, self.words, self.options.init))
-        return result
 
     def feature_logits(
         self, features: torch.Tensor, classnames: Sequence[str], tokens: torch.Tensor | None = None

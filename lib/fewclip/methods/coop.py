@@ -41,7 +41,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..backbones import BACKBONE_WORDS, Backbone, init_phrase, words_note
+from ..backbones import Backbone, init_phrase
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.text_prompts import (
     CLASS_TOKEN_POSITIONS,
@@ -70,6 +70,7 @@ class CoOp(FeaturePromptMethod):
 
     name = "coop"
     no_val_options: ClassVar[dict] = {"selection": "last"}  # fixed epochs, the last kept
+    init_option = "init"
 
     @dataclass
     class Options(FeaturePromptOptions):
@@ -101,11 +102,6 @@ class CoOp(FeaturePromptMethod):
         o = self.options
         return o.class_specific and not (o.init and o.csc_init == "ignore")
 
-    @property
-    def uses_backbone_words(self) -> bool:
-        """Whether the init phrase comes from the backbone (the run key then includes it)."""
-        return self.options.init == BACKBONE_WORDS
-
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):
         o = self.options
         self.words = backbone.words
@@ -124,7 +120,6 @@ class CoOp(FeaturePromptMethod):
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
-        result.notes.append(words_note(self.name, self.words, self.options.init))
         if self.options.class_specific and not self.class_specific:
             result.notes.append(
                 "coop: class_specific ignored because an init phrase is given (as the "

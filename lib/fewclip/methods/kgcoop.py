@@ -34,7 +34,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..backbones import BACKBONE_WORDS, Backbone, words_note
+from ..backbones import BACKBONE_WORDS, Backbone
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.hand_crafted import (
     KGCOOP_TEMPLATES,
@@ -57,6 +57,7 @@ class KgCoOp(FeaturePromptMethod):
     """CoOp with its class features pulled towards a hand-crafted prompt's (L_kg)."""
 
     name = "kgcoop"
+    init_option = "init"
     no_val_options: ClassVar[dict] = {"selection": "last"}  # fixed epochs, the last kept
 
     @dataclass
@@ -123,7 +124,6 @@ class KgCoOp(FeaturePromptMethod):
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
-        result.notes.append(words_note(self.name, self.words, self.options.init))
         result.notes.append(
             f"kgcoop: hand-crafted template {self.template!r}, lambda {self.options.weight}"
         )

@@ -39,7 +39,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..backbones import BACKBONE_WORDS, Backbone, words_note
+from ..backbones import Backbone
 from ..prompting.encoder_base import FeaturePromptMethod, FeaturePromptOptions
 from ..prompting.hand_crafted import resolve_phrase
 from ..prompting.prompt_ensemble import LAYOUTS, PromptEnsemble, proda_positions
@@ -88,6 +88,7 @@ class ProDA(FeaturePromptMethod):
     """A Gaussian over the class features of K learned prompts, trained by its surrogate loss."""
 
     name = "proda"
+    init_option = "init"
     no_val_options: ClassVar[dict] = {"selection": "last"}  # fixed epochs, the last kept
 
     @dataclass
@@ -120,18 +121,12 @@ class ProDA(FeaturePromptMethod):
         self._means: dict[tuple[str, ...], torch.Tensor] = {}
         self._queue: list[int] = []
 
-    @property
-    def uses_backbone_words(self) -> bool:
-        """Whether the init phrase comes from the backbone (the run key then includes it)."""
-        return self.options.init == BACKBONE_WORDS
-
     def default_epochs(self, shots: int) -> int:
         return coop_epochs(shots)
 
     def fit(self, *args, **kwargs):
         result = super().fit(*args, **kwargs)
         self._means = {}  # fit restored the selected epoch's prompts: cached means are stale
-        result.notes.append(words_note(self.name, self.words, self.options.init))
         return result
 
     def build(self, backbone: Backbone, classnames: Sequence[str], generator: torch.Generator):

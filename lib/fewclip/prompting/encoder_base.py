@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..backbones import Backbone
+from ..backbones import BACKBONE_WORDS, Backbone, words_note
 from ..data.base import Datum
 from ..fitting import FitResult, check_method_options
 from ..images import DASSL_CROP_SCALE, ImageDataset, train_transform
@@ -383,13 +383,25 @@ class FeaturePromptMethod(EncoderMethod):
     """A text-side method: the image encoder is the frozen one, so training runs on cached
     image features and only the text encoder is run per step.
 
-    Subclasses implement ``build`` (create ``self.learner``), ``feature_logits`` and may
-    override ``loss`` (default: cross-entropy of ``feature_logits``).
+    Subclasses implement ``build`` (create ``self.learner``, and set ``self.words`` to the
+    backbone's words when they read them), ``feature_logits`` and may override ``loss``
+    (default: cross-entropy of ``feature_logits``). A subclass whose prompt starts from a
+    phrase names its option in ``init_option``: ``"backbone"`` there puts the backbone's
+    words in the run key (``uses_backbone_words``) and the fit's notes name the phrase.
     """
+
+    #: the option holding the init phrase ("backbone", "official", a phrase, None: random)
+    init_option: ClassVar[str | None] = None
 
     @dataclass
     class Options(FeaturePromptOptions):
         pass
+
+    @property
+    def uses_backbone_words(self) -> bool:
+        """Whether the init phrase comes from the backbone (the run key then includes it)."""
+        option = self.init_option
+        return option is not None and getattr(self.options, option) == BACKBONE_WORDS
 
     @property
     def needs_tokens(self) -> bool:
@@ -543,4 +555,7 @@ class FeaturePromptMethod(EncoderMethod):
                 f"{self.name}: trained on {features.views} cached augmented view(s) of the "
                 f"frozen image features (epoch e uses view e % {features.views})"
             )
+        if self.init_option is not None:
+            phrase = getattr(self.options, self.init_option)
+            result.notes.append(words_note(self.name, self.words, phrase))
         return result
