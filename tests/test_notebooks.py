@@ -16,7 +16,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from fewclip import claims, paper
+from fewclip import claims, paper, plots
 from fewclip import notebook as nb
 from fewclip.prompting.toy import coloured_squares
 from fewclip.results import ResultStore
@@ -187,6 +187,8 @@ def execute(name: str, env, tmp_path, cwd=ROOT, **parameters):
         execution_timeout=TIMEOUT,
     )
     notebook = nbformat.read(executed, as_version=4)
+    overlaps = out / plots.OVERLAPS_FILE  # written by plots.save for any figure with colliding text
+    assert not overlaps.is_file(), f"{name}: figures with overlapping text: {overlaps.read_text()}"
     return notebook, ResultStore(results).to_frame(), out
 
 
@@ -342,6 +344,7 @@ def test_dual_notebook_from_the_command_line_with_int_shots(env, tmp_path):
     }
     assert (versus["n_seeds"] == 2).all() and (versus["ci_low"] <= versus["diff"]).all()
     assert (out / "peers.png").is_file()
+    assert not (out / plots.OVERLAPS_FILE).is_file(), (out / plots.OVERLAPS_FILE).read_text()
     assert "How to read this report" in text and text.count("Welch-Satterthwaite") == 1
     assert not leaked(notebook)
     assert "Conclusions (from the numbers below)" in text and "Setup." in text

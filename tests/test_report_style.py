@@ -179,6 +179,8 @@ def test_text_overlaps_finds_colliding_text():
     ax.text(0.5, 0.5, "left words")
     ax.text(0.8, 0.2, "far away")
     assert plots.text_overlaps(fig) == []
+    fig.suptitle("a title counted once")
+    assert plots.text_overlaps(fig) == []
     ax.text(0.52, 0.5, "right words")
     assert ("left words", "right words") in plots.text_overlaps(fig)
     plt.close(fig)
@@ -207,3 +209,16 @@ def test_run_frame_figures_show_the_tables_interval(name, monkeypatch):
         ax = plots.bars(runs, "label", title="t", model="m")
     assert calls["value"] == "accuracy"  # the same summarize as the tables
     plt.close(ax.figure)
+
+
+def test_save_lists_figures_with_overlapping_text(tmp_path):
+    fig, ax = plt.subplots()
+    ax.text(0.5, 0.5, "left words")
+    ax.text(0.52, 0.5, "right words")
+    plots.save(fig, tmp_path, "bad")
+    record = tmp_path / plots.OVERLAPS_FILE
+    assert "bad" in record.read_text() and "right words" in record.read_text()
+    ax.texts[1].set_visible(False)
+    plots.save(fig, tmp_path, "bad")  # saved again without the collision: no record left
+    assert not record.is_file()
+    plt.close(fig)

@@ -89,10 +89,28 @@ def bars(
     )
 
 
+#: Written beside the figures when a saved figure has overlapping text (:func:`save`).
+OVERLAPS_FILE = "figure_text_overlaps.json"
+
+
 def save(fig: plt.Figure, out: str | Path, name: str) -> Path:
-    """Write ``fig`` as ``<out>/<name>.png`` (tight bounding box)."""
+    """Write ``fig`` as ``<out>/<name>.png`` (tight bounding box). Texts whose boxes
+    overlap (:func:`text_overlaps`) are listed in ``<out>/figure_text_overlaps.json`` under
+    ``name`` (the notebook tests read it: every report figure must have none)."""
+    import json
+
     path = Path(out) / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    overlaps = text_overlaps(fig)
+    record = Path(out) / OVERLAPS_FILE
+    found = json.loads(record.read_text()) if record.is_file() else {}
+    found.pop(name, None)
+    if overlaps:
+        found[name] = [list(pair) for pair in overlaps]
+    if found:
+        record.write_text(json.dumps(found, indent=1))
+    elif record.is_file():
+        record.unlink()
     return path
 
 
@@ -249,26 +267,58 @@ def interval_bars(
     return ax
 
 
+def _drawn_texts(fig: plt.Figure) -> list[tuple[plt.Text, str]]:
+    """The texts ``fig`` draws, each with a group: a tick label's group is its axis (so
+    rotated tick labels of one axis, whose axis-aligned boxes always overlap, are not
+    compared with each other); ticks outside the view and axes turned off are left out."""
+    found: list[tuple[plt.Text, str]] = [(t, "figure") for t in fig.texts]
+    if getattr(fig, "_suptitle", None) is not None and fig._suptitle not in fig.texts:
+        found.append((fig._suptitle, "figure"))
+    for i, ax in enumerate(fig.axes):
+        if not ax.get_visible():
+            continue
+        texts = [ax.title, ax._left_title, ax._right_title, *ax.texts]
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += [*legend.get_texts(), legend.get_title()]
+        found += [(t, f"axes{i}") for t in texts]
+        if not ax.axison:
+            continue
+        found += [(ax.xaxis.label, f"axes{i}"), (ax.yaxis.label, f"axes{i}")]
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            lo, hi = sorted(axis.get_view_interval())
+            span = (hi - lo) * 1e-9
+            group = f"axes{i}.{name}"
+            found.append((axis.get_offset_text(), group))
+            for tick in axis.get_major_ticks():
+                if lo - span <= tick.get_loc() <= hi + span:
+                    found += [(tick.label1, group), (tick.label2, group)]
+    return found
+
+
 def text_overlaps(fig: plt.Figure) -> list[tuple[str, str]]:
-    """Pairs of visible, non-empty texts of ``fig`` (titles, labels, tick labels, legend
-    entries, annotations) whose rendered boxes overlap, after a draw."""
+    """Pairs of drawn, non-empty texts of ``fig`` (titles, axis and tick labels, legend
+    entries, annotations) whose rendered boxes overlap by more than a pixel, after a draw.
+    Two rotated tick labels of one axis are not compared (their boxes are not their
+    glyphs)."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = []
-    for text in fig.findobj(plt.Text):
+    for text, group in _drawn_texts(fig):
         if not text.get_visible() or not text.get_text().strip():
             continue
         box = text.get_window_extent(renderer)
         if box.width > 0 and box.height > 0:
-            boxes.append((text.get_text(), box))
+            boxes.append((text.get_text(), group, bool(text.get_rotation() % 180), box))
     found = []
-    for i, (a, box_a) in enumerate(boxes):
-        for b, box_b in boxes[i + 1 :]:
-            if box_a.overlaps(box_b):
-                inter_w = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
-                inter_h = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
-                if inter_w > 1 and inter_h > 1:  # touching edges are not an overlap
-                    found.append((a, b))
+    for i, (a, group_a, rotated_a, box_a) in enumerate(boxes):
+        for b, group_b, rotated_b, box_b in boxes[i + 1 :]:
+            if group_a == group_b and "." in group_a and (rotated_a or rotated_b):
+                continue
+            inter_w = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            inter_h = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if inter_w > 1 and inter_h > 1:  # touching edges are not an overlap
+                found.append((a, b))
     return found
 
 
