@@ -549,6 +549,31 @@ def test_logits_in_chunks_equal_one_forward(synthetic, monkeypatch):
     assert (chunks - whole).abs().max().item() <= 1e-6 * scale
 
 
+@pytest.mark.parametrize("rows", [None, 7])  # one chunk / several
+def test_frozen_validation_equals_the_chunked_forward(synthetic, monkeypatch, rows):
+    """The validation with f_val @ F^T kept for the fit gives the chunked forward bit for
+    bit, also after the residuals moved; other features and a val set over the limit
+    take the chunked forward itself."""
+    data, test_f, _ = synthetic
+    if rows is not None:
+        monkeypatch.setattr(cache_method, "LOGITS_CHUNK", rows)
+    method = DualAdapter(train=False, search=False)
+    method.fit(data)
+    module, setting = method.module, (0.6, 1.3, 0.7)
+    validate = kernels.FrozenValidation(module, data.val_features, setting)
+    assert validate.products is not None and len(validate.products) >= (1 if rows is None else 2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):  # an epoch's step moves the residuals; the kept product stays valid
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+            expected = module.chunked(data.val_features, *setting)
+            assert torch.equal(validate(data.val_features), expected)
+            assert torch.equal(validate(test_f), module.chunked(test_f, *setting))
+    monkeypatch.setattr(kernels, "KEPT_PRODUCT_ELEMENTS", 1)
+    assert kernels.FrozenValidation(module, data.val_features, setting).products is None
+
+
 # --------------------------------------------------------------------------- v2 = SimNL
 
 

@@ -418,6 +418,9 @@ class DualAdapter(CacheMethod):
         result = FitResult(notes=notes)
         self._trainable = 0
         if o.train:  # the residuals, the best epoch by val accuracy at the initial setting
+            validate = lambda f: module.chunked(f, beta, alpha, lam)
+            if module.fast:  # f_val @ F^T once per fit (val features and keys are frozen)
+                validate = kernels.FrozenValidation(module, data.val_features, (beta, alpha, lam))
             result = fit_epochs(
                 module,
                 self.optimizer(module, data),
@@ -425,7 +428,7 @@ class DualAdapter(CacheMethod):
                 epochs=o.epochs or d.epochs,
                 batch_size=o.batch_size,
                 loss_fn=self.training_loss(module, beta, alpha, lam),
-                logits_fn=lambda f: module.chunked(f, beta, alpha, lam),
+                logits_fn=validate,
                 seed=seed,
                 progress=o.progress,
                 desc=self.name,

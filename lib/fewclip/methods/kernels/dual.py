@@ -258,13 +258,21 @@ class DualKernels:
         parts = stacked_products(f, matrices, self.stack)
         return NarrowProducts(*parts, *[None] * (len(NarrowProducts._fields) - len(parts)))
 
-    def terms(self, module, f: torch.Tensor, narrow: NarrowProducts | None = None) -> DualTerms:
+    def terms(
+        self,
+        module,
+        f: torch.Tensor,
+        narrow: NarrowProducts | None = None,
+        f_keys: torch.Tensor | None = None,
+    ) -> DualTerms:
         """The beta-free parts. One (N, d) x (d, M) product, f @ F^T, serves both
         affinities (it is read only). ``narrow``: :meth:`narrow_products` when the caller
-        has them this step."""
+        has them this step; ``f_keys``: f @ F^T when the caller has it
+        (:class:`FrozenValidation`)."""
         if narrow is None:
             narrow = self.narrow_products(module, f, module.positive_classifier())
-        f_keys = f.detach() @ self.keys.T
+        if f_keys is None:
+            f_keys = f.detach() @ self.keys.T
         neg_affinity = None
         if self.negative_cache:
             frozen = self.negative_products(f.detach(), f_keys, narrow.slot_sums.detach())
@@ -327,3 +335,41 @@ class DualKernels:
             )
             loss = loss + weights[1] * consistency_loss(w_plus, target, dim, module.text_weights)
         return loss
+
+
+#: Most entries of the val features' key products :class:`FrozenValidation` keeps for a fit
+#: (2^22 floats = 16 MB); a larger val set is evaluated in chunks every epoch
+KEPT_PRODUCT_ELEMENTS = 1 << 22
+
+
+class FrozenValidation:
+    """The per-epoch validation of a fit, ``module.chunked(features, *setting)``, with the
+    val features' product with the frozen keys, f @ F^T (N, M), computed once when the
+    fit starts: neither the val features nor the keys change during a fit, so every epoch
+    would recompute the same product (the residuals enter through the narrow products).
+
+    Kept only up to :data:`KEPT_PRODUCT_ELEMENTS` entries; a larger val set, or features
+    other than the fit's val features, go through ``module.chunked``. The same values bit
+    for bit: the same product of the same chunks of rows, read only
+    (``tests/test_dual_adapter.py::test_frozen_validation_equals_the_chunked_forward``).
+    """
+
+    def __init__(self, module, features: torch.Tensor, setting: tuple[float, float, float]):
+        self.module, self.features, self.setting = module, features, setting
+        self.rows = module.rows()
+        self.products: list[torch.Tensor] | None = None
+        if features.shape[0] * module.keys.shape[0] <= KEPT_PRODUCT_ELEMENTS:
+            with torch.no_grad():
+                keys = module.kernels.keys
+                self.products = [c.float() @ keys.T for c in features.split(self.rows)]
+
+    def __call__(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, d) -> (N, C) logits at the fit's setting."""
+        module, (beta, alpha, lam) = self.module, self.setting
+        if self.products is None or f is not self.features:
+            return module.chunked(f, beta, alpha, lam)
+        out = []
+        for chunk, f_keys in zip(f.split(self.rows), self.products, strict=True):
+            terms = module.kernels.terms(module, chunk.float(), f_keys=f_keys)
+            out.append(module.combine(module.kernels.components(terms, beta), alpha, lam))
+        return out[0] if len(out) == 1 else torch.cat(out)
