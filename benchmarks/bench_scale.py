@@ -24,11 +24,23 @@ Then the search on ``--big-val`` (50,000, ImageNet's official val) images at the
 (C, K), ``--big-betas`` betas: its peak memory (target < 4 GB: the search runs in chunks
 of val, so memory is flat in the val size) and time per beta.
 
+Then the feature-level peers on the same features (``--peers``; Tip-Adapter-F, APE, APE-T,
+TaskRes, GDA, LP++, CLAP): each one's fit time, the median of ``--peer-repeats`` fits,
+beside the matrix-product floor, one (M, d) x (d, C) product of the cached features with
+the text classifier (every one of them computes at least that), timed right after each
+fit. Training-free methods (APE, GDA) are timed as fitted, without APE's (beta, alpha,
+gamma) search (GDA's seven-alpha loop on val is included); trained ones for one epoch
+(setup, one epoch and its validation), printed with their default epochs.
+
+``--record`` appends the figures to ``benchmarks/results/scale.csv`` (date, commit,
+machine), published in ``docs/performance.md`` by ``benchmarks/write_performance.py``.
+
 Peak memory is the process's resident high-water mark (``VmHWM``, reset before each
 phase through ``/proc/self/clear_refs``; Linux only), so it includes the data and torch.
 
     nice -n 5 python benchmarks/bench_scale.py                 # 6 rounds, 4 betas
     python benchmarks/bench_scale.py --quick                   # C = 100 only, small
+    python benchmarks/bench_scale.py --classes 1000 --shots 16 --betas 0 --big-val 0 --record
 """
 
 from __future__ import annotations
@@ -37,13 +49,17 @@ import argparse
 import math
 import platform
 import re
+import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from fewclip.methods import get_method
 from fewclip.methods.base import FeatureData
 from fewclip.methods.dual_adapter import DualAdapter
+from fewclip.methods.kernels import dual as kernels
 
 DIM = 1024
 BATCH = 256
@@ -154,9 +170,12 @@ def make_step(data: FeatureData):
         loss.backward()
         optimizer.step()
 
+    # the fit's own per-epoch validation (f_val @ F^T kept for the fit where it is small)
+    frozen = kernels.FrozenValidation(module, data.val_features, (beta, alpha, lam))
+
     def validate() -> None:
         with torch.no_grad():
-            module.chunked(data.val_features, beta, alpha, lam)
+            frozen(data.val_features)
 
     return step, validate, fitted
 
@@ -232,6 +251,53 @@ def bench_one(classes: int, shots: int, args) -> dict:
     }
 
 
+#: The feature-level peers timed by :func:`bench_peers`: options, and the epochs a full fit
+#: runs by default (on a dataset without an official config; None: training-free).
+PEERS: dict[str, tuple[dict, int | None]] = {
+    "tip_adapter_f": ({"search": False}, 20),
+    "ape": ({"search": False}, None),
+    "ape_t": ({"search": False}, 30),
+    "taskres": ({}, 200),
+    "gda": ({}, None),
+    "lp_pp": ({}, 300),
+    "clap": ({}, 300),
+}
+
+
+def bench_peers(classes: int, shots: int, args) -> list[dict]:
+    """Each peer's fit (median of ``--peer-repeats``; trained ones for one epoch) and the
+    floor, one (M, d) x (d, C) product, timed right after each fit (fastest)."""
+    data = synthetic(classes, shots, 4 * classes, args.dim)
+    text = data.classifiers["positive"]
+    rows = []
+    for name in args.peers:
+        options, epochs = PEERS[name]
+        if epochs is not None:
+            options = {**options, "epochs": 1}
+        fits, floors = [], []
+        for _ in range(args.peer_repeats):
+            method = get_method(name, **options)
+            start = time.perf_counter()
+            method.fit(data, seed=1)
+            fits.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            data.train_features @ text
+            floors.append(time.perf_counter() - start)
+        fit, floor = statistics.median(fits), min(floors)
+        rows.append(
+            {
+                "method": name,
+                "C": classes,
+                "K": shots,
+                "fit_s": fit,
+                "floor_s": floor,
+                "ratio": fit / floor,
+                "epochs": epochs,
+            }
+        )
+    return rows
+
+
 def bench_big_val(classes: int, shots: int, args) -> dict:
     data = synthetic(classes, shots, args.big_val, args.dim, seed=2)
     method = DualAdapter(train=False, search=False)
@@ -245,7 +311,31 @@ def bench_big_val(classes: int, shots: int, args) -> dict:
     return {"val": args.big_val, "seconds_per_beta": seconds / args.big_betas, "peak_gb": peak_gb()}
 
 
-def main() -> None:
+def dual_rows(r: dict) -> list[dict]:
+    """One benchmark row as results CSV rows (``results_csv.append_rows``)."""
+    setting = f"DualAdapter, C = {r['C']:,}, K = {r['K']}, M = {r['M']:,}"
+    rows = [
+        {"setting": setting, "metric": "epoch", "value": f"{r['epoch_s']:.2f} s"},
+        {"setting": setting, "metric": "floor", "value": f"{r['floor_s']:.2f} s"},
+        {"setting": setting, "metric": "ratio", "value": f"{r['ratio']:.2f}x"},
+    ]
+    if math.isfinite(r["search_s"]):
+        value = f"{r['search_s']:.0f} s"
+        rows.append({"setting": setting, "metric": "search (200 x 40 x 20)", "value": value})
+    return rows
+
+
+def peer_rows(r: dict) -> list[dict]:
+    what = "" if r["epochs"] is None else f" (1 epoch of {r['epochs']})"
+    setting = f"{r['method']}{what}, C = {r['C']:,}, K = {r['K']}"
+    return [
+        {"setting": setting, "metric": "fit", "value": f"{r['fit_s']:.2f} s"},
+        {"setting": setting, "metric": "floor", "value": f"{r['floor_s']:.2f} s"},
+        {"setting": setting, "metric": "ratio", "value": f"{r['ratio']:.1f}x"},
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 16])
@@ -259,44 +349,77 @@ def main() -> None:
     parser.add_argument("--big-betas", type=int, default=1)
     parser.add_argument("--dim", type=int, default=DIM)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-dual", action="store_true", help="time the peers only")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        choices=sorted(PEERS),
+        default=list(PEERS),
+        help="peers timed at the largest (C, K) (none: skip)",
+    )
+    parser.add_argument("--peer-repeats", type=int, default=3, help="fits per peer (median)")
+    parser.add_argument("--record", action="store_true", help="append to results/scale.csv")
     parser.add_argument("--quick", action="store_true", help="C = 100, 1 epoch, no big val")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.classes, args.rounds, args.betas, args.big_val = [100], 3, 2, 0
+        args.peer_repeats = 1
     torch.set_num_threads(args.threads)
     print(
         f"# {platform.processor() or platform.machine()}, {args.threads} thread(s), "
         f"torch {torch.__version__}, d = {args.dim}, synthetic features (no model)"
     )
     DualAdapter(epochs=1, search=False).fit(synthetic(10, 2, 40, args.dim))  # warm-up
-    header = (
-        f"{'C':>5} {'K':>3} {'M':>6} {'epoch s':>8} {'floor s':>8} {'ratio':>6} {'aff s':>7} "
-        f"{'ratio-a':>7} "
-        f"{'fit GB':>7} {'search s*':>9} {'search GB':>9}"
-    )
-    print(header)
-    for classes in args.classes:
-        for shots in args.shots:
-            r = bench_one(classes, shots, args)
+    results: dict[str, list[dict]] = {"dual": [], "peers": []}
+    if not args.no_dual:
+        print(
+            f"{'C':>5} {'K':>3} {'M':>6} {'epoch s':>8} {'floor s':>8} {'ratio':>6} "
+            f"{'aff s':>7} {'ratio-a':>7} {'fit GB':>7} {'search s*':>9} {'search GB':>9}"
+        )
+        for classes in args.classes:
+            for shots in args.shots:
+                r = bench_one(classes, shots, args)
+                results["dual"].append(r)
+                print(
+                    f"{r['C']:>5} {r['K']:>3} {r['M']:>6} {r['epoch_s']:>8.2f} "
+                    f"{r['floor_s']:>8.2f} {r['ratio']:>6.2f} {r['affinity_s']:>7.2f} "
+                    f"{r['ratio_affinity']:>7.2f} {r['fit_peak_gb']:>7.2f} "
+                    f"{r['search_s']:>9.1f} {r['search_peak_gb']:>9.2f}",
+                    flush=True,
+                )
+        print(
+            f"epoch s: the fastest of {args.rounds} training steps x the steps of an epoch + "
+            "one val pass; floor s: the same for every matrix product the epoch computes (the "
+            "affinities' and the (N, d) x (d, C)-sized ones), each timed right after its "
+            "step; aff s / ratio-a: the affinity products f @ F^T, f @ S^T alone"
+        )
+        print(
+            f"* search: {args.betas} of the 200 betas timed (x the full alpha x lam grid), "
+            "extrapolated to 200; peaks are the process's resident high-water mark"
+        )
+    if args.peers:
+        classes, shots = max(args.classes), max(args.shots)
+        for name in PEERS:  # warm-up: one-off first-call costs are not per-fit costs
+            if name in args.peers:
+                options, epochs = PEERS[name]
+                options = options if epochs is None else {**options, "epochs": 1}
+                get_method(name, **options).fit(synthetic(10, 2, 40, args.dim))
+        print(f"\npeers at C = {classes:,}, K = {shots} (median of {args.peer_repeats} fits)")
+        print(f"{'method':<15}{'fit s':>8}{'floor s':>9}{'ratio':>8}  fit")
+        for r in bench_peers(classes, shots, args):
+            results["peers"].append(r)
+            what = "as fitted" if r["epochs"] is None else f"1 epoch of {r['epochs']}"
             print(
-                f"{r['C']:>5} {r['K']:>3} {r['M']:>6} {r['epoch_s']:>8.2f} {r['floor_s']:>8.2f} "
-                f"{r['ratio']:>6.2f} {r['affinity_s']:>7.2f} {r['ratio_affinity']:>7.2f} "
-                f"{r['fit_peak_gb']:>7.2f} "
-                f"{r['search_s']:>9.1f} "
-                f"{r['search_peak_gb']:>9.2f}",
+                f"{r['method']:<15}{r['fit_s']:>8.2f}{r['floor_s']:>9.3f}"
+                f"{r['ratio']:>7.1f}x  {what}",
                 flush=True,
             )
-    print(
-        f"epoch s: the fastest of {args.rounds} training steps x the steps of an epoch + one "
-        "val pass; floor s: the same for every matrix product the epoch computes (the "
-        "affinities' and the (N, d) x (d, C)-sized ones), each timed right after its step; "
-        "aff s / ratio-a: the affinity products f @ F^T, f @ S^T alone"
-    )
-    print(
-        f"* search: {args.betas} of the 200 betas timed (x the full alpha x lam grid), "
-        "extrapolated to 200; peaks are the process's resident high-water mark"
-    )
-    if args.big_val:
+        print(
+            "floor: one (M, d) x (d, C) product, the cached features with the text "
+            "classifier (fastest, timed after each fit); APE without its (beta, alpha, "
+            "gamma) search, Tip-Adapter-F and APE-T without theirs; GDA with its alpha loop"
+        )
+    if args.big_val and not args.no_dual:
         classes, shots = max(args.classes), max(args.shots)
         r = bench_big_val(classes, shots, args)
         hours = r["seconds_per_beta"] * 200 / 3600
@@ -307,6 +430,17 @@ def main() -> None:
         )
     if not math.isfinite(peak_gb()):
         print("(peak memory unavailable: needs Linux /proc)")
+    if args.record:
+        from results_csv import append_rows
+
+        rows = [row for r in results["dual"] for row in dual_rows(r)]
+        rows += [row for r in results["peers"] for row in peer_rows(r)]
+        note = "python benchmarks/bench_scale.py " + " ".join(argv or sys.argv[1:])
+        print(
+            "appended to",
+            append_rows("scale", rows, model=f"synthetic features, d = {args.dim:,}", note=note),
+        )
+    return results
 
 
 if __name__ == "__main__":
