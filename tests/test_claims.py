@@ -475,3 +475,44 @@ def test_base_to_new_claims_resample_new_classes_by_class(tmp_path):
         del r["metrics"]["new"]["labels"]
     plain = claims.evaluate(ledger, pd.DataFrame(rows), n_boot=400).iloc[0]
     assert plain["verdict"] == "supported" and plain["effect"] == got["effect"]
+
+
+def test_headline_rows_quote_the_papers_effect_from_paper_results():
+    """The paper's effect of each headline row is the difference of the published numbers
+    in data/paper_results.csv (APEX Tables 2 and 3, CLIP-Adapter's few-shot curve)."""
+    from fewclip.notebook import resolve
+
+    ledger = claims.load().set_index("id")
+    p = pd.read_csv(resolve("data/paper_results.csv"))
+    apex = p[p["paper"] == "apex"]
+    hm = apex[(apex["dataset"] == "average") & (apex["metric"] == "hm")].set_index("method")
+    for m in ("zero_shot", "clip_adapter", "cocoop", "prograd", "maple"):
+        row = ledger.loc[f"apex.beats_{m}_hm"]
+        want = hm.loc["apex", "value"] - hm.loc[m, "value"]
+        assert row["paper_effect"] == pytest.approx(want, abs=0.005) and row["value"] == "hm"
+    targets = apex[(apex["protocol"] == "cross_dataset") & (apex["dataset"] != "imagenet")]
+    mean = targets.groupby("method")["value"].mean()
+    for m in ("clip_adapter", "cocoop", "prograd", "maple"):
+        row = ledger.loc[f"apex.cross_dataset_beats_{m}"]
+        assert row["paper_effect"] == pytest.approx(mean["apex"] - mean[m], abs=0.005)
+        assert row["protocol"] == "cross_dataset" and row["config"]["eval_datasets"]
+    few = p[p["protocol"] == "few_shot"]
+    ours = few[(few["paper"] == "clip_adapter") & (few["method"] == "clip_adapter")]
+    ours = ours.pivot_table(index="dataset", columns="shots", values="value")
+    zero = few[(few["paper"] == "tip_adapter") & (few["method"] == "zero_shot")]
+    zero = zero.set_index("dataset")["value"]
+    coop = few[(few["paper"] == "ape") & (few["method"] == "coop")]
+    coop = coop.pivot_table(index="dataset", columns="shots", values="value")
+    for k in (1, 2, 4, 8, 16):
+        row = ledger.loc[f"clip_adapter.curve_beats_zero_shot_k{k}"]
+        assert row["shots"] == k and len(row["datasets"]) >= 3
+        assert row["paper_effect"] == pytest.approx((ours[k] - zero).mean(), abs=0.005)
+        coop_row = (
+            "clip_adapter.beats_prompt_tuning" if k == 16 else f"clip_adapter.curve_beats_coop_k{k}"
+        )
+        assert ledger.loc[coop_row, "b_options"] == {}  # CoOp at its official schedule
+        want = (ours[k] - coop[k]).mean()
+        assert ledger.loc[coop_row, "paper_effect"] == pytest.approx(want, abs=0.005)
+        assert ledger.loc[f"clip_adapter.curve_beats_linear_probe_k{k}", "shots"] == k
+    # DualAdapter against APE-T, its base, pooled over tasks (at 16 shots)
+    assert len(ledger.loc["dual_adapter.beats_ape_t", "datasets"]) >= 3
