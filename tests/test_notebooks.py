@@ -205,7 +205,7 @@ def outputs(notebook, kind: str) -> list:
 
 
 def leaked(notebook) -> list[str]:
-    """Plain-text results a hidden-code page would show with nothing around them (a helper's
+    """Plain-text results a hidden-code page would show with nothing around them (a function's
     return value at the end of a cell, e.g. a string or a list)."""
     return [
         o["data"]["text/plain"][:80]
