@@ -36,13 +36,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+import fewclip
 from fewclip.backbones import load_backbone
 from fewclip.config import RunConfig
 from fewclip.data import load_dataset
@@ -163,7 +166,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
                 {
                     "method": name,
                     "model": backbone.label,
-                    "epochs": getattr(method.options, "epochs", None) or "default",
+                    "epochs": getattr(method.options, "epochs", "free") or "default",
                     "cached_fit_s": timings["cached"],
                     "extract_s": extract_s,
                     "reencode_fit_s": timings["re-encode"],
@@ -247,8 +250,9 @@ def record(rows: list[dict], args: argparse.Namespace, argv: list[str] | None) -
 
     out = []
     for r in rows:
+        epochs = "training-free" if r["epochs"] == "free" else f"{r['epochs']} epochs"
         setting = (
-            f"{r['method']} ({r['epochs']} epochs), {args.dataset}, {args.shots} shots, "
+            f"{r['method']} ({epochs}), {args.dataset}, {args.shots} shots, "
             f"{args.views} cached views"
         )
         out.append(
@@ -268,6 +272,9 @@ def record(rows: list[dict], args: argparse.Namespace, argv: list[str] | None) -
         )
     note = "python benchmarks/bench_feature_cache.py " + " ".join(argv or sys.argv[1:])
     model = rows[0]["model"] if rows else args.backbone
+    card = Path(fewclip.__file__).parent / "weights" / f"{args.backbone}.eval.json"
+    if args.pretrained == "default" and card.exists():  # an embedded model: name its version
+        model = f"{args.backbone} version {json.loads(card.read_text())['version']}"
     print("appended to", append_rows("feature_cache", out, model=model, note=note))
 
 

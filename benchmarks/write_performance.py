@@ -32,7 +32,17 @@ SECTIONS = {
         "DualAdapter at ImageNet scale",
         "Synthetic features, one thread (`benchmarks/bench_scale.py`). The floor is every "
         "matrix product an epoch computes, each timed alone; the affinities' two products "
-        "are a lower bound no implementation can go below.",
+        "are a lower bound no implementation can go below. The feature peers' rows time "
+        "one fit (trained ones: one epoch of their default) beside one (M, d) x (d, C) "
+        "product.",
+    ),
+    "before_after": (
+        "DualAdapter before and after its restructuring",
+        "The same benchmark on commit 8d12182 (before DualAdapter was rewritten as plain "
+        "formulas plus kernels) and on a later commit, in separate processes alternating A "
+        "B / B A, one thread, on a machine shared with other jobs: the pair ratios (after / "
+        "before, per pair) are the figures to read (`benchmarks/compare_commits.py`; "
+        "decisions in [design/dual_adapter_kernels.md](design/dual_adapter_kernels.md)).",
     ),
     "search": (
         "The cache methods' hyper-parameter search",
