@@ -263,8 +263,25 @@ def test_a_baseline_below_zero_shot_withholds_the_verdict(tmp_path, gate_frame):
     assert table.loc["strong", "verdict"] == "contradicted"
     assert table.loc["zs", "verdict"] == "supported"
     assert table.loc["zs", "test_images"] == 400
-    # the gate's zero-shot runs are among the runs the ledger asks for
+    # the linear probe is exempt: below zero-shot is where the papers have it at low shots
+    weak = gate_frame[gate_frame["method"] == "weak"]
+    probe = pd.concat(
+        [
+            gate_frame,
+            weak.assign(
+                method="linear_probe",
+                run_key=weak["run_key"] + "-probe",
+                config=[dict(c, method="linear_probe") for c in weak["config"]],
+            ),
+        ]
+    )
+    ledger_probe = _ledger_with(tmp_path, [_row_with("probe", "method", "linear_probe")])
+    row = claims.evaluate(ledger_probe, probe, n_boot=200).set_index("id").loc["probe"]
+    assert row["verdict"] == "supported"
+    assert row["detail"].startswith(claims.GATE_EXEMPT["linear_probe"])
     base = RunConfig(data_root="/nowhere", progress=False)
+    assert claims.gate_configs(ledger_probe.iloc[0], base, seeds=[1]) == []
+    # the gate's zero-shot runs are among the runs the ledger asks for
     runs = claims.configs(ledger.iloc[:1], base, seeds=[1, 2])  # the "weak" claim alone
     gate = [c for c in runs if c.method == "zero_shot"]
     assert len(gate) == 1 and gate[0].dataset == "d" and gate[0].shots == 16
