@@ -15,12 +15,15 @@ elsewhere each worker notices within a second that its parent is gone and exits.
 
 Ctrl-C is latched while jobs are open: Python raises ``KeyboardInterrupt`` in whatever
 code runs at that moment, and when that is a callback whose exceptions are ignored (a
-garbage-collector callback of ``distributed``, a ``__del__``) it would be lost and the
-jobs would run on; the latch makes the next :meth:`Jobs.finished` raise it again.
+garbage-collector callback of ``distributed``, a ``__del__``) it would be printed as
+"Exception ignored", break the callback's own state, and be lost, so the jobs would run
+on. Inside such a callback the latch only marks the jobs interrupted; elsewhere it raises
+as usual; either way the next :meth:`Jobs.finished` raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import signal
@@ -144,13 +147,29 @@ def _ctrl_c_latched(jobs: Jobs) -> Iterator[None]:
 
     def latch(signum, frame):
         jobs._interrupted = True
-        raise KeyboardInterrupt
+        if not _in_ignoring_callback(frame):
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, latch)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _in_ignoring_callback(frame: Any) -> bool:
+    """Whether ``frame`` runs inside a callback whose exceptions Python ignores: a
+    garbage-collector callback (``gc.callbacks``) or a ``__del__``."""
+    codes = set()
+    for callback in gc.callbacks:
+        function = getattr(callback, "__func__", callback)
+        if hasattr(function, "__code__"):
+            codes.add(function.__code__)
+    while frame is not None:
+        if frame.f_code in codes or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def map_jobs(
