@@ -95,6 +95,42 @@ def test_few_shot_compares_accuracy_and_failed_runs_do_not_count():
     assert "at or above zero-shot" in ev.below_zero_shot_lines(none)[0]
 
 
+def test_a_gap_inside_the_noise_says_so_and_a_clear_one_stays_unknown():
+    """With per-image records the gap gets its paired interval: a gap whose interval
+    includes 0 is named as not resolved; one that excludes 0 and has no known cause stays
+    "unknown" (the report must not explain it away)."""
+    from fewclip.metrics import encode_correct, labels_digest
+
+    rng = np.random.default_rng(0)
+    labels = torch.zeros(400, dtype=torch.long)
+    zero_bits = rng.random(400) < 0.5
+
+    def bits_row(method, bits, seed=1):
+        bits = torch.as_tensor(np.asarray(bits, dtype=bool))
+        logits = torch.stack([bits.float(), 1 - bits.float()], 1)
+        base = {"correct": encode_correct(logits, labels), "test_labels": labels_digest(labels)}
+        out = row(method, float(bits.float().mean() * 100), seed=seed)
+        return {**out, "metrics": {"base": base}, "config": {"method": method, "seed": seed}}
+
+    hits, misses = np.flatnonzero(zero_bits), np.flatnonzero(~zero_bits)
+    close = [zero_bits.copy() for _ in range(3)]
+    for s, bits in enumerate(close):  # per seed 3 hits lost, 2 gained: -0.25 points
+        bits[hits[3 * s : 3 * s + 3]], bits[misses[2 * s : 2 * s + 2]] = False, True
+    far = [zero_bits & (rng.random(400) < 0.7) for _ in range(3)]  # loses 30% of its hits
+    runs = frame(
+        bits_row("zero_shot", zero_bits),
+        *(bits_row("promptsrc", b, seed=s) for s, b in enumerate(close, 1)),
+        *(bits_row("kgcoop", b, seed=s) for s, b in enumerate(far, 1)),
+    )
+    table = ev.below_zero_shot(runs).set_index("label")
+    assert table.loc["kgcoop", "cause"] == "unknown" and table.loc["kgcoop", "gap_high"] < 0
+    src = table.loc["promptsrc"]
+    assert src.gap == -0.2 and src.gap_low <= 0 <= src.gap_high
+    assert src.cause == ev.WITHIN_NOISE
+    lines = ev.below_zero_shot_lines(ev.below_zero_shot(runs))
+    assert any("kgcoop" in line and "95% interval [" in line for line in lines)
+
+
 def test_report_header_repeats_the_notebook_sentences(tmp_path):
     runs = frame(row("zero_shot", 43.8), row("tomm", 29.6))
     lines = ev.below_zero_shot_lines(ev.below_zero_shot(runs, {"tomm": "cause"}))

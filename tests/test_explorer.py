@@ -146,15 +146,21 @@ def overlaps(a, b) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
-def test_a_long_legend_sits_beside_the_plot_not_over_it(views):
+def test_many_curves_are_split_into_panels_with_their_legends_beside(views):
     labels = views.labels_of("fewclip-test-rn", "folder:squares", "few_shot")
     fig, _, _ = views.curves("fewclip-test-rn", "folder:squares", "few_shot", labels)
     assert isinstance(fig, Figure)
     renderer = FigureCanvasAgg(fig).get_renderer()
-    (ax,) = fig.axes
-    legend = ax.get_legend()
-    assert len(legend.get_texts()) == 27  # 26 methods + the zero-shot line
-    assert not overlaps(legend.get_window_extent(renderer), ax.get_window_extent(renderer))
+    panels = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(panels) == len(fig.axes) == 5  # 26 curves, at most six a panel
+    shown = set()
+    for ax in panels:
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert len(texts) <= 6 + 1 and texts[-1].endswith("(0 shots)")  # + the zero-shot line
+        shown.update(texts[:-1])
+        box = ax.get_legend().get_window_extent(renderer)
+        assert not any(overlaps(box, other.get_window_extent(renderer)) for other in fig.axes)
+    assert len(shown) == 26
     # the per-class chart of a few-shot run has one group: no legend over the bars
     (bars,) = views.per_class("fewclip-test-rn", "folder:squares", "few_shot", "method01", 1)
     assert bars.axes[0].get_legend() is None

@@ -5,6 +5,8 @@ series a panel, no overlapping text) rendered on representative data."""
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -71,6 +73,22 @@ def test_table_html_never_wraps_or_truncates_numbers():
     assert "white-space:nowrap" in html and "<b>Caption</b>" in html
     assert "<th>0</th>" not in html and "1.2" in html
     assert "Caption" in repr(table) and long in repr(table)
+
+
+def test_words_are_left_aligned_and_wrapped_and_numbers_are_not():
+    frame = pd.DataFrame(
+        {
+            "label": ["CoOp", "ProDA"],
+            "gap": [-1.25, 3.0],
+            "cell": ["38.4 +- 1.2 [36.0, 40.8] n=3", "-2.0 +- 0.5 [-3.1, -0.9] n=3"],
+            "cause": ["its 32 prompts start random <b>", nb.MISSING],
+        }
+    )
+    assert nb.text_columns(nb.table_text(frame)) == [0, 3]
+    html = nb.Table(frame)._repr_html_()
+    styled = set(re.findall(r"td\.(col\d+)[ ,{]", html))
+    assert styled == {"col0", "col3"} and "text-align: left" in html
+    assert "&lt;b&gt;" in html and "<b>" not in html  # cells are escaped
 
 
 def test_cells_coloured_by_value_keep_the_style():

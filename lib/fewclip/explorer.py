@@ -11,7 +11,8 @@ widgets put the figures into their :class:`ipywidgets.Output` areas as PNG image
 the areas' outputs (kernel-side state), not by capturing display calls inside ``with out:``,
 which in JupyterLab combined with ``clear_output(wait=True)`` left the per-class chart blank,
 and under papermill can hang the execution (nbclient issue #312). Legends with many entries
-sit beside the axes, never over the data. Nothing here computes a method: a refit goes
+sit beside the axes, never over the data; more than :data:`fewclip.plots.MAX_SERIES` curves
+are split over panels. Nothing here computes a method: a refit goes
 through :func:`fewclip.runner.fit_run`.
 """
 
@@ -180,20 +181,31 @@ class Views:
         rows = self.selection(bb, ds, protocol)
         rows = rows[rows["label"].isin(list(labels))]
         zero = rows[rows["shots"] == 0]
+        trained = rows[rows["shots"] > 0]
         metric = METRIC.get(protocol, "accuracy")
-        fig, ax = figure(7, 4)
-        plots.curve(
-            rows[rows["shots"] > 0],
-            "shots",
-            title=f"{protocol} on {ds}: {metric}",
-            model=self.tag(bb),
-            ax=ax,
-            log2_x=True,
-            ylabel=f"{metric} (%)",
-        )
-        for _, r in zero.iterrows():
-            ax.axhline(r["accuracy"], linestyle="--", color="grey", label=f"{r['label']} (0 shots)")
-        legend_beside(ax)
+        # at most plots.MAX_SERIES curves a panel (the zero-shot lines in every panel)
+        names = sorted(trained["label"].unique())
+        per = math.ceil(len(names) / max(1, math.ceil(len(names) / plots.MAX_SERIES)))
+        panels = [names[i : i + per] for i in range(0, len(names), per)] or [[]]
+        fig = Figure(figsize=(7, 3.2 * len(panels) + 0.8))
+        axes = fig.subplots(len(panels), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+        for i, (ax, panel) in enumerate(zip(axes, panels, strict=True)):
+            part = f" ({i + 1} of {len(panels)})" if len(panels) > 1 else ""
+            plots.curve(
+                trained[trained["label"].isin(panel)],
+                "shots",
+                title=f"{protocol} on {ds}: {metric}{part}",
+                model=self.tag(bb),
+                ax=ax,
+                log2_x=True,
+                ylabel=f"{metric} (%)",
+            )
+            for _, r in zero.iterrows():
+                ax.axhline(
+                    r["accuracy"], linestyle="--", color="grey", label=f"{r['label']} (0 shots)"
+                )
+            legend_beside(ax)
+        fig.tight_layout()
         caption = (
             f"**{metric} (%) by shots, {protocol} on {ds}, mean over seeds. "
             f"Model: {self.tag(bb)}.**"

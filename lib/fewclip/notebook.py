@@ -15,6 +15,7 @@ Nothing here computes a method: notebooks orchestrate, ``fewclip.runner`` runs.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -350,7 +351,7 @@ def show_base_check(
     lines = below_zero_shot_lines(table, model)
     display(Markdown("\n\n".join(lines)), metadata={BASE_CHECK_METADATA: lines})
     if len(table):
-        display(table)
+        display(Table(table))
     return table
 
 
@@ -674,6 +675,23 @@ def table_text(frame: pd.DataFrame, digits: int | dict[str, int] = 1) -> pd.Data
     return text
 
 
+#: CSS of a cell of words (names, causes, notes): left-aligned and wrapped, where numbers
+#: stay right-aligned on one line.
+TEXT_CELL = "text-align:left;white-space:normal;min-width:8em;max-width:36em"
+
+
+def text_columns(text: pd.DataFrame) -> list[int]:
+    """Positions of the columns of :func:`table_text` that hold words, not numbers (a cell
+    such as "38.4 +- 1.2 [36.0, 40.8] n=3" counts as a number)."""
+    out = []
+    for i in range(text.shape[1]):
+        cells = [str(v) for v in text.iloc[:, i] if str(v) not in ("", MISSING)]
+        numbers = sum(bool(re.match(r"^[-+]?(\d|\.\d|inf|nan)", c)) for c in cells)
+        if cells and numbers < len(cells) / 2:
+            out.append(i)
+    return out
+
+
 class Table:
     """A report table: HTML in :data:`TABLE_CSS` style (no index column of zeros, nothing
     truncated, numbers never wrapped), plain text for terminals and tests."""
@@ -689,17 +707,15 @@ class Table:
         self.text = table_text(frame, digits)
 
     def _repr_html_(self) -> str:
-
-        if self.colours:  # cells coloured by value (e.g. verdicts): through a Styler
-            styler = self.text.style.hide(axis="index").set_table_attributes(
-                'class="fewclip-table"'
-            )
-            for column, css in self.colours.items():
-                if header(column) in self.text.columns:
-                    styler = styler.map(lambda v, css=css: css.get(v, ""), subset=[header(column)])
-            return TABLE_CSS + self._caption_html() + styler.to_html()
-        body = self.text.to_html(index=False, escape=True, classes="fewclip-table", border=0)
-        return TABLE_CSS + self._caption_html() + body
+        styler = self.text.style.hide(axis="index").set_table_attributes('class="fewclip-table"')
+        styler = styler.format(escape="html")
+        words = [f"td.col{i}" for i in text_columns(self.text)]  # left, wrapped; numbers right
+        if words:
+            styler = styler.set_table_styles([{"selector": ", ".join(words), "props": TEXT_CELL}])
+        for column, css in self.colours.items():  # cells coloured by value (e.g. verdicts)
+            if header(column) in self.text.columns:
+                styler = styler.map(lambda v, css=css: css.get(v, ""), subset=[header(column)])
+        return TABLE_CSS + self._caption_html() + styler.to_html()
 
     def _caption_html(self) -> str:
         """The caption above the table, as wide as the page (not the table)."""
