@@ -20,7 +20,8 @@ generalisation over the same classes, and :func:`check_protocol` refuses the oth
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,17 +57,13 @@ class Timer:
 
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.t0
-
-        return _Span()
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def transfers_to_new_classes(method: FeatureMethod | EncoderMethod | type) -> bool:
@@ -75,10 +72,6 @@ def transfers_to_new_classes(method: FeatureMethod | EncoderMethod | type) -> bo
     if issubclass(cls, EncoderMethod):
         return True
     return cls.logits_for is not FeatureMethod.logits_for
-
-
-def _same_classes(source: Dataset, target: Dataset) -> bool:
-    return list(source.classnames) == list(target.classnames)
 
 
 def check_protocol(config: RunConfig, method, source: Dataset, targets: list[Dataset]) -> None:
@@ -93,7 +86,7 @@ def check_protocol(config: RunConfig, method, source: Dataset, targets: list[Dat
         bad_targets = [
             t.name
             for t in targets
-            if not _same_classes(source, t) and "imagenet_indices" not in t.extra
+            if list(t.classnames) != list(source.classnames) and "imagenet_indices" not in t.extra
         ]
         if not bad_targets:
             return
