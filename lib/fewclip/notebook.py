@@ -350,8 +350,8 @@ def show_base_check(
     table = below_zero_shot(frame, causes)
     lines = below_zero_shot_lines(table, model)
     display(Markdown("\n\n".join(lines)), metadata={BASE_CHECK_METADATA: lines})
-    if len(table):
-        display(Table(table))
+    if len(table):  # the label names the method (its id would be a second "method")
+        display(Table(table.drop(columns="method")))
     return table
 
 
@@ -603,7 +603,7 @@ _MISSING_TEXT = {"-", "nan", "NaN", "None", "<NA>"}
 
 #: CSS of :func:`show_table` (numbers never wrap; headers wrap between words only).
 TABLE_CSS = (
-    "<style>table.fewclip-table{border-collapse:collapse;margin:0.3em 0 1em 0}"
+    "<style>table.fewclip-table{border-collapse:collapse;margin:0.3em 0 1em 0;max-width:100%}"
     "table.fewclip-table td{white-space:nowrap;text-align:right;padding:2px 8px}"
     "table.fewclip-table th{overflow-wrap:normal;word-break:keep-all;padding:2px 8px;"
     "text-align:left}"
@@ -677,7 +677,7 @@ def table_text(frame: pd.DataFrame, digits: int | dict[str, int] = 1) -> pd.Data
 
 #: CSS of a cell of words (names, causes, notes): left-aligned and wrapped, where numbers
 #: stay right-aligned on one line.
-TEXT_CELL = "text-align:left;white-space:normal;min-width:8em;max-width:36em"
+TEXT_CELL = "text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:6em;max-width:36em"
 
 
 def text_columns(text: pd.DataFrame) -> list[int]:
@@ -709,7 +709,8 @@ class Table:
     def _repr_html_(self) -> str:
         styler = self.text.style.hide(axis="index").set_table_attributes('class="fewclip-table"')
         styler = styler.format(escape="html")
-        words = [f"td.col{i}" for i in text_columns(self.text)]  # left, wrapped; numbers right
+        # words left-aligned and wrapped (the table fits the page); numbers right, one line
+        words = [f"{cell}.col{i}" for i in text_columns(self.text) for cell in ("td", "th")]
         if words:
             styler = styler.set_table_styles([{"selector": ", ".join(words), "props": TEXT_CELL}])
         for column, css in self.colours.items():  # cells coloured by value (e.g. verdicts)
