@@ -99,8 +99,10 @@ def test_project_files_are_there_and_agree():
     citation = (ROOT / "CITATION.cff").read_text()
     assert f"version: {project['version']}" in citation and "license: MIT" in citation
     readme = (ROOT / "README.md").read_text()
+    bibtex = (ROOT / "docs" / "citing.md").read_text()  # the README links it
+    assert "(docs/citing.md)" in readme
     for arxiv in ("2110.04544", "2403.12964", "2311.15569", "2303.17169"):
-        assert arxiv in citation and f"arXiv:{arxiv}" in readme, arxiv
-    assert readme.count("@article{") + readme.count("@inproceedings{") == 4
+        assert arxiv in citation and f"arXiv:{arxiv}" in readme and arxiv in bibtex, arxiv
+    assert bibtex.count("@article{") + bibtex.count("@inproceedings{") == 4
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert "## Unreleased" in changelog and f"## {project['version']}" in changelog
