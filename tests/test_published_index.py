@@ -80,6 +80,13 @@ def test_a_reports_provenance_names_the_weights_file_and_its_digest():
     assert "seeds 1, 2" in header
 
 
+def test_a_ledger_with_two_backbones_names_both_checkpoints():
+    facts = report_provenance(str(ROOT / "notebooks" / "claims.ipynb"), {})
+    paths = [resolve_weights(b, "default") for b in ("tiny-emoji-rn", "tiny-emoji-vit")]
+    assert facts["checkpoint"] == ", ".join(Path(p).name for p in paths)
+    assert facts["sha256"] == ", ".join(file_digest(p)[:12] for p in paths)
+
+
 def published_problems(folder: Path, clean: bool = True) -> list[str]:
     """What keeps the reports in ``folder`` from being one citable set: a report the index
     does not list or link, reports from several commits (or uncommitted code when

@@ -243,26 +243,32 @@ def report_provenance(notebook: str, parameters: dict[str, Any]) -> dict[str, An
     """What a report ran on, for its header and the index: ``backbone``, ``pretrained``,
     ``checkpoint`` (the weights file's name, "random init", or why it is unknown),
     ``sha256`` (the first 12 hex digits of the weights file) and ``seeds`` (the notebook's
-    default where no parameter sets them)."""
+    default where no parameter sets them). A notebook with several backbones (``backbone``
+    and ``backbone_*`` parameters, as the claims ledger has) lists each checkpoint and
+    digest, comma-separated, in the order of :func:`report_header`'s models."""
     values = {**_defaults(notebook), **parameters}
-    backbone, pretrained = values.get("backbone", ""), values.get("pretrained", "default")
+    pretrained = values.get("pretrained", "default")
+    keys = sorted(k for k in values if k == "backbone" or k.startswith("backbone_"))
+    found = [_weights_file(str(values[k]), pretrained) for k in keys if values[k]] or [("", "")]
     seeds = values.get("seeds")
-    checkpoint, sha = "", ""
+    return {
+        "backbone": str(values.get("backbone", "")),
+        "pretrained": str(pretrained),
+        "checkpoint": ", ".join(dict.fromkeys(name for name, _ in found)),
+        "sha256": ", ".join(dict.fromkeys(sha for _, sha in found if sha)),
+        "seeds": list(seeds) if isinstance(seeds, (list, tuple)) else seeds,
+    }
+
+
+def _weights_file(backbone: str, pretrained: Any) -> tuple[str, str]:
+    """(file name or "random init" or why it is unknown, first 12 hex digits of its sha256)."""
     try:
         from ..backbones import file_digest, resolve_weights
 
-        path = resolve_weights(str(backbone), pretrained)
-        checkpoint = Path(path).name if path else "random init"
-        sha = file_digest(path)[:12] if path else ""
+        path = resolve_weights(backbone, pretrained)
+        return (Path(path).name, file_digest(path)[:12]) if path else ("random init", "")
     except Exception as e:  # shown as such in the index; the build itself reports it
-        checkpoint = f"unknown ({type(e).__name__})"
-    return {
-        "backbone": str(backbone),
-        "pretrained": str(pretrained),
-        "checkpoint": checkpoint,
-        "sha256": sha,
-        "seeds": list(seeds) if isinstance(seeds, (list, tuple)) else seeds,
-    }
+        return f"unknown ({type(e).__name__})", ""
 
 
 def _defaults(notebook: str) -> dict[str, Any]:
