@@ -53,16 +53,17 @@ def test_the_index_shows_commit_checkpoint_seeds_and_flags_the_differences(tmp_p
     for name in ("a", "b"):
         (tmp_path / f"{name}.html").write_text("x")
         (tmp_path / f"{name}.ipynb").write_text("{}")
-    write_index(tmp_path, {"a": entry("a", "abc1234", [1, 2, 3]), "b": entry("b", "abc1234", [1])})
+    published = list(PUBLISHED_SEEDS)
+    write_index(tmp_path, {"a": entry("a", "abc1234", published), "b": entry("b", "abc1234", [1])})
     page = (tmp_path / "index.html").read_text()
     rows = rows_of(page)
     assert rows["a"]["commit"] == rows["b"]["commit"] == "abc1234"
     assert rows["a"]["checkpoint"] == "tiny.pt" and rows["a"]["sha256"] == "0123456789ab"
-    assert rows["a"]["seeds"] == "1, 2, 3" and rows["b"]["seeds"] == "1"
+    assert rows["a"]["seeds"] == ", ".join(map(str, published)) and rows["b"]["seeds"] == "1"
     assert 'data-commits="1"' in page and 'data-fewer-seeds="1"' in page  # b: one seed
     assert f"fewer seeds than\npublished ({len(PUBLISHED_SEEDS)})" in page
     write_index(
-        tmp_path, {"a": entry("a", "abc1234", [1, 2, 3]), "b": entry("b", "def5678", [1, 2, 3])}
+        tmp_path, {"a": entry("a", "abc1234", published), "b": entry("b", "def5678", published)}
     )
     page = (tmp_path / "index.html").read_text()
     assert 'data-commits="2"' in page and "data-fewer-seeds" not in page
@@ -110,6 +111,14 @@ def published_problems(folder: Path, clean: bool = True) -> list[str]:
     return problems
 
 
+def test_make_reports_builds_at_the_published_seeds():
+    """The committed reports are reproducible with `make reports`: it passes the seeds the
+    index compares against (PUBLISHED_SEEDS) to every notebook."""
+    makefile = (ROOT / "Makefile").read_text()
+    command = re.search(r"^reports: .*\n\t.*\n\t(.*)$", makefile, re.MULTILINE).group(1)
+    assert f"-p seeds '{list(PUBLISHED_SEEDS)}'" in command
+
+
 def test_a_build_gives_one_citable_set(tmp_path):
     """Two notebooks built together: both listed, one commit, checkpoint and seeds shown,
     the one-seed report flagged."""
@@ -118,7 +127,7 @@ def test_a_build_gives_one_citable_set(tmp_path):
     from fewclip.reports import ReportSpec, build_reports
 
     specs = []
-    for name, seeds in (("one", [1]), ("three", [1, 2, 3])):
+    for name, seeds in (("one", [1]), ("published", list(PUBLISHED_SEEDS))):
         nb = nbformat.v4.new_notebook()
         nb.metadata["kernelspec"] = {
             "name": "python3",
@@ -145,10 +154,13 @@ def test_a_build_gives_one_citable_set(tmp_path):
     assert frame["status"].tolist() == ["ok", "ok"], frame["error"].tolist()
     assert published_problems(tmp_path / "out", clean=False) == []
     rows = rows_of((tmp_path / "out" / "index.html").read_text())
-    assert rows["one"]["checkpoint"] == "random init" and rows["three"]["seeds"] == "1, 2, 3"
+    assert rows["one"]["checkpoint"] == "random init"
+    assert rows["published"]["seeds"] == ", ".join(map(str, PUBLISHED_SEEDS))
     assert 'data-fewer-seeds="1"' in (tmp_path / "out" / "index.html").read_text()
-    page = (tmp_path / "out" / "three.html").read_text()
-    assert "<pre>3</pre>" in page  # the result, without the prompt of its hidden code
+    page = (tmp_path / "out" / "published.html").read_text()
+    assert (
+        f"<pre>{len(PUBLISHED_SEEDS)}</pre>" in page
+    )  # the result, without the prompt of its hidden code
     assert not re.search(r"Out\[\d+\]", page)
     (tmp_path / "out" / "stray.html").write_text("<p>built elsewhere</p>")
     assert published_problems(tmp_path / "out", clean=False) == [
@@ -161,3 +173,8 @@ def test_every_committed_report_is_in_the_index_and_all_come_from_one_commit():
     """Fails until reports/ is rebuilt together: make reports REPORTS_ARGS=--force (clean
     tree), then commit reports/."""
     assert published_problems(REPORTS) == []
+    seeds = {
+        name: row.get("seeds")
+        for name, row in rows_of((REPORTS / "index.html").read_text()).items()
+    }
+    assert set(seeds.values()) == {", ".join(map(str, PUBLISHED_SEEDS))}, seeds
