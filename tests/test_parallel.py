@@ -30,7 +30,9 @@ def test_map_jobs_on_dask():
     assert results == {0: 6, 1: 20}
 
 
-def test_a_ctrl_c_inside_a_gc_callback_leaves_it_whole_and_still_stops_the_jobs(monkeypatch):
+def test_a_ctrl_c_inside_a_gc_callback_leaves_it_whole_and_still_stops_the_jobs(
+    monkeypatch, request
+):
     """Ctrl-C arriving inside a garbage-collector callback (distributed's GCDiagnosis has
     one) must neither be raised there (Python prints it as "Exception ignored", the
     callback stops half-way and breaks its own state, and the Ctrl-C is lost) nor be
@@ -47,6 +49,10 @@ def test_a_ctrl_c_inside_a_gc_callback_leaves_it_whole_and_still_stops_the_jobs(
 
     ignored = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: ignored.append(u.exc_type))
+    # Python's own Ctrl-C handler, as in a fresh process (an imported library may have left
+    # its own one in this test process; the latch then defers to it by design)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, before))
     with open_jobs(operator.add) as running:
         running.submit(0, 1, 2)
         gc.callbacks.append(swallowing_callback)
