@@ -197,9 +197,7 @@ def report_header(
     from ..notebook import LINKS
 
     values = {**_defaults(notebook), **parameters}
-    models = []
-    for key in sorted(k for k in values if k == "backbone" or k.startswith("backbone_")):
-        models.append(f"`{values[key]}`")
+    models = [f"`{values[key]}`" for key in _backbone_keys(values)]
     pre = values.get("pretrained", "default")
     lines = [
         f"*Report `{name}`, built {_now()[:16].replace('T', ' ')} from fewclip "
@@ -248,7 +246,7 @@ def report_provenance(notebook: str, parameters: dict[str, Any]) -> dict[str, An
     digest, comma-separated, in the order of :func:`report_header`'s models."""
     values = {**_defaults(notebook), **parameters}
     pretrained = values.get("pretrained", "default")
-    keys = sorted(k for k in values if k == "backbone" or k.startswith("backbone_"))
+    keys = _backbone_keys(values)
     found = [_weights_file(str(values[k]), pretrained) for k in keys if values[k]] or [("", "")]
     seeds = values.get("seeds")
     return {
@@ -258,6 +256,12 @@ def report_provenance(notebook: str, parameters: dict[str, Any]) -> dict[str, An
         "sha256": ", ".join(dict.fromkeys(sha for _, sha in found if sha)),
         "seeds": list(seeds) if isinstance(seeds, (list, tuple)) else seeds,
     }
+
+
+def _backbone_keys(values: dict[str, Any]) -> list[str]:
+    """The parameters naming a backbone (``backbone``, ``backbone_*``), in one order for the
+    header's models and the provenance's checkpoints."""
+    return sorted(k for k in values if k == "backbone" or k.startswith("backbone_"))
 
 
 def _weights_file(backbone: str, pretrained: Any) -> tuple[str, str]:
