@@ -157,7 +157,14 @@ def test_the_shipped_ledger_loads_and_builds_its_runs():
     base = RunConfig(data_root="/nowhere", progress=False)
     runs = claims.configs(ledger, base, seeds=[1, 2], backbones={"rn": "a", "vit": "b"})
     assert len(runs) == len({json.dumps(c.to_dict(), sort_keys=True) for c in runs})
-    assert {c.seed for c in runs} == {1, 2} and {c.backbone for c in runs} == {"a", "b"}
+    # rows with their own seed count (noise-dominated) run on 1..10, the others on 1, 2
+    assert {c.seed for c in runs} == set(range(1, 11)) and {c.backbone for c in runs} == {"a", "b"}
+    counted = ledger[ledger["seeds"] > 0]
+    assert len(counted) >= 10 and set(counted["seeds"]) == {10}
+    plain = claims.configs(ledger[ledger["seeds"] == 0], base, [1, 2], {"rn": "a", "vit": "b"})
+    assert {c.seed for c in plain} == {1, 2}
+    flat = claims.configs(ledger, base, [1, 2], {"rn": "a", "vit": "b"}, row_seeds=False)
+    assert {c.seed for c in flat} == {1, 2}
     tomm = [c for c in runs if c.method == "tomm"]
     assert tomm and all(c.backbone == "b" and c.protocol == "base_to_new" for c in tomm)
 
@@ -533,3 +540,95 @@ def test_headline_rows_quote_the_papers_effect_from_paper_results():
         assert ledger.loc[f"clip_adapter.curve_beats_linear_probe_k{k}", "shots"] == k
     # DualAdapter against APE-T, its base, pooled over tasks (at 16 shots)
     assert len(ledger.loc["dual_adapter.beats_ape_t", "datasets"]) >= 3
+
+
+def _cost_record(method, seed, dataset, params, seconds):
+    record = _record(method, seed, np.ones(4, dtype=bool), dataset)
+    return {**record, "trainable_params": params, "fit_seconds": seconds}
+
+
+def test_a_cost_claim_is_a_ratio_against_its_margin(tmp_path):
+    """A fits in 2.0x, 2.2x and 1.8x B's time on d, exactly twice on e: the ratio is the
+    geometric mean, log-t over seeds; A trains 5 parameters to B's 16 at every seed."""
+    times = {1: (2.0, 2.0), 2: (2.2, 2.0), 3: (1.8, 2.0)}  # (A / B on d, A / B on e)
+    rows = []
+    for seed, (on_d, on_e) in times.items():
+        for dataset, ratio in (("d", on_d), ("e", on_e)):
+            rows.append(_cost_record("slow", seed, dataset, 5, 0.5 * ratio))
+            rows.append(_cost_record("base", seed, dataset, 16, 0.5))
+    frame = pd.DataFrame(rows)
+
+    def row(cid, value, margin):
+        return _row(cid, "slow", "base", "ratio_at_most", "d;e", margin).replace(
+            ",accuracy,", f",{value},"
+        )
+
+    ledger = _ledger(
+        tmp_path,
+        [
+            row("params", "trainable_params", 1),
+            row("time_ok", "fit_seconds", 3),
+            row("time_bad", "fit_seconds", 1.5),
+            row("time_edge", "fit_seconds", 2),
+        ],
+    )
+    table = claims.evaluate(ledger, frame).set_index("id")
+    # parameters: exactly 5 / 16 at every seed, a point interval, below 1x
+    assert table.loc["params", "effect"] == pytest.approx(5 / 16)
+    assert table.loc["params", "ci_low"] == table.loc["params", "ci_high"] == pytest.approx(5 / 16)
+    assert table.loc["params", "verdict"] == "supported"
+    # time: per seed the geometric mean of the two datasets' ratios, then over seeds
+    logs = np.log([np.sqrt(d * e) for d, e in times.values()])
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / np.sqrt(3)
+    for cid in ("time_ok", "time_bad", "time_edge"):
+        assert table.loc[cid, "effect"] == pytest.approx(np.exp(logs.mean()))
+        assert table.loc[cid, "ci_low"] == pytest.approx(np.exp(logs.mean() - half))
+        assert table.loc[cid, "ci_high"] == pytest.approx(np.exp(logs.mean() + half))
+        assert table.loc[cid, "df"] == 2 and table.loc[cid, "n_seeds"] == 3
+    assert table.loc["time_ok", "ci_high"] < 3 and table.loc["time_bad", "ci_low"] > 1.5
+    assert table.loc["time_ok", "verdict"] == "supported"
+    assert table.loc["time_bad", "verdict"] == "contradicted"
+    assert table.loc["time_edge", "verdict"] == "inconclusive at this scale"
+    # p on the log scale agrees with the interval; no zero-shot gate and no test images
+    assert table.loc["time_ok", "p"] < 0.05 and table.loc["time_edge", "p"] > 0.05
+    assert np.isnan(table.loc["time_ok", "test_images"])
+    assert table.loc["time_ok", "value"] == "fit_seconds (ratio A / B)"
+    assert claims.gate_configs(ledger.iloc[1].to_dict(), RunConfig(), [1]) == []
+    assert claims.comparison(ledger.iloc[1].to_dict()).startswith("fit_seconds: slow / base <= 3")
+
+
+def test_cost_claims_are_refused_unless_they_compare_a_cost_as_a_ratio(tmp_path):
+    ratio = _row("x", "a", "b", "ratio_at_most", "d", 2)
+    with pytest.raises(ValueError, match="compares a ratio of 'accuracy'"):
+        _ledger(tmp_path, [ratio])
+    with pytest.raises(ValueError, match="positive margin"):
+        _ledger(tmp_path, [_row("x", "a", "b", "ratio_at_most", "d", 0).replace(
+            ",accuracy,", ",fit_seconds,")])  # fmt: skip
+    with pytest.raises(ValueError, match="as a difference"):
+        _ledger(tmp_path, [_row("x", "a", "b").replace(",accuracy,", ",fit_seconds,")])
+
+
+def test_a_row_with_its_own_seed_count_runs_and_reads_exactly_those_seeds(tmp_path, frame):
+    assert claims.row_seeds({"seeds": 5}, [1, 2]) == [1, 2, 3, 4, 5]
+    assert claims.row_seeds({"seeds": 0}, [3, 1]) == [3, 1]
+    assert claims.row_seeds({"seeds": 2}, [1, 2, 3]) == [1, 2, 3]  # never fewer
+    path = tmp_path / "claims.csv"
+    rows = [_row("two", "good", "base") + ",,,,,", _row("three", "good", "base") + ",,,,,3"]
+    path.write_text("\n".join([HEADER + ",delta,paper_effect,contrast,paper_scale,seeds", *rows]))
+    ledger = claims.load(str(path))
+    runs = claims.configs(ledger, RunConfig(data_root="/nowhere", progress=False), [1, 2])
+    assert sorted({(c.method, c.seed) for c in runs}) == [
+        ("base", 1), ("base", 2), ("base", 3), ("good", 1), ("good", 2), ("good", 3),
+        ("zero_shot", 1),  # the gate's, on the first seed
+    ]  # fmt: skip
+    # the frame holds seeds 1-3 of both: each claim reads its own seeds, not whatever is there
+    table = claims.evaluate(ledger, frame, n_boot=200, seeds=[1, 2]).set_index("id")
+    assert table.loc["two", "n_seeds"] == 2 and table.loc["three", "n_seeds"] == 3
+    flat = claims.evaluate(ledger, frame, n_boot=200, seeds=[1, 2], row_seeds=False)
+    assert list(flat["n_seeds"]) == [2, 2]
+    assert list(claims.evaluate(ledger, frame, n_boot=200)["n_seeds"]) == [3, 3]
+    path.write_text("\n".join([HEADER + ",seeds", _row("one", "good", "base") + ",1"]))
+    with pytest.raises(ValueError, match="seeds must be an integer of at least 2"):
+        claims.load(str(path))

@@ -385,8 +385,13 @@ def test_difficulty_notebook(env, tmp_path):
     )
     assert not outputs(notebook, "error")
     # the ledger's APEX claims at the ledger's configuration (4 epochs), as the claims report
-    ledger = pd.read_csv(out / "ledger_verdicts.csv")
-    assert set(ledger["id"]) == set(claims.load().query("paper == 'apex'")["id"])
+    ledger = pd.read_csv(out / "ledger_verdicts.csv").set_index("id")
+    assert set(ledger.index) == set(claims.load().query("paper == 'apex'")["id"])
+    # a row with its own seed count (noise-dominated) ran on it; the others on the two given
+    counts = claims.load().set_index("id")["seeds"]
+    ran = ledger.loc[ledger["verdict"] != "not run", "n_seeds"]
+    assert {int(n) for i, n in ran.items() if counts[i]} == {10}
+    assert {int(n) for i, n in ran.items() if not counts[i]} == {2}
     apex_epochs = store.loc[store["method"] == "apex", "config"].map(
         lambda c: c["options"].get("epochs")
     )
@@ -442,6 +447,7 @@ def test_mutual_notebook(env, tmp_path):
         shots=1,
         epochs=2,
         seeds=[1, 2],
+        row_seeds=False,  # TOMM's rows' own 10 seeds (cost); the difficulty test keeps them
         map_images=2,
         dataset_map={"emoji_name_b2n": "folder:squares", "emoji_subcategory_b2n": "folder:squares"},
     )
@@ -549,6 +555,7 @@ def test_claims_notebook(env, tmp_path):
         backbone_vit="fewclip-test-vit",
         pretrained="none",
         seeds=[1, 2],
+        row_seeds=False,  # the SimNL row's own 10 seeds: tests/test_claims.py
         ids=picked,
         dataset_map={"emoji_openmoji_subcategory": "folder:squares"},
         shots_override=2,
@@ -559,7 +566,7 @@ def test_claims_notebook(env, tmp_path):
     assert list(verdicts.index) == picked
     ran = (*claims.TESTED, claims.UNTESTED)  # random weights may give A = B
     assert verdicts.loc[picked[0], "verdict"] in ran
-    assert verdicts.loc[picked[0], "n_seeds"] == 2
+    assert verdicts.loc[picked[0], "n_seeds"] == 2 == verdicts.loc[picked[1], "n_seeds"]
     assert verdicts.loc[picked[1], "verdict"] in ran  # SimNL: a drop under label noise
     assert {"se", "df", "p_holm", "verdict_holm", "test_images"} <= set(verdicts.columns)
     assert "At 2 seeds the nominal 95% interval covers" in text_of(notebook)

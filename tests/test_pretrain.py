@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -451,3 +452,31 @@ def test_training_state_loads_with_weights_only(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x80\x04 random bytes, not a pickle")
     with pytest.raises(ValueError, match="junk.pt is not a fewclip training state"):
         load_state(tmp_path / "junk.pt")
+
+
+def test_the_resumable_recipe_is_the_model_cards_recipe():
+    """``fewclip.pretrain.recipe`` runs the five commands of tiny-emoji-rn's model card
+    (only the seed, folders, threads and checkpoint interval may differ)."""
+    import shlex
+
+    from fewclip.backbones import WEIGHTS_DIR
+    from fewclip.pretrain.__main__ import parse
+    from fewclip.pretrain.recipe import stage_configs
+
+    card = (WEIGHTS_DIR / "tiny-emoji-rn.md").read_text()
+    block = card.split("## Recipe", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    commands = [line for line in lines if line.startswith("python")]
+    assert len(commands) == 5
+    free = {"seed", "out_dir", "init_from", "threads", "checkpoint_every"}
+    stages = stage_configs("tiny-emoji-rn", 7, "/tmp/somewhere", threads=1)
+    for i, (command, stage) in enumerate(zip(commands, stages, strict=True), start=1):
+        card_cfg, _ = parse([a for a in shlex.split(command)[3:] if a != "--install"])
+        for f in dataclasses.fields(card_cfg):
+            if f.name not in free:
+                assert getattr(stage, f.name) == getattr(card_cfg, f.name), (i, f.name)
+        assert stage.seed == 7 and stage.out_dir == f"/tmp/somewhere/v{i}"
+        # each stage continues the one before; the first starts from scratch
+        assert bool(stage.init_from) == bool(card_cfg.init_from) == (i > 1)
+        if i > 1:
+            assert stage.init_from == f"/tmp/somewhere/v{i - 1}/tiny-emoji-rn.safetensors"

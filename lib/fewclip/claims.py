@@ -38,9 +38,24 @@ over classes: :func:`fewclip.evidence.paired_cells` with ``by_class``):
   test images, which the interval treats as independent: with the two differences
   positively correlated over images (the usual case) it is conservative.
 
+- ``ratio_at_most`` (a cost claim: ``value`` is ``trainable_params`` or ``fit_seconds``):
+  the effect is the ratio A / B, paired by dataset and seed (the geometric mean over the
+  claim's datasets, then over seeds), with a Student-t interval over seeds on the log
+  scale (no test images enter a cost); ``margin`` is the largest ratio the claim allows
+  (e.g. 2: "at most twice B's time"). **Supported** if the interval's upper end is below
+  the margin, **contradicted** if its lower end is above it, else inconclusive. Costs do
+  not depend on B's accuracy, so the zero-shot gate does not apply. A trainable-parameter
+  count is the same at every seed: its interval is the ratio itself.
+
 - an equivalence bound ``delta`` (column ``delta``, points; the paper's own effect where
   known, else a stated smallest effect of interest): **no effect as large as delta** when
   the interval lies inside (-delta, delta) and no other verdict applies.
+
+``seeds`` (an integer, at least 2): a row whose interval the spread over seeds dominates
+(the few-shot sample, the label-noise draw, the fit time) runs on that many seeds where
+the notebook runs fewer: its seeds are the notebook's, extended by the next integers
+(:func:`row_seeds`; :func:`configs` and :func:`evaluate` with ``row_seeds=False`` run
+every row on the notebook's seeds alone).
 
 ``paper_effect`` (points, where the paper or ``data/paper_results.csv`` gives it) adds the
 column ``vs_paper``: **smaller than the paper's effect** when the interval's upper end is
@@ -111,12 +126,17 @@ COLUMNS = (
     "note",
 )
 #: Columns a ledger may leave out (empty: not stated).
-OPTIONAL_COLUMNS = ("delta", "paper_effect", "contrast", "paper_scale")
+OPTIONAL_COLUMNS = ("delta", "paper_effect", "contrast", "paper_scale", "seeds")
 #: How the ledger can be run: as written (the offline tasks, the tiny models) or at the
 #: papers' scale (each row's ``paper_scale``: CoOp datasets, RN50 / ViT-B/16, 16 shots).
 PROFILES = ("embedded", "paper")
-DIRECTIONS = ("greater", "not_worse", "interaction_greater")
+DIRECTIONS = ("greater", "not_worse", "interaction_greater", "ratio_at_most")
+#: Directions whose effect is a cost ratio A / B, not a difference in points.
+RATIO_DIRECTIONS = ("ratio_at_most",)
+#: The values a cost claim may compare (record fields).
+COST_VALUES = ("trainable_params", "fit_seconds")
 UNTESTED = "untested: A = B"
+INCONCLUSIVE = "inconclusive at this scale"
 NO_EFFECT = "no effect as large as delta"
 GATED = "withheld: baseline below zero-shot"
 #: Side-B methods the zero-shot gate does not apply to, with the reason ``detail`` gives.
@@ -126,7 +146,7 @@ GATE_EXEMPT = {
 }
 HOLM_INCONCLUSIVE = "inconclusive after Holm"
 #: Verdicts of a comparison that ran (the first three: of its interval alone).
-TESTED = ("supported", "contradicted", "inconclusive at this scale", NO_EFFECT, GATED)
+TESTED = ("supported", "contradicted", INCONCLUSIVE, NO_EFFECT, GATED)
 VERDICTS = (*TESTED, UNTESTED, "not run")
 #: Family-wise level of the Holm adjustment (per paper).
 ALPHA = 0.05
@@ -151,15 +171,64 @@ def load(path: str | None = None) -> pd.DataFrame:
         raise ValueError(f"{path or CSV}: unknown direction(s) {bad}; use one of {DIRECTIONS}")
     frame["shots"] = frame["shots"].astype(int)
     frame["margin"] = [float(m or 0) for m in frame["margin"]]
+    for claim in frame.to_dict("records"):
+        _check_ratio(claim, path or CSV)
     for column in ("delta", "paper_effect"):
         given = frame[column] if column in frame else [""] * len(frame)
         frame[column] = [_number(v, column, i) for i, v in zip(frame["id"], given, strict=True)]
+    given = frame["seeds"] if "seeds" in frame else [""] * len(frame)
+    frame["seeds"] = [_seed_count(v, i) for i, v in zip(frame["id"], given, strict=True)]
     given = frame["contrast"] if "contrast" in frame else [""] * len(frame)
     frame["contrast"] = [_contrast(v, i) for i, v in zip(frame["id"], given, strict=True)]
     given = frame["paper_scale"] if "paper_scale" in frame else [""] * len(frame)
     frame["paper_scale"] = [_scale(v, i) for i, v in zip(frame["id"], given, strict=True)]
     frame["datasets"] = [[d for d in s.split(";") if d] for s in frame["datasets"]]
     return frame
+
+
+def _check_ratio(claim: Mapping[str, Any], path: str) -> None:
+    """Refuse a cost claim that compares no cost or allows no ratio (one sentence)."""
+    is_ratio = claim["direction"] in RATIO_DIRECTIONS
+    if is_ratio and claim["value"] not in COST_VALUES:
+        raise ValueError(
+            f"{path}: claim {claim['id']} compares a ratio of {claim['value']!r}; a "
+            f"{claim['direction']} claim compares one of {COST_VALUES}"
+        )
+    if is_ratio and not claim["margin"] > 0:
+        raise ValueError(
+            f"{path}: claim {claim['id']} needs a positive margin (the largest ratio A / B "
+            f"it allows), got {claim['margin']}"
+        )
+    if not is_ratio and claim["value"] in COST_VALUES:
+        raise ValueError(
+            f"{path}: claim {claim['id']} compares {claim['value']!r} as a difference; "
+            "compare a cost with direction ratio_at_most"
+        )
+
+
+def _seed_count(text: str, claim: str) -> int:
+    """The ``seeds`` column: 0 (the notebook's seeds) or a count of at least 2."""
+    if not text:
+        return 0
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 2:
+        raise ValueError(f"claim {claim}: seeds must be an integer of at least 2, got {text!r}")
+    return count
+
+
+def row_seeds(claim: Mapping[str, Any], seeds: Sequence[int]) -> list[int]:
+    """The seeds ``claim`` runs on: ``seeds``, extended by the integers after the largest
+    until there are ``claim["seeds"]`` of them (``row_seeds({"seeds": 5}, [1, 2]) == [1, 2,
+    3, 4, 5]``)."""
+    out = [int(s) for s in seeds]
+    nxt = max(out, default=0) + 1
+    while len(out) < int(claim.get("seeds") or 0):
+        out.append(nxt)
+        nxt += 1
+    return out
 
 
 def _number(text: str, column: str, claim: str) -> float:
@@ -281,19 +350,26 @@ def side_configs(
 
 
 def configs(
-    ledger: pd.DataFrame, base: RunConfig, seeds: Sequence[int], backbones=None
+    ledger: pd.DataFrame,
+    base: RunConfig,
+    seeds: Sequence[int],
+    backbones=None,
+    *,
+    row_seeds: bool = True,
 ) -> list[RunConfig]:
-    """Every run the ledger needs (each configuration once); claims whose configuration
+    """Every run the ledger needs (each configuration once), each claim on its
+    :func:`row_seeds` (``row_seeds=False``: on ``seeds`` alone); claims whose configuration
     cannot be built (a field this version lacks) are skipped here and reported by
     :func:`evaluate` as not run."""
     seen: dict[str, RunConfig] = {}
     for claim in ledger.to_dict("records"):
+        own = _seeds_of(claim, seeds, row_seeds)
         for side in ("a", "b", "zero_shot"):
             try:
                 runs = (
-                    gate_configs(claim, base, seeds, backbones)
+                    gate_configs(claim, base, own, backbones)
                     if side == "zero_shot"
-                    else side_configs(claim, side, base, seeds, backbones)
+                    else side_configs(claim, side, base, own, backbones)
                 )
             except (TypeError, ValueError):
                 continue
@@ -302,19 +378,35 @@ def configs(
     return list(seen.values())
 
 
+def _seeds_of(claim: Mapping[str, Any], seeds: Sequence[int], extend: bool) -> list[int]:
+    return row_seeds(claim, seeds) if extend else [int(s) for s in seeds]
+
+
 def gate_configs(
     claim: Mapping[str, Any], base: RunConfig, seeds: Sequence[int], backbones=None
 ) -> list[RunConfig]:
     """The zero-shot runs the gate compares a trained side B with (none when B is zero-shot
     or exempt from the gate)."""
-    if claim["b_method"] == "zero_shot" or claim["b_method"] in GATE_EXEMPT:
+    if _ungated(claim):
         return []
     gate = dict(claim, b_method="zero_shot", b_options={})
     return side_configs(gate, "b", base, seeds[:1], backbones)
 
 
+def _ungated(claim: Mapping[str, Any]) -> bool:
+    """Claims the zero-shot gate does not apply to: B is zero-shot or exempt, or a cost."""
+    return (
+        claim["b_method"] == "zero_shot"
+        or claim["b_method"] in GATE_EXEMPT
+        or claim["direction"] in RATIO_DIRECTIONS
+    )
+
+
 def threshold(direction: str, margin: float = 0.0) -> float:
-    """The effect a claim must exceed: 0, or -margin for ``not_worse``."""
+    """The effect a claim must exceed: 0, or -margin for ``not_worse``; for a cost ratio,
+    the margin it must stay below."""
+    if direction in RATIO_DIRECTIONS:
+        return margin
     return -margin if direction == "not_worse" else 0.0
 
 
@@ -325,13 +417,15 @@ def verdict(
     if not (math.isfinite(low) and math.isfinite(high)):
         return "not run"
     line = threshold(direction, margin)
+    if direction in RATIO_DIRECTIONS:
+        return "supported" if high < line else "contradicted" if low > line else INCONCLUSIVE
     if low > line:
         return "supported"
     if high < line:
         return "contradicted"
     if math.isfinite(delta) and -delta < low and high < delta:
         return NO_EFFECT
-    return "inconclusive at this scale"
+    return INCONCLUSIVE
 
 
 def versus_paper(low: float, high: float, paper_effect: float) -> str:
@@ -401,7 +495,14 @@ _CONFIG_DEFAULTS = {
 }  # fmt: skip
 
 
-def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BOOT) -> pd.DataFrame:
+def evaluate(
+    ledger: pd.DataFrame,
+    frame: pd.DataFrame,
+    *,
+    n_boot: int = ev.N_BOOT,
+    seeds: Sequence[int] | None = None,
+    row_seeds: bool = True,
+) -> pd.DataFrame:
     """One row per claim: ``id``, ``paper``, ``claim``, ``comparison``, ``value``,
     ``effect`` (A - B, points), ``ci_low``, ``ci_high``, ``se``, ``df``, ``p``, ``p_holm``,
     ``n_seeds``, ``coverage``, ``datasets``, ``test_images`` (per arm, summed over the
@@ -410,7 +511,9 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
 
     ``frame``: a sweep or store frame holding the claims' runs; a side's runs are those
     whose configured method, options, protocol, shots, dataset and ``config`` fields are
-    exactly the claim's (a run with extra options is another configuration)."""
+    exactly the claim's (a run with extra options is another configuration) and, with
+    ``seeds``, whose seed is one of the claim's (:func:`row_seeds`, as :func:`configs` ran
+    them), so a claim reads the same seeds whatever else the frame holds."""
     records = frame.to_dict("records") if len(frame) else []
     failed = [r for r in records if r.get("status") == "failed"]
     done = [r for r in records if r.get("status", "done") == "done"]
@@ -442,12 +545,20 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
         }
         rows.append(row)
         levels = _levels(claim)
+        wanted_seeds = None if seeds is None else set(_seeds_of(claim, seeds, row_seeds))
+        mine = [
+            r for r in done
+            if wanted_seeds is None or int(r["config"].get("seed", 1)) in wanted_seeds
+        ]  # fmt: skip
         matched = [
-            {s: [r for r in done if _matches(r, level, s)] for s in ("a", "b")} for level in levels
+            {s: [r for r in mine if _matches(r, level, s)] for s in ("a", "b")} for level in levels
         ]
         sides = {s: [r for m in matched for r in m[s]] for s in ("a", "b")}
         if not sides["a"] or not sides["b"]:
             row["detail"] = _why_not_run(claim, sides, failed)
+            continue
+        if claim["direction"] in RATIO_DIRECTIONS:
+            row.update(_ratio_row(claim, matched[0]))
             continue
         got = [_dataset_cells(level, m, n_boot) for level, m in zip(levels, matched, strict=True)]
         errors = [g for g in got if isinstance(g, str)]
@@ -494,6 +605,55 @@ def evaluate(ledger: pd.DataFrame, frame: pd.DataFrame, *, n_boot: int = ev.N_BO
             + f" ({stats['interval']})",
         )
     return _with_holm(pd.DataFrame(rows))
+
+
+def _ratio_row(claim: Mapping[str, Any], matched: Mapping[str, list]) -> dict[str, Any]:
+    """A cost claim's row: the ratio A / B of ``claim["value"]`` (geometric mean over the
+    claim's datasets, then over seeds), its 95% interval (Student-t over seeds on log A / B),
+    ``se`` and ``p`` on the log scale, the verdict against ``margin`` (the largest ratio
+    allowed), or ``detail`` saying why there is none."""
+    value, datasets = claim["value"], claim["datasets"]
+    got = {
+        s: {(r["config"]["dataset"], int(r["config"]["seed"])): ev.value_of(r, value)
+            for r in matched[s]}
+        for s in ("a", "b")
+    }  # fmt: skip
+    seeds = sorted(
+        seed
+        for seed in {k[1] for k in got["a"]}
+        if all((d, seed) in got["a"] and (d, seed) in got["b"] for d in datasets)
+    )
+    pairs = [[(got["a"][d, s], got["b"][d, s]) for d in datasets] for s in seeds]
+    if not seeds or not all(a > 0 and b > 0 for p in pairs for a, b in p):
+        return {"detail": f"no positive {value} of both sides on every dataset at a common seed"}
+    logs = np.array([np.mean([math.log(a / b) for a, b in p]) for p in pairs])
+    n, mean = len(logs), float(logs.mean())
+    # a parameter count is the same at every seed: its interval is the ratio itself
+    std = 0.0 if value == "trainable_params" else float(logs.std(ddof=1)) if n > 1 else math.nan
+    se = std / math.sqrt(n)
+    df = float(n - 1) if se > 0 else math.inf
+    low, high = ev.combine_interval(mean, std, n, 0.0)[:2] if math.isfinite(se) else (se, se)
+    p = p_value(mean, se, df, math.log(claim["margin"]))
+    low, high = math.exp(low), math.exp(high)
+    means = "; ".join(
+        f"{d}: A {np.mean([got['a'][d, s] for s in seeds]):.4g} vs "
+        f"B {np.mean([got['b'][d, s] for s in seeds]):.4g}"
+        for d in datasets
+    )
+    return {
+        "value": f"{value} (ratio A / B)",
+        "effect": math.exp(mean),
+        "ci_low": low,
+        "ci_high": high,
+        "se": se,
+        "df": df,
+        "p": p,
+        "n_seeds": n,
+        "test_images": math.nan,
+        "verdict": verdict(low, high, claim["direction"], claim["margin"]),
+        "detail": f"{means} (ratio of the geometric means; se and p on log A / B, "
+        f"Student-t over {n} seeds; allowed: at most {claim['margin']:g}x)",
+    }
 
 
 def _levels(claim: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -585,7 +745,7 @@ def _gate(claim: Mapping[str, Any], done: list, side_b: list) -> str:
     """Why the claim is withheld (side B, trained, below zero-shot on a task), or ''.
 
     ``side_b``: the finished records of side B at the claim's own configuration."""
-    if claim["b_method"] == "zero_shot" or claim["b_method"] in GATE_EXEMPT:
+    if _ungated(claim):
         return ""
     gate = dict(claim, b_method="zero_shot", b_options={})
     value = "base_accuracy" if claim["protocol"] == "base_to_new" else "accuracy"
@@ -621,6 +781,11 @@ def comparison(claim: Mapping[str, Any]) -> str:
         return claim[f"{s}_method"] + (f" ({text})" if text else "")
 
     extra = ", ".join(f"{k}={v}" for k, v in claim["config"].items())
+    if claim["direction"] in RATIO_DIRECTIONS:
+        return (
+            f"{claim['value']}: {side('a')} / {side('b')} <= {claim['margin']:g}; "
+            f"{claim['protocol']}, K={claim['shots']}" + (f", {extra}" if extra else "")
+        )
     sign = {"greater": ">", "not_worse": ">=", "interaction_greater": "> (interaction)"}
     return (
         f"{side('a')} {sign[claim['direction']]} {side('b')}; {claim['protocol']}, "

@@ -70,21 +70,29 @@ def ledger_runs(
     claims_file: str | None = None,
     profile: str = "embedded",
     dataset_map: Mapping[str, str] | None = None,
+    row_seeds: bool = True,
 ) -> tuple[pd.DataFrame, list[RunConfig]]:
     """The ledger rows of ``paper`` and every run they need: the very configurations the
-    claims report runs (:func:`fewclip.claims.configs`), so both reports read the same runs.
+    claims report runs (:func:`fewclip.claims.configs`, each row on its own seeds unless
+    ``row_seeds`` is False), so both reports read the same runs.
     ``backbones``: ``{"rn": ..., "vit": ...}`` (the paper profile's own when it has one);
     ``dataset_map`` replaces ledger datasets (quick checks, as the claims report's)."""
     rows, scale = ledger(paper, claims_file, profile)
     if dataset_map:
         rows["datasets"] = [[dataset_map.get(d, d) for d in ds] for ds in rows["datasets"]]
-    return rows, claims.configs(rows, base, seeds, scale or backbones)
+    return rows, claims.configs(rows, base, seeds, scale or backbones, row_seeds=row_seeds)
 
 
-def verdicts(rows: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """:func:`fewclip.claims.evaluate` of ``rows`` on ``frame`` (Holm's adjustment is
-    within a paper, so a paper's rows give the same verdicts here as in the claims report)."""
-    return claims.evaluate(rows, frame)
+def verdicts(
+    rows: pd.DataFrame,
+    frame: pd.DataFrame,
+    seeds: Sequence[int] | None = None,
+    row_seeds: bool = True,
+) -> pd.DataFrame:
+    """:func:`fewclip.claims.evaluate` of ``rows`` on ``frame``, each claim on its own seeds
+    (``seeds`` extended as :func:`ledger_runs` ran them; Holm's adjustment is within a
+    paper), so a paper's rows give the same verdicts here as in the claims report."""
+    return claims.evaluate(rows, frame, seeds=seeds, row_seeds=row_seeds)
 
 
 def summary(table: pd.DataFrame) -> str:

@@ -1,0 +1,84 @@
+"""A tiny model's whole recipe in one resumable command, for another pretraining seed.
+
+``tiny-emoji-rn`` version 5 is five runs of ``python -m fewclip.pretrain``, each continuing
+the one before (its model card, "Recipe"). An independently pretrained checkpoint (for the
+claims ledger's headline rows on a second model) is the same five runs with another
+``--seed``:
+
+    python -m fewclip.pretrain.recipe --arch tiny-emoji-rn --seed 1   # runs/pretrain-rn-seed1/
+
+Each stage writes ``<root>/v<N>/`` and checkpoints every ``--checkpoint-every`` steps; run
+the command again after an interruption and it resumes where it stopped (a finished stage
+is skipped). Nothing is installed: the result is ``<root>/v5/<arch>.safetensors``, used as
+``pretrained=<that path>`` (the notebooks' ``pretrained`` parameter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .train import PretrainConfig, pretrain
+
+#: Augmentations shared by versions 2 to 5 (the model card's commands).
+_DRAWN = {"color_jitter": 0.4, "blur_p": 0.1}
+_OUTLINED = {**_DRAWN, "outline_p": 0.25, "sketch_p": 0.15}
+_ZOOMED = {**_OUTLINED, "zoom_out_p": 0.5, "zoom_out_min": 0.7}
+
+#: ``tiny-emoji-rn``'s five stages as its model card states them (version 1 from scratch on
+#: two styles; 2 to 5 continue the one before on the eight pretraining styles).
+STAGES: dict[str, list[dict]] = {
+    "tiny-emoji-rn": [
+        {"styles": "google,twitter", "sampling": "image", "keyword_p": 0.0, "steps": 2500},
+        {**_DRAWN, "steps": 4500, "lr": 8e-4},
+        {**_OUTLINED, "steps": 4500, "lr": 5e-4},
+        {**_ZOOMED, "steps": 2500, "lr": 5e-4},
+        {**_ZOOMED, "steps": 1500, "lr": 5e-4, "group_p": 0.002, "group_category_share": 0.0},
+    ],
+}
+
+
+def stage_configs(arch: str, seed: int, root: str | Path, **common) -> list[PretrainConfig]:
+    """One :class:`PretrainConfig` per stage of ``arch``'s recipe, with ``seed``, each
+    starting from the checkpoint of the stage before (``common``: e.g. ``threads``)."""
+    if arch not in STAGES:
+        raise ValueError(f"no recipe for {arch!r}; recipes: {sorted(STAGES)}")
+    out, previous = [], ""
+    for i, stage in enumerate(STAGES[arch], start=1):
+        run_dir = Path(root) / f"v{i}"
+        out.append(
+            PretrainConfig(
+                arch=arch, seed=seed, out_dir=str(run_dir), init_from=previous, **common, **stage
+            )
+        )
+        previous = str(run_dir / f"{arch}.safetensors")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fewclip.pretrain.recipe", description=__doc__)
+    p.add_argument("--arch", default="tiny-emoji-rn", choices=sorted(STAGES))
+    p.add_argument("--seed", type=int, required=True, help="the pretraining seed (version 5: 0)")
+    p.add_argument("--root", default="", help="default: runs/pretrain-<rn|vit>-seed<seed>")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    args = p.parse_args(argv)
+    root = args.root or f"runs/pretrain-{args.arch.rsplit('-', 1)[-1]}-seed{args.seed}"
+    common = {"threads": args.threads, "checkpoint_every": args.checkpoint_every}
+    for cfg in stage_configs(args.arch, args.seed, root, **common):
+        done = Path(cfg.out_dir) / f"{cfg.arch}.safetensors"
+        if done.exists():
+            print(f"{cfg.out_dir}: done, skipped")
+            continue
+        print(f"{cfg.out_dir}: {dataclasses.asdict(cfg)}")
+        pretrain(cfg)
+    print(
+        f"the checkpoint: {Path(root) / f'v{len(STAGES[args.arch])}' / f'{args.arch}.safetensors'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
