@@ -632,3 +632,49 @@ def test_a_row_with_its_own_seed_count_runs_and_reads_exactly_those_seeds(tmp_pa
     path.write_text("\n".join([HEADER + ",seeds", _row("one", "good", "base") + ",1"]))
     with pytest.raises(ValueError, match="seeds must be an integer of at least 2"):
         claims.load(str(path))
+
+
+def test_two_checkpoints_verdicts_are_compared_claim_by_claim():
+    def table(verdicts):
+        return pd.DataFrame(
+            {
+                "id": list(verdicts),
+                "effect": [1.0] * len(verdicts),
+                "ci_low": [0.5] * len(verdicts),
+                "ci_high": [1.5] * len(verdicts),
+                "verdict": list(verdicts.values()),
+            }
+        )
+
+    first = table(
+        {
+            "same": "supported",
+            "flip": "supported",
+            "half": "contradicted",
+            "neither": "inconclusive at this scale",
+            "gone": "not run",
+            "extra": "supported",
+        }
+    )
+    second = table(
+        {
+            "same": "supported",
+            "flip": "contradicted",
+            "half": "inconclusive at this scale",
+            "neither": claims.NO_EFFECT,
+            "gone": "supported",
+            "new": "supported",  # not in the first table
+        }
+    )
+    got = claims.agreement(first, second).set_index("id")["agreement"].to_dict()
+    assert got == {
+        "same": claims.AGREE,
+        "flip": claims.DISAGREE,
+        "half": claims.PARTLY,
+        "neither": claims.NEITHER,
+        "gone": claims.NOT_COMPARED,
+        "new": claims.NOT_COMPARED,
+    }
+    shown = claims.agreement(first, second).set_index("id")
+    assert shown.loc["same", "ci_second"] == "[0.50, 1.50]"
+    assert shown.loc["new", "verdict_first"] == "not run"

@@ -545,7 +545,10 @@ def test_explore_widget_callbacks(env, tmp_path, monkeypatch):
     assert other in explorer.curves_out.outputs[1]["data"]["text/markdown"]
 
 
-def test_claims_notebook(env, tmp_path):
+def test_claims_notebook(env, tmp_path, test_rn):
+    from fewclip.backbones import save_checkpoint
+
+    second_checkpoint = save_checkpoint(test_rn.model, tmp_path / "second.safetensors")
     picked = ["clip_adapter.beats_zero_shot", "dual_adapter.v2_robust_to_label_noise"]
     notebook, store, out = execute(
         "claims",
@@ -560,9 +563,22 @@ def test_claims_notebook(env, tmp_path):
         dataset_map={"emoji_openmoji_subcategory": "folder:squares"},
         shots_override=2,
         augment_views=1,
+        second_checkpoint=str(second_checkpoint),
     )
     assert not outputs(notebook, "error")
     verdicts = pd.read_csv(out / "verdicts.csv").set_index("id")
+    # the rn claims again on the second checkpoint, and how the two verdicts compare
+    agreement = pd.read_csv(out / "agreement.csv").set_index("id")
+    assert list(agreement.index) == picked
+    assert set(agreement["agreement"]) <= {
+        claims.AGREE, claims.PARTLY, claims.NEITHER, claims.DISAGREE, claims.NOT_COMPARED
+    }  # fmt: skip
+    assert list(agreement["verdict_first"]) == list(verdicts.loc[picked, "verdict"])
+    second = pd.read_csv(out / "verdicts_second_checkpoint.csv")
+    assert (second["n_seeds"] == 2).all()
+    assert "On a second checkpoint (`fewclip-test-rn`, checkpoint `second.safetensors`" in text_of(
+        notebook
+    )
     assert list(verdicts.index) == picked
     ran = (*claims.TESTED, claims.UNTESTED)  # random weights may give A = B
     assert verdicts.loc[picked[0], "verdict"] in ran

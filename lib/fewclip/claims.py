@@ -809,6 +809,61 @@ def _why_not_run(claim, sides, failed) -> str:
     return why + (f"; failed: {'; '.join(sorted(str(e) for e in errors))}" if errors else "")
 
 
+#: How two checkpoints' verdicts on a claim compare (:func:`agreement`).
+AGREE, PARTLY, NEITHER, DISAGREE, NOT_COMPARED = (
+    "agree",
+    "one decisive, one not",
+    "neither decisive",
+    "opposite verdicts",
+    "not compared",
+)
+DECISIVE = ("supported", "contradicted")
+
+
+def agreement(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Per claim of ``second``: its verdict and effect on two checkpoints (two
+    :func:`evaluate` tables of the same rows, e.g. two independently pretrained models) and
+    how they compare: **agree** (the same verdict), **one decisive, one not** (supported or
+    contradicted on one, any other tested verdict on the other), **neither decisive** (two
+    different verdicts, neither supported nor contradicted), **opposite verdicts**
+    (supported on one, contradicted on the other), or **not compared** (either side not run
+    or untested). Columns ``id``, ``effect_first``, ``ci_first``, ``verdict_first``, the same
+    ``_second``, and ``agreement``."""
+    both = first.set_index("id").reindex(second["id"])
+    rows = []
+    for (cid, one), two in zip(both.iterrows(), second.to_dict("records"), strict=True):
+        a, b = one.get("verdict"), two["verdict"]
+        if a not in TESTED or b not in TESTED:
+            how = NOT_COMPARED
+        elif a == b:
+            how = AGREE
+        elif a in DECISIVE and b in DECISIVE:
+            how = DISAGREE
+        elif a in DECISIVE or b in DECISIVE:
+            how = PARTLY
+        else:
+            how = NEITHER
+        rows.append(
+            {
+                "id": cid,
+                "effect_first": one.get("effect"),
+                "ci_first": _interval_text(one.get("ci_low"), one.get("ci_high")),
+                "verdict_first": a if isinstance(a, str) else "not run",
+                "effect_second": two["effect"],
+                "ci_second": _interval_text(two["ci_low"], two["ci_high"]),
+                "verdict_second": b,
+                "agreement": how,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _interval_text(low: Any, high: Any) -> str:
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    return f"[{low:.2f}, {high:.2f}]"
+
+
 def summary_line(table: pd.DataFrame) -> str:
     """``"16 claims: 3 supported, 1 contradicted, 10 inconclusive at this scale, 2 not run"``."""
     counts = table["verdict"].value_counts()
