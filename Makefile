@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 ## demo: the main job: prepare the offline data (registries only) and build every report
-##   into runs/demo/reports (ignored by git: the committed reports/ stay as they are)
+##   at quicker settings (--quick: fewer seeds and tasks, flagged by the index) into
+##   runs/demo/reports (ignored by git: the committed reports/ stay as they are)
 demo: $(STAMP)
 	$(PY) -m fewclip.offline prepare --data-root $(DATA)
-	$(PY) -m fewclip.reports --data-root $(DATA) --out runs/demo/reports --workers $(DEMO_WORKERS) $(REPORTS_ARGS)
+	$(PY) -m fewclip.reports --data-root $(DATA) --out runs/demo/reports --workers $(DEMO_WORKERS) --quick $(REPORTS_ARGS)
 
 ## reports: every paper notebook on the offline embedded default, at the published seeds
 ##   (fewclip.reports.index.PUBLISHED_SEEDS) -> reports/*.html, index.html

@@ -386,6 +386,12 @@ def reports_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--spec", help="JSON list of report specs, instead of names")
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="quicker settings for every report (fewer seeds and tasks; make demo): "
+        "fewclip.reports.QUICK, under the -p overrides",
+    )
+    parser.add_argument(
         "-p",
         "--parameter",
         nargs=2,
@@ -430,6 +436,8 @@ def cmd_reports(argv: list[str] | None = None) -> int:
         )
     except (ValueError, OSError, TypeError, KeyError) as e:
         parser.error(str(e))
+    if args.quick:
+        specs = reports.quick_specs(specs)
     overrides = {k: _parse_value(v) for k, v in args.parameter}
     if (args.slurm or args.scheduler) and "scheduler" in overrides:
         parser.error("give --slurm / --scheduler or -p scheduler, not both")

@@ -6,6 +6,7 @@
     python -m fewclip.reports -p backbone fewclip-test-rn -p pretrained none   # quick check
     python -m fewclip.reports --spec sweep.json      # your own list of reports
     python -m fewclip.reports --workers 2            # two notebooks at a time, local processes
+    python -m fewclip.reports --quick                # quicker settings (make demo; QUICK)
     python -m fewclip.reports --scheduler tcp://host:8786   # the runs on a Dask cluster
     fewclip reports --slurm --slurm-jobs 4           # the runs on a Slurm cluster it starts
 
@@ -54,6 +55,7 @@ manifest and the index page; the command line is :func:`fewclip.cli.cmd_reports`
 from .build import (
     NOTEBOOKS,
     PAPER_REPORTS,
+    QUICK,
     REPORT_CSS,
     ReportSpec,
     build_reports,
@@ -62,6 +64,7 @@ from .build import (
     kernel_python,
     load_specs,
     notebook_hash,
+    quick_specs,
     report_grid,
     report_header,
     run_counts,
@@ -74,6 +77,7 @@ __all__ = [
     "MANIFEST",
     "NOTEBOOKS",
     "PAPER_REPORTS",
+    "QUICK",
     "PATH_PARAMETERS",
     "REPORT_CSS",
     "ReportSpec",
@@ -84,6 +88,7 @@ __all__ = [
     "load_manifest",
     "load_specs",
     "notebook_hash",
+    "quick_specs",
     "report_grid",
     "report_header",
     "run_counts",

@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +45,29 @@ NOTEBOOKS = {
 #: The default build: the claims ledger first, then one report per paper, each notebook
 #: with its own defaults.
 PAPER_REPORTS = ("claims", "clip_adapter", "dual", "difficulty", "mutual")
+
+#: ``fewclip reports --quick`` (``make demo``): every report at quicker settings, the ledger
+#: at two seeds (the fewest an interval needs) and each row on them alone, the paper reports
+#: at one seed on one task each, their ledger sections left to the claims report. The index
+#: flags every report built with fewer seeds than the published ones.
+QUICK: dict[str, dict[str, Any]] = {
+    "claims": {"seeds": [1, 2], "row_seeds": False, "workers": 2},
+    "clip_adapter": {"seeds": [1], "shots": [1, 16]},
+    "dual": {"seeds": [1]},
+    "difficulty": {
+        "seeds": [1],
+        "b2n_datasets": ["emoji_openmoji_subcategory"],
+        "cross_targets": ["emoji_unseen_subcategory"],
+        "ledger_claims": False,
+    },
+    "mutual": {"seeds": [1], "datasets": ["emoji_openmoji_subcategory"], "ledger_claims": False},
+}
+
+
+def quick_specs(specs: Iterable[ReportSpec]) -> list[ReportSpec]:
+    """``specs`` with the :data:`QUICK` settings of their reports (by name) on top of their
+    own parameters; reports without quick settings are left as they are."""
+    return [replace(s, parameters={**s.parameters, **QUICK.get(s.name, {})}) for s in specs]
 
 
 @dataclass
