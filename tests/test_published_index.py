@@ -119,6 +119,26 @@ def test_make_reports_builds_at_the_published_seeds():
     assert f"-p seeds '{list(PUBLISHED_SEEDS)}'" in command
 
 
+def test_make_demo_builds_every_report_quick_and_the_index_flags_each():
+    """`make demo` passes --quick: each report's quick settings are parameters its notebook
+    declares (a misspelt one would be injected and ignored), with fewer seeds than the
+    published ones, so the index flags every report of the demo."""
+    import papermill as pm
+
+    from fewclip.reports import PAPER_REPORTS, QUICK, default_specs, quick_specs
+
+    makefile = (ROOT / "Makefile").read_text()
+    command = re.search(r"^demo: .*\n\t.*\n\t(.*)$", makefile, re.MULTILINE).group(1)
+    assert "--quick" in command.split()
+    assert set(QUICK) == set(PAPER_REPORTS)
+    for spec in quick_specs(default_specs(notebooks=ROOT / "notebooks")):
+        declared = pm.inspect_notebook(spec.notebook)
+        assert set(QUICK[spec.name]) <= set(declared), spec.name
+        assert 1 <= len(spec.parameters["seeds"]) < len(PUBLISHED_SEEDS), spec.name
+    claims = QUICK["claims"]
+    assert len(claims["seeds"]) >= 2 and claims["row_seeds"] is False  # an interval needs 2
+
+
 def test_a_build_gives_one_citable_set(tmp_path):
     """Two notebooks built together: both listed, one commit, checkpoint and seeds shown,
     the one-seed report flagged."""
