@@ -65,3 +65,36 @@ def test_the_record_names_its_cpu_kernels(arms):
     record = run(arms[0])
     assert record["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["versions"]["machine"]
+
+
+LINEAR_PROBE_FIT = """
+import hashlib, numpy as np, torch
+from fewclip.methods.linear_probe import LinearProbe, fit_logistic
+rng = np.random.default_rng(0)
+x = rng.standard_normal((240, 256)).astype(np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+y = np.repeat(np.arange(15), 16)
+x += 0.3 * np.eye(15, 256, dtype=np.float32)[y]
+model = fit_logistic(x, y, 1000.0, 1000, 0)
+scores = LinearProbe._scores(model, torch.from_numpy(x), 15).numpy()
+print(hashlib.sha256(model.coef_.tobytes() + scores.tobytes()).hexdigest())
+"""
+
+
+def test_the_linear_probe_gives_the_same_bits_on_one_and_two_blas_threads():
+    """scikit-learn's BLAS sums in another order on two threads (the published C of one
+    16-shot run moved from 31.6 to 1000 under OMP_NUM_THREADS=2): every fit and score
+    runs on one BLAS thread, so the environment's thread count changes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        out = subprocess.run(
+            [sys.executable, "-c", LINEAR_PROBE_FIT], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        digests.append(out.stdout.strip())
+    assert digests[0] == digests[1]
