@@ -461,7 +461,7 @@ def test_the_resumable_recipe_is_the_model_cards_recipe():
 
     from fewclip.backbones import WEIGHTS_DIR
     from fewclip.pretrain.__main__ import parse
-    from fewclip.pretrain.recipe import stage_configs
+    from fewclip.pretrain.recipe import checkpoint_of, stage_configs
 
     card = (WEIGHTS_DIR / "tiny-emoji-rn.md").read_text()
     block = card.split("## Recipe", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
@@ -479,4 +479,6 @@ def test_the_resumable_recipe_is_the_model_cards_recipe():
         # each stage continues the one before; the first starts from scratch
         assert bool(stage.init_from) == bool(card_cfg.init_from) == (i > 1)
         if i > 1:
-            assert stage.init_from == f"/tmp/somewhere/v{i - 1}/tiny-emoji-rn.safetensors"
+            # where the stage before wrote its weights (pretrain: <out_dir>/<arch>/<arch>.*)
+            before = f"/tmp/somewhere/v{i - 1}/tiny-emoji-rn/tiny-emoji-rn.safetensors"
+            assert stage.init_from == before == str(checkpoint_of(stages[i - 2]))

@@ -9,8 +9,8 @@ claims ledger's headline rows on a second model) is the same five runs with anot
 
 Each stage writes ``<root>/v<N>/`` and checkpoints every ``--checkpoint-every`` steps; run
 the command again after an interruption and it resumes where it stopped (a finished stage
-is skipped). Nothing is installed: the result is ``<root>/v5/<arch>.safetensors``, used as
-``pretrained=<that path>`` (the notebooks' ``pretrained`` parameter).
+is skipped). Nothing is installed: the result is ``<root>/v5/<arch>/<arch>.safetensors``,
+used as ``pretrained=<that path>`` or as the claims report's ``second_checkpoint``.
 """
 
 from __future__ import annotations
@@ -47,14 +47,19 @@ def stage_configs(arch: str, seed: int, root: str | Path, **common) -> list[Pret
         raise ValueError(f"no recipe for {arch!r}; recipes: {sorted(STAGES)}")
     out, previous = [], ""
     for i, stage in enumerate(STAGES[arch], start=1):
-        run_dir = Path(root) / f"v{i}"
-        out.append(
-            PretrainConfig(
-                arch=arch, seed=seed, out_dir=str(run_dir), init_from=previous, **common, **stage
-            )
+        out_dir = str(Path(root) / f"v{i}")
+        cfg = PretrainConfig(
+            arch=arch, seed=seed, out_dir=out_dir, init_from=previous, **common, **stage
         )
-        previous = str(run_dir / f"{arch}.safetensors")
+        out.append(cfg)
+        previous = str(checkpoint_of(cfg))
     return out
+
+
+def checkpoint_of(cfg: PretrainConfig) -> Path:
+    """Where :func:`fewclip.pretrain.train.pretrain` writes a finished stage's weights:
+    ``<out_dir>/<arch>/<arch>.safetensors``."""
+    return cfg.run_dir / f"{cfg.arch}.safetensors"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,15 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root or f"runs/pretrain-{args.arch.rsplit('-', 1)[-1]}-seed{args.seed}"
     common = {"threads": args.threads, "checkpoint_every": args.checkpoint_every}
     for cfg in stage_configs(args.arch, args.seed, root, **common):
-        done = Path(cfg.out_dir) / f"{cfg.arch}.safetensors"
-        if done.exists():
+        if checkpoint_of(cfg).exists():
             print(f"{cfg.out_dir}: done, skipped")
             continue
         print(f"{cfg.out_dir}: {dataclasses.asdict(cfg)}")
         pretrain(cfg)
-    print(
-        f"the checkpoint: {Path(root) / f'v{len(STAGES[args.arch])}' / f'{args.arch}.safetensors'}"
-    )
+    print(f"the checkpoint: {checkpoint_of(cfg)}")
     return 0
 
 
