@@ -611,9 +611,9 @@ def test_cost_claims_are_refused_unless_they_compare_a_cost_as_a_ratio(tmp_path)
 
 
 def test_a_row_with_its_own_seed_count_runs_and_reads_exactly_those_seeds(tmp_path, frame):
-    assert claims.row_seeds({"seeds": 5}, [1, 2]) == [1, 2, 3, 4, 5]
-    assert claims.row_seeds({"seeds": 0}, [3, 1]) == [3, 1]
-    assert claims.row_seeds({"seeds": 2}, [1, 2, 3]) == [1, 2, 3]  # never fewer
+    assert claims.claim_seeds({"seeds": 5}, [1, 2]) == [1, 2, 3, 4, 5]
+    assert claims.claim_seeds({"seeds": 0}, [3, 1]) == [3, 1]
+    assert claims.claim_seeds({"seeds": 2}, [1, 2, 3]) == [1, 2, 3]  # never fewer
     path = tmp_path / "claims.csv"
     rows = [_row("two", "good", "base") + ",,,,,", _row("three", "good", "base") + ",,,,,3"]
     path.write_text("\n".join([HEADER + ",delta,paper_effect,contrast,paper_scale,seeds", *rows]))

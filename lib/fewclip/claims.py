@@ -54,7 +54,7 @@ over classes: :func:`fewclip.evidence.paired_cells` with ``by_class``):
 ``seeds`` (an integer, at least 2): a row whose interval the spread over seeds dominates
 (the few-shot sample, the label-noise draw, the fit time) runs on that many seeds where
 the notebook runs fewer: its seeds are the notebook's, extended by the next integers
-(:func:`row_seeds`; :func:`configs` and :func:`evaluate` with ``row_seeds=False`` run
+(:func:`claim_seeds`; :func:`configs` and :func:`evaluate` with ``row_seeds=False`` run
 every row on the notebook's seeds alone).
 
 ``paper_effect`` (points, where the paper or ``data/paper_results.csv`` gives it) adds the
@@ -219,9 +219,9 @@ def _seed_count(text: str, claim: str) -> int:
     return count
 
 
-def row_seeds(claim: Mapping[str, Any], seeds: Sequence[int]) -> list[int]:
+def claim_seeds(claim: Mapping[str, Any], seeds: Sequence[int]) -> list[int]:
     """The seeds ``claim`` runs on: ``seeds``, extended by the integers after the largest
-    until there are ``claim["seeds"]`` of them (``row_seeds({"seeds": 5}, [1, 2]) == [1, 2,
+    until there are ``claim["seeds"]`` of them (``claim_seeds({"seeds": 5}, [1, 2]) == [1, 2,
     3, 4, 5]``)."""
     out = [int(s) for s in seeds]
     nxt = max(out, default=0) + 1
@@ -358,7 +358,7 @@ def configs(
     row_seeds: bool = True,
 ) -> list[RunConfig]:
     """Every run the ledger needs (each configuration once), each claim on its
-    :func:`row_seeds` (``row_seeds=False``: on ``seeds`` alone); claims whose configuration
+    :func:`claim_seeds` (``row_seeds=False``: on ``seeds`` alone); claims whose configuration
     cannot be built (a field this version lacks) are skipped here and reported by
     :func:`evaluate` as not run."""
     seen: dict[str, RunConfig] = {}
@@ -379,7 +379,7 @@ def configs(
 
 
 def _seeds_of(claim: Mapping[str, Any], seeds: Sequence[int], extend: bool) -> list[int]:
-    return row_seeds(claim, seeds) if extend else [int(s) for s in seeds]
+    return claim_seeds(claim, seeds) if extend else [int(s) for s in seeds]
 
 
 def gate_configs(
@@ -512,7 +512,7 @@ def evaluate(
     ``frame``: a sweep or store frame holding the claims' runs; a side's runs are those
     whose configured method, options, protocol, shots, dataset and ``config`` fields are
     exactly the claim's (a run with extra options is another configuration) and, with
-    ``seeds``, whose seed is one of the claim's (:func:`row_seeds`, as :func:`configs` ran
+    ``seeds``, whose seed is one of the claim's (:func:`claim_seeds`, as :func:`configs` ran
     them), so a claim reads the same seeds whatever else the frame holds."""
     records = frame.to_dict("records") if len(frame) else []
     failed = [r for r in records if r.get("status") == "failed"]

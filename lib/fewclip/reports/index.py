@@ -21,7 +21,7 @@ PATH_PARAMETERS = ("data_root", "cache_dir", "results", "output_dir")
 
 #: The seeds of the published reports (``reports/``, built by ``make reports``, which passes
 #: them to every notebook): the index flags every report built with fewer (``make demo``
-#: runs the notebooks' quicker defaults).
+#: builds them with ``--quick``: :data:`fewclip.reports.build.QUICK`).
 PUBLISHED_SEEDS = (1, 2, 3, 4, 5)
 
 MANIFEST = "manifest.json"
