@@ -218,6 +218,18 @@ def text_of(notebook) -> str:
     return "\n".join(outputs(notebook, "text/markdown") + outputs(notebook, "text/html"))
 
 
+def conclusions_of(notebook) -> list[str]:
+    """The sentences the notebook's conclusions box says (the published page opens with them)."""
+    from fewclip.notebook import CONCLUSIONS_METADATA
+
+    return [
+        s
+        for cell in notebook.cells
+        for o in cell.get("outputs", [])
+        for s in o.get("metadata", {}).get(CONCLUSIONS_METADATA) or []
+    ]
+
+
 def test_clip_adapter_notebook(env, tmp_path):
     notebook, store, out = execute(
         "clip_adapter",
@@ -545,11 +557,16 @@ def test_explore_widget_callbacks(env, tmp_path, monkeypatch):
     assert other in explorer.curves_out.outputs[1]["data"]["text/markdown"]
 
 
-def test_claims_notebook(env, tmp_path, test_rn):
+def test_claims_notebook(env, tmp_path, test_rn, test_vit):
     from fewclip.backbones import save_checkpoint
 
     second_checkpoint = save_checkpoint(test_rn.model, tmp_path / "second.safetensors")
-    picked = ["clip_adapter.beats_zero_shot", "dual_adapter.v2_robust_to_label_noise"]
+    second_vit = save_checkpoint(test_vit.model, tmp_path / "second_vit.safetensors")
+    picked = [
+        "clip_adapter.beats_zero_shot",
+        "dual_adapter.v2_robust_to_label_noise",
+        "apex.beats_zero_shot_hm",  # a "vit" claim
+    ]
     notebook, store, out = execute(
         "claims",
         env,
@@ -560,14 +577,20 @@ def test_claims_notebook(env, tmp_path, test_rn):
         seeds=[1, 2],
         row_seeds=False,  # the SimNL row's own 10 seeds: tests/test_claims.py
         ids=picked,
-        dataset_map={"emoji_openmoji_subcategory": "folder:squares"},
+        dataset_map={
+            "emoji_openmoji_subcategory": "folder:squares",
+            "emoji_subcategory_b2n": "folder:squares",  # APEX's row pools three tasks
+            "fashion_mnist": "folder:squares_b",
+            "animal_mnist": "folder:squares_b",
+        },
         shots_override=2,
         augment_views=1,
         second_checkpoint=str(second_checkpoint),
+        second_checkpoint_vit=str(second_vit),
     )
     assert not outputs(notebook, "error")
     verdicts = pd.read_csv(out / "verdicts.csv").set_index("id")
-    # the rn claims again on the second checkpoint, and how the two verdicts compare
+    # the claims again on each backbone's second checkpoint, and how the two verdicts compare
     agreement = pd.read_csv(out / "agreement.csv").set_index("id")
     assert list(agreement.index) == picked
     assert set(agreement["agreement"]) <= {
@@ -576,14 +599,22 @@ def test_claims_notebook(env, tmp_path, test_rn):
     assert list(agreement["verdict_first"]) == list(verdicts.loc[picked, "verdict"])
     second = pd.read_csv(out / "verdicts_second_checkpoint.csv")
     assert (second["n_seeds"] == 2).all()
-    assert "On a second checkpoint (`fewclip-test-rn`, checkpoint `second.safetensors`" in text_of(
-        notebook
-    )
+    said = conclusions_of(notebook)
+    assert any(
+        s.startswith("On a second, independently pretrained checkpoint (`fewclip-test-rn`, "
+                     "checkpoint `second.safetensors`")
+        and "`fewclip-test-vit`, checkpoint `second_vit.safetensors`" in s
+        for s in said
+    ), said  # fmt: skip
+    # every caveat is among the conclusions, none cut; both backbones had a second checkpoint
+    assert "Every verdict is about this model and these offline tasks" in said[1]
+    assert not any("rest on one pretraining run" in s for s in said)
     assert list(verdicts.index) == picked
     ran = (*claims.TESTED, claims.UNTESTED)  # random weights may give A = B
     assert verdicts.loc[picked[0], "verdict"] in ran
     assert verdicts.loc[picked[0], "n_seeds"] == 2 == verdicts.loc[picked[1], "n_seeds"]
     assert verdicts.loc[picked[1], "verdict"] in ran  # SimNL: a drop under label noise
+    assert verdicts.loc[picked[2], "verdict"] in ran
     assert {"se", "df", "p_holm", "verdict_holm", "test_images"} <= set(verdicts.columns)
     assert "At 2 seeds the nominal 95% interval covers" in text_of(notebook)
     assert "Mean +- std over seeds" in text_of(notebook)
@@ -591,7 +622,7 @@ def test_claims_notebook(env, tmp_path, test_rn):
     text = text_of(notebook)
     assert text.count("Welch-Satterthwaite") == 1  # the interval's method is stated once
     assert not leaked(notebook)
-    assert "Conclusions (from the numbers below)" in text and "2 claims:" in text
+    assert "Conclusions (from the numbers below)" in text and "3 claims:" in text
     assert "background-color" in text  # verdicts keep their colours in the one table style
 
 

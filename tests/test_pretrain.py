@@ -454,8 +454,9 @@ def test_training_state_loads_with_weights_only(tmp_path):
         load_state(tmp_path / "junk.pt")
 
 
-def test_the_resumable_recipe_is_the_model_cards_recipe():
-    """``fewclip.pretrain.recipe`` runs the five commands of tiny-emoji-rn's model card
+@pytest.mark.parametrize("arch, versions", [("tiny-emoji-rn", 5), ("tiny-emoji-vit", 4)])
+def test_the_resumable_recipe_is_the_model_cards_recipe(arch, versions):
+    """``fewclip.pretrain.recipe`` runs the commands of each tiny model's card
     (only the seed, folders, threads and checkpoint interval may differ)."""
     import shlex
 
@@ -463,13 +464,13 @@ def test_the_resumable_recipe_is_the_model_cards_recipe():
     from fewclip.pretrain.__main__ import parse
     from fewclip.pretrain.recipe import checkpoint_of, stage_configs
 
-    card = (WEIGHTS_DIR / "tiny-emoji-rn.md").read_text()
+    card = (WEIGHTS_DIR / f"{arch}.md").read_text()
     block = card.split("## Recipe", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     lines = [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
     commands = [line for line in lines if line.startswith("python")]
-    assert len(commands) == 5
+    assert len(commands) == versions
     free = {"seed", "out_dir", "init_from", "threads", "checkpoint_every"}
-    stages = stage_configs("tiny-emoji-rn", 7, "/tmp/somewhere", threads=1)
+    stages = stage_configs(arch, 7, "/tmp/somewhere", threads=1)
     for i, (command, stage) in enumerate(zip(commands, stages, strict=True), start=1):
         card_cfg, _ = parse([a for a in shlex.split(command)[3:] if a != "--install"])
         for f in dataclasses.fields(card_cfg):
@@ -480,5 +481,5 @@ def test_the_resumable_recipe_is_the_model_cards_recipe():
         assert bool(stage.init_from) == bool(card_cfg.init_from) == (i > 1)
         if i > 1:
             # where the stage before wrote its weights (pretrain: <out_dir>/<arch>/<arch>.*)
-            before = f"/tmp/somewhere/v{i - 1}/tiny-emoji-rn/tiny-emoji-rn.safetensors"
+            before = f"/tmp/somewhere/v{i - 1}/{arch}/{arch}.safetensors"
             assert stage.init_from == before == str(checkpoint_of(stages[i - 2]))

@@ -1,15 +1,17 @@
 """A tiny model's whole recipe in one resumable command, for another pretraining seed.
 
 ``tiny-emoji-rn`` version 5 is five runs of ``python -m fewclip.pretrain``, each continuing
-the one before (its model card, "Recipe"). An independently pretrained checkpoint (for the
-claims ledger's headline rows on a second model) is the same five runs with another
-``--seed``:
+the one before, and ``tiny-emoji-vit`` version 4 four (their model cards, "Recipe"). An
+independently pretrained checkpoint (for the claims ledger's headline rows on a second
+model) is the same runs with another ``--seed``:
 
     python -m fewclip.pretrain.recipe --arch tiny-emoji-rn --seed 1   # runs/pretrain-rn-seed1/
+    python -m fewclip.pretrain.recipe --arch tiny-emoji-vit --seed 1  # runs/pretrain-vit-seed1/
 
 Each stage writes ``<root>/v<N>/`` and checkpoints every ``--checkpoint-every`` steps; run
 the command again after an interruption and it resumes where it stopped (a finished stage
-is skipped). Nothing is installed: the result is ``<root>/v5/<arch>/<arch>.safetensors``,
+is skipped). Nothing is installed: the result is the last stage's
+``<root>/v<N>/<arch>/<arch>.safetensors``,
 used as ``pretrained=<that path>`` or as the claims report's ``second_checkpoint``.
 """
 
@@ -27,8 +29,9 @@ _DRAWN = {"color_jitter": 0.4, "blur_p": 0.1}
 _OUTLINED = {**_DRAWN, "outline_p": 0.25, "sketch_p": 0.15}
 _ZOOMED = {**_OUTLINED, "zoom_out_p": 0.5, "zoom_out_min": 0.7}
 
-#: ``tiny-emoji-rn``'s five stages as its model card states them (version 1 from scratch on
-#: two styles; 2 to 5 continue the one before on the eight pretraining styles).
+#: Each model's stages as its model card states them (version 1 from scratch on two styles;
+#: each later version continues the one before on the eight pretraining styles):
+#: ``tiny-emoji-rn`` five, ``tiny-emoji-vit`` four (no group captions).
 STAGES: dict[str, list[dict]] = {
     "tiny-emoji-rn": [
         {"styles": "google,twitter", "sampling": "image", "keyword_p": 0.0, "steps": 2500},
@@ -36,6 +39,18 @@ STAGES: dict[str, list[dict]] = {
         {**_OUTLINED, "steps": 4500, "lr": 5e-4},
         {**_ZOOMED, "steps": 2500, "lr": 5e-4},
         {**_ZOOMED, "steps": 1500, "lr": 5e-4, "group_p": 0.002, "group_category_share": 0.0},
+    ],
+    "tiny-emoji-vit": [
+        {
+            "styles": "google,twitter",
+            "sampling": "image",
+            "keyword_p": 0.0,
+            "steps": 4000,
+            "warmup": 200,
+        },
+        {**_DRAWN, "steps": 4500, "lr": 8e-4},
+        {**_OUTLINED, "steps": 2000, "lr": 5e-4},
+        {**_ZOOMED, "steps": 2000, "lr": 5e-4},
     ],
 }
 
