@@ -54,6 +54,13 @@ SECTIONS = {
         "CoOp on cached image features against re-encoding images each step, and the "
         "per-step cost of image-conditioned prompts (`benchmarks/bench_prompt_cache.py`).",
     ),
+    "pretrain": (
+        "Pretraining step",
+        "One training step of the tiny models' pretraining (batch 256), the model and images "
+        "contiguous (the floor) against channels-last (`--channels-last`, the same "
+        "computation up to float rounding), alternating in one process "
+        "(`benchmarks/bench_pretrain_layout.py`).",
+    ),
     "setup": ("Set-up and start-up", "Wall times of the commands a new user runs."),
 }
 STAMP = ("model", "machine", "commit", "date")

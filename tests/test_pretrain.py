@@ -469,7 +469,7 @@ def test_the_resumable_recipe_is_the_model_cards_recipe(arch, versions):
     lines = [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
     commands = [line for line in lines if line.startswith("python")]
     assert len(commands) == versions
-    free = {"seed", "out_dir", "init_from", "threads", "checkpoint_every"}
+    free = {"seed", "out_dir", "init_from", "threads", "checkpoint_every", "channels_last"}
     stages = stage_configs(arch, 7, "/tmp/somewhere", threads=1)
     for i, (command, stage) in enumerate(zip(commands, stages, strict=True), start=1):
         card_cfg, _ = parse([a for a in shlex.split(command)[3:] if a != "--install"])
@@ -483,3 +483,53 @@ def test_the_resumable_recipe_is_the_model_cards_recipe(arch, versions):
             # where the stage before wrote its weights (pretrain: <out_dir>/<arch>/<arch>.*)
             before = f"/tmp/somewhere/v{i - 1}/{arch}/{arch}.safetensors"
             assert stage.init_from == before == str(checkpoint_of(stages[i - 2]))
+
+
+def test_channels_last_is_the_same_computation_in_values_and_gradients():
+    """The channels-last layout (``--channels-last``, a speed option) gives the contiguous
+    layout's loss and gradients up to float rounding, step for step."""
+    torch.manual_seed(0)
+    plain = open_clip.create_model("fewclip-test-rn", pretrained=None)
+    fast = open_clip.create_model("fewclip-test-rn", pretrained=None)
+    fast.load_state_dict(plain.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    assert fast.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(6, 3, 32, 32)
+    texts = open_clip.get_tokenizer("fewclip-test-rn")([f"a {n}" for n in COLOURS])
+    losses = []
+    for model, x in ((plain, images), (fast, images.contiguous(memory_format=torch.channels_last))):
+        image_f, text_f, scale = model(x, texts)
+        loss = clip_loss(image_f, text_f, scale, list(COLOURS), open_clip.ClipLoss())
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    grads = dict(fast.named_parameters())
+    # float rounding: 1e-4 of each gradient's scale (plus 1e-7 for gradients that are zero
+    # in exact arithmetic, e.g. the attention pool's key bias)
+    for name, p in plain.named_parameters():
+        scale = p.grad.abs().max().item()
+        assert (grads[name].grad - p.grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
+
+
+def test_channels_last_pretraining_resumes_and_writes_a_loadable_checkpoint(tmp_path):
+    """A run with ``channels_last`` logs the plain run's losses (up to rounding), and its
+    fp16 checkpoint (written contiguous) loads back; the flag parses both ways."""
+    from fewclip.pretrain.__main__ import parse
+
+    corpus = make_corpus(tmp_path)
+    common = dict(
+        arch="fewclip-test-rn", corpus=str(corpus), steps=6, batch_size=5, lr=3e-3,
+        warmup=2, checkpoint_every=3, log_every=3, crop_scale_min=0.9, grayscale_p=0.0,
+    )  # fmt: skip
+    logs, weights = [], []
+    for layout in (False, True):
+        cfg = PretrainConfig(**common, out_dir=str(tmp_path / f"cl{layout}"), channels_last=layout)
+        weights.append(load_file(pretrain(cfg, progress=False)))
+        log = (cfg.run_dir / "train_log.jsonl").read_text().splitlines()
+        logs.append([json.loads(r)["loss"] for r in log])
+    assert logs[0] == pytest.approx(logs[1], rel=1e-4)
+    for name, w in weights[0].items():
+        torch.testing.assert_close(weights[1][name], w, rtol=1e-2, atol=1e-3, msg=name)
+    assert load_backbone("fewclip-test-rn", str(cfg.run_dir / "fewclip-test-rn.safetensors"))
+    assert parse(["--channels-last"])[0].channels_last is True
+    assert parse([])[0].channels_last is False

@@ -19,9 +19,11 @@ def parse(argv: list[str] | None = None) -> tuple[PretrainConfig, argparse.Names
     defaults = PretrainConfig()
     for f in dataclasses.fields(PretrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        p.add_argument(
-            flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name)
-        )
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):  # --channels-last / --no-channels-last
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            p.add_argument(flag, type=type(default), default=default)
     p.add_argument("--eval-only", action="store_true", help="evaluate the run's checkpoint only")
     p.add_argument(
         "--install",

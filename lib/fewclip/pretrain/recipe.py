@@ -84,9 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="", help="default: runs/pretrain-<rn|vit>-seed<seed>")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory layout (faster on CPU for the RN; same computation)",
+    )
     args = p.parse_args(argv)
     root = args.root or f"runs/pretrain-{args.arch.rsplit('-', 1)[-1]}-seed{args.seed}"
-    common = {"threads": args.threads, "checkpoint_every": args.checkpoint_every}
+    common = {
+        "threads": args.threads,
+        "checkpoint_every": args.checkpoint_every,
+        "channels_last": args.channels_last,
+    }
     for cfg in stage_configs(args.arch, args.seed, root, **common):
         if checkpoint_of(cfg).exists():
             print(f"{cfg.out_dir}: done, skipped")

@@ -79,6 +79,10 @@ class PretrainConfig:
     group_category_share: float = 1 / 3
     #: a checkpoint (.safetensors) to start from instead of a random init ("" = random)
     init_from: str = ""
+    #: hold the images and the model in the channels-last memory layout: the same
+    #: computation up to float rounding, faster convolutions on CPU (the RN's image tower;
+    #: benchmarks/pretrain_step.py); off in every model card's recipe
+    channels_last: bool = False
 
     @property
     def run_dir(self) -> Path:
@@ -333,6 +337,8 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
     model = open_clip.create_model(cfg.arch, pretrained=None)
     if cfg.init_from:
         model.load_state_dict(load_file(cfg.init_from), strict=True)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     tokenizer = open_clip.get_tokenizer(cfg.arch)
     image_size = open_clip.get_model_config(cfg.arch)["vision_cfg"]["image_size"]
     optimizer = torch.optim.AdamW(
@@ -373,7 +379,7 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
             cfg.sketch_p,
             cfg.zoom_out_p,
             cfg.zoom_out_min,
-        )
+        ).contiguous(memory_format=layout)
         image_f, text_f, scale = model(images, tokenizer(captions))
         loss = clip_loss(image_f, text_f, scale, captions, loss_fn)
         optimizer.zero_grad(set_to_none=True)
