@@ -81,7 +81,7 @@ class PretrainConfig:
     init_from: str = ""
     #: hold the images and the model in the channels-last memory layout: the same
     #: computation up to float rounding, faster convolutions on CPU (the RN's image tower;
-    #: benchmarks/pretrain_step.py); off in every model card's recipe
+    #: benchmarks/bench_pretrain_layout.py); off in every model card's recipe
     channels_last: bool = False
 
     @property
