@@ -27,7 +27,11 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("methods", {"methods"}),
     ("runs", {"inputs", "protocols", "runner", "results", "sweep", "cluster", "demo"}),
     ("evidence", {"evidence", "coverage", "notebook"}),
-    ("reports", {"claims", "comparisons", "paper", "plots", "compare", "explorer", "reports"}),
+    (
+        "reports",
+        {"claims", "ledger", "verdict_rules", "comparisons", "paper", "plots", "compare"}
+        | {"explorer", "reports"},
+    ),
     ("interface", {"cli", "__main__"}),
 ]
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}

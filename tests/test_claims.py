@@ -325,7 +325,7 @@ def test_holm_turns_a_marginal_verdict_inconclusive():
             "verdict": ["supported", "contradicted", "inconclusive at this scale", "supported"],
         }
     )
-    out = claims._with_holm(table)
+    out = claims.with_holm(table)
     # within paper p: 0.03 * 3 = 0.09, 0.04 * 2 = 0.08 -> 0.09: both lose; q alone keeps it
     assert out["verdict_holm"].tolist() == [
         claims.HOLM_INCONCLUSIVE,

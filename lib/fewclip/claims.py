@@ -7,17 +7,10 @@ verdict at this scale.
     frame = nb.run_grid(configs, results)                     # run (or reuse) them
     table = claims.evaluate(ledger, frame)                    # effect, interval, verdict
 
-One row of ``data/claims.csv`` per claim: ``id``, ``paper``, ``claim`` (one sentence),
-``where`` (where the paper states it), the comparison (``a_method`` + ``a_options`` (JSON)
-against ``b_method`` + ``b_options``; ``config``: JSON RunConfig fields both sides get, e.g.
-``{"label_noise": 0.25}``), ``protocol``, ``shots``, ``datasets`` (``;``-separated),
-``value`` (``accuracy``, ``new_accuracy``, ``hm``, ...), ``direction``, ``margin``,
-``encoder`` (``rn`` or ``vit``: which of the notebook's two backbones) and ``note``.
-Optional: ``delta``, ``paper_effect``, ``contrast`` (below) and ``paper_scale`` (JSON: the
-claim at the paper's scale, e.g. ``{"backbone": "RN50", "shots": 16, "datasets":
-["imagenet", ...]}``, with ``a_options`` / ``b_options`` / ``config`` / ``protocol`` where
-they differ, such as the official epochs): ``at_scale(ledger, "paper")`` runs the whole
-ledger that way, on real weights and the CoOp benchmarks.
+The ledger file (its columns, checks and paper-scale profile) is :mod:`fewclip.ledger`;
+the verdict rules, Holm's adjustment and the agreement of two checkpoints are
+:mod:`fewclip.verdict_rules`. Their names are re-exported here (``claims.load``,
+``claims.verdict``, ...), so ``from fewclip import claims`` is all a notebook needs.
 
 Directions and verdicts, from the paired difference A - B and its 95% interval
 [low, high] (:func:`fewclip.evidence.paired_difference`: same seeds, same few-shot samples,
@@ -103,219 +96,62 @@ import pandas as pd
 from . import coverage
 from . import evidence as ev
 from .config import RunConfig
-from .notebook import resolve
-
-CSV = "data/claims.csv"
-COLUMNS = (
-    "id",
-    "paper",
-    "claim",
-    "where",
-    "a_method",
-    "a_options",
-    "b_method",
-    "b_options",
-    "config",
-    "protocol",
-    "shots",
-    "datasets",
-    "value",
-    "direction",
-    "margin",
-    "encoder",
-    "note",
+from .ledger import (
+    COLUMNS,
+    COST_VALUES,
+    CSV,
+    DIRECTIONS,
+    OPTIONAL_COLUMNS,
+    PROFILES,
+    RATIO_DIRECTIONS,
+    SCALE_KEYS,
+    at_scale,
+    claim_seeds,
+    load,
 )
-#: Columns a ledger may leave out (empty: not stated).
-OPTIONAL_COLUMNS = ("delta", "paper_effect", "contrast", "paper_scale", "seeds")
-#: How the ledger can be run: as written (the offline tasks, the tiny models) or at the
-#: papers' scale (each row's ``paper_scale``: CoOp datasets, RN50 / ViT-B/16, 16 shots).
-PROFILES = ("embedded", "paper")
-DIRECTIONS = ("greater", "not_worse", "interaction_greater", "ratio_at_most")
-#: Directions whose effect is a cost ratio A / B, not a difference in points.
-RATIO_DIRECTIONS = ("ratio_at_most",)
-#: The values a cost claim may compare (record fields).
-COST_VALUES = ("trainable_params", "fit_seconds")
-UNTESTED = "untested: A = B"
-INCONCLUSIVE = "inconclusive at this scale"
-NO_EFFECT = "no effect as large as delta"
-GATED = "withheld: baseline below zero-shot"
+from .verdict_rules import (
+    AGREE,
+    ALPHA,
+    DECISIVE,
+    DISAGREE,
+    GATED,
+    HOLM_INCONCLUSIVE,
+    INCONCLUSIVE,
+    NEITHER,
+    NO_EFFECT,
+    NOT_COMPARED,
+    PARTLY,
+    TESTED,
+    UNTESTED,
+    VERDICTS,
+    agreement,
+    holm,
+    p_value,
+    summary_line,
+    threshold,
+    verdict,
+    versus_paper,
+    with_holm,
+)
+
+__all__ = [
+    # the ledger file (fewclip.ledger)
+    "COLUMNS", "COST_VALUES", "CSV", "DIRECTIONS", "OPTIONAL_COLUMNS", "PROFILES",
+    "RATIO_DIRECTIONS", "SCALE_KEYS", "at_scale", "claim_seeds", "load",
+    # the verdict rules (fewclip.verdict_rules)
+    "AGREE", "ALPHA", "DECISIVE", "DISAGREE", "GATED", "HOLM_INCONCLUSIVE", "INCONCLUSIVE",
+    "NEITHER", "NO_EFFECT", "NOT_COMPARED", "PARTLY", "TESTED", "UNTESTED", "VERDICTS",
+    "agreement", "holm", "p_value", "summary_line", "threshold", "verdict", "versus_paper",
+    "with_holm",
+    # the comparisons (this module)
+    "GATE_EXEMPT", "comparison", "configs", "evaluate", "gate_configs", "side_configs",
+]  # fmt: skip
+
 #: Side-B methods the zero-shot gate does not apply to, with the reason ``detail`` gives.
 GATE_EXEMPT = {
     "linear_probe": "the linear probe never reads the text encoder and sits below "
     "zero-shot at low shots in the papers too, so the zero-shot gate does not apply",
 }
-HOLM_INCONCLUSIVE = "inconclusive after Holm"
-#: Verdicts of a comparison that ran (the first three: of its interval alone).
-TESTED = ("supported", "contradicted", INCONCLUSIVE, NO_EFFECT, GATED)
-VERDICTS = (*TESTED, UNTESTED, "not run")
-#: Family-wise level of the Holm adjustment (per paper).
-ALPHA = 0.05
-
-
-def load(path: str | None = None) -> pd.DataFrame:
-    """The ledger, checked: every column present, JSON fields parsed, known directions."""
-    frame = pd.read_csv(resolve(path or CSV), dtype=str, keep_default_na=False)
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{path or CSV}: missing column(s) {sorted(missing)}")
-    if frame["id"].duplicated().any():
-        raise ValueError(
-            f"{path or CSV}: claim ids repeat: {sorted(frame['id'][frame['id'].duplicated()])}"
-        )
-    for column in ("a_options", "b_options", "config"):
-        frame[column] = [
-            _json(v, column, i) for i, v in zip(frame["id"], frame[column], strict=True)
-        ]
-    bad = sorted(set(frame["direction"]) - set(DIRECTIONS))
-    if bad:
-        raise ValueError(f"{path or CSV}: unknown direction(s) {bad}; use one of {DIRECTIONS}")
-    frame["shots"] = frame["shots"].astype(int)
-    frame["margin"] = [float(m or 0) for m in frame["margin"]]
-    for claim in frame.to_dict("records"):
-        _check_ratio(claim, path or CSV)
-    for column in ("delta", "paper_effect"):
-        given = frame[column] if column in frame else [""] * len(frame)
-        frame[column] = [_number(v, column, i) for i, v in zip(frame["id"], given, strict=True)]
-    given = frame["seeds"] if "seeds" in frame else [""] * len(frame)
-    frame["seeds"] = [_seed_count(v, i) for i, v in zip(frame["id"], given, strict=True)]
-    given = frame["contrast"] if "contrast" in frame else [""] * len(frame)
-    frame["contrast"] = [_contrast(v, i) for i, v in zip(frame["id"], given, strict=True)]
-    given = frame["paper_scale"] if "paper_scale" in frame else [""] * len(frame)
-    frame["paper_scale"] = [_scale(v, i) for i, v in zip(frame["id"], given, strict=True)]
-    frame["datasets"] = [[d for d in s.split(";") if d] for s in frame["datasets"]]
-    return frame
-
-
-def _check_ratio(claim: Mapping[str, Any], path: str) -> None:
-    """Refuse a cost claim that compares no cost or allows no ratio (one sentence)."""
-    is_ratio = claim["direction"] in RATIO_DIRECTIONS
-    if is_ratio and claim["value"] not in COST_VALUES:
-        raise ValueError(
-            f"{path}: claim {claim['id']} compares a ratio of {claim['value']!r}; a "
-            f"{claim['direction']} claim compares one of {COST_VALUES}"
-        )
-    if is_ratio and not claim["margin"] > 0:
-        raise ValueError(
-            f"{path}: claim {claim['id']} needs a positive margin (the largest ratio A / B "
-            f"it allows), got {claim['margin']}"
-        )
-    if not is_ratio and claim["value"] in COST_VALUES:
-        raise ValueError(
-            f"{path}: claim {claim['id']} compares {claim['value']!r} as a difference; "
-            "compare a cost with direction ratio_at_most"
-        )
-
-
-def _seed_count(text: str, claim: str) -> int:
-    """The ``seeds`` column: 0 (the notebook's seeds) or a count of at least 2."""
-    if not text:
-        return 0
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 2:
-        raise ValueError(f"claim {claim}: seeds must be an integer of at least 2, got {text!r}")
-    return count
-
-
-def claim_seeds(claim: Mapping[str, Any], seeds: Sequence[int]) -> list[int]:
-    """The seeds ``claim`` runs on: ``seeds``, extended by the integers after the largest
-    until there are ``claim["seeds"]`` of them (``claim_seeds({"seeds": 5}, [1, 2]) == [1, 2,
-    3, 4, 5]``)."""
-    out = [int(s) for s in seeds]
-    nxt = max(out, default=0) + 1
-    while len(out) < int(claim.get("seeds") or 0):
-        out.append(nxt)
-        nxt += 1
-    return out
-
-
-def _number(text: str, column: str, claim: str) -> float:
-    if text in ("", None):
-        return float("nan")
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"claim {claim}: column {column} must be a number, got {text!r}") from None
-    if column == "delta" and not value > 0:
-        raise ValueError(f"claim {claim}: delta must be positive (points), got {value}")
-    return value
-
-
-def _contrast(text: str, claim: str) -> dict[str, list]:
-    value = _json(text, "contrast", claim)
-    if value and (
-        len(value) != 1
-        or not isinstance(next(iter(value.values())), list)
-        or len(next(iter(value.values()))) != 2
-    ):
-        raise ValueError(
-            f"claim {claim}: contrast must name one RunConfig field and two values, "
-            'e.g. {"label_noise": [0.1, 0.0]}'
-        )
-    return value
-
-
-#: What a row's ``paper_scale`` may set.
-SCALE_KEYS = ("backbone", "shots", "datasets", "protocol", "a_options", "b_options", "config")
-
-
-def _scale(text: str, claim: str) -> dict[str, Any]:
-    value = _json(text, "paper_scale", claim)
-    unknown = sorted(set(value) - set(SCALE_KEYS))
-    if unknown:
-        raise ValueError(
-            f"claim {claim}: paper_scale has unknown key(s) {unknown}; use {list(SCALE_KEYS)}"
-        )
-    if value and not (value.get("backbone") and value.get("datasets")):
-        raise ValueError(f"claim {claim}: paper_scale needs at least a backbone and datasets")
-    return value
-
-
-def at_scale(ledger: pd.DataFrame, profile: str = "embedded") -> tuple[pd.DataFrame, dict]:
-    """The ledger as ``profile`` runs it, and the ``backbones`` map for :func:`configs`.
-
-    ``"embedded"``: as written (the notebook maps ``rn`` / ``vit`` to its two backbones).
-    ``"paper"``: each row's ``paper_scale`` replaces its datasets, shots and backbone (and,
-    where given, protocol, options and config: e.g. the official epochs instead of an
-    affordable schedule), so the same claims run on the CoOp benchmarks with real weights;
-    rows without one are dropped (and listed in ``ledger.attrs["no_paper_scale"]``)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown ledger profile {profile!r}; use one of {PROFILES}")
-    if profile == "embedded":
-        return ledger.copy(), {}
-    rows, dropped = [], []
-    for claim in ledger.to_dict("records"):
-        scale = claim.get("paper_scale") or {}
-        if not scale:
-            dropped.append(claim["id"])
-            continue
-        rows.append(
-            {
-                **claim,
-                "datasets": list(scale["datasets"]),
-                "shots": int(scale.get("shots", claim["shots"])),
-                "protocol": scale.get("protocol", claim["protocol"]),
-                "a_options": dict(scale.get("a_options", claim["a_options"])),
-                "b_options": dict(scale.get("b_options", claim["b_options"])),
-                "config": {**claim["config"], **scale.get("config", {})},
-                "encoder": scale["backbone"],
-            }
-        )
-    out = pd.DataFrame(rows, columns=ledger.columns)
-    out.attrs["no_paper_scale"] = dropped
-    return out, {b: b for b in out["encoder"]}
-
-
-def _json(text: str, column: str, claim: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"claim {claim}: column {column} is not JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"claim {claim}: column {column} must be a JSON object")
-    return value
 
 
 def side_configs(
@@ -400,70 +236,6 @@ def _ungated(claim: Mapping[str, Any]) -> bool:
         or claim["b_method"] in GATE_EXEMPT
         or claim["direction"] in RATIO_DIRECTIONS
     )
-
-
-def threshold(direction: str, margin: float = 0.0) -> float:
-    """The effect a claim must exceed: 0, or -margin for ``not_worse``; for a cost ratio,
-    the margin it must stay below."""
-    if direction in RATIO_DIRECTIONS:
-        return margin
-    return -margin if direction == "not_worse" else 0.0
-
-
-def verdict(
-    low: float, high: float, direction: str, margin: float = 0.0, delta: float = math.nan
-) -> str:
-    """The verdict of an effect interval [low, high] (see the module docstring)."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "not run"
-    line = threshold(direction, margin)
-    if direction in RATIO_DIRECTIONS:
-        return "supported" if high < line else "contradicted" if low > line else INCONCLUSIVE
-    if low > line:
-        return "supported"
-    if high < line:
-        return "contradicted"
-    if math.isfinite(delta) and -delta < low and high < delta:
-        return NO_EFFECT
-    return INCONCLUSIVE
-
-
-def versus_paper(low: float, high: float, paper_effect: float) -> str:
-    """Where the interval lies against the paper's own effect (points); '' if not given."""
-    if not (math.isfinite(paper_effect) and math.isfinite(low) and math.isfinite(high)):
-        return ""
-    if high < paper_effect:
-        return "smaller than the paper's effect"
-    if low > paper_effect:
-        return "larger than the paper's effect"
-    return "consistent with the paper's effect"
-
-
-def p_value(effect: float, se: float, df: float, line: float = 0.0) -> float:
-    """Two-sided p of ``effect`` against ``line`` with a Student-t (``df``; inf: normal):
-    below 1 - confidence exactly when the interval excludes ``line``."""
-    from scipy import stats
-
-    if not (math.isfinite(effect) and math.isfinite(se)):
-        return math.nan
-    if se == 0:
-        return 0.0 if effect != line else 1.0
-    t = abs(effect - line) / se
-    tail = stats.norm.sf(t) if not math.isfinite(df) else stats.t.sf(t, df)
-    return float(min(1.0, 2.0 * tail))
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (NaN stays NaN and does not count):
-    p_(i) * (m - i + 1) for the i-th smallest of m, made monotone, capped at 1."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    idx = [i for i in np.argsort(p, kind="stable") if math.isfinite(p[i])]
-    m, running = len(idx), 0.0
-    for rank, i in enumerate(idx):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
 
 
 def _matches(record: Mapping[str, Any], claim: Mapping[str, Any], side: str) -> bool:
@@ -604,7 +376,7 @@ def evaluate(
             )
             + f" ({stats['interval']})",
         )
-    return _with_holm(pd.DataFrame(rows))
+    return with_holm(pd.DataFrame(rows))
 
 
 def _ratio_row(claim: Mapping[str, Any], matched: Mapping[str, list]) -> dict[str, Any]:
@@ -727,20 +499,6 @@ def _effect_cell(claim: Mapping[str, Any], levels: list[list[ev.Cell]]) -> ev.Ce
     return ev.pool_cells(wanted, {"dataset": "hard - easy"}, weights=[1.0, -1.0])
 
 
-def _with_holm(table: pd.DataFrame) -> pd.DataFrame:
-    """``p_holm`` and ``verdict_holm``: Holm's adjustment over each paper's tested claims."""
-    table = table.copy()
-    for _, group in table.groupby("paper", sort=False):
-        table.loc[group.index, "p_holm"] = holm(group["p"].tolist())
-    table["verdict_holm"] = [
-        HOLM_INCONCLUSIVE
-        if v in ("supported", "contradicted") and not (math.isfinite(p) and p < ALPHA)
-        else v
-        for v, p in zip(table["verdict"], table["p_holm"], strict=True)
-    ]
-    return table
-
-
 def _gate(claim: Mapping[str, Any], done: list, side_b: list) -> str:
     """Why the claim is withheld (side B, trained, below zero-shot on a task), or ''.
 
@@ -807,65 +565,3 @@ def _why_not_run(claim, sides, failed) -> str:
         return f"this version cannot build the runs: {e}"
     why = f"no finished runs for side {' and '.join(missing)}"
     return why + (f"; failed: {'; '.join(sorted(str(e) for e in errors))}" if errors else "")
-
-
-#: How two checkpoints' verdicts on a claim compare (:func:`agreement`).
-AGREE, PARTLY, NEITHER, DISAGREE, NOT_COMPARED = (
-    "agree",
-    "one decisive, one not",
-    "neither decisive",
-    "opposite verdicts",
-    "not compared",
-)
-DECISIVE = ("supported", "contradicted")
-
-
-def agreement(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
-    """Per claim of ``second``: its verdict and effect on two checkpoints (two
-    :func:`evaluate` tables of the same rows, e.g. two independently pretrained models) and
-    how they compare: **agree** (the same verdict), **one decisive, one not** (supported or
-    contradicted on one, any other tested verdict on the other), **neither decisive** (two
-    different verdicts, neither supported nor contradicted), **opposite verdicts**
-    (supported on one, contradicted on the other), or **not compared** (either side not run
-    or untested). Columns ``id``, ``effect_first``, ``ci_first``, ``verdict_first``, the same
-    ``_second``, and ``agreement``."""
-    both = first.set_index("id").reindex(second["id"])
-    rows = []
-    for (cid, one), two in zip(both.iterrows(), second.to_dict("records"), strict=True):
-        a, b = one.get("verdict"), two["verdict"]
-        if a not in TESTED or b not in TESTED:
-            how = NOT_COMPARED
-        elif a == b:
-            how = AGREE
-        elif a in DECISIVE and b in DECISIVE:
-            how = DISAGREE
-        elif a in DECISIVE or b in DECISIVE:
-            how = PARTLY
-        else:
-            how = NEITHER
-        rows.append(
-            {
-                "id": cid,
-                "effect_first": one.get("effect"),
-                "ci_first": _interval_text(one.get("ci_low"), one.get("ci_high")),
-                "verdict_first": a if isinstance(a, str) else "not run",
-                "effect_second": two["effect"],
-                "ci_second": _interval_text(two["ci_low"], two["ci_high"]),
-                "verdict_second": b,
-                "agreement": how,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _interval_text(low: Any, high: Any) -> str:
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return ""
-    return f"[{low:.2f}, {high:.2f}]"
-
-
-def summary_line(table: pd.DataFrame) -> str:
-    """``"16 claims: 3 supported, 1 contradicted, 10 inconclusive at this scale, 2 not run"``."""
-    counts = table["verdict"].value_counts()
-    parts = [f"{int(counts.get(v, 0))} {v}" for v in VERDICTS if counts.get(v, 0)]
-    return f"{len(table)} claims: " + ", ".join(parts)
