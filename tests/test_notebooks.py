@@ -626,6 +626,13 @@ def test_claims_notebook(env, tmp_path, test_rn, test_vit):
     assert "background-color" in text  # verdicts keep their colours in the one table style
 
 
+def test_claims_notebook_refuses_a_second_checkpoint_at_paper_scale(env, tmp_path):
+    """The second checkpoints rerun the tiny models' claims; at paper scale the notebook
+    stops in one sentence before any run."""
+    with pytest.raises(pm.PapermillExecutionError, match="leave them unset with profile='paper'"):
+        execute("claims", env, tmp_path, profile="paper", second_checkpoint="some.safetensors")
+
+
 def test_published_reports_name_no_path_of_the_build_machine(monkeypatch):
     from fewclip.config import PUBLISHED_ROOT_VAR
 
