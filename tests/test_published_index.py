@@ -198,3 +198,20 @@ def test_every_committed_report_is_in_the_index_and_all_come_from_one_commit():
         for name, row in rows_of((REPORTS / "index.html").read_text()).items()
     }
     assert set(seeds.values()) == {", ".join(map(str, PUBLISHED_SEEDS))}, seeds
+
+
+def test_the_published_ledger_states_every_caveat_in_its_conclusions():
+    """The claims report opens with its conclusions, caveats included: the scale caveat, and
+    whether the verdicts were repeated on a second, independently pretrained checkpoint
+    (a cap on the number of sentences once cut the last one)."""
+    from fewclip.reports.build import conclusion_lines
+
+    said = conclusion_lines(REPORTS / "claims.ipynb")
+    assert re.match(r"\d+ claims: ", said[0]), said[0]
+    assert any(
+        s.startswith("Every verdict is about this model and these offline tasks") for s in said
+    )
+    assert any(
+        "rest on one pretraining run" in s or "independently pretrained checkpoint (" in s
+        for s in said
+    ), said
