@@ -11,8 +11,8 @@ model) is the same runs with another ``--seed``:
 Each stage writes ``<root>/v<N>/`` and checkpoints every ``--checkpoint-every`` steps; run
 the command again after an interruption and it resumes where it stopped (a finished stage
 is skipped). Nothing is installed: the result is the last stage's
-``<root>/v<N>/<arch>/<arch>.safetensors``,
-used as ``pretrained=<that path>`` or as the claims report's ``second_checkpoint``.
+``<root>/v<N>/<arch>/<arch>.safetensors``, used as ``pretrained=<that path>`` or as the
+claims report's ``second_checkpoint`` (RN) or ``second_checkpoint_vit`` (ViT).
 """
 
 from __future__ import annotations
@@ -80,7 +80,12 @@ def checkpoint_of(cfg: PretrainConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fewclip.pretrain.recipe", description=__doc__)
     p.add_argument("--arch", default="tiny-emoji-rn", choices=sorted(STAGES))
-    p.add_argument("--seed", type=int, required=True, help="the pretraining seed (version 5: 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        required=True,
+        help="the pretraining seed (the installed checkpoints: 0)",
+    )
     p.add_argument("--root", default="", help="default: runs/pretrain-<rn|vit>-seed<seed>")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--checkpoint-every", type=int, default=100)
