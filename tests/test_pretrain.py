@@ -533,3 +533,22 @@ def test_channels_last_pretraining_resumes_and_writes_a_loadable_checkpoint(tmp_
     assert load_backbone("fewclip-test-rn", str(cfg.run_dir / "fewclip-test-rn.safetensors"))
     assert parse(["--channels-last"])[0].channels_last is True
     assert parse([])[0].channels_last is False
+
+
+def test_the_recipe_resumes_after_the_last_finished_stage(tmp_path):
+    """Only the last finished stage's weights need to be kept: the recipe starts after it
+    (not at the first stage whose weights are missing)."""
+    from fewclip.pretrain.recipe import checkpoint_of, stage_configs, stages_to_run
+
+    stages = stage_configs("tiny-emoji-rn", 1, tmp_path)
+    assert stages_to_run(stages) == stages
+    v2 = checkpoint_of(stages[1])
+    v2.parent.mkdir(parents=True)
+    v2.write_bytes(b"")
+    assert [cfg.out_dir for cfg in stages_to_run(stages)] == [
+        str(tmp_path / f"v{i}") for i in (3, 4, 5)
+    ]
+    last = checkpoint_of(stages[-1])
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    assert stages_to_run(stages) == []

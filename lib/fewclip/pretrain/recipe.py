@@ -5,14 +5,19 @@ the one before, and ``tiny-emoji-vit`` version 4 four (their model cards, "Recip
 independently pretrained checkpoint (for the claims ledger's headline rows on a second
 model) is the same runs with another ``--seed``:
 
-    python -m fewclip.pretrain.recipe --arch tiny-emoji-rn --seed 1   # runs/pretrain-rn-seed1/
-    python -m fewclip.pretrain.recipe --arch tiny-emoji-vit --seed 1  # runs/pretrain-vit-seed1/
+    python -m fewclip.pretrain.recipe --arch tiny-emoji-rn --seed 1
+    python -m fewclip.pretrain.recipe --arch tiny-emoji-vit --seed 1
+
+write ``checkpoints/pretrain-rn-seed1/`` and ``checkpoints/pretrain-vit-seed1/``, which the
+repository keeps (each stage's weights, config and log; the training states beside them,
+``state.pt``, are ignored by git).
 
 Each stage writes ``<root>/v<N>/`` and checkpoints every ``--checkpoint-every`` steps; run
-the command again after an interruption and it resumes where it stopped (a finished stage
-is skipped). Nothing is installed: the result is the last stage's
-``<root>/v<N>/<arch>/<arch>.safetensors``, used as ``pretrained=<that path>`` or as the
-claims report's ``second_checkpoint`` (RN) or ``second_checkpoint_vit`` (ViT).
+the command again after an interruption and it resumes where it stopped. It starts after
+the last finished stage, so only that stage's weights need to be kept. Nothing is
+installed: the result is the last stage's ``<root>/v<N>/<arch>/<arch>.safetensors``, used
+as ``pretrained=<that path>`` or as the claims report's ``second_checkpoint`` (RN) or
+``second_checkpoint_vit`` (ViT).
 """
 
 from __future__ import annotations
@@ -77,6 +82,13 @@ def checkpoint_of(cfg: PretrainConfig) -> Path:
     return cfg.run_dir / f"{cfg.arch}.safetensors"
 
 
+def stages_to_run(stages: list[PretrainConfig]) -> list[PretrainConfig]:
+    """The stages after the last one whose weights exist (all of them when none does):
+    a later stage needs only the weights of the one before it."""
+    done = [i for i, cfg in enumerate(stages) if checkpoint_of(cfg).exists()]
+    return stages[done[-1] + 1 :] if done else stages
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fewclip.pretrain.recipe", description=__doc__)
     p.add_argument("--arch", default="tiny-emoji-rn", choices=sorted(STAGES))
@@ -86,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="the pretraining seed (the installed checkpoints: 0)",
     )
-    p.add_argument("--root", default="", help="default: runs/pretrain-<rn|vit>-seed<seed>")
+    p.add_argument("--root", default="", help="default: checkpoints/pretrain-<rn|vit>-seed<seed>")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument(
@@ -95,19 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         help="channels-last memory layout (faster on CPU for the RN; same computation)",
     )
     args = p.parse_args(argv)
-    root = args.root or f"runs/pretrain-{args.arch.rsplit('-', 1)[-1]}-seed{args.seed}"
+    root = args.root or f"checkpoints/pretrain-{args.arch.rsplit('-', 1)[-1]}-seed{args.seed}"
     common = {
         "threads": args.threads,
         "checkpoint_every": args.checkpoint_every,
         "channels_last": args.channels_last,
     }
-    for cfg in stage_configs(args.arch, args.seed, root, **common):
-        if checkpoint_of(cfg).exists():
-            print(f"{cfg.out_dir}: done, skipped")
-            continue
+    stages = stage_configs(args.arch, args.seed, root, **common)
+    todo = stages_to_run(stages)
+    for cfg in stages[: len(stages) - len(todo)]:
+        print(f"{cfg.out_dir}: done, skipped")
+    for cfg in todo:
         print(f"{cfg.out_dir}: {dataclasses.asdict(cfg)}")
         pretrain(cfg)
-    print(f"the checkpoint: {checkpoint_of(cfg)}")
+    print(f"the checkpoint: {checkpoint_of(stages[-1])}")
     return 0
 
 
