@@ -3,10 +3,11 @@
 ``python -m fewclip.pretrain --channels-last`` (and ``fewclip.pretrain.recipe
 --channels-last``) holds the model and each batch of images channels-last: the same
 computation up to float rounding (``tests/test_pretrain.py``), and faster convolutions on
-CPU. Each side runs the training step of :func:`fewclip.pretrain.train.pretrain` (forward
-of a batch of random images and captions, CLIP loss, backward, AdamW) on the same model
-and batch, in one process, alternating A B / B A over ``--pairs`` pairs of ``--steps``
-steps each after an untimed warm-up. Printed: the median seconds a step of each side
+CPU. Each side runs :func:`fewclip.pretrain.train.train_step`, the step of
+:func:`fewclip.pretrain.train.pretrain` (forward of a batch of random images and captions,
+CLIP loss, backward, AdamW, the temperature's clamp) on the same model and batch, in one
+process, alternating A B / B A over ``--pairs`` pairs of ``--steps`` steps each after an
+untimed warm-up. Printed: the median seconds a step of each side
 (the contiguous layout is the floor it is measured against) and the median pair ratio.
 
     python benchmarks/bench_pretrain_layout.py --arch tiny-emoji-rn --threads 2
@@ -22,7 +23,7 @@ import time
 import torch
 
 from fewclip.backbones import open_clip
-from fewclip.pretrain.train import clip_loss
+from fewclip.pretrain.train import train_step
 
 
 def make_side(arch: str, layout: torch.memory_format, batch: int):
@@ -37,11 +38,7 @@ def make_side(arch: str, layout: torch.memory_format, batch: int):
     loss_fn = open_clip.ClipLoss()
 
     def step() -> None:
-        image_f, text_f, scale = model(images, texts)
-        loss = clip_loss(image_f, text_f, scale, captions, loss_fn)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images, texts, captions, loss_fn)
 
     return step
 

@@ -246,6 +246,27 @@ def clip_loss(
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    captions: list[str],
+    distinct_loss: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """One optimisation step on a batch: :func:`clip_loss` of the model's (B, d) features,
+    backward, the optimizer's step, then CLIP's clamp of the temperature at 100; returns
+    the loss."""
+    image_f, text_f, scale = model(images, tokens)
+    loss = clip_loss(image_f, text_f, scale, captions, distinct_loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """open_clip's rule: no weight decay on gains, biases, embeddings' scale and logit_scale."""
     decay, no_decay = [], []
@@ -380,13 +401,7 @@ def pretrain(cfg: PretrainConfig, data: TrainingSet | None = None, progress: boo
             cfg.zoom_out_p,
             cfg.zoom_out_min,
         ).contiguous(memory_format=layout)
-        image_f, text_f, scale = model(images, tokenizer(captions))
-        loss = clip_loss(image_f, text_f, scale, captions, loss_fn)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():  # CLIP clamps the temperature at 100
-            model.logit_scale.clamp_(0, math.log(100))
+        loss = train_step(model, optimizer, images, tokenizer(captions), captions, loss_fn)
         step += 1
         window.append(loss.item())
         bar.update(1)
