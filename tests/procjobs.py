@@ -38,20 +38,39 @@ def stubborn_job(i: int, folder: str) -> int:
     return blocking_job(i, folder)
 
 
+class CtrlCWhenPickled:
+    """Sends SIGINT to its process group when pickled: as a worker's start-up arguments it
+    is pickled in the parent while that worker is spawned (inside ``submit``), so the
+    Ctrl-C arrives at the moment a worker is being started."""
+
+    def __reduce__(self):
+        import signal
+
+        os.killpg(os.getpgid(0), signal.SIGINT)
+        return (int, ())
+
+
+def ignore_arguments(*args) -> None:
+    """A pool initializer that does nothing."""
+
+
 def pool_parent() -> None:
-    """argv: FOLDER N [stubborn]. map_jobs(blocking_job) over N jobs on 2 workers; exit 130
-    on Ctrl-C. ``stubborn``: the jobs ignore SIGTERM and the pool waits 120 s for them
-    before killing them, so only a second Ctrl-C ends the wait early."""
+    """argv: FOLDER N [stubborn | ctrl-c-at-spawn]. map_jobs(blocking_job) over N jobs on 2
+    workers; exit 130 on Ctrl-C. ``stubborn``: the jobs ignore SIGTERM and the pool waits
+    120 s for them before killing them, so only a second Ctrl-C ends the wait early.
+    ``ctrl-c-at-spawn``: a Ctrl-C arrives while the first worker is being spawned."""
     import fewclip.parallel
     from fewclip.parallel import map_jobs
 
     folder, n = sys.argv[1], int(sys.argv[2])
-    job = blocking_job
+    job, start = blocking_job, {}
     if sys.argv[3:] == ["stubborn"]:
         job = stubborn_job
         fewclip.parallel.TERMINATE_GRACE_S = 120.0
+    if sys.argv[3:] == ["ctrl-c-at-spawn"]:
+        start = {"initializer": ignore_arguments, "initargs": (CtrlCWhenPickled(),)}
     try:
-        map_jobs(job, [(i, folder) for i in range(n)], lambda i, r: None, workers=2)
+        map_jobs(job, [(i, folder) for i in range(n)], lambda i, r: None, workers=2, **start)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

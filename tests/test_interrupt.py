@@ -98,6 +98,21 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert not list(tmp_path.glob("done-*"))
 
 
+def test_a_ctrl_c_while_a_worker_is_being_spawned_is_not_lost(tmp_path):
+    """Workers are spawned inside ``submit``; a Ctrl-C arriving then is held until the
+    spawn is done, then stops the pool. (SIGINT used to be ignored around ``submit``, and
+    such a Ctrl-C was lost: the jobs ran on.)"""
+    proc = start("import procjobs; procjobs.pool_parent()", str(tmp_path), "8", "ctrl-c-at-spawn")
+    try:
+        _, err = proc.communicate(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"a Ctrl-C during a worker's spawn was lost ({STOP_TIMEOUT_S:.0f} s)")
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted", err
+    assert not list(tmp_path.glob("done-*"))
+
+
 def test_workers_die_with_their_parent(tmp_path):
     proc, workers, started = busy_pool(tmp_path)
     proc.kill()  # SIGKILL: no chance to clean up

@@ -216,9 +216,8 @@ def _pool_jobs(fn, workers, initializer, initargs, name) -> Iterator[Jobs]:
     )
 
     def start(fn, *args, key):
-        # Workers are spawned during submit; a SIGINT disposition of SIG_IGN is inherited
-        # across exec, so they ignore Ctrl-C from their first instruction.
-        with _sigint_ignored():
+        # Workers are spawned during submit: see _sigint_held.
+        with _sigint_held():
             return pool.submit(fn, *args)
 
     try:
@@ -230,9 +229,21 @@ def _pool_jobs(fn, workers, initializer, initargs, name) -> Iterator[Jobs]:
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
+def _sigint_held() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile: a worker spawned now inherits the blocked
+    mask across fork and exec, so it ignores Ctrl-C from its first instruction (until
+    :func:`_worker_start` ignores SIGINT for good), and a Ctrl-C that reaches this process
+    meanwhile stays pending and is delivered when the block ends, not lost. (Where signal
+    masks are not available, SIGINT is ignored meanwhile, and such a Ctrl-C is lost.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    if hasattr(signal, "pthread_sigmask"):
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -272,6 +283,8 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
 def _worker_start(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
     """Pool worker set-up: leave Ctrl-C to the parent, die with it, then ``initializer``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it spawned us
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
         try:
             import ctypes
