@@ -45,6 +45,15 @@ def start(code: str, *args: str, **kw) -> subprocess.Popen:
     )
 
 
+def stderr_once_stopped(proc: subprocess.Popen, failure: str) -> str:
+    """``proc``'s stderr once it exits; killed and ``failure`` if not within STOP_TIMEOUT_S."""
+    try:
+        return proc.communicate(timeout=STOP_TIMEOUT_S)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{failure} ({STOP_TIMEOUT_S:.0f} s)")
+
+
 def busy_pool(tmp_path, jobs: int = 8, *extra: str):
     """A parent running ``jobs`` blocking jobs on 2 workers, once both workers are busy."""
     proc = start("import procjobs; procjobs.pool_parent()", str(tmp_path), str(jobs), *extra)
@@ -66,11 +75,7 @@ def test_ctrl_c_cancels_queued_jobs_and_stops_running_ones(tmp_path, target):
         os.killpg(proc.pid, signal.SIGINT)
     else:
         proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"the pool did not stop within {STOP_TIMEOUT_S:.0f} s of Ctrl-C")
+    err = stderr_once_stopped(proc, "the pool did not stop after Ctrl-C")
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
     wait_for(lambda: gone(workers), STOP_TIMEOUT_S, "the workers to exit")
@@ -103,11 +108,7 @@ def test_a_ctrl_c_while_a_worker_is_being_spawned_is_not_lost(tmp_path):
     spawn is done, then stops the pool. (SIGINT used to be ignored around ``submit``, and
     such a Ctrl-C was lost: the jobs ran on.)"""
     proc = start("import procjobs; procjobs.pool_parent()", str(tmp_path), "8", "ctrl-c-at-spawn")
-    try:
-        _, err = proc.communicate(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"a Ctrl-C during a worker's spawn was lost ({STOP_TIMEOUT_S:.0f} s)")
+    err = stderr_once_stopped(proc, "a Ctrl-C during a worker's spawn was lost")
     assert proc.returncode == 130, err
     assert err.strip() == "interrupted", err
     assert not list(tmp_path.glob("done-*"))
